@@ -1,0 +1,36 @@
+# memray: the two commands a newcomer runs (both set up what they need first).
+#   make demo   — create .venv, install memray (CPU), run the audit job on the bundled sample data
+#   make test   — create .venv, install memray + test tools, lint, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+EXTRAS ?= cpu,test
+BIN := $(VENV)/bin
+CONFIG ?= jobs/configs/default.yaml
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e ".[$(EXTRAS)]"
+	touch $@
+
+demo: setup
+	$(BIN)/python jobs/audit.py --config $(CONFIG)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup lint
+	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python benchmarks/bench_ct.py
+	$(BIN)/python benchmarks/bench_embed.py
+	$(BIN)/python benchmarks/bench_pipeline.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

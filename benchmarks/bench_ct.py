@@ -1,0 +1,159 @@
+"""C_T over layers × generated sets: memray (fit once per layer) vs the authors' protocol (refit per curve).
+
+Synthetic features shaped like the paper's: |T| = 50k, |P| = 10k, d = 768, 12 layers, 18 generated sets of 500.
+Each layer's features are a 32-d latent from a 20-cluster Gaussian mixture mapped to ``dim`` by a fixed random
+matrix plus isotropic noise; generated sets cycle through copies of training rows (+ noise), fresh draws and
+broader draws, so C_T spans negative to positive values. Layers are generated one at a time (memory).
+
+memray: ``fit_layer`` once per layer (exact PCA, seeded k-means, exact FAISS test neighbours), then
+``FittedLayer.score`` for every set. Reference (the authors' protocol, He et al. / Meehan et al.): for every
+(layer, set) pair, sklearn ``PCA(64)`` fit on T, ``KMeans(n_clusters=10, n_init=10)`` on projected T, dense
+per-cell 1 − |cos| distance matrices with numpy, ``scipy.stats.mannwhitneyu`` per cell. It is timed on
+``--ref-pairs`` pairs and extrapolated to layers × sets.
+
+Agreement: the reference statistic (dense distances + scipy U) applied to memray's PCA and cells must equal
+memray's C_T (to ~1e-6). The reference protocol's own C_T differs because its k-means (own init, own seed)
+draws different cell boundaries; both are the same statistic on different partitions of T.
+
+Usage: ``python benchmarks/bench_ct.py`` (full size, ~10 GB peak) or small:
+``python benchmarks/bench_ct.py --train 5000 --test 1000 --dim 128 --layers 2 --sets 3 --ref-pairs 1``
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+import numpy as np
+from scipy.stats import mannwhitneyu
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+
+from memray.config import CTConfig
+from memray.score import fit_layer
+
+LATENT, CLUSTERS = 32, 20
+KINDS = ("copy", "fresh", "broad")
+
+
+def make_layer(layer: int, n_train: int, n_test: int, dim: int, sets: int, n_gen: int, seed: int):
+    """One layer's synthetic features: train (n_train, dim), test, and ``sets`` generated sets, float32."""
+    rng = np.random.default_rng([seed, layer])
+    centres = rng.normal(scale=2.0, size=(CLUSTERS, LATENT))
+    mix = rng.normal(size=(LATENT, dim)) / np.sqrt(LATENT)
+
+    def feats(latent: np.ndarray) -> np.ndarray:
+        return (latent @ mix + 0.3 * rng.normal(size=(len(latent), dim))).astype(np.float32)
+
+    def draw(n: int, spread: float = 1.0) -> np.ndarray:
+        return centres[rng.integers(0, CLUSTERS, n)] + spread * rng.normal(size=(n, LATENT))
+
+    train_latent = draw(n_train)
+    train, test = feats(train_latent), feats(draw(n_test))
+    gens = []
+    for s in range(sets):
+        kind, level = KINDS[s % 3], s // 3
+        if kind == "copy":  # training latents + noise growing with the set number
+            rows = rng.choice(n_train, n_gen, replace=False)
+            gens.append(feats(train_latent[rows] + (0.1 + 0.2 * level) * rng.normal(size=(n_gen, LATENT))))
+        else:
+            gens.append(feats(draw(n_gen, 1.0 if kind == "fresh" else 1.1 + 0.1 * level)))
+    return train, test, gens
+
+
+def reference_stat(tz, t_lab, pz, p_lab, qz, q_lab, cells: int, min_gen: int) -> float:
+    """Meehan's C_T with dense per-cell 1 − |cos| distances and scipy's Mann-Whitney U."""
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    num = den = 0.0
+    for c in range(cells):
+        t = unit(tz[t_lab == c])
+        p, q = unit(pz[p_lab == c]), unit(qz[q_lab == c])
+        if len(p) == 0 or len(q) <= min_gen:
+            continue
+        pd_c = (1 - np.abs(p @ t.T)).min(axis=1)
+        qd_c = (1 - np.abs(q @ t.T)).min(axis=1)
+        n, m = len(pd_c), len(qd_c)
+        u = mannwhitneyu(qd_c, pd_c, alternative="less").statistic
+        z = (u - (n * m / 2 - 0.5)) / np.sqrt(n * m * (n + m + 1) / 12)
+        share = n / len(pz)
+        num, den = num + share * z, den + share
+    return num / den if den else float("nan")
+
+
+def reference_protocol(train, test, gen, seed: int) -> float:
+    """The authors' per-curve protocol (LayerChoice ``ct.py``): float64 features, PCA(min(n, d, 64)) and
+    KMeans(10, n_init=10) refit on T, cells by ``predict`` for T, P and Q, then the statistic. The authors leave
+    KMeans unseeded; it is seeded here so the benchmark is repeatable."""
+    t, p, q = (a.astype("float") for a in (train, test, gen))
+    pca = PCA(min(t.shape[0], t.shape[1], 64)).fit(t)
+    tz, pz, qz = pca.transform(t), pca.transform(p), pca.transform(q)
+    km = KMeans(n_clusters=10, n_init=10, random_state=seed).fit(tz)
+    return reference_stat(tz, km.predict(tz), pz, km.predict(pz), qz, km.predict(qz), 10, 20)
+
+
+def main() -> None:
+    """Run the benchmark and print per-pair times, totals and the speed-up."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", type=int, default=50_000)
+    ap.add_argument("--test", type=int, default=10_000)
+    ap.add_argument("--dim", type=int, default=768)
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--sets", type=int, default=18)
+    ap.add_argument("--gen", type=int, default=500, help="samples per generated set")
+    ap.add_argument("--ref-pairs", type=int, default=2, help="(layer, set) pairs timed with the reference")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    cfg = CTConfig.preset("paper", seed=args.seed)
+    ref_pairs = [(layer, s) for layer in range(1, args.layers + 1) for s in range(args.sets)][:: max(1, args.sets + 1)]
+    ref_pairs = ref_pairs[: args.ref_pairs]
+    print(f"T={args.train} P={args.test} d={args.dim} layers={args.layers} sets={args.sets}x{args.gen}; "
+          f"memray {cfg.metric}, {cfg.cells} cells, PCA {cfg.pca_dim}")  # fmt: skip
+    mem_total, fit_total, rows = 0.0, 0.0, []
+    ct = np.full((args.layers, args.sets), np.nan)
+    for layer in range(1, args.layers + 1):
+        train, test, gens = make_layer(layer, args.train, args.test, args.dim, args.sets, args.gen, args.seed)
+        t0 = time.perf_counter()
+        fitted = fit_layer(layer, train, np.arange(len(train)).astype(str), test, cfg)
+        t_fit = time.perf_counter() - t0
+        t_sets = []
+        for s, g in enumerate(gens):
+            t1 = time.perf_counter()
+            scored = fitted.score(g, label=f"set {s}, layer {layer}")
+            t_sets.append(time.perf_counter() - t1)
+            ct[layer - 1, s] = scored.ct
+            if (layer, s) in ref_pairs:
+                pz, qz = fitted.space.project(test), fitted.space.project(g)
+                agree = reference_stat(
+                    fitted.train_z, fitted.train_cells, pz, fitted.test_cells, qz, scored.cell, cfg.cells, 20
+                )
+                t2 = time.perf_counter()
+                ref_ct = reference_protocol(train, test, g, args.seed)
+                rows.append(
+                    (layer, s, time.perf_counter() - t2, t_fit / args.sets + t_sets[-1], scored.ct, agree, ref_ct)
+                )
+        fit_total += t_fit
+        mem_total += t_fit + sum(t_sets)
+        print(f"layer {layer:2d}: memray fit {t_fit:6.2f} s + {len(gens)} sets {sum(t_sets):6.2f} s "
+              f"(C_T {np.nanmin(ct[layer - 1]):+.2f} … {np.nanmax(ct[layer - 1]):+.2f})", flush=True)  # fmt: skip
+        del train, test, gens, fitted
+    print("\n(layer, set)  reference s  memray s/pair  C_T memray  C_T ref-stat-on-memray-cells  C_T ref protocol")
+    for layer, s, t_ref, t_mem, c_mem, c_agree, c_ref in rows:
+        print(
+            f"({layer:2d}, {s:2d})      {t_ref:10.2f}  {t_mem:13.3f}  {c_mem:+10.4f}  {c_agree:+27.4f}  {c_ref:+16.4f}"
+        )
+    pairs = args.layers * args.sets
+    ref_total = np.mean([r[2] for r in rows]) * pairs if rows else float("nan")
+    max_dev = max((abs(r[4] - r[5]) for r in rows), default=float("nan"))
+    print(f"\nmemray, full {args.layers}x{args.sets} matrix: {mem_total:.1f} s (fits {fit_total:.1f} s)")
+    print(f"reference, extrapolated from {len(rows)} pair(s) to {pairs}: {ref_total:.1f} s")
+    print(f"speed-up: {ref_total / mem_total:.0f}x")
+    print(f"max |C_T memray - reference statistic on memray's PCA/cells| = {max_dev:.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Subcommands of the memray CLI (one module each: add_parser + run)."""

@@ -1,0 +1,212 @@
+"""``memray embed``: per-layer embeddings of a folder of images or an ``.npz`` of uint8 images → feature Parquet.
+
+Output: ``--out FILE.parquet`` with ``sample_id`` (the path relative to the folder, or the ``.npz`` row index)
+and one fixed-size-list column ``layer_<ℓ>`` per layer; the embedder's :meth:`describe` record, the config and
+the row counts sit in the schema metadata. Images that cannot be decoded are excluded and listed in
+``<out stem>.errors.parquet`` (``set, sample_id, status, error``; written even when empty, so a stale file never
+survives a rerun). The command checks and prints ``rows read = rows embedded + rows reported``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import PurePosixPath
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from memray import schema
+from memray.config import EmbedConfig, digest, to_dict
+from memray.embed import LayerEmbedder
+from memray.features import FeatureSet, write_features
+from memray.images import (
+    IMAGE_EXTENSIONS,
+    STATUS_UNREADABLE,
+    ImageDecodeError,
+    decode_image,
+    list_image_files,
+    load_npz_images,
+)
+from memray.storage import join, open_output, open_url
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``memray embed``."""
+    p = subparsers.add_parser("embed", help="per-layer ViT embeddings of images → feature Parquet")
+    p.add_argument("--images", required=True, help="folder of images (searched recursively) or .npz of uint8 images")
+    p.add_argument("--out", required=True, help="output feature file (.parquet, local or s3://)")
+    p.add_argument("--model", default=EmbedConfig.model, help="timm model name (default: %(default)s)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--weights", help="local path or URL of a .safetensors file (default: the model hub)")
+    src.add_argument("--random-init", action="store_true", help="untrained encoder (a baseline; recorded)")
+    p.add_argument("--pooling", choices=["cls", "mean"], default="cls", help="token pooling (default: cls)")
+    p.add_argument("--layers", default="all", help="'all' (blocks 1…L) or comma-separated numbers, 0 = patch embed")
+    p.add_argument("--norm", action="store_true", help="apply the model's final LayerNorm to every layer")
+    p.add_argument("--preprocess", choices=["paper", "model"], default="paper", help="default: paper (256→224, 0.5)")
+    p.add_argument("--batch-size", type=int, default=EmbedConfig.batch_size, help="images per forward pass")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored embedding dtype")
+    p.add_argument("--num-threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--model-kwarg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra timm.create_model argument, VALUE parsed as JSON when possible (e.g. img_size=224 for DINOv2)",
+    )
+    p.set_defaults(func=run)
+
+
+def parse_layers(text: str) -> str | tuple[int, ...]:
+    """``"all"`` or a comma-separated list of layer numbers."""
+    if text.strip() == "all":
+        return "all"
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise ValueError(f"--layers {text!r}: use 'all' or comma-separated integers like 1,2,12") from exc
+
+
+def parse_model_kwargs(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings → dict; values are JSON (``224``, ``true``) or else plain strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-kwarg {item!r}: use KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def errors_url(out: str) -> str:
+    """``<dir>/<stem>.errors.parquet`` beside the feature file ``out``."""
+    return str(out)[: -len(".parquet")] + ".errors.parquet"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Embed the images and write the feature and error files; returns the exit status."""
+    if not str(args.out).endswith(".parquet"):
+        raise ValueError(f"--out {args.out}: the feature file must end in .parquet")
+    cfg = EmbedConfig(
+        model=args.model,
+        weights=args.weights,
+        random_init=args.random_init,
+        pooling=(args.pooling,),
+        layers=parse_layers(args.layers),
+        norm=args.norm,
+        preprocess=args.preprocess,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        model_kwargs=parse_model_kwargs(args.model_kwarg),
+    )
+    set_name = PurePosixPath(str(args.images).rstrip("/")).stem
+    embedder = LayerEmbedder(cfg, num_threads=args.num_threads)
+    ids, layers, errors, rows_read = _embed_source(args.images, embedder, set_name)
+    rows_embedded, rows_reported = len(ids), len(errors)
+    if rows_read != rows_embedded + rows_reported:  # an internal bug, never expected: refuse to write
+        raise RuntimeError(
+            f"{args.images}: rows read {rows_read} != embedded {rows_embedded} + reported {rows_reported}"
+        )
+    err_url = errors_url(args.out)
+    _write_errors(err_url, errors)
+    counts = {"rows_read": rows_read, "rows_embedded": rows_embedded, "rows_reported": rows_reported}
+    if errors:
+        by_status = Counter(e[2] for e in errors)
+        log.warning("%s: %d image(s) not decodable (%s); see %s", args.images, len(errors), dict(by_status), err_url)
+    print(f"rows read = rows embedded + rows reported: {rows_read} = {rows_embedded} + {rows_reported}")
+    if rows_embedded == 0:
+        print(f"memray embed: error: no image of {args.images} could be embedded; see {err_url}")
+        return 1
+    meta = {
+        "stage": "embed",
+        "input": str(args.images),
+        "set": set_name,
+        "config": to_dict(cfg),
+        "config_digest": digest(cfg),
+        "embedder": embedder.describe(),
+        "counts": counts,
+        "errors_file": err_url,
+    }
+    write_features(args.out, FeatureSet(np.asarray(ids, dtype=object), layers, str(args.images)), meta)
+    print(f"features: {args.out} ({rows_embedded} rows × layers {list(embedder.resolved_layers)})")
+    print(f"errors:   {err_url} ({rows_reported} rows)")
+    return 0
+
+
+def _embed_source(
+    path: str, embedder: LayerEmbedder, set_name: str
+) -> tuple[list[str], dict[int, np.ndarray], list[tuple[str, str, str, str]], int]:
+    """Decode, prepare and embed every image; returns ids, ``{ℓ: (n, D)}``, error rows and rows read."""
+    bs = embedder.cfg.batch_size
+    if str(path).lower().endswith(".npz"):
+        npz_ids, arrays = load_npz_images(path)
+        items: list[tuple[str, Any]] = list(zip(npz_ids.tolist(), arrays, strict=True))
+        load = _as_is
+    else:
+        rels = list_image_files(path)
+        if not rels:
+            raise FileNotFoundError(f"{path}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
+        items = [(rel, join(path, rel)) for rel in rels]
+        load = _read_and_decode
+    log.info("%s: %d image(s), batches of %d", path, len(items), bs)
+
+    def prepare(chunk: list[tuple[str, Any]]) -> tuple[list[str], np.ndarray | None, list[tuple[str, str, str, str]]]:
+        ok_ids, prepared, errs = [], [], []
+        for sample_id, ref in chunk:
+            try:
+                prepared.append(embedder.preprocessor.prepare(load(ref)))
+                ok_ids.append(sample_id)
+            except ImageDecodeError as exc:
+                errs.append((set_name, sample_id, exc.status, exc.message))
+        return ok_ids, (np.stack(prepared) if prepared else None), errs
+
+    chunks = [items[i : i + bs] for i in range(0, len(items), bs)]
+    ids: list[str] = []
+    parts: list[dict[int, np.ndarray]] = []
+    errors: list[tuple[str, str, str, str]] = []
+    with ThreadPoolExecutor(max_workers=1) as pool:  # decode the next batch while this one runs on the encoder
+        future = pool.submit(prepare, chunks[0]) if chunks else None
+        for k in range(len(chunks)):
+            ok_ids, batch, errs = future.result()  # type: ignore[union-attr]
+            future = pool.submit(prepare, chunks[k + 1]) if k + 1 < len(chunks) else None
+            errors += errs
+            if batch is not None:
+                parts.append(embedder.embed_prepared(batch))
+                ids += ok_ids
+    layers = {
+        layer: np.concatenate([p[layer] for p in parts])
+        if parts
+        else np.empty((0, embedder.dims[layer]), embedder.out_dtype)
+        for layer in embedder.resolved_layers
+    }
+    return ids, layers, errors, len(items)
+
+
+def _as_is(image: np.ndarray) -> np.ndarray:
+    return image
+
+
+def _read_and_decode(url: str) -> np.ndarray:
+    try:
+        with open_url(url, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise ImageDecodeError(STATUS_UNREADABLE, f"{type(exc).__name__}: {exc}") from exc
+    return decode_image(data)
+
+
+def _write_errors(url: str, errors: list[tuple[str, str, str, str]]) -> None:
+    cols = list(zip(*errors, strict=True)) if errors else [[], [], [], []]
+    table = pa.Table.from_arrays([pa.array(list(c), pa.string()) for c in cols], schema=schema.ERRORS_SCHEMA)
+    with open_output(url) as fh:
+        pq.write_table(table, fh)

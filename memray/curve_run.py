@@ -1,0 +1,175 @@
+"""Computing C_T-layer fingerprints from features: subset plans, per-subset curves, the fingerprint run.
+
+The per-layer fits (PCA, cells, training index, test distances) are made once on the training set
+(:func:`memray.score.fit_layer`) and reused for every subset of every generated set.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from memray import schema
+from memray.config import ConfigError, FingerprintConfig, to_dict
+from memray.curves import normalize_curves, to_gallery, write_fingerprints
+from memray.evaluate import evaluate, write_attribution, write_evaluation
+from memray.features import FeatureSet
+from memray.fingerprint import Gallery, attribute
+from memray.score import FittedLayer, Mapper
+from memray.storage import join
+
+log = logging.getLogger(__name__)
+
+
+def plan_subsets(gens: dict[str, int], fcfg: FingerprintConfig) -> dict[str, list[np.ndarray]]:
+    """Row indices of each curve's subset, per generated set (``gens``: set name → its number of samples).
+
+    ``disjoint``: a seeded permutation cut into consecutive chunks of ``subset_size``; the leftover
+    (< ``subset_size``) is dropped and logged; ``n_subsets`` (if set) keeps the first chunks. ``bootstrap``:
+    ``n_subsets`` seeded draws of ``subset_size`` rows with replacement. The generator of set ``s`` is
+    ``default_rng([seed, crc32(s)])``, so a set's subsets do not depend on which other sets are scored.
+    """
+    m = fcfg.subset_size
+    plan: dict[str, list[np.ndarray]] = {}
+    for name, n in gens.items():
+        rng = np.random.default_rng([fcfg.seed, zlib.crc32(name.encode())])
+        if fcfg.subsets == "bootstrap":
+            if fcfg.n_subsets is None:
+                raise ConfigError("fingerprint.subsets=bootstrap needs fingerprint.n_subsets (number of draws)")
+            plan[name] = [np.sort(rng.integers(0, n, size=m)) for _ in range(fcfg.n_subsets)]
+            continue
+        chunks = n // m
+        if chunks == 0:
+            raise ValueError(f"generated set {name!r} has {n} samples, fewer than fingerprint.subset_size={m}")
+        if fcfg.n_subsets is not None and fcfg.n_subsets > chunks:
+            raise ValueError(
+                f"generated set {name!r}: {n} samples give {chunks} disjoint subsets of {m}, "
+                f"fewer than fingerprint.n_subsets={fcfg.n_subsets}"
+            )
+        keep = chunks if fcfg.n_subsets is None else fcfg.n_subsets
+        perm = rng.permutation(n)
+        if n - keep * m:
+            log.info(
+                "generated set %s: %d of %d samples unused by %d disjoint subsets of %d", name, n - keep * m, n, keep, m
+            )
+        plan[name] = [np.sort(perm[i * m : (i + 1) * m]) for i in range(keep)]
+    return plan
+
+
+def compute_curves(
+    fitted: dict[int, FittedLayer],
+    gens: dict[str, FeatureSet],
+    labels: dict[str, str | None],
+    fcfg: FingerprintConfig,
+    plan: dict[str, list[np.ndarray]] | None = None,
+    mapper: Mapper = map,
+) -> pd.DataFrame:
+    """One C_T-layer curve per subset of every generated set, reusing the per-layer fits on the training set.
+
+    Each set is scored once per layer (``fitted[ℓ].score``: nearest-train distance and cell of every sample);
+    a subset's C_T is then the statistic on its rows only (τ = ``min_gen_per_cell`` of the layer's config).
+
+    Returns:
+        Tidy DataFrame ``gen_set, label, subset, layer, ct`` (:data:`~memray.schema.FINGERPRINTS_SCHEMA`).
+    """
+    from memray.ct import cell_table, ct_from_cells
+
+    plan = plan if plan is not None else plan_subsets({k: len(v) for k, v in gens.items()}, fcfg)
+    rows = []
+    for name, fs in gens.items():
+        missing = sorted(set(fitted) - set(fs.layers))
+        if missing:
+            raise ValueError(f"generated set {name!r} ({fs.source or 'in memory'}) lacks layers {missing}")
+        for layer, fit in sorted(fitted.items()):
+            scored = fit.score(fs.layers[layer], mapper, label=f"gen set {name!r}, layer {layer}")
+            for s, idx in enumerate(plan[name]):
+                stats = cell_table(
+                    fit.test_dist,
+                    fit.test_cells,
+                    scored.dist[idx],
+                    scored.cell[idx],
+                    fit.train_counts,
+                    fit.cfg.min_gen_per_cell,
+                )
+                ct = ct_from_cells(stats, f"gen set {name!r} subset {s}, layer {layer}")
+                rows.append((name, labels.get(name), s, layer, float(ct)))
+    df = pd.DataFrame(rows, columns=[f.name for f in schema.FINGERPRINTS_SCHEMA])
+    df[schema.SUBSET] = df[schema.SUBSET].astype(np.int32)
+    df[schema.LAYER] = df[schema.LAYER].astype(np.int32)
+    return df.sort_values([schema.GEN_SET, schema.SUBSET, schema.LAYER], kind="stable").reset_index(drop=True)
+
+
+def curves_to_gallery(fingerprints: pd.DataFrame) -> Gallery:
+    """A fingerprints table (``gen_set, label, subset, layer, ct``) as a Gallery (runs = generated sets)."""
+    gallery, _ = to_gallery(normalize_curves(fingerprints, "fingerprints"), "fingerprints")
+    return gallery
+
+
+def fingerprint_run(
+    fitted: dict[int, FittedLayer],
+    gens: dict[str, FeatureSet],
+    labels: dict[str, str | None],
+    fcfg: FingerprintConfig,
+    out_url: str,
+    gallery: Gallery | None = None,
+    mapper: Mapper = map,
+) -> dict[str, pd.DataFrame]:
+    """Compute and write the curves of every generated set, then attribute or evaluate them.
+
+    See :func:`finish_fingerprints` for what is written.
+    """
+    plan = plan_subsets({k: len(v) for k, v in gens.items()}, fcfg)
+    curves = compute_curves(fitted, gens, labels, fcfg, plan, mapper)
+    ct_cfg = next(iter(fitted.values())).cfg if fitted else None
+    return finish_fingerprints(
+        curves, plan_record(plan, {k: len(v) for k, v in gens.items()}), fcfg, ct_cfg, out_url, gallery
+    )
+
+
+def plan_record(plan: dict[str, list[np.ndarray]], sizes: dict[str, int]) -> dict[str, dict[str, int]]:
+    """What the subset plan used of each set, recorded beside the curves."""
+    return {k: {"n": sizes[k], "curves": len(v), "rows_used": int(sum(len(i) for i in v))} for k, v in plan.items()}
+
+
+def finish_fingerprints(
+    curves: pd.DataFrame,
+    subsets: dict[str, dict[str, int]],
+    fcfg: FingerprintConfig,
+    ct_cfg: Any,
+    out_url: str,
+    gallery: Gallery | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Write ``fingerprints.parquet`` and attribute (with a gallery) or evaluate (labelled curves) them.
+
+    Writes ``fingerprints.parquet`` (config, C_T config and subset plan in the metadata). With ``gallery``:
+    every curve is attributed against it → ``attribution.parquet``. Without one, when at least two labels are
+    known, the labelled curves are evaluated leave-one-run-out (see :func:`memray.evaluate.write_evaluation`).
+
+    Returns:
+        ``{"fingerprints": …, "attribution": …, "accuracy": …}`` (the last two only when computed).
+    """
+    meta = {
+        "fingerprint": to_dict(fcfg),
+        "ct": to_dict(ct_cfg) if ct_cfg is not None else None,
+        "layers": sorted(int(x) for x in curves[schema.LAYER].unique()),
+        "subsets": subsets,
+        "seed_rule": "default_rng([fingerprint.seed, crc32(gen_set)])",
+    }
+    write_fingerprints(join(out_url, schema.FINGERPRINTS_FILE), curves, meta)
+    out = {"fingerprints": curves}
+    found = curves_to_gallery(curves)
+    if gallery is not None:
+        att = attribute(found, gallery, fcfg)
+        write_attribution(join(out_url, schema.ATTRIBUTION_FILE), att, {**meta, "gallery_size": len(gallery)})
+        out["attribution"] = att
+        return out
+    labelled = found.select(np.array([lab is not None for lab in found.labels], dtype=bool))
+    if len(set(labelled.labels.tolist())) >= 2:
+        ev = evaluate(labelled, fcfg, protocol="leave-one-run-out")
+        write_evaluation(out_url, ev, meta)
+        out["attribution"], out["accuracy"] = ev.attribution, ev.summary
+    return out

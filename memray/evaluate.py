@@ -1,0 +1,206 @@
+"""Evaluate attribution: protocols, baselines, accuracy with Wilson intervals, confusion, side-by-side table.
+
+Protocols (every curve set is one :class:`~memray.fingerprint.Gallery`):
+
+- ``split``: curves marked ``gallery`` form the gallery, curves marked ``query`` are attributed.
+- ``leave-one-run-out``: every curve is a query against all curves of *other* runs (subsets of the query's own
+  generated set are left out too, so no set is matched with itself).
+
+A query counts as correct when the prediction equals its label; when its label has no curve in its gallery,
+only ``unknown`` (open set) is correct. Baselines use the same protocol and 1-NN: **FID-nearest (scalar)**
+(|ΔFID| between runs, the authors' baseline), **FID-nearest (features)** (Fréchet distance between the feature
+statistics of the query's and the gallery curve's images) and **single-layer C_T** (|ΔC_T| at one layer,
+NaN → 0 as for the curves). Their ``score`` is −distance.
+
+Files written by :func:`write_evaluation`: ``attribution.parquet`` (the curve method only,
+:data:`~memray.schema.ATTRIBUTION_SCHEMA`), ``evaluation.parquet`` (every method: ``method`` + attribution
+columns + ``correct``), ``accuracy.csv`` (the side-by-side table) and ``confusion.csv`` (curve method).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from scipy.stats import norm
+
+from memray import schema
+from memray.config import FingerprintConfig
+from memray.fid import fd_matrix
+from memray.fingerprint import UNKNOWN, Gallery, GalleryError, attribute, attribute_by_distance
+from memray.storage import join, open_output
+
+PROTOCOLS: tuple[str, ...] = ("split", "leave-one-run-out")
+METHOD = "method"
+CORRECT = "correct"
+EVALUATION_FILE = "evaluation.parquet"
+ACCURACY_FILE = "accuracy.csv"
+CONFUSION_FILE = "confusion.csv"
+SUMMARY_COLUMNS = (METHOD, "correct", "total", "accuracy", "ci_low", "ci_high")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Result of :func:`evaluate`: per-query rows, the accuracy table and the curve method's confusion matrix."""
+
+    protocol: str
+    attribution: pd.DataFrame  # curve method, ATTRIBUTION_SCHEMA columns
+    rows: pd.DataFrame  # every method: method + ATTRIBUTION_SCHEMA + correct
+    summary: pd.DataFrame  # SUMMARY_COLUMNS, one row per method
+    confusion: pd.DataFrame  # true label (rows) × predicted label (columns), curve method
+
+
+def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion ``correct/total`` (no continuity correction).
+
+    ``center = (p̂ + z²/2n)/(1 + z²/n)``, ``half = z·sqrt(p̂(1−p̂)/n + z²/4n²)/(1 + z²/n)``; (nan, nan) if n = 0.
+    """
+    if total == 0:
+        return float("nan"), float("nan")
+    if not 0 <= correct <= total:
+        raise ValueError(f"wilson_interval: need 0 <= correct <= total, got {correct}/{total}")
+    z = float(norm.ppf(0.5 + confidence / 2.0))
+    p, n = correct / total, float(total)
+    denom = 1.0 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def protocol_masks(curves: Gallery, protocol: str, split: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Query rows (q,) and the (q, g) mask of the curves each query may be matched with."""
+    if protocol == "split":
+        if split is None:
+            raise GalleryError("protocol 'split' needs a split column (gallery/query) in the curve file")
+        split = np.asarray(split, dtype=object)
+        queries = np.flatnonzero(split == "query")
+        if queries.size == 0 or not (split == "gallery").any():
+            raise GalleryError("protocol 'split' needs at least one 'gallery' and one 'query' curve")
+        return queries, np.broadcast_to(split == "gallery", (queries.size, len(curves))).copy()
+    if protocol == "leave-one-run-out":
+        queries = np.arange(len(curves))
+        return queries, curves.runs[:, None] != curves.runs[None, :]
+    raise GalleryError(f"unknown protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
+
+
+def _correct(att: pd.DataFrame, curves: Gallery, allowed: np.ndarray) -> np.ndarray:
+    out = np.empty(len(att), dtype=bool)
+    for i, (truth, pred) in enumerate(zip(att[schema.TRUE_LABEL], att[schema.PREDICTED], strict=True)):
+        known = truth in set(curves.labels[allowed[i]].tolist())
+        out[i] = pred == truth if known else pred == UNKNOWN
+    return out
+
+
+def method_name(fcfg: FingerprintConfig) -> str:
+    """Row name of the curve method in the accuracy table, e.g. ``C_T curve (1nn, alpha=0.5)``."""
+    extra = f", k={fcfg.k}" if fcfg.matcher == "knn" else ""
+    if fcfg.open_set_threshold is not None:
+        extra += f", open set < {fcfg.open_set_threshold:g}"
+    return f"C_T curve ({fcfg.matcher}{extra}, alpha={fcfg.alpha:g})"
+
+
+def evaluate(
+    curves: Gallery,
+    fcfg: FingerprintConfig,
+    protocol: str = "leave-one-run-out",
+    split: np.ndarray | None = None,
+    fid: dict[str, float] | None = None,
+    feature_stats: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    single_layer: bool = True,
+) -> Evaluation:
+    """Attribute the protocol's queries with the curve method and the baselines, and score them.
+
+    Args:
+        curves: all labelled curves (gallery and queries).
+        fcfg: the curve method (``alpha``, ``matcher``, ``k``, ``open_set_threshold``).
+        protocol: ``split`` (needs ``split``, (g,) of ``gallery``/``query``) or ``leave-one-run-out``.
+        fid: run → scalar FID (FID-nearest baseline), e.g. from :func:`memray.fid.match_fid_runs`.
+        feature_stats: curve name → ``(mu, sigma)`` of the curve's images' features (feature-FID baseline).
+        single_layer: add one single-layer C_T baseline per layer.
+    """
+    unlabelled = [n for n, lab in zip(curves.names, curves.labels, strict=True) if lab is None]
+    if unlabelled:
+        raise GalleryError(f"evaluation needs a label on every curve; unlabelled: {unlabelled[:5]}")
+    qrows, allowed = protocol_masks(curves, protocol, split)
+    queries = curves.select(qrows)
+    results: list[tuple[str, pd.DataFrame]] = [(method_name(fcfg), attribute(queries, curves, fcfg, allowed))]
+    if fid is not None:
+        missing = sorted({r for r in curves.runs if r not in fid})
+        if missing:
+            raise GalleryError(f"no FID for runs {missing[:5]}; add them to the FID file or map names (curve_run)")
+        f = np.array([fid[r] for r in curves.runs])
+        results.append(
+            ("FID-nearest (scalar)", attribute_by_distance(queries, curves, np.abs(f[qrows, None] - f), allowed))
+        )
+    if feature_stats is not None:
+        missing = [n for n in curves.names if n not in feature_stats]
+        if missing:
+            raise GalleryError(f"no feature statistics for curves {missing[:5]}")
+        stats = [feature_stats[n] for n in curves.names]
+        dist = fd_matrix([stats[i] for i in qrows], stats)
+        results.append(("FID-nearest (features)", attribute_by_distance(queries, curves, dist, allowed)))
+    if single_layer and len(curves.layers) > 1:
+        x = np.nan_to_num(curves.curves, nan=0.0)
+        for j, layer in enumerate(curves.layers):
+            dist = np.abs(x[qrows, j][:, None] - x[None, :, j])
+            results.append((f"single-layer C_T (layer {layer})", attribute_by_distance(queries, curves, dist, allowed)))
+    frames, summary = [], []
+    for name, att in results:
+        ok = _correct(att, curves, allowed)
+        frames.append(att.assign(**{CORRECT: ok}).assign(**{METHOD: name}))
+        lo, hi = wilson_interval(int(ok.sum()), len(ok))
+        summary.append((name, int(ok.sum()), len(ok), float(ok.mean()), lo, hi))
+    rows = pd.concat(frames, ignore_index=True)
+    rows = rows[[METHOD, *[f.name for f in schema.ATTRIBUTION_SCHEMA], CORRECT]]
+    method = results[0][1]
+    confusion = confusion_matrix(method)
+    return Evaluation(protocol, method, rows, pd.DataFrame(summary, columns=list(SUMMARY_COLUMNS)), confusion)
+
+
+def confusion_matrix(att: pd.DataFrame) -> pd.DataFrame:
+    """Counts of true label (rows) × predicted label (columns), square over all labels seen (plus ``unknown``)."""
+    labels = sorted(set(att[schema.TRUE_LABEL].tolist()) | set(att[schema.PREDICTED].tolist()) - {UNKNOWN})
+    cols = labels + ([UNKNOWN] if (att[schema.PREDICTED] == UNKNOWN).any() else [])
+    table = pd.crosstab(att[schema.TRUE_LABEL], att[schema.PREDICTED])
+    return table.reindex(index=labels, columns=cols, fill_value=0).rename_axis(
+        index=schema.TRUE_LABEL, columns=schema.PREDICTED
+    )
+
+
+def format_table(summary: pd.DataFrame) -> str:
+    """The accuracy table as aligned text: method, correct/total, accuracy, 95% Wilson CI."""
+    width = max(len("method"), *(len(m) for m in summary[METHOD]))
+    lines = [f"{'method':<{width}}  correct   accuracy  95% CI (Wilson)"]
+    for r in summary.itertuples(index=False):
+        frac = f"{r.correct}/{r.total}"
+        lines.append(f"{r.method:<{width}}  {frac:>7}   {r.accuracy:8.3f}  [{r.ci_low:.3f}, {r.ci_high:.3f}]")
+    return "\n".join(lines)
+
+
+def write_attribution(url: str, att: pd.DataFrame, metadata: dict[str, Any] | None = None) -> None:
+    """Write an attribution table with :data:`~memray.schema.ATTRIBUTION_SCHEMA` and JSON metadata."""
+    sch = schema.ATTRIBUTION_SCHEMA
+    if metadata is not None:
+        sch = sch.with_metadata({schema.META_KEY: json.dumps(metadata, sort_keys=True, default=str).encode()})
+    table = pa.Table.from_pandas(att[[f.name for f in schema.ATTRIBUTION_SCHEMA]], schema=sch, preserve_index=False)
+    with open_output(url) as fh:
+        pq.write_table(table, fh)
+
+
+def write_evaluation(out_url: str, ev: Evaluation, metadata: dict[str, Any] | None = None) -> None:
+    """Write attribution.parquet, evaluation.parquet, accuracy.csv and confusion.csv under ``out_url``."""
+    meta = {**(metadata or {}), "protocol": ev.protocol, "accuracy": ev.summary.to_dict(orient="records")}
+    write_attribution(join(out_url, schema.ATTRIBUTION_FILE), ev.attribution, meta)
+    rows = pa.Table.from_pandas(ev.rows, preserve_index=False)
+    rows = rows.replace_schema_metadata({schema.META_KEY: json.dumps(meta, sort_keys=True, default=str).encode()})
+    with open_output(join(out_url, EVALUATION_FILE)) as fh:
+        pq.write_table(rows, fh)
+    for name, df, index in ((ACCURACY_FILE, ev.summary, False), (CONFUSION_FILE, ev.confusion, True)):
+        with open_output(join(out_url, name)) as fh:
+            fh.write(df.to_csv(index=index).encode())

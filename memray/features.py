@@ -1,0 +1,144 @@
+"""Feature files: per-layer embedding matrices with sample ids, in ``.npy``, ``.npz`` or memray Parquet.
+
+- ``.npy``: one 2-D array, one layer (numbered by the caller's ``layer``); ids are row indices.
+- ``.npz``: one 2-D array per layer under keys ``layer_<ℓ>``; ids are row indices.
+- ``.parquet``: written by memray: ``sample_id`` plus one fixed-size-list column per layer ``layer_<ℓ>``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from memray import schema
+from memray.storage import open_output, open_url
+
+log = logging.getLogger(__name__)
+
+
+class FeatureFileError(ValueError):
+    """A feature file cannot be used; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Sample ids (``str``, length n) and per-layer float matrices ``{layer: (n, d)}`` sharing the row order."""
+
+    ids: np.ndarray
+    layers: dict[int, np.ndarray]
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        for layer, x in self.layers.items():
+            if x.ndim != 2 or x.shape[0] != len(self.ids):
+                raise FeatureFileError(
+                    f"{self.source or 'features'}: layer {layer} has shape {x.shape}, expected ({len(self.ids)}, d)"
+                )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def select(self, rows: np.ndarray) -> FeatureSet:
+        """Rows ``rows`` of every layer (a new FeatureSet)."""
+        return FeatureSet(self.ids[rows], {k: v[rows] for k, v in self.layers.items()}, self.source)
+
+
+def load_features(url: str, layer: int = 1, storage_options: dict[str, Any] | None = None) -> FeatureSet:
+    """Read a feature file (local path or fsspec URL) into a :class:`FeatureSet`."""
+    name = str(url)
+    suffix = Path(name.split("?")[0]).suffix.lower()
+    try:
+        with open_url(name, "rb", storage_options) as fh:
+            if suffix == ".npy":
+                arr = np.load(fh, allow_pickle=False)
+                if arr.ndim != 2:
+                    raise FeatureFileError(f"{name}: .npy features must be 2-D (n, d), got shape {arr.shape}")
+                return FeatureSet(_row_ids(len(arr)), {int(layer): arr}, name)
+            if suffix == ".npz":
+                with np.load(fh, allow_pickle=False) as z:
+                    layers = {}
+                    for key in z.files:
+                        ell = schema.parse_layer_column(key)
+                        if ell is None:
+                            raise FeatureFileError(
+                                f"{name}: key {key!r} is not 'layer_<n>'; store one 2-D array per layer as layer_1, …"
+                            )
+                        layers[ell] = z[key]
+                if not layers:
+                    raise FeatureFileError(f"{name}: no layer_<n> arrays in this .npz")
+                n = {v.shape[0] for v in layers.values()}
+                if len(n) != 1:
+                    raise FeatureFileError(f"{name}: layers have different row counts {sorted(n)}")
+                return FeatureSet(_row_ids(n.pop()), dict(sorted(layers.items())), name)
+            if suffix == ".parquet":
+                return table_to_features(pq.read_table(fh), name)
+    except FileNotFoundError as exc:
+        raise FeatureFileError(f"{name}: file not found") from exc
+    raise FeatureFileError(f"{name}: unknown feature format {suffix!r}; use .npy, .npz or memray .parquet")
+
+
+def _row_ids(n: int) -> np.ndarray:
+    return np.array([str(i) for i in range(n)], dtype=object)
+
+
+def table_to_features(table: pa.Table, source: str = "") -> FeatureSet:
+    """Convert a memray feature table (``sample_id`` + ``layer_<ℓ>`` fixed-size lists) to a FeatureSet."""
+    if schema.SAMPLE_ID not in table.column_names:
+        raise FeatureFileError(f"{source}: no '{schema.SAMPLE_ID}' column; is this a memray feature table?")
+    layers: dict[int, np.ndarray] = {}
+    for name in table.column_names:
+        ell = schema.parse_layer_column(name)
+        if ell is None:
+            continue
+        col = table.column(name).combine_chunks()
+        if isinstance(col.type, pa.FixedSizeListType):
+            d = col.type.list_size
+            layers[ell] = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, d)
+        else:  # variable-size lists (e.g. written by another tool): stack, checking equal lengths
+            rows = col.to_pylist()
+            if len({len(r) for r in rows}) > 1:
+                raise FeatureFileError(f"{source}: column {name} has rows of different lengths")
+            layers[ell] = np.asarray(rows, dtype=np.float32)
+    if not layers:
+        raise FeatureFileError(f"{source}: no layer_<n> columns found")
+    ids = np.asarray(table.column(schema.SAMPLE_ID).to_pylist(), dtype=object)
+    return FeatureSet(ids, dict(sorted(layers.items())), source)
+
+
+def features_to_table(fs: FeatureSet, metadata: dict[str, Any] | None = None) -> pa.Table:
+    """A FeatureSet as an Arrow table with fixed-size-list layer columns and the config in the metadata."""
+    arrays = [pa.array([str(i) for i in fs.ids], pa.string())]
+    dims = {}
+    for layer, x in sorted(fs.layers.items()):
+        x = np.ascontiguousarray(x)
+        dims[layer] = x.shape[1]
+        arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1]))
+    dtype = pa.from_numpy_dtype(next(iter(fs.layers.values())).dtype) if fs.layers else pa.float32()
+    sch = schema.feature_schema(dims, dtype)
+    if metadata is not None:
+        sch = sch.with_metadata({schema.META_KEY: json.dumps(metadata, sort_keys=True).encode()})
+    return pa.Table.from_arrays(arrays, schema=sch)
+
+
+def write_features(
+    url: str, fs: FeatureSet, metadata: dict[str, Any] | None = None, storage_options: dict | None = None
+) -> None:
+    """Write a FeatureSet as memray Parquet (atomically: temp file, then rename/commit)."""
+    table = features_to_table(fs, metadata)
+    with open_output(url, storage_options) as fh:
+        pq.write_table(table, fh)
+
+
+def table_metadata(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The memray config stored in a Parquet file's schema metadata (``{}`` if none)."""
+    with open_url(url, "rb", storage_options) as fh:
+        meta = pq.read_schema(fh).metadata or {}
+    raw = meta.get(schema.META_KEY)
+    return json.loads(raw) if raw else {}

@@ -1,0 +1,231 @@
+"""Image decoding shared by ``memray embed`` and the Ray job: bytes → (H, W, 3) uint8 RGB, failures as statuses.
+
+Conversions (documented choices, identical everywhere memray decodes):
+
+- ``L``/``1``/``P``/``CMYK``/``YCbCr``/… → RGB with Pillow's own ``convert("RGB")``.
+- Alpha (``RGBA``, ``LA``, ``PA``, ``P`` with transparency) is **dropped**: the stored colour channels are kept,
+  exactly as ``PIL.Image.convert("RGB")`` and torchvision's default image loader do (no compositing).
+- 16-bit greyscale (``I;16*``, and ``I`` read as a 16-bit range) is scaled to 8 bit by ``round(v / 257)``,
+  which maps 0 → 0 and 65535 → 255 exactly.
+- Multi-frame files (GIF, TIFF) give their first frame. EXIF orientation is not applied (as torchvision's loader).
+
+A file that cannot be decoded raises :class:`ImageDecodeError` with one of :data:`STATUSES`; callers record it as
+an error row and go on. Pillow's global ``Image.MAX_IMAGE_PIXELS`` is never modified.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from memray.storage import filesystem, is_remote, open_url
+
+log = logging.getLogger(__name__)
+
+STATUS_EMPTY = "empty"  # 0 bytes
+STATUS_NOT_IMAGE = "not_image"  # not a format Pillow recognises, or an unsupported pixel format
+STATUS_CORRUPT = "corrupt"  # header recognised, pixel data invalid
+STATUS_TRUNCATED = "truncated"  # pixel data ends early
+STATUS_TOO_LARGE = "too_large"  # more pixels than max_pixels (decompression-bomb guard)
+STATUSES: tuple[str, ...] = (STATUS_EMPTY, STATUS_NOT_IMAGE, STATUS_CORRUPT, STATUS_TRUNCATED, STATUS_TOO_LARGE)
+STATUS_UNREADABLE = "unreadable"  # for callers: the bytes could not be read (I/O error), nothing to decode
+
+#: Pillow's default decompression-bomb threshold (``Image.MAX_IMAGE_PIXELS`` as shipped, ~9459² pixels).
+DEFAULT_MAX_PIXELS = 89_478_485
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
+
+#: Keys tried, in order, for the image array in an ``.npz`` file.
+NPZ_IMAGE_KEYS: tuple[str, ...] = ("images", "x", "arr_0")
+
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+class ImageDecodeError(Exception):
+    """An image could not be decoded. ``status`` is one of :data:`STATUSES`; ``message`` says why."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode encoded image bytes to an RGB array.
+
+    Args:
+        data: the file's bytes.
+        max_pixels: images with more than this many pixels (width × height, read from the header before any
+            pixel data is decoded) are refused with status ``too_large``.
+
+    Returns:
+        ``(H, W, 3)`` C-contiguous uint8 array, RGB order.
+
+    Raises:
+        ImageDecodeError: with status ``empty``, ``not_image``, ``corrupt``, ``truncated`` or ``too_large``.
+            No other exception escapes for bad input.
+    """
+    if len(data) == 0:
+        raise ImageDecodeError(STATUS_EMPTY, "0 bytes")
+    try:
+        im = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(STATUS_TOO_LARGE, str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        fmt = _sniff_format(data)
+        if fmt is not None:  # the signature of an image format, but a header Pillow cannot parse
+            raise ImageDecodeError(
+                STATUS_CORRUPT, f"{fmt} signature but an unreadable header ({len(data)} bytes)"
+            ) from exc
+        raise ImageDecodeError(STATUS_NOT_IMAGE, f"not a recognised image format ({len(data)} bytes)") from exc
+    except Exception as exc:  # a recognised header that Pillow cannot parse
+        raise ImageDecodeError(STATUS_CORRUPT, f"{type(exc).__name__}: {exc}") from exc
+    with im:
+        width, height = im.size
+        if width * height > max_pixels:
+            raise ImageDecodeError(
+                STATUS_TOO_LARGE, f"{width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels}"
+            )
+        try:
+            im.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageDecodeError(STATUS_TOO_LARGE, str(exc)) from exc
+        except EOFError as exc:
+            raise ImageDecodeError(STATUS_TRUNCATED, f"EOFError: {exc}") from exc
+        except Exception as exc:
+            status = STATUS_TRUNCATED if "truncated" in str(exc).lower() else STATUS_CORRUPT
+            raise ImageDecodeError(status, f"{type(exc).__name__}: {exc}") from exc
+        return _to_rgb(im)
+
+
+def decode_array(image: np.ndarray) -> np.ndarray:
+    """An already decoded uint8 image array as ``(H, W, 3)`` RGB (greyscale replicated, alpha dropped).
+
+    Accepts ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` and ``(H, W, 4)`` uint8 arrays (e.g. rows of an ``.npz``).
+
+    Raises:
+        ImageDecodeError: ``empty`` for a 0-pixel array, ``not_image`` for another dtype or shape.
+    """
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise ImageDecodeError(STATUS_NOT_IMAGE, f"dtype {arr.dtype}; expected uint8 pixels in 0..255")
+    if arr.ndim == 3 and arr.shape[2] in (1, 3, 4):
+        rgb = np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr[:, :, :3]
+    elif arr.ndim == 2:
+        rgb = np.repeat(arr[:, :, None], 3, axis=2)
+    else:
+        raise ImageDecodeError(
+            STATUS_NOT_IMAGE, f"shape {arr.shape}; expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)"
+        )
+    if rgb.size == 0:
+        raise ImageDecodeError(STATUS_EMPTY, f"shape {arr.shape} has no pixels")
+    return np.ascontiguousarray(rgb)
+
+
+def _sniff_format(data: bytes) -> str | None:
+    """The image format whose magic bytes start ``data``, or ``None``."""
+    for magic, name in _SIGNATURES:
+        if data.startswith(magic):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    """A loaded Pillow image as ``(H, W, 3)`` uint8 RGB (see the module docstring for each mode)."""
+    mode = im.mode
+    try:
+        if mode == "RGB":
+            arr = np.asarray(im)
+        elif mode in _SIXTEEN_BIT_MODES:
+            wide = np.asarray(im).astype(np.float64)
+            gray = np.rint(np.clip(wide, 0, 65535) / 257.0).astype(np.uint8)
+            arr = np.repeat(gray[:, :, None], 3, axis=2)
+        elif mode == "F":
+            raise ImageDecodeError(STATUS_NOT_IMAGE, "32-bit float pixels have no defined 8-bit range; save as uint8")
+        elif mode in _ALPHA_MODES or (mode == "P" and "transparency" in im.info):
+            arr = np.asarray(im.convert("RGBA"))[:, :, :3]
+        else:
+            arr = np.asarray(im.convert("RGB"))
+    except ImageDecodeError:
+        raise
+    except Exception as exc:
+        raise ImageDecodeError(STATUS_NOT_IMAGE, f"cannot convert pixel mode {mode!r} to RGB: {exc}") from exc
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise ImageDecodeError(STATUS_NOT_IMAGE, f"pixel mode {mode!r} gave an array {arr.shape} {arr.dtype}")
+    return np.ascontiguousarray(arr)
+
+
+def is_image_file(name: str) -> bool:
+    """Whether ``name`` has one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_image_files(folder: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Image files under ``folder`` (recursive), as ``/``-separated paths relative to it, sorted.
+
+    Hidden files and folders (names starting with ``.``) are skipped. ``folder`` may be local or an fsspec URL.
+    """
+    if is_remote(folder):
+        fs, root = filesystem(folder, storage_options)
+        root = root.rstrip("/")
+        if not fs.isdir(root):
+            raise FileNotFoundError(f"{folder}: no such folder")
+        rels = [p[len(root) + 1 :] for p in fs.find(root)]
+    else:
+        base = Path(str(folder).removeprefix("file://"))
+        if not base.is_dir():
+            raise FileNotFoundError(f"{folder}: no such folder")
+        rels = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel_dir = Path(dirpath).relative_to(base)
+            rels += [(rel_dir / f).as_posix() for f in filenames]
+    keep = [r for r in rels if is_image_file(r) and not any(part.startswith(".") for part in r.split("/"))]
+    return sorted(keep)
+
+
+def load_npz_images(path: str, storage_options: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read a uint8 image array from an ``.npz`` file.
+
+    The array is the first of the keys :data:`NPZ_IMAGE_KEYS` (``images``, ``x``, ``arr_0``) present. Sample ids
+    are the row indices as strings (``"0"``, ``"1"``, …), the same convention as memray's ``.npy``/``.npz``
+    feature files.
+
+    Returns:
+        ``(ids, images)``: ids an object array of ``str`` (N,); images uint8 ``(N, H, W, C)`` with C in
+        {1, 3, 4} or ``(N, H, W)`` greyscale, exactly as stored (channels last).
+    """
+    with open_url(path, "rb", storage_options) as fh, np.load(fh, allow_pickle=False) as z:
+        key = next((k for k in NPZ_IMAGE_KEYS if k in z.files), None)
+        if key is None:
+            raise ValueError(f"{path}: no image array; store it under one of {list(NPZ_IMAGE_KEYS)} (found {z.files})")
+        images = z[key]
+    if images.dtype != np.uint8:
+        raise ValueError(f"{path}[{key}]: dtype {images.dtype}; store images as uint8 in 0..255")
+    if images.ndim == 4 and images.shape[-1] not in (1, 3, 4):
+        hint = " (it looks channels-first: transpose to (N, H, W, C))" if images.shape[1] in (1, 3, 4) else ""
+        raise ValueError(f"{path}[{key}]: shape {images.shape} is not (N, H, W, C) with C in 1, 3, 4{hint}")
+    if images.ndim not in (3, 4):
+        raise ValueError(f"{path}[{key}]: shape {images.shape}; expected (N, H, W, C) or (N, H, W)")
+    ids = np.array([str(i) for i in range(len(images))], dtype=object)
+    return ids, images

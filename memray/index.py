@@ -1,0 +1,285 @@
+"""Exact nearest training neighbour within a cell: flat FAISS shards, float64 re-rank, element-wise min merge.
+
+Each (cell, shard) work item builds a flat FAISS index over a contiguous row range of the cell's training
+rows, takes each query's top ``candidates`` in float32, and re-ranks them with exact float64 distances. A
+query whose float64 winner is not provably better than every non-candidate (the float32 scores carry a known
+error bound, see :func:`_tolerance`) is searched exhaustively in float64. Ties go to the smallest global id.
+Results therefore depend only on the data: not on sharding, batching, FAISS' BLAS path or thread count.
+
+Metrics (reported distances): ``l2`` = Euclidean (not squared); ``cosine`` = 1 − cos; ``cosine_abs`` = 1 − |cos|
+(He et al.). A zero vector has cos = 0 with everything (distance 1).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from memray.config import METRICS, CTConfig
+
+log = logging.getLogger(__name__)
+
+EPS32 = float(np.finfo(np.float32).eps)
+FALLBACK_BLOCK_BYTES = 32 * 1024**2  # memory bound of one block of the exhaustive float64 fallback
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}: choose one of {', '.join(METRICS)}")
+
+
+def shard_ranges(n: int, shards: int) -> list[tuple[int, int]]:
+    """Split ``range(n)`` into ``shards`` contiguous ``[start, stop)`` ranges whose sizes differ by at most 1."""
+    if shards < 1:
+        raise ValueError(f"shards={shards}: need at least 1")
+    bounds = [(i * n) // shards for i in range(shards + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(shards)]
+
+
+def prepare(x: np.ndarray, metric: str) -> np.ndarray:
+    """Float32 C-contiguous vectors for FAISS; unit-normalised (in float64) for the cosine metrics."""
+    _check_metric(metric)
+    x = np.asarray(x, dtype=np.float64)
+    if metric != "l2":
+        norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+        x = x / np.where(norms > 0, norms, 1.0)[:, None]
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Σ_i a[..., i]·b[..., i] accumulated left to right, so each pair's value is the same in any batch shape.
+
+    (``np.einsum``/``np.sum`` are faster but may pick their summation order from the array strides.)
+    """
+    acc = a[..., 0] * b[..., 0]
+    for i in range(1, a.shape[-1]):
+        acc = acc + a[..., i] * b[..., i]
+    return acc
+
+
+def _scores(q: np.ndarray, t: np.ndarray, metric: str, t_norm: np.ndarray | None = None) -> np.ndarray:
+    """Exact float64 search scores of broadcastable (..., k) rows: squared L2, 1 − cos or 1 − |cos|.
+
+    ``t_norm``: ``sqrt(_rowdot(t, t))`` when already known (the same values, computed once per shard).
+    """
+    if metric == "l2":
+        acc = np.zeros(np.broadcast_shapes(q.shape, t.shape)[:-1])
+        for i in range(q.shape[-1]):
+            diff = q[..., i] - t[..., i]
+            acc = acc + diff * diff
+        return acc
+    den = np.sqrt(_rowdot(q, q)) * (np.sqrt(_rowdot(t, t)) if t_norm is None else t_norm)
+    cos = np.clip(np.divide(_rowdot(q, t), den, out=np.zeros_like(den), where=den > 0), -1.0, 1.0)
+    return 1.0 - (np.abs(cos) if metric == "cosine_abs" else cos)
+
+
+def distance(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+    """Row-wise exact float64 distance between (n, k) arrays (Euclidean, 1 − cos or 1 − |cos|) -> (n,)."""
+    _check_metric(metric)
+    s = _scores(np.asarray(a, np.float64), np.asarray(b, np.float64), metric)
+    return np.sqrt(s) if metric == "l2" else s
+
+
+def _tolerance(q: np.ndarray, t_sqnorm_max: float, metric: str) -> np.ndarray:
+    """Bound on |FAISS float32 score − exact float64 score| per query, with a factor 2 of slack.
+
+    Inputs are rounded to float32 (relative eps/2 per entry) and a k-term float32 dot product errs by at most
+    k·eps·Σ|a_i b_i|; for L2 FAISS evaluates ‖q‖² + ‖t‖² − 2 q·t, so the bound scales with ‖q‖² + ‖t‖².
+    """
+    k = q.shape[1]
+    if metric == "l2":
+        return 2.0 * (2 * k + 8) * EPS32 * (np.einsum("ij,ij->i", q, q) + t_sqnorm_max)
+    return np.full(len(q), 2.0 * (k + 4) * EPS32)
+
+
+def _lexmin(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise minimum of (score, id) pairs, (q, c) -> (q,), (q,): smallest score, then smallest id."""
+    best = scores.min(axis=1)
+    masked = np.where(scores == best[:, None], ids, np.iinfo(np.int64).max)
+    return best, masked.min(axis=1)
+
+
+def _exhaustive(shard: TrainShard, queries: np.ndarray):
+    """Exact float64 scan of all of a shard's rows for a few queries -> (score, id) per query."""
+    train, train_ids, norms, metric = shard.train, shard.train_ids, shard.norms, shard.metric
+    rows = max(1, FALLBACK_BLOCK_BYTES // (8 * train.shape[1] * max(len(queries), 1)))
+    best = np.full(len(queries), np.inf)
+    best_id = np.full(len(queries), -1, dtype=np.int64)
+    for start in range(0, len(train), rows):
+        s = _scores(
+            queries[:, None, :], train[None, start : start + rows, :], metric, norms[None, start : start + rows]
+        )
+        ids = np.broadcast_to(train_ids[start : start + rows], s.shape)
+        b, bi = _lexmin(np.concatenate([best[:, None], s], 1), np.concatenate([best_id[:, None], ids], 1))
+        best, best_id = b, np.where(np.isinf(b), -1, bi)
+    return best, best_id
+
+
+@dataclass(frozen=True, eq=False)
+class TrainShard:
+    """One (cell, shard) row range of the projected training set, prepared once and searched many times.
+
+    ``train`` (n_s, k) float64 rows, ``train_ids`` (n_s,) int64 global ids, ``vectors`` (n_s, k) float32 as
+    FAISS sees them (:func:`prepare`), ``norms`` (n_s,) float64 exact row norms, ``sqnorm_max`` the largest
+    squared row norm (error bound of the L2 search).
+    """
+
+    cell: int
+    shard: int
+    metric: str
+    train: np.ndarray
+    train_ids: np.ndarray
+    vectors: np.ndarray
+    norms: np.ndarray
+    sqnorm_max: float
+
+    @classmethod
+    def build(cls, train: np.ndarray, train_ids: np.ndarray, metric: str, cell: int = -1, shard: int = 0):
+        """Prepare a shard from float64 rows (n_s, k) and their global int64 ids."""
+        _check_metric(metric)
+        train = np.ascontiguousarray(train, np.float64)
+        sq = _rowdot(train, train) if len(train) else np.zeros(0)
+        ids = np.asarray(train_ids, np.int64)
+        return cls(cell, shard, metric, train, ids, prepare(train, metric), np.sqrt(sq), float(sq.max(initial=0.0)))
+
+
+def search_shard(
+    train: np.ndarray,
+    train_ids: np.ndarray,
+    queries: np.ndarray,
+    metric: str,
+    candidates: int = 8,
+    query_batch: int = 4096,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact nearest neighbour of each query among one shard's training rows.
+
+    Args:
+        train: (n, k) float64 projected training rows of one cell shard.
+        train_ids: (n,) int64 global ids of those rows.
+        queries: (q, k) float64 projected queries.
+        metric: ``l2``, ``cosine`` or ``cosine_abs``.
+        candidates: FAISS top-k per query re-ranked in float64.
+        query_batch: queries per FAISS search call (memory only; results do not depend on it).
+
+    Returns:
+        (distance float64 (q,), global id int64 (q,)); ``(inf, -1)`` for every query if the shard is empty.
+    """
+    return search_prepared(TrainShard.build(train, train_ids, metric), queries, candidates, query_batch)
+
+
+def search_prepared(
+    shard: TrainShard, queries: np.ndarray, candidates: int = 8, query_batch: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`search_shard` on a prepared :class:`TrainShard`."""
+    metric, train, train_ids = shard.metric, shard.train, shard.train_ids
+    queries = np.asarray(queries, np.float64)
+    dist = np.full(len(queries), np.inf)
+    ids = np.full(len(queries), -1, dtype=np.int64)
+    if len(train) == 0 or len(queries) == 0:
+        return dist, ids
+    n, k = train.shape
+    index = faiss.IndexFlatL2(k) if metric == "l2" else faiss.IndexFlatIP(k)
+    index.add(shard.vectors)
+    c = min(candidates, n)
+    uncertain: list[np.ndarray] = []
+    for start in range(0, len(queries), query_batch):
+        qb = queries[start : start + query_batch]
+        xq = prepare(qb, metric)
+        if metric == "cosine_abs":  # top |cos| = union of the top cos for q and for −q
+            d_raw, i_raw = index.search(np.concatenate([xq, -xq]), c)
+            cand = np.concatenate([i_raw[: len(qb)], i_raw[len(qb) :]], axis=1)
+            bound = 1.0 - np.maximum(d_raw[: len(qb), -1], d_raw[len(qb) :, -1]).astype(np.float64)
+        else:
+            d_raw, cand = index.search(xq, c)
+            bound = d_raw[:, -1].astype(np.float64)
+            bound = bound if metric == "l2" else 1.0 - bound
+        s = _scores(qb[:, None, :], train[cand], metric, shard.norms[cand])
+        best, best_id = _lexmin(s, train_ids[cand])
+        dist[start : start + len(qb)], ids[start : start + len(qb)] = best, best_id
+        if c < n:  # a non-candidate could still win unless best < (c-th approximate score) − error bound
+            doubt = ~(best < bound - _tolerance(qb, shard.sqnorm_max, metric))
+            uncertain.append(start + np.flatnonzero(doubt))
+    todo = np.concatenate(uncertain) if uncertain else np.zeros(0, np.int64)
+    if len(todo):
+        log.debug("exhaustive float64 re-check of %d/%d queries (near-ties)", len(todo), len(queries))
+        dist[todo], ids[todo] = _exhaustive(shard, queries[todo])
+    return (np.sqrt(dist) if metric == "l2" else dist), ids
+
+
+def merge_min(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Element-wise minimum over shard results; ties -> smallest id (independent of the order of ``parts``)."""
+    if not parts:
+        raise ValueError("merge_min needs at least one (distance, id) pair")
+    d = np.stack([p[0] for p in parts], axis=1)
+    i = np.stack([np.asarray(p[1], np.int64) for p in parts], axis=1)
+    best, best_id = _lexmin(d, i)
+    return best, np.where(np.isinf(best), -1, best_id)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One (cell, shard) work item: everything a worker needs, picklable (no index, no closures)."""
+
+    shard: TrainShard
+    queries: np.ndarray  # (q_c, k) float64 queries of the shard's cell
+    query_rows: np.ndarray  # (q_c,) int64 positions of those queries in the full query array
+    candidates: int
+    query_batch: int
+
+
+def run_task(task: ShardTask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Search one work item -> (query_rows, distance, id)."""
+    d, i = search_prepared(task.shard, task.queries, task.candidates, task.query_batch)
+    return task.query_rows, d, i
+
+
+def build_shards(train_z, train_cells, train_ids, cfg: CTConfig) -> dict[int, list[TrainShard]]:
+    """Prepared training shards per cell: cfg.train_shards contiguous row ranges of each cell's rows."""
+    train_z = np.asarray(train_z, np.float64)
+    train_cells, train_ids = np.asarray(train_cells), np.asarray(train_ids, np.int64)
+    out: dict[int, list[TrainShard]] = {}
+    for cell in np.unique(train_cells):
+        rows = np.flatnonzero(train_cells == cell)
+        out[int(cell)] = [
+            TrainShard.build(train_z[rows[a:b]], train_ids[rows[a:b]], cfg.metric, int(cell), s)
+            for s, (a, b) in enumerate(shard_ranges(len(rows), cfg.train_shards))
+            if b > a
+        ]
+    return out
+
+
+def nearest_in_cells(
+    train_z: np.ndarray,
+    train_cells: np.ndarray,
+    train_ids: np.ndarray,
+    query_z: np.ndarray,
+    query_cells: np.ndarray,
+    cfg: CTConfig,
+    mapper: Callable[[Callable, Iterable], Iterable] = map,
+    shards: dict[int, list[TrainShard]] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distance (q,) float64 and global id (q,) int64 of each query's nearest training row in its own cell.
+
+    ``mapper(fn, items)`` runs the (cell, shard) items and yields their results (builtin ``map`` here, a
+    Ray-task mapper in the cluster job); results are min-merged, so their order does not matter. Queries whose
+    cell holds no training row get ``(inf, -1)``. ``shards``: :func:`build_shards` of the same training rows,
+    to reuse across query sets (built here when omitted).
+    """
+    if shards is None:
+        shards = build_shards(train_z, train_cells, train_ids, cfg)
+    query_z, query_cells = np.asarray(query_z, np.float64), np.asarray(query_cells)
+    tasks = []
+    for cell in np.unique(query_cells):
+        rows = np.flatnonzero(query_cells == cell)
+        for shard in shards.get(int(cell), []):
+            if shard.metric != cfg.metric:
+                raise ValueError(f"shards were prepared for metric {shard.metric!r}, not {cfg.metric!r}")
+            tasks.append(ShardTask(shard, query_z[rows], rows, cfg.candidates, cfg.query_batch))
+    dist = np.full(len(query_z), np.inf)
+    ids = np.full(len(query_z), -1, dtype=np.int64)
+    for rows, d, i in mapper(run_task, tasks):
+        dist[rows], ids[rows] = merge_min([(dist[rows], ids[rows]), (d, i)])
+    return dist, ids

@@ -1,0 +1,1 @@
+"""The only package that imports Ray: Data stages, tasks and the pipeline driver."""

@@ -1,0 +1,122 @@
+"""Write a :class:`~memray.score.ScoreResult` as Parquet tables plus ``run.json``, atomically and reproducibly.
+
+Every table carries, under ``schema.META_KEY`` in its Parquet schema metadata, the CT config, its digest, the
+memray version and the statistical choices (see :func:`method_record`). Nothing time-dependent goes into the
+Parquet files, so the same inputs and config give bitwise-identical files; ``run.json`` holds the caller's run
+metadata (inputs, timestamp…) and per-table row counts.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from memray import schema
+from memray.config import CTConfig, digest, to_dict
+from memray.score import ScoreResult
+from memray.storage import join, open_output, write_json
+
+DISTRIBUTION = "memray-audit"
+
+
+def memray_version() -> str:
+    """Installed version of the memray distribution (``"unknown"`` when run from a source tree not installed)."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def method_record(cfg: CTConfig) -> dict[str, Any]:
+    """The statistical choices behind a C_T result, spelled out beside the numbers."""
+    return {
+        "distance": {
+            "cosine_abs": "1 - |cos| in the projected space",
+            "cosine": "1 - cos in the projected space",
+            "l2": "Euclidean in the projected space",
+        }[cfg.metric],
+        "pca": "none (raw vectors)" if cfg.pca_dim is None else "exact covariance eigh on train, float64",
+        "pca_only_if_larger": cfg.pca_only_if_larger,
+        "cells": (
+            f"greedy k-means++ seeding + faiss Lloyd, k={cfg.cells}, seed={cfg.seed}, niter={cfg.kmeans_niter}, "
+            f"nredo={cfg.kmeans_nredo} (lowest objective kept)"
+        ),
+        "kmeans_points": "all training samples"
+        if cfg.kmeans_sample is None
+        else f"seeded sample of {cfg.kmeans_sample}",
+        "cell_assignment": "nearest centroid, exact float64 L2, ties to the lower cell",
+        "nearest_neighbour": "exact: float64 re-rank, exhaustive on near-ties; ties to the smallest train row",
+        "u_statistic": "rank-sum of generated distances minus m(m+1)/2, average ranks for ties",
+        "z": "(U - (n*m/2 - 0.5)) / sqrt(n*m*(n+m+1)/12), no tie correction",
+        "keep_cell": f"n_gen > {cfg.min_gen_per_cell} and n_test > 0 and n_train > 0",
+        "ct": "sum over kept cells of P(cell)*Z / sum of P(cell), P = share of test samples",
+        "seed": cfg.seed,
+    }
+
+
+def table_metadata(cfg: CTConfig, table: str) -> dict[str, Any]:
+    """The JSON stored in each table's schema metadata."""
+    return {
+        "table": table,
+        "config": to_dict(cfg),
+        "config_digest": digest(cfg),
+        "memray_version": memray_version(),
+        "method": method_record(cfg),
+    }
+
+
+def to_table(df: pd.DataFrame, sch: pa.Schema, meta: dict[str, Any]) -> pa.Table:
+    """A DataFrame as an Arrow table with exactly ``sch`` (columns, types) and only memray's metadata."""
+    arrays = []
+    for f in sch:
+        col = df[f.name]
+        if pa.types.is_string(f.type):  # None/NaN -> null (e.g. gen_set of test rows)
+            arrays.append(pa.array(col.to_numpy(dtype=object), type=f.type, from_pandas=True))
+        else:  # numeric NaN stays NaN (an undefined z or C_T), not null
+            arrays.append(pa.array(col.to_numpy(), type=f.type))
+    return pa.Table.from_arrays(
+        arrays, schema=sch.with_metadata({schema.META_KEY: json.dumps(meta, sort_keys=True).encode()})
+    )
+
+
+def write_results(
+    out_url: str, result: ScoreResult, run_meta: dict[str, Any], storage_options: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """Write ct_scores, ct_cells and neighbors Parquet files and ``run.json`` under ``out_url``.
+
+    Returns:
+        {table name: URL} for the three tables and ``run``.
+    """
+    if result.config is None:
+        raise ValueError("this ScoreResult has no config; build it with ScoreResult.from_tables(tables, config=...)")
+    tables = {
+        "ct_scores": (result.ct_scores, schema.CT_SCORES_SCHEMA, schema.CT_SCORES_FILE),
+        "ct_cells": (result.ct_cells, schema.CT_CELLS_SCHEMA, schema.CT_CELLS_FILE),
+        "neighbors": (result.neighbors, schema.NEIGHBORS_SCHEMA, schema.NEIGHBORS_FILE),
+    }
+    paths: dict[str, str] = {}
+    rows: dict[str, int] = {}
+    for name, (df, sch, file) in tables.items():
+        table = to_table(df, sch, table_metadata(result.config, name))
+        url = join(out_url, file)
+        with open_output(url, storage_options) as fh:
+            pq.write_table(table, fh, compression="zstd", write_statistics=True)
+        paths[name], rows[name] = url, table.num_rows
+    run = {
+        **run_meta,
+        "config": to_dict(result.config),
+        "config_digest": digest(result.config),
+        "memray_version": memray_version(),
+        "method": method_record(result.config),
+        "layers": result.layers,
+        "gen_sets": result.gen_sets,
+        "tables": {name: {"file": tables[name][2], "rows": rows[name]} for name in tables},
+    }
+    paths["run"] = join(out_url, schema.RUN_FILE)
+    write_json(paths["run"], run, storage_options)
+    return paths

@@ -1,0 +1,80 @@
+"""Helpers shared by the Ray job's integration tests: small real image sets and audit configs."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from memray.job_config import AuditConfig, audit_config_from_dict
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+
+
+def sample_images(name: str, n: int) -> np.ndarray:
+    """The first ``n`` images (uint8, N×28×28) of a bundled Fashion-MNIST sample file."""
+    with np.load(SAMPLE / f"{name}.npz") as z:
+        return z["images"][:n]
+
+
+def write_pngs(folder: Path, images: np.ndarray) -> list[str]:
+    """Write images as PNG files ``img_00000.png`` …; returns the file names in order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, img in enumerate(images):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        (folder / f"img_{i:05d}.png").write_bytes(buf.getvalue())
+        names.append(f"img_{i:05d}.png")
+    return names
+
+
+def write_npz(path: Path, images: np.ndarray) -> str:
+    """Write images as an ``.npz`` with key ``images``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, images=images)
+    return str(path)
+
+
+def make_inputs(root: Path) -> dict[str, str]:
+    """A small audit: 240 train PNGs (several shards), 120 test images (npz), two generated sets (npz)."""
+    write_pngs(root / "train", sample_images("train", 240))
+    return {
+        "train": str(root / "train"),
+        "test": write_npz(root / "test.npz", sample_images("test", 120)),
+        "copy": write_npz(root / "copy.npz", sample_images("kde_copy_bw8", 90)),
+        "real": write_npz(root / "real.npz", sample_images("heldout_real", 90)),
+    }
+
+
+def audit_config(inputs: dict[str, str], output: str, **overrides: Any) -> AuditConfig:
+    """An audit config on a tiny random ViT (timm ``test_vit`` at 32 px), 3 cells, Euclidean distance."""
+    data: dict[str, Any] = {
+        "train": {"name": "train", "urls": [inputs["train"]]},
+        "test": {"name": "test", "urls": [inputs["test"]]},
+        "generated": [
+            {"name": "copy", "urls": [inputs["copy"]], "label": "kde"},
+            {"name": "real", "urls": [inputs["real"]], "label": "real"},
+        ],
+        "output": output,
+        "embed": {"model": "test_vit", "random_init": True, "model_kwargs": {"img_size": 32}, "batch_size": 32},
+        "ct": {"mode": "meehan", "cells": 3, "seed": 0},
+        "resources": {
+            "actors": 1,
+            "actor_num_cpus": 0.5,
+            "shard_rows": 64,
+            "embed_batch_size": 32,
+            "index_task_num_cpus": 0.5,
+            "torch_threads": 1,
+        },
+    }
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return audit_config_from_dict(data)

@@ -1,0 +1,94 @@
+"""Tests of memray.curve_run: subset plans, per-subset curves reusing the fits, the fingerprint run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from memray import schema
+from memray.config import ConfigError, CTConfig, FingerprintConfig
+from memray.curve_run import compute_curves, fingerprint_run, plan_subsets
+from memray.curves import read_curves, to_gallery
+from memray.features import FeatureSet
+from memray.score import fit_layer
+
+
+def test_plan_subsets_disjoint_and_bootstrap() -> None:
+    fcfg = FingerprintConfig(subset_size=100, seed=3)
+    plan = plan_subsets({"a": 350, "b": 100}, fcfg)
+    assert [len(s) for s in plan["a"]] == [100, 100, 100] and len(plan["b"]) == 1  # 50 rows of "a" dropped
+    rows = np.concatenate(plan["a"])
+    assert len(np.unique(rows)) == 300 and rows.min() >= 0 and rows.max() < 350
+    # deterministic, and a set's subsets do not depend on the other sets
+    again = plan_subsets({"a": 350}, fcfg)
+    assert all(np.array_equal(x, y) for x, y in zip(plan["a"], again["a"], strict=True))
+    assert not np.array_equal(
+        plan["a"][0], plan_subsets({"a": 350}, FingerprintConfig(subset_size=100, seed=4))["a"][0]
+    )
+    assert len(plan_subsets({"a": 350}, FingerprintConfig(subset_size=100, n_subsets=2))["a"]) == 2
+    boot = plan_subsets({"a": 50}, FingerprintConfig(subset_size=80, subsets="bootstrap", n_subsets=4))["a"]
+    assert len(boot) == 4 and all(len(s) == 80 and s.max() < 50 for s in boot)
+    assert len(np.unique(boot[0])) < 80  # drawn with replacement
+    with pytest.raises(ValueError, match=r"fewer than fingerprint\.subset_size"):
+        plan_subsets({"tiny": 99}, fcfg)
+    with pytest.raises(ValueError, match="n_subsets=5"):
+        plan_subsets({"a": 350}, FingerprintConfig(subset_size=100, n_subsets=5))
+    with pytest.raises(ConfigError, match="n_subsets"):
+        plan_subsets({"a": 350}, FingerprintConfig(subset_size=100, subsets="bootstrap"))
+
+
+def _toy_features(seed: int = 0) -> tuple[dict, dict, dict[str, FeatureSet]]:
+    """Two layers of 8-d features: train/test from one Gaussian, a near-copy set and a broader set."""
+    rng = np.random.default_rng(seed)
+    train = rng.normal(size=(600, 8))
+    test = rng.normal(size=(300, 8))
+    copy = train[rng.integers(0, 600, 240)] + 0.05 * rng.normal(size=(240, 8))
+    broad = 1.5 * rng.normal(size=(240, 8))
+    mix = np.tanh  # layer 2 = a fixed non-linear map of layer 1
+    sets = {name: {1: x.astype(np.float32), 2: mix(x).astype(np.float32)} for name, x in
+            {"train": train, "test": test, "copy": copy, "broad": broad}.items()}  # fmt: skip
+    gens = {k: FeatureSet(np.arange(240).astype(str).astype(object), sets[k]) for k in ("copy", "broad")}
+    return sets["train"], sets["test"], gens
+
+
+def test_compute_curves_equals_scoring_each_subset_alone() -> None:
+    """A subset's C_T from the shared scoring equals scoring that subset's features on their own."""
+    train, test, gens = _toy_features()
+    cfg = CTConfig.preset("paper", cells=3, min_gen_per_cell=5)
+    fitted = {layer: fit_layer(layer, train[layer], np.arange(600).astype(str), test[layer], cfg) for layer in (1, 2)}
+    fcfg = FingerprintConfig(subset_size=80)
+    plan = plan_subsets({k: len(v) for k, v in gens.items()}, fcfg)
+    df = compute_curves(fitted, gens, {"copy": "memorizer", "broad": None}, fcfg, plan)
+    assert len(df) == 2 * 3 * 2 and list(df.columns) == [f.name for f in schema.FINGERPRINTS_SCHEMA]
+    for r in df.itertuples(index=False):
+        alone = fitted[r.layer].score(gens[r.gen_set].layers[r.layer][plan[r.gen_set][r.subset]]).ct
+        assert r.ct == pytest.approx(alone, abs=1e-12)
+    assert df[df.gen_set == "copy"].ct.max() < min(0, df[df.gen_set == "broad"].ct.min())  # copying ≪ 0
+    assert set(df[df.gen_set == "copy"].label) == {"memorizer"} and df[df.gen_set == "broad"].label.isna().all()
+
+
+def test_fingerprint_run_writes_tables(tmp_path: Path) -> None:
+    train, test, gens = _toy_features(1)
+    cfg = CTConfig.preset("paper", cells=3, min_gen_per_cell=5)
+    fitted = {layer: fit_layer(layer, train[layer], np.arange(600).astype(str), test[layer], cfg) for layer in (1, 2)}
+    fcfg = FingerprintConfig(subset_size=80)
+    out = fingerprint_run(fitted, gens, {"copy": "copier", "broad": "wide"}, fcfg, str(tmp_path))
+    fp = pd.read_parquet(tmp_path / schema.FINGERPRINTS_FILE)
+    pd.testing.assert_frame_equal(fp, out["fingerprints"], check_dtype=False)
+    meta = json.loads(pq.read_schema(tmp_path / schema.FINGERPRINTS_FILE).metadata[schema.META_KEY])
+    assert meta["fingerprint"]["subset_size"] == 80 and meta["ct"]["cells"] == 3 and meta["layers"] == [1, 2]
+    assert meta["subsets"]["copy"] == {"n": 240, "curves": 3, "rows_used": 240}
+    # leave-one-run-out with one run per label: no query's label is in its gallery → every closed-set answer is wrong
+    assert out["accuracy"].iloc[0]["correct"] == 0 and (tmp_path / schema.ATTRIBUTION_FILE).exists()
+    gallery, _ = to_gallery(read_curves(str(tmp_path / schema.FINGERPRINTS_FILE)))
+    assert gallery.names.tolist()[:3] == ["broad#0", "broad#1", "broad#2"] and set(gallery.runs) == {"broad", "copy"}
+    again = fingerprint_run(fitted, gens, {"copy": None, "broad": None}, fcfg, str(tmp_path / "b"), gallery=gallery)
+    att = pd.read_parquet(tmp_path / "b" / schema.ATTRIBUTION_FILE)
+    assert len(att) == 6 and (att.predicted == np.where(att["query"].str.startswith("copy"), "copier", "wide")).all()
+    assert att.score.to_numpy() == pytest.approx(1.0)  # each curve finds itself in the gallery
+    assert again["attribution"].shape == att.shape

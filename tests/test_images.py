@@ -1,0 +1,157 @@
+"""decode_image on real files written here (good, broken, odd modes), folder listing and .npz image arrays."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from memray.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageDecodeError,
+    decode_array,
+    decode_image,
+    list_image_files,
+    load_npz_images,
+)
+
+RNG_SEED = 0
+
+
+def encode(img: Image.Image, fmt: str, **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def rgb() -> np.ndarray:
+    return np.random.default_rng(RNG_SEED).integers(0, 256, (24, 30, 3), dtype=np.uint8)
+
+
+def write(tmp_path: Path, name: str, data: bytes) -> bytes:
+    (tmp_path / name).write_bytes(data)
+    return (tmp_path / name).read_bytes()  # decode what is on disk, as the CLI does
+
+
+def status_of(data: bytes, **kwargs: int) -> str:
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(data, **kwargs)
+    assert info.value.message
+    return info.value.status
+
+
+def test_good_png_jpeg_exact_or_close(tmp_path: Path, rgb: np.ndarray) -> None:
+    out = decode_image(write(tmp_path, "a.png", encode(Image.fromarray(rgb), "PNG")))
+    assert out.dtype == np.uint8 and out.shape == (24, 30, 3) and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, rgb)
+    smooth = np.repeat(np.linspace(0, 255, 30, dtype=np.uint8)[None, :, None], 24, 0).repeat(3, 2)
+    jpg = decode_image(write(tmp_path, "b.jpg", encode(Image.fromarray(smooth), "JPEG", quality=95)))
+    assert np.abs(jpg.astype(int) - smooth).max() <= 8
+
+
+def test_broken_files_get_their_status(tmp_path: Path, rgb: np.ndarray) -> None:
+    png = encode(Image.fromarray(rgb), "PNG")
+    jpg = encode(Image.fromarray(rgb), "JPEG", quality=90)
+    flipped = png[:60] + bytes(b ^ 0xFF for b in png[60:120]) + png[120:]  # inside the IDAT stream
+    assert status_of(write(tmp_path, "corrupt.png", flipped)) == "corrupt"
+    assert status_of(write(tmp_path, "header.png", png[:33])) == "corrupt"  # PNG signature, no image data
+    assert status_of(write(tmp_path, "trunc.jpg", jpg[: len(jpg) // 2])) == "truncated"
+    assert status_of(write(tmp_path, "trunc.png", png[: len(png) // 2])) == "truncated"
+    assert status_of(write(tmp_path, "empty.png", b"")) == "empty"
+    assert status_of(write(tmp_path, "notes.png", b"these are my notes, not a picture\n")) == "not_image"
+
+
+def test_grey_rgba_palette_cmyk(tmp_path: Path, rgb: np.ndarray) -> None:
+    grey = rgb[:, :, 0]
+    out = decode_image(write(tmp_path, "g.png", encode(Image.fromarray(grey), "PNG")))
+    np.testing.assert_array_equal(out, np.repeat(grey[:, :, None], 3, axis=2))
+    alpha = np.zeros((24, 30, 1), np.uint8)  # fully transparent: the stored colours are kept (alpha dropped)
+    out = decode_image(write(tmp_path, "a.png", encode(Image.fromarray(np.concatenate([rgb, alpha], 2)), "PNG")))
+    np.testing.assert_array_equal(out, rgb)
+    la = Image.fromarray(np.stack([grey, alpha[:, :, 0]], 2), "LA")
+    np.testing.assert_array_equal(decode_image(encode(la, "PNG")), np.repeat(grey[:, :, None], 3, axis=2))
+    pal = Image.fromarray(rgb).quantize(16)
+    np.testing.assert_array_equal(decode_image(encode(pal, "PNG")), np.asarray(pal.convert("RGB")))
+    cmyk = Image.fromarray(rgb).convert("CMYK")
+    np.testing.assert_array_equal(decode_image(encode(cmyk, "TIFF")), np.asarray(cmyk.convert("RGB")))
+
+
+def test_sixteen_bit_png_scaled_to_eight_bit(tmp_path: Path) -> None:
+    wide = np.array([[0, 257, 32896], [65535, 1000, 60000]], dtype=np.uint16)
+    data = write(tmp_path, "deep.png", encode(Image.fromarray(wide), "PNG"))
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
+    out = decode_image(data)
+    expected = np.array([[0, 1, 128], [255, 4, 233]], dtype=np.uint8)  # round(v / 257)
+    np.testing.assert_array_equal(out[:, :, 0], expected)
+    np.testing.assert_array_equal(out[:, :, 2], expected)
+
+
+def test_decompression_bomb_limit(tmp_path: Path) -> None:
+    data = write(tmp_path, "big.png", encode(Image.new("L", (120, 100)), "PNG"))  # tiny file, 12,000 pixels
+    assert status_of(data, max_pixels=11_999) == "too_large"
+    assert decode_image(data, max_pixels=12_000).shape == (100, 120, 3)
+    assert Image.MAX_IMAGE_PIXELS == DEFAULT_MAX_PIXELS  # the global limit is left as Pillow ships it
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG signature + valid IHDR declaring a huge image, then a tiny IDAT and IEND (a few dozen bytes)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b"")
+
+
+def test_pillow_bomb_error_and_warning_become_too_large() -> None:
+    assert status_of(png_header_only(20_000, 10_000)) == "too_large"  # > 2× Pillow's limit: its error
+    with pytest.warns(Image.DecompressionBombWarning):  # between 1× and 2×: Pillow only warns, memray refuses
+        assert status_of(png_header_only(10_000, 9_000)) == "too_large"
+
+
+def test_decode_array_channels_and_refusals(rgb: np.ndarray) -> None:
+    grey = rgb[:, :, 1]
+    np.testing.assert_array_equal(decode_array(grey), np.repeat(grey[:, :, None], 3, 2))
+    np.testing.assert_array_equal(decode_array(grey[:, :, None]), np.repeat(grey[:, :, None], 3, 2))
+    np.testing.assert_array_equal(decode_array(np.concatenate([rgb, rgb[:, :, :1]], 2)), rgb)
+    assert decode_array(rgb[:, ::-1]).flags.c_contiguous
+    for bad, status in ((rgb.astype(np.float32), "not_image"), (rgb[:, :, :2], "not_image"), (rgb[:0], "empty")):
+        with pytest.raises(ImageDecodeError) as info:
+            decode_array(bad)
+        assert info.value.status == status
+
+
+def test_list_image_files_sorted_recursive(tmp_path: Path) -> None:
+    for rel in ["b.png", "a/z.JPG", "a/c.jpeg", "notes.txt", ".hidden/x.png", "a/.y.png", "c/d/e.webp"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    assert list_image_files(str(tmp_path)) == ["a/c.jpeg", "a/z.JPG", "b.png", "c/d/e.webp"]
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        list_image_files(str(tmp_path / "absent"))
+
+
+def test_load_npz_images(tmp_path: Path) -> None:
+    imgs = np.random.default_rng(1).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", x=imgs, labels=np.arange(5))
+    ids, out = load_npz_images(str(tmp_path / "a.npz"))
+    assert list(ids) == ["0", "1", "2", "3", "4"]
+    np.testing.assert_array_equal(out, imgs)
+    np.savez(tmp_path / "b.npz", imgs[:, :, :, 0], images=imgs[:2])  # "images" wins over arr_0
+    assert load_npz_images(str(tmp_path / "b.npz"))[1].shape == (2, 8, 8, 3)
+    np.savez(tmp_path / "c.npz", imgs[:, :, :, 0])
+    assert load_npz_images(str(tmp_path / "c.npz"))[1].shape == (5, 8, 8)
+    cases = {
+        "float.npz": ({"images": imgs.astype(np.float32)}, "dtype float32"),
+        "chw.npz": ({"images": imgs.transpose(0, 3, 1, 2).copy()}, "channels-first"),
+        "nokey.npz": ({"pixels": imgs}, "no image array"),
+    }
+    for name, (arrays, match) in cases.items():
+        np.savez(tmp_path / name, **arrays)
+        with pytest.raises(ValueError, match=match):
+            load_npz_images(str(tmp_path / name))

@@ -1,0 +1,165 @@
+"""Exact nearest neighbours: brute-force equality, bitwise independence of sharding/batching, tie rules."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+
+import numpy as np
+import pytest
+
+from memray.config import CTConfig
+from memray.index import distance, merge_min, nearest_in_cells, prepare, search_shard, shard_ranges
+
+METRICS = ["l2", "cosine", "cosine_abs"]
+
+
+def brute_force(train, train_ids, queries, metric):
+    """Exact float64 nearest neighbour by the definition, written independently of memray."""
+    if metric == "l2":
+        d = np.sqrt(((queries[:, None, :] - train[None, :, :]) ** 2).sum(-1))
+    else:
+        nq = np.linalg.norm(queries, axis=1)[:, None]
+        nt = np.linalg.norm(train, axis=1)[None, :]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cos = np.nan_to_num((queries @ train.T) / (nq * nt))
+        d = 1 - (np.abs(cos) if metric == "cosine_abs" else cos)
+    best = d.min(axis=1)
+    ids = np.array(
+        [train_ids[np.flatnonzero(np.isclose(d[r], best[r], rtol=0, atol=1e-12))].min() for r in range(len(d))]
+    )
+    return best, ids
+
+
+def test_shard_ranges_contiguous_balanced_deterministic():
+    for n, s in [(10, 3), (7, 7), (3, 5), (0, 2), (100, 1)]:
+        r = shard_ranges(n, s)
+        assert len(r) == s and r[0][0] == 0 and r[-1][1] == n
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(r))
+        sizes = [b - a for a, b in r]
+        assert max(sizes) - min(sizes) <= 1
+    assert shard_ranges(10, 3) == [(0, 3), (3, 6), (6, 10)]
+    with pytest.raises(ValueError):
+        shard_ranges(5, 0)
+
+
+def test_distance_hand_cases():
+    a = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 0.0], [2.0, 0.0]])
+    b = np.array([[3.0, 4.0], [0.0, 1.0], [-1.0, 0.0], [-3.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
+    assert distance(a[:1], b[:1], "l2").tolist() == [5.0]
+    cos = distance(a, b, "cosine")
+    assert cos[1:4].tolist() == [1.0, 2.0, 2.0] and cos[4] == 1.0  # zero vector: cos = 0 by convention
+    assert cos[5] == pytest.approx(1 - 1 / np.sqrt(2), abs=1e-15)
+    assert distance(a[1:4], b[1:4], "cosine_abs").tolist() == [1.0, 0.0, 0.0]
+    assert np.allclose(np.linalg.norm(prepare(b[1:], "cosine"), axis=1), 1.0, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown metric"):
+        distance(a, b, "manhattan")
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_search_shard_equals_brute_force_with_duplicates_and_antipodes(metric):
+    rng = np.random.default_rng(7)
+    train = rng.normal(size=(600, 12))
+    train = np.vstack([train, np.repeat(train[5:6], 15, axis=0)])  # 16 copies of row 5: more than candidates
+    train[100] = 0.0  # a zero vector
+    ids = np.arange(len(train), dtype=np.int64)[::-1].copy() * 3  # global ids, decreasing with the row
+    queries = rng.normal(size=(200, 12))
+    queries[0] = train[5]  # hits 16 exact duplicates: the smallest global id must win
+    queries[1] = -2.5 * train[9]  # |cos| = 1 with row 9
+    d, i = search_shard(train, ids, queries, metric, candidates=4)
+    bd, bi = brute_force(train, ids, queries, metric)
+    np.testing.assert_allclose(d, bd, rtol=0, atol=1e-12)
+    assert np.array_equal(i, bi)
+    assert i[0] == ids[np.r_[5, 600:615]].min() == ids[614]
+    if metric == "cosine_abs":
+        assert i[1] == ids[9] and d[1] == pytest.approx(0.0, abs=1e-15)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_exact_despite_float32_near_ties(metric):
+    # 30 training points at almost the same distance from the query (relative gaps 1e-11, far below float32
+    # resolution); the true nearest is the last row. FAISS' float32 top-4 cannot tell them apart, the float64
+    # re-check must.
+    rng = np.random.default_rng(11)
+    q = rng.normal(size=(1, 16))
+    dirs = rng.normal(size=(30, 16))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    if metric == "l2":
+        train = q + dirs * (1.0 + 1e-11 * np.arange(30, 0, -1))[:, None]
+    else:  # equal angles to q: rotate q by nearly the same small angle along orthogonal directions
+        dirs -= (dirs @ q.T) * q / (q @ q.T)
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        angle = 0.3 + 1e-9 * np.arange(30, 0, -1)
+        train = np.cos(angle)[:, None] * q / np.linalg.norm(q) + np.sin(angle)[:, None] * dirs
+    d, i = search_shard(train, np.arange(30), q, metric, candidates=4)
+    assert i[0] == 29
+    assert d[0] == distance(q, train[29:30], metric)[0]
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_query_batch_independence_bitwise(metric):
+    rng = np.random.default_rng(1)
+    train, queries = rng.normal(size=(800, 10)), rng.normal(size=(301, 10))
+    ref = search_shard(train, np.arange(800), queries, metric, query_batch=4096)
+    for qb in (1, 7, 64, 300):
+        d, i = search_shard(train, np.arange(800), queries, metric, query_batch=qb)
+        assert d.tobytes() == ref[0].tobytes() and np.array_equal(i, ref[1])
+
+
+def test_empty_shard_and_merge_min():
+    d, i = search_shard(np.zeros((0, 4)), np.zeros(0, np.int64), np.ones((3, 4)), "l2")
+    assert np.isinf(d).all() and (i == -1).all()
+    a = (np.array([1.0, 2.0, np.inf, 0.5]), np.array([4, 9, -1, 8]))
+    b = (np.array([1.0, 3.0, np.inf, 0.7]), np.array([2, 1, -1, 3]))
+    c = (np.array([np.inf, 2.0, 5.0, 0.5]), np.array([-1, 7, 6, 9]))
+    d, i = merge_min([a, b, c])
+    assert d.tolist() == [1.0, 2.0, 5.0, 0.5] and i.tolist() == [2, 7, 6, 8]
+    for parts in ([c, b, a], [b, c, a]):  # order-independent
+        d2, i2 = merge_min(parts)
+        assert d2.tolist() == d.tolist() and i2.tolist() == i.tolist()
+    d, i = merge_min([(np.array([np.inf]), np.array([-1]))])
+    assert i.tolist() == [-1]
+
+
+def _cells_fixture(metric_seed=5):
+    rng = np.random.default_rng(metric_seed)
+    train = rng.normal(size=(1500, 8))
+    queries = rng.normal(size=(400, 8))
+    train_cells = rng.integers(0, 4, 1500)  # cell 4 has no training row
+    query_cells = rng.integers(0, 5, 400)
+    return train, train_cells, queries, query_cells
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_nearest_in_cells_sharded_equals_unsharded_bitwise(metric):
+    train, tc, queries, qc = _cells_fixture()
+    ids = np.arange(len(train), dtype=np.int64)
+    results = []
+    for shards in (1, 3, 7):
+        cfg = CTConfig(metric=metric, cells=5, train_shards=shards, query_batch=50, candidates=3)
+        results.append(nearest_in_cells(train, tc, ids, queries, qc, cfg))
+    for d, i in results[1:]:
+        assert d.tobytes() == results[0][0].tobytes() and np.array_equal(i, results[0][1])
+    d, i = results[0]
+    for cell in range(4):  # brute force within each cell
+        q, t = np.flatnonzero(qc == cell), np.flatnonzero(tc == cell)
+        bd, bi = brute_force(train[t], t, queries[q], metric)
+        np.testing.assert_allclose(d[q], bd, rtol=0, atol=1e-12)
+        assert np.array_equal(i[q], bi)
+    assert np.isinf(d[qc == 4]).all() and (i[qc == 4] == -1).all()
+
+
+def test_nearest_in_cells_with_serialising_out_of_order_mapper():
+    # What a distributed mapper does: pickle each item and the function, run elsewhere, return in any order.
+    train, tc, queries, qc = _cells_fixture(9)
+    ids = np.arange(len(train), dtype=np.int64) + 1000
+    cfg = CTConfig(metric="cosine_abs", cells=5, train_shards=3)
+
+    def remote_like_mapper(fn, items):
+        shipped = [pickle.loads(pickle.dumps((fn, it))) for it in items]
+        return [f(it) for f, it in reversed(shipped)]
+
+    d1, i1 = nearest_in_cells(train, tc, ids, queries, qc, cfg)
+    d2, i2 = nearest_in_cells(train, tc, ids, queries, qc, cfg, mapper=remote_like_mapper)
+    assert d1.tobytes() == d2.tobytes() and np.array_equal(i1, i2)
+    assert i1[qc < 4].min() >= 1000

@@ -1,0 +1,113 @@
+"""The audit job on a real local Ray: equals the in-process engine, resumes, refuses foreign outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from ray_helpers import audit_config, make_inputs
+
+from memray import schema
+from memray.config import to_dict
+from memray.embed import LayerEmbedder, make_prepare
+from memray.features import FeatureSet
+from memray.ray.pipeline import ResumeMismatchError, run_audit
+from memray.results import write_results
+from memray.score import score_features
+from memray.shards import STATUS_OK, plan_shards, read_shard
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def in_process_features(cfg, spec) -> FeatureSet:
+    """Decode, prepare and embed a set without Ray, with the same pure functions the job's stages call."""
+    prepare = make_prepare(cfg.embed)
+    rows = [r for p in plan_shards(spec, cfg.resources.shard_rows) for r in read_shard(p, prepare, 10**8)]
+    assert all(r[schema.STATUS] == STATUS_OK for r in rows)
+    embedder = LayerEmbedder(cfg.embed, num_threads=1)
+    feats = embedder.embed_prepared(np.stack([r["image"] for r in rows]))
+    return FeatureSet(np.array([r[schema.SAMPLE_ID] for r in rows], dtype=object), feats, spec.name)
+
+
+@pytest.mark.timeout(300)
+def test_ray_job_equals_in_process_engine(ray_local, tmp_path: Path) -> None:
+    cfg = audit_config(make_inputs(tmp_path / "in"), str(tmp_path / "out"))
+    result = run_audit(cfg)
+    assert len(result.stats["counts"]) == 4 and result.stats["counts"]["train"]["rows_embedded"] == 240
+    assert len(list((tmp_path / "out" / "embeddings" / "train").glob("*.done.json"))) == 4  # 240 files / 64 rows
+
+    train, test = in_process_features(cfg, cfg.train), in_process_features(cfg, cfg.test)
+    gens = {g.name: in_process_features(cfg, g) for g in cfg.generated}
+    ref = score_features(train, test, gens, cfg.ct)
+    got = pd.read_parquet(tmp_path / "out" / schema.CT_SCORES_FILE)
+    assert len(got) == 2 * 6  # two generated sets × the six blocks of test_vit
+    pd.testing.assert_frame_equal(got, ref.ct_scores, check_dtype=False, atol=1e-9, rtol=0)
+    copy, real = (got[got[schema.GEN_SET] == n][schema.CT].to_numpy() for n in ("copy", "real"))
+    assert (copy < real).all()  # near-copies of training images sit closer to the training set than real images
+    write_results(str(tmp_path / "ref"), ref, {})
+    for name in (schema.CT_SCORES_FILE, schema.CT_CELLS_FILE, schema.NEIGHBORS_FILE):  # the very same bytes
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
+    run = json.loads((tmp_path / "out" / schema.RUN_FILE).read_text())
+    assert run["config"]["metric"] == "l2" and run["stats"]["counts"]["copy"]["rows_read"] == 90
+
+    # same config, same output: everything is reused and the tables are byte-identical
+    before = (tmp_path / "out" / schema.CT_SCORES_FILE).read_bytes()
+    again = run_audit(cfg)
+    assert again.stats["embed"]["rows"] == 0  # no shard recomputed
+    assert (tmp_path / "out" / schema.CT_SCORES_FILE).read_bytes() == before
+
+
+@pytest.mark.timeout(120)
+def test_other_config_into_same_output_is_refused(ray_local, tmp_path: Path) -> None:
+    inputs = make_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"digest": "000000000000", "config": {}}))
+    with pytest.raises(ResumeMismatchError, match="new output folder"):
+        run_audit(audit_config(inputs, str(out)))
+
+
+def _done_markers(out: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.glob("embeddings/*/*.done.json")}
+
+
+@pytest.mark.timeout(420)
+def test_killed_job_resumes_to_identical_tables(tmp_path: Path) -> None:
+    """SIGKILL the job after some shards, rerun, compare with a clean run; finished shards are not redone."""
+    inputs = make_inputs(tmp_path / "in")
+    cfg = audit_config(inputs, str(tmp_path / "killed"), resources__shard_rows=16, resources__embed_batch_size=8)
+    cfg_file = tmp_path / "killed.yaml"
+    cfg_file.write_text(yaml.safe_dump(to_dict(cfg)))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
+    cmd = [sys.executable, str(REPO / "jobs" / "audit.py"), "--config", str(cfg_file), "--num-cpus", "2"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    out = tmp_path / "killed"
+    deadline = time.monotonic() + 240
+    while len(_done_markers(out)) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    proc.wait()
+    done_at_kill = _done_markers(out)
+    assert len(done_at_kill) >= 3, "the job did not get far enough to be killed mid-way"
+    assert not (out / schema.CT_SCORES_FILE).exists(), "the job finished before it could be killed"
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    after = _done_markers(out)
+    assert all(after[k] == v for k, v in done_at_kill.items())  # finished shards were skipped, not rewritten
+
+    clean_cfg = tmp_path / "clean.yaml"
+    clean_cfg.write_text(yaml.safe_dump({**to_dict(cfg), "output": str(tmp_path / "clean")}))
+    clean = subprocess.run([*cmd[:3], str(clean_cfg), *cmd[4:]], env=env, capture_output=True, text=True, timeout=300)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    for name in (schema.CT_SCORES_FILE, schema.CT_CELLS_FILE, schema.NEIGHBORS_FILE):
+        assert (out / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name

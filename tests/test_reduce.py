@@ -1,0 +1,143 @@
+"""PCA + k-means cells: exactness against SVD, sign convention, identity path, determinism, assignment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from memray.config import CTConfig
+from memray.reduce import LayerSpace, fit_and_project, fit_layer_space, kmeans_pp
+
+
+def blobs(seed: int, cells: int, n: int, d: int, scale: float = 8.0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=scale, size=(cells, d))
+    labels = rng.integers(0, cells, n)
+    return centres[labels] + rng.normal(size=(n, d)), labels
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """True iff two labelings are equal up to renaming the labels."""
+    pairs = set(zip(a.tolist(), b.tolist(), strict=True))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def test_pca_matches_svd_and_fixes_signs():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 20)) * np.linspace(5, 0.5, 20)  # distinct variances
+    space = fit_layer_space(x, CTConfig(pca_dim=6, cells=3))
+    mean = x.mean(0)
+    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+    assert space.components.shape == (20, 6)
+    np.testing.assert_allclose(space.mean, mean, atol=1e-12)
+    np.testing.assert_allclose(space.explained_variance, s[:6] ** 2 / 499, rtol=1e-10)
+    np.testing.assert_allclose(np.abs(space.components.T @ vt[:6].T), np.eye(6), atol=1e-8)  # same axes
+    pivots = np.argmax(np.abs(space.components), axis=0)
+    assert (space.components[pivots, np.arange(6)] > 0).all()  # largest-|loading| entry positive
+    np.testing.assert_allclose(space.project(x), (x - mean) @ space.components, atol=1e-12)
+
+
+def test_pca_dim_is_capped_by_rows_and_dims():
+    rng = np.random.default_rng(1)
+    assert fit_layer_space(rng.normal(size=(30, 50)), CTConfig(pca_dim=64, cells=2)).dim == 30
+    assert fit_layer_space(rng.normal(size=(300, 50)), CTConfig(pca_dim=64, cells=2)).dim == 50
+    assert fit_layer_space(rng.normal(size=(300, 50)), CTConfig(pca_dim=8, cells=2)).dim == 8
+
+
+@pytest.mark.parametrize(
+    "cfg", [CTConfig(pca_dim=None, cells=2), CTConfig(pca_dim=64, pca_only_if_larger=True, cells=2)]
+)
+def test_no_pca_keeps_raw_vectors(cfg):
+    x = np.random.default_rng(2).normal(loc=3.0, size=(100, 16)).astype(np.float32)
+    space = fit_layer_space(x, cfg)
+    assert space.components is None and space.dim == 16
+    assert np.array_equal(space.project(x), x.astype(np.float64))  # not centred, not rotated
+
+
+def test_pca_only_if_larger_reduces_when_larger():
+    x = np.random.default_rng(3).normal(size=(200, 80))
+    assert fit_layer_space(x, CTConfig(pca_dim=64, pca_only_if_larger=True, cells=3)).dim == 64
+
+
+@pytest.mark.parametrize("cells", [3, 10])
+def test_kmeans_recovers_well_separated_clusters(cells):
+    x, labels = blobs(4, cells, 2000, 40)
+    space, z = fit_and_project(x, CTConfig(pca_dim=None, cells=cells))
+    assert same_partition(space.assign(z), labels)
+    assert space.kmeans_points == 2000
+
+
+def test_kmeans_sample_is_seeded_and_recorded():
+    x, labels = blobs(5, 4, 3000, 10)
+    cfg = CTConfig(pca_dim=None, cells=4, kmeans_sample=500, seed=3)
+    a, b = fit_layer_space(x, cfg), fit_layer_space(x, cfg)
+    assert a.kmeans_points == 500
+    assert a.centroids.tobytes() == b.centroids.tobytes()
+    assert same_partition(a.assign(x), labels)
+
+
+def test_fit_is_deterministic_and_seed_matters():
+    x = np.random.default_rng(6).normal(size=(1000, 24))  # no cluster structure: the seed shows
+    cfg = CTConfig(pca_dim=12, cells=10, seed=0)
+    a, b = fit_layer_space(x, cfg), fit_layer_space(x, cfg)
+    assert a.components.tobytes() == b.components.tobytes()
+    assert a.centroids.tobytes() == b.centroids.tobytes()
+    c = fit_layer_space(x, CTConfig(pca_dim=12, cells=10, seed=1))
+    assert c.centroids.tobytes() != a.centroids.tobytes()
+
+
+def test_assign_is_exact_nearest_centroid_and_batch_independent():
+    x = np.random.default_rng(7).normal(size=(20000, 6))
+    space = fit_layer_space(x, CTConfig(pca_dim=None, cells=7))
+    z = space.project(x)
+    full = space.assign(z)
+    brute = np.argmin(((z[:, None, :] - space.centroids[None].astype(np.float64)) ** 2).sum(-1), axis=1)
+    assert np.array_equal(full, brute)
+    parts = np.concatenate([space.assign(chunk) for chunk in np.array_split(z[:300], 23)])
+    assert np.array_equal(parts, full[:300])
+
+
+def test_assign_ties_go_to_the_lower_cell():
+    x = np.array([[-1.0, 0.0]] * 5 + [[1.0, 0.0]] * 5)
+    space = fit_layer_space(x, CTConfig(pca_dim=None, cells=2))
+    assert sorted(space.centroids[:, 0].tolist()) == [-1.0, 1.0]
+    assert space.assign(np.array([[0.0, 0.0], [0.0, 5.0]])).tolist() == [0, 0]  # equidistant from both
+
+
+def test_kmeans_pp_picks_distinct_clusters():
+    x, labels = blobs(8, 6, 600, 5, scale=50.0)
+    init = kmeans_pp(x.astype(np.float32), 6, np.random.default_rng(0))
+    nearest = np.argmin(((x[:, None, :] - init[None]) ** 2).sum(-1), axis=1)
+    assert same_partition(nearest, labels)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="cannot make 10 cells"):
+        fit_layer_space(np.ones((5, 3)), CTConfig(cells=10))
+    with pytest.raises(ValueError, match="non-empty"):
+        fit_layer_space(np.ones((0, 3)), CTConfig(cells=1))
+    space = fit_layer_space(np.random.default_rng(0).normal(size=(50, 4)), CTConfig(cells=2))
+    with pytest.raises(ValueError, match="do not match"):
+        space.project(np.ones((3, 5)))
+
+
+def test_assign_exact_where_the_fast_expansion_cancels():
+    # Far from the origin, ‖z‖² − 2z·c + ‖c‖² loses the small differences between centroids; the re-check
+    # with the direct Σ(z − c)² must still return the true nearest centroid.
+    rng = np.random.default_rng(9)
+    centroids = (1e6 + rng.integers(0, 4, size=(6, 8)) * 0.0625).astype(np.float32)  # exact in float32
+    space = LayerSpace(mean=np.zeros(8), components=None, centroids=centroids)
+    z = 1e6 + rng.normal(scale=0.05, size=(4000, 8))
+    direct = np.argmin(((z[:, None, :] - centroids[None].astype(np.float64)) ** 2).sum(-1), axis=1)
+    fast = np.argmin(
+        (z**2).sum(1)[:, None] - 2 * z @ centroids.T.astype(np.float64) + (centroids.astype(np.float64) ** 2).sum(1),
+        axis=1,
+    )
+    assert (fast != direct).any()  # the naive expansion is wrong here
+    assert np.array_equal(space.assign(z), direct)
+
+
+def test_fit_and_project_returns_exactly_the_projection_of_train():
+    x = np.random.default_rng(10).normal(size=(700, 30)).astype(np.float32)
+    space, z = fit_and_project(x, CTConfig(pca_dim=12, cells=4))
+    assert z.dtype == np.float64 and z.tobytes() == space.project(x).tobytes()
