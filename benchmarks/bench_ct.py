@@ -15,6 +15,9 @@ Agreement: the reference statistic (dense distances + scipy U) applied to memray
 memray's C_T (to ~1e-6). The reference protocol's own C_T differs because its k-means (own init, own seed)
 draws different cell boundaries; both are the same statistic on different partitions of T.
 
+Threads: both sides run under the same BLAS/OpenMP thread limit (``--threads``, default: every CPU this process
+may use), applied with threadpoolctl to numpy's, scipy's and FAISS' BLAS and to OpenMP (FAISS, sklearn KMeans).
+
 Usage: ``python benchmarks/bench_ct.py`` (full size, ~10 GB peak) or small:
 ``python benchmarks/bench_ct.py --train 5000 --test 1000 --dim 128 --layers 2 --sets 3 --ref-pairs 1``
 """
@@ -23,12 +26,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 
 import numpy as np
 from scipy.stats import mannwhitneyu
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from memray.config import CTConfig
 from memray.score import fit_layer
@@ -106,8 +111,18 @@ def main() -> None:
     ap.add_argument("--gen", type=int, default=500, help="samples per generated set")
     ap.add_argument("--ref-pairs", type=int, default=2, help="(layer, set) pairs timed with the reference")
     ap.add_argument("--seed", type=int, default=0)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ap.add_argument("--threads", type=int, default=cpus, help="BLAS/OpenMP threads for both sides (default: all CPUs)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    with threadpool_limits(limits=args.threads):
+        pools = ", ".join(sorted({f"{p['internal_api']} {p['num_threads']}" for p in threadpool_info()}))
+        print(f"threads: {args.threads} for both sides ({pools})")
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """The benchmark proper, under the caller's thread limits."""
     cfg = CTConfig.preset("paper", seed=args.seed)
     ref_pairs = [(layer, s) for layer in range(1, args.layers + 1) for s in range(args.sets)][:: max(1, args.sets + 1)]
     ref_pairs = ref_pairs[: args.ref_pairs]

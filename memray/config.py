@@ -130,7 +130,9 @@ class FingerprintConfig:
     ``subset_size``: images per curve (the paper's 500). ``subsets``: ``"disjoint"`` splits each generated set into
     ``n_subsets`` disjoint chunks; ``"bootstrap"`` draws ``n_subsets`` seeded samples with replacement.
     ``alpha``: weight of cosine in the similarity ``α·cos + (1−α)/(1+‖a−b‖)``. ``open_set_threshold``: queries
-    whose best similarity is below it are attributed to ``unknown`` (``None`` = closed set).
+    whose best similarity is below it are attributed to ``unknown`` (``None`` = closed set). ``gallery``: URL
+    of a saved gallery (``gallery.parquet`` of an earlier run) to attribute against; ``None`` = the labelled
+    generated sets of this run.
     """
 
     subset_size: int = 500
@@ -141,6 +143,7 @@ class FingerprintConfig:
     matcher: Literal["1nn", "knn", "centroid"] = "1nn"
     k: int = 3
     open_set_threshold: float | None = None
+    gallery: str | None = None
 
     def __post_init__(self) -> None:
         if self.subset_size < 1:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from memray import schema
 from memray.config import ConfigError, FingerprintConfig, to_dict
-from memray.curves import normalize_curves, to_gallery, write_fingerprints
+from memray.curves import normalize_curves, to_gallery, write_fingerprints, write_gallery
 from memray.evaluate import evaluate, write_attribution, write_evaluation
 from memray.features import FeatureSet
 from memray.fingerprint import Gallery, attribute
@@ -23,6 +23,8 @@ from memray.score import FittedLayer, Mapper
 from memray.storage import join
 
 log = logging.getLogger(__name__)
+GALLERY_FILE = "gallery.parquet"
+EVALUATION_DIR = "evaluation"
 
 
 def plan_subsets(gens: dict[str, int], fcfg: FingerprintConfig) -> dict[str, list[np.ndarray]]:
@@ -145,12 +147,15 @@ def finish_fingerprints(
 ) -> dict[str, pd.DataFrame]:
     """Write ``fingerprints.parquet`` and attribute (with a gallery) or evaluate (labelled curves) them.
 
-    Writes ``fingerprints.parquet`` (config, C_T config and subset plan in the metadata). With ``gallery``:
-    every curve is attributed against it → ``attribution.parquet``. Without one, when at least two labels are
-    known, the labelled curves are evaluated leave-one-run-out (see :func:`memray.evaluate.write_evaluation`).
+    Writes ``fingerprints.parquet`` (config, C_T config and subset plan in the metadata) and the labelled
+    curves as ``gallery.parquet``. Attribution (``attribution.parquet``): with ``gallery`` every curve is
+    attributed against it; without one, unlabelled curves are attributed against the labelled ones. When at
+    least two labels are known and one has two runs, the labelled curves are also evaluated leave-one-run-out
+    under ``evaluation/``
+    (see :func:`memray.evaluate.write_evaluation`).
 
     Returns:
-        ``{"fingerprints": …, "attribution": …, "accuracy": …}`` (the last two only when computed).
+        ``{"fingerprints", "attribution", "evaluation", "accuracy"}`` (each only when computed).
     """
     meta = {
         "fingerprint": to_dict(fcfg),
@@ -162,14 +167,20 @@ def finish_fingerprints(
     write_fingerprints(join(out_url, schema.FINGERPRINTS_FILE), curves, meta)
     out = {"fingerprints": curves}
     found = curves_to_gallery(curves)
+    known = np.array([isinstance(lab, str) for lab in found.labels], dtype=bool)
+    if known.any():  # the labelled curves, reusable as a gallery against other runs
+        write_gallery(join(out_url, GALLERY_FILE), found.select(known), meta)
+    queries = found
+    if gallery is None and known.any() and not known.all():
+        gallery, queries = found.select(known), found.select(~known)
     if gallery is not None:
-        att = attribute(found, gallery, fcfg)
+        att = attribute(queries, gallery, fcfg)
         write_attribution(join(out_url, schema.ATTRIBUTION_FILE), att, {**meta, "gallery_size": len(gallery)})
         out["attribution"] = att
-        return out
-    labelled = found.select(np.array([lab is not None for lab in found.labels], dtype=bool))
-    if len(set(labelled.labels.tolist())) >= 2:
+    labelled = found.select(known)
+    runs = pd.Series(labelled.runs).groupby(pd.Series(labelled.labels)).nunique()
+    if len(runs) >= 2 and (runs >= 2).any():  # leave-one-run-out needs a second run of some label
         ev = evaluate(labelled, fcfg, protocol="leave-one-run-out")
-        write_evaluation(out_url, ev, meta)
-        out["attribution"], out["accuracy"] = ev.attribution, ev.summary
+        write_evaluation(join(out_url, EVALUATION_DIR), ev, meta)
+        out["evaluation"], out["accuracy"] = ev.attribution, ev.summary
     return out

@@ -1,7 +1,8 @@
 """Per-layer embedding space for C_T: exact PCA and k-means cells, both fit on the training set T only.
 
-PCA is exact and deterministic: the float64 covariance of T and ``np.linalg.eigh``; components are sorted by
-decreasing variance and each one's sign is fixed so that its largest-|loading| entry is positive. The
+PCA is exact and deterministic: the float64 covariance of T (accumulated over row blocks, so no float64 copy of T
+is made) and its top eigenvectors (LAPACK ``dsyevr``); components are sorted by decreasing variance and each
+one's sign is fixed so that its largest-|loading| entry is positive. The
 authors' code uses sklearn's randomized solver unseeded; distances in the PCA space do not depend on the signs.
 
 Cells are k-means centroids (greedy k-means++ seeding from ``default_rng(seed)``, then ``faiss.Kmeans`` Lloyd
@@ -20,14 +21,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
+import scipy.linalg
+import scipy.linalg.blas
 
 from memray.config import CTConfig
+from memray.index import faiss  # imported there with the CPU's BLAS kernels
 
 log = logging.getLogger(__name__)
 
 ASSIGN_BATCH = 8192  # rows per chunk of the exact centroid assignment (bounds memory, not results)
+ROW_BLOCK = 1024  # rows per float64 block of the covariance and the projection (memory and cache, not results)
 EPS64 = float(np.finfo(np.float64).eps)
 
 
@@ -61,7 +65,12 @@ class LayerSpace:
             raise ValueError(f"features of shape {x.shape} do not match the fitted dimension {self.mean.shape[0]}")
         if self.components is None:
             return x.astype(np.float64, copy=True)
-        return (x.astype(np.float64) - self.mean) @ self.components
+        out = np.empty((len(x), self.components.shape[1]))
+        buf = np.empty((min(len(x), ROW_BLOCK), len(self.mean)))
+        for start in range(0, len(x), ROW_BLOCK):
+            block = np.subtract(x[start : start + ROW_BLOCK], self.mean, out=buf[: len(x[start : start + ROW_BLOCK])])
+            np.matmul(block, self.components, out=out[start : start + ROW_BLOCK])
+        return out
 
     def assign(self, z: np.ndarray) -> np.ndarray:
         """Cell of the nearest centroid for each projected row (n, k) -> (n,) int64 (exact, ties -> lower cell).
@@ -94,23 +103,22 @@ class LayerSpace:
 
 def fit_pca(train: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact PCA of ``train`` (n, d): returns mean (d,), components (d, k) and their variances (k,), float64."""
-    return _fit_pca(train, k)[:3]
-
-
-def _fit_pca(train: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`fit_pca` plus the projected training rows, computed as :meth:`LayerSpace.project` does."""
-    xc = np.asarray(train).astype(np.float64)
-    mean = xc.mean(axis=0)
-    xc -= mean
-    cov = (xc.T @ xc) / max(len(xc) - 1, 1)
-    evals, evecs = np.linalg.eigh(cov)
-    order = np.argsort(-evals, kind="stable")[:k]
+    x = np.asarray(train)
+    n, d = x.shape
+    mean = x.mean(axis=0, dtype=np.float64)
+    cov = np.zeros((d, d), order="F")  # upper triangle of Σ (x − mean)ᵀ(x − mean), float64, block by block
+    buf = np.empty((min(n, ROW_BLOCK), d))
+    for start in range(0, n, ROW_BLOCK):
+        block = np.subtract(x[start : start + ROW_BLOCK], mean, out=buf[: len(x[start : start + ROW_BLOCK])])
+        cov = scipy.linalg.blas.dsyrk(1.0, block.T, beta=1.0, c=cov, lower=0, overwrite_c=1)
+    cov /= max(n - 1, 1)
+    evals, evecs = scipy.linalg.eigh(cov, lower=False, subset_by_index=[d - k, d - 1], driver="evr")
+    order = np.argsort(-evals, kind="stable")
     comps = evecs[:, order]
     pivot = np.argmax(np.abs(comps), axis=0)
     signs = np.sign(comps[pivot, np.arange(comps.shape[1])])
     signs[signs == 0] = 1.0
-    comps = np.ascontiguousarray(comps * signs)
-    return mean, comps, np.maximum(evals[order], 0.0), xc @ comps
+    return mean, np.ascontiguousarray(comps * signs), np.maximum(evals[order], 0.0)
 
 
 def pca_components(n: int, d: int, cfg: CTConfig) -> int | None:
@@ -189,10 +197,11 @@ def fit_and_project(train: np.ndarray, cfg: CTConfig) -> tuple[LayerSpace, np.nd
         space = LayerSpace(mean=np.zeros(d), components=None, centroids=np.zeros((cfg.cells, d), np.float32))
         z = space.project(train)
     else:
-        mean, comps, var, z = _fit_pca(train, k)
+        mean, comps, var = fit_pca(train, k)
         space = LayerSpace(
             mean=mean, components=comps, centroids=np.zeros((cfg.cells, k), np.float32), explained_variance=var
         )
+        z = space.project(train)
     centroids, used = fit_kmeans(z, cfg)
     log.debug("layer space: n=%d d=%d -> k=%d, %d cells fit on %d points", n, d, z.shape[1], cfg.cells, used)
     space = LayerSpace(space.mean, space.components, centroids, space.explained_variance, used)

@@ -232,6 +232,33 @@ def _neighbor_frame(role: str, gen_set: str | None, layer: int, ids, cell, nn, d
     )
 
 
+def score_layer(
+    fitted: FittedLayer, n_train: int, test: FeatureSet, gens: dict[str, FeatureSet], mapper: Mapper = map
+) -> dict[str, pd.DataFrame]:
+    """The three result tables of one fitted layer (unsorted pieces; :meth:`ScoreResult.from_tables` sorts)."""
+    layer, train_ids = fitted.layer, fitted.train_ids
+    scores, cells = [], []
+    nbrs = [
+        _neighbor_frame(
+            schema.ROLE_TEST, None, layer, test.ids, fitted.test_cells, fitted.test_nn, fitted.test_dist, train_ids
+        )
+    ]
+    for name in sorted(gens):
+        g = fitted.score(gens[name].layers[layer], mapper, label=f"gen set {name!r}, layer {layer}")
+        st = g.cells
+        scores.append((name, layer, g.ct, n_train, len(test), len(gens[name]), int(st.kept.sum()), st.cells))
+        for c in range(st.cells):
+            cells.append((name, layer, c, st.z[c], st.n_train[c], st.n_test[c], st.n_gen[c], st.kept[c],
+                          st.status[c]))  # fmt: skip
+        nbrs.append(_neighbor_frame(schema.ROLE_GEN, name, layer, gens[name].ids, g.cell, g.nn, g.dist, train_ids))
+        log.info("gen set %r, layer %d: C_T = %.3f (%d cells kept)", name, layer, g.ct, int(st.kept.sum()))
+    return {
+        "ct_scores": pd.DataFrame(scores, columns=schema.CT_SCORES_SCHEMA.names),
+        "ct_cells": pd.DataFrame(cells, columns=schema.CT_CELLS_SCHEMA.names),
+        "neighbors": pd.concat(nbrs, ignore_index=True),
+    }
+
+
 def score_features(
     train: FeatureSet,
     test: FeatureSet,
@@ -242,27 +269,9 @@ def score_features(
 ) -> ScoreResult:
     """C_T of every generated set at every layer (default: all layers of the training set)."""
     layers = check_inputs(train, test, gens, cfg, layers)
-    names = sorted(gens)
-    scores, cells, nbrs = [], [], {}
+    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
     for layer in layers:
         fitted = fit_layer(layer, train.layers[layer], train.ids, test.layers[layer], cfg, mapper, test.ids)
-        nbrs[(schema.ROLE_TEST, "", layer)] = _neighbor_frame(
-            schema.ROLE_TEST, None, layer, test.ids, fitted.test_cells, fitted.test_nn, fitted.test_dist, train.ids
-        )
-        for name in names:
-            g = fitted.score(gens[name].layers[layer], mapper, label=f"gen set {name!r}, layer {layer}")
-            st = g.cells
-            scores.append((name, layer, g.ct, len(train), len(test), len(gens[name]), int(st.kept.sum()), st.cells))
-            for c in range(st.cells):
-                cells.append((name, layer, c, st.z[c], st.n_train[c], st.n_test[c], st.n_gen[c], st.kept[c],
-                              st.status[c]))  # fmt: skip
-            nbrs[(schema.ROLE_GEN, name, layer)] = _neighbor_frame(
-                schema.ROLE_GEN, name, layer, gens[name].ids, g.cell, g.nn, g.dist, train.ids
-            )
-            log.info("gen set %r, layer %d: C_T = %.3f (%d cells kept)", name, layer, g.ct, int(st.kept.sum()))
-    tables = {
-        "ct_scores": pd.DataFrame(scores, columns=schema.CT_SCORES_SCHEMA.names),
-        "ct_cells": pd.DataFrame(cells, columns=schema.CT_CELLS_SCHEMA.names),
-        "neighbors": pd.concat([nbrs[k] for k in sorted(nbrs)], ignore_index=True),
-    }
-    return ScoreResult.from_tables(tables, cfg)
+        for name, df in score_layer(fitted, len(train), test, gens, mapper).items():
+            parts[name].append(df)
+    return ScoreResult.from_tables({name: pd.concat(dfs, ignore_index=True) for name, dfs in parts.items()}, cfg)

@@ -83,8 +83,16 @@ def test_fingerprint_run_writes_tables(tmp_path: Path) -> None:
     meta = json.loads(pq.read_schema(tmp_path / schema.FINGERPRINTS_FILE).metadata[schema.META_KEY])
     assert meta["fingerprint"]["subset_size"] == 80 and meta["ct"]["cells"] == 3 and meta["layers"] == [1, 2]
     assert meta["subsets"]["copy"] == {"n": 240, "curves": 3, "rows_used": 240}
-    # leave-one-run-out with one run per label: no query's label is in its gallery → every closed-set answer is wrong
-    assert out["accuracy"].iloc[0]["correct"] == 0 and (tmp_path / schema.ATTRIBUTION_FILE).exists()
+    # one run per label: leave-one-run-out would find no query's label in its gallery, so it is not run
+    assert "accuracy" not in out and not (tmp_path / "evaluation").exists()
+    assert "attribution" not in out and (tmp_path / "gallery.parquet").exists()  # every curve is labelled
+    twice = fingerprint_run(
+        fitted, {**gens, "copy2": gens["copy"]}, {"copy": "copier", "copy2": "copier", "broad": "wide"}, fcfg,
+        str(tmp_path / "loro"),
+    )  # fmt: skip
+    # leave-one-run-out: copier curves find the other copier run; "wide" has one run, so its queries must fail
+    assert twice["accuracy"].iloc[0]["correct"] == 6 and twice["accuracy"].iloc[0]["total"] == 9
+    assert (tmp_path / "loro" / "evaluation" / schema.ATTRIBUTION_FILE).exists()
     gallery, _ = to_gallery(read_curves(str(tmp_path / schema.FINGERPRINTS_FILE)))
     assert gallery.names.tolist()[:3] == ["broad#0", "broad#1", "broad#2"] and set(gallery.runs) == {"broad", "copy"}
     again = fingerprint_run(fitted, gens, {"copy": None, "broad": None}, fcfg, str(tmp_path / "b"), gallery=gallery)
@@ -92,3 +100,17 @@ def test_fingerprint_run_writes_tables(tmp_path: Path) -> None:
     assert len(att) == 6 and (att.predicted == np.where(att["query"].str.startswith("copy"), "copier", "wide")).all()
     assert att.score.to_numpy() == pytest.approx(1.0)  # each curve finds itself in the gallery
     assert again["attribution"].shape == att.shape
+    assert not (tmp_path / "b" / "gallery.parquet").exists()  # no labelled curve in this run
+
+
+def test_unlabelled_sets_are_attributed_against_the_labelled_ones(tmp_path: Path) -> None:
+    train, test, gens = _toy_features(2)
+    gens = {**gens, "copy_b": gens["copy"], "broad_b": gens["broad"]}  # the same generators, run again, unlabelled
+    cfg = CTConfig.preset("paper", cells=3, min_gen_per_cell=5)
+    fitted = {layer: fit_layer(layer, train[layer], np.arange(600).astype(str), test[layer], cfg) for layer in (1, 2)}
+    labels = {"copy": "copier", "broad": "wide", "copy_b": None, "broad_b": None}
+    out = fingerprint_run(fitted, gens, labels, FingerprintConfig(subset_size=80), str(tmp_path))
+    att = out["attribution"]
+    assert sorted(att["query"].str.split("#").str[0].unique()) == ["broad_b", "copy_b"]
+    assert (att.predicted == np.where(att["query"].str.startswith("copy"), "copier", "wide")).all()
+    assert (tmp_path / "gallery.parquet").exists() and not (tmp_path / "evaluation").exists()  # one run per label

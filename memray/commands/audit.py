@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 
 import yaml
@@ -29,6 +30,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a config field by dotted key, e.g. --set ct.seed=1 --set resources.actors=2 (YAML values)",
     )
+    p.add_argument(
+        "--fingerprint",
+        action="store_true",
+        help="also compute C_T-layer fingerprints (default settings unless the config has a 'fingerprint' section)",
+    )
+    p.add_argument("--gallery", help="attribute against this saved gallery.parquet (implies --fingerprint)")
     p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of a local Ray (default: all)")
     p.set_defaults(func=run)
@@ -47,6 +54,7 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the job and print a per-set, per-layer C_T table and where the results are."""
+    from memray.config import FingerprintConfig
     from memray.job_config import load_audit_config
     from memray.ray.pipeline import run_audit
     from memray.ray.session import init_ray
@@ -54,12 +62,19 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.set)
     if args.output:
         overrides["output"] = args.output
+    if args.gallery:
+        overrides["fingerprint.gallery"] = args.gallery
     cfg = load_audit_config(args.config, overrides)
+    if (args.fingerprint or args.gallery) and cfg.fingerprint is None:
+        cfg = dataclasses.replace(cfg, fingerprint=FingerprintConfig())
     init_ray(args.address, args.num_cpus)
     result = run_audit(cfg)
     table = result.ct_scores.pivot(index=schema.LAYER, columns=schema.GEN_SET, values=schema.CT)
     print("\nC_T per layer (rows) and generated set (columns); C_T << 0 means copying:")
     print(table.round(2).to_string())
+    if result.attribution is not None:
+        print("\nAttribution of the unlabelled generated sets (C_T-layer fingerprints, 1-NN):")
+        print(result.attribution.to_string(index=False))
     for name, c in result.stats["counts"].items():
         print(f"{name}: rows read {c['rows_read']} = embedded {c['rows_embedded']} + reported {c['rows_reported']}")
     scores = storage.join(cfg.output, schema.CT_SCORES_FILE)

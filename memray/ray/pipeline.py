@@ -23,6 +23,8 @@ import ray
 
 from memray import __version__, schema, storage
 from memray.config import digest
+from memray.curve_run import finish_fingerprints, plan_record, plan_subsets
+from memray.curves import read_gallery
 from memray.job_config import AuditConfig, result_dict
 from memray.ray.embed_stage import run_embedding, shard_url
 from memray.ray.score_stage import run_scoring
@@ -44,6 +46,7 @@ class AuditResult:
     output: str
     ct_scores: pd.DataFrame
     stats: dict[str, Any]
+    attribution: pd.DataFrame | None = None
 
 
 def check_resume(cfg: AuditConfig, so: dict | None) -> str:
@@ -108,7 +111,7 @@ def run_audit(cfg: AuditConfig, prepare: Any | None = None) -> AuditResult:
             c["rows_reported"],
         )
     layers = _embedded_layers(cfg, plans, so)
-    result, score_stats = run_scoring(cfg, plans, layers, cfg.output)
+    result, curves, score_stats = run_scoring(cfg, plans, layers, cfg.output)
     stats = {
         "counts": counts,
         "layers": layers,
@@ -119,12 +122,15 @@ def run_audit(cfg: AuditConfig, prepare: Any | None = None) -> AuditResult:
     run_meta = {**meta, "stats": stats, "inputs": {s.name: list(s.urls) for s in specs}}
     run_meta["labels"] = {g.name: g.label for g in cfg.generated}
     write_results(cfg.output, result, run_meta, so)
-    if cfg.fingerprint is not None:
-        from memray.ray.fingerprint_stage import run_fingerprints
-
-        run_fingerprints(cfg, plans, layers, run_meta, so)
+    attribution = None
+    if curves is not None and cfg.fingerprint is not None:
+        fp = cfg.fingerprint
+        gallery = read_gallery(fp.gallery) if fp.gallery else None
+        sizes = {g.name: counts[g.name]["rows_embedded"] for g in cfg.generated}
+        subsets = plan_record(plan_subsets(sizes, fp), sizes)
+        attribution = finish_fingerprints(curves, subsets, fp, cfg.ct, cfg.output, gallery).get("attribution")
     log.info("audit done in %.1f s; results in %s", stats["seconds"], cfg.output)
-    return AuditResult(cfg.output, result.ct_scores, stats)
+    return AuditResult(cfg.output, result.ct_scores, stats, attribution)
 
 
 def _embedded_layers(cfg: AuditConfig, plans: dict[str, list[ShardPlan]], so: dict | None) -> list[int]:

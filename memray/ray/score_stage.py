@@ -20,9 +20,10 @@ import pyarrow.parquet as pq
 import ray
 
 from memray import schema, storage
+from memray.curve_run import compute_curves, plan_subsets
 from memray.features import FeatureSet, table_to_features
 from memray.job_config import AuditConfig
-from memray.score import ScoreResult, score_features
+from memray.score import ScoreResult, check_inputs, fit_layer, score_layer
 from memray.shards import ShardPlan
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,13 @@ def load_layer(out: str, plans: list[ShardPlan], layer: int, so: dict | None) ->
 
 def run_scoring(
     cfg: AuditConfig, plans: dict[str, list[ShardPlan]], layers: list[int], out: str
-) -> tuple[ScoreResult, dict[str, Any]]:
-    """Score every layer (skipping finished ones); returns the concatenated tables and stage stats."""
+) -> tuple[ScoreResult, pd.DataFrame | None, dict[str, Any]]:
+    """Score every layer (skipping finished ones): tables, and per-subset curves when fingerprints are on."""
     so = dict(cfg.storage_options) or None
     mapper = RayMapper(cfg.resources.index_task_num_cpus, 1.0 if cfg.resources.faiss_gpu else 0.0)
-    tables: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
+    names = TABLES + ((schema.FINGERPRINTS_FILE,) if cfg.fingerprint else ())
+    tables: dict[str, list[pd.DataFrame]] = {name: [] for name in names}
+    labels = {g.name: g.label for g in cfg.generated}
     t0 = time.perf_counter()
     for layer in layers:
         layer_dir = storage.join(out, "layers", f"layer_{layer}")
@@ -79,17 +82,26 @@ def run_scoring(
             train = load_layer(out, plans[cfg.train.name], layer, so)
             test = load_layer(out, plans[cfg.test.name], layer, so)
             gens = {g.name: load_layer(out, plans[g.name], layer, so) for g in cfg.generated}
-            res = score_features(train, test, gens, cfg.ct, mapper=mapper)
-            for name in TABLES:
+            check_inputs(train, test, gens, cfg.ct, [layer])
+            fitted = fit_layer(layer, train.layers[layer], train.ids, test.layers[layer], cfg.ct, mapper, test.ids)
+            res = score_layer(fitted, len(train), test, gens, mapper)
+            if cfg.fingerprint:
+                plan = plan_subsets({k: len(v) for k, v in gens.items()}, cfg.fingerprint)
+                curves = compute_curves({layer: fitted}, gens, labels, cfg.fingerprint, plan, mapper)
+                res["fingerprints"] = curves
+            for name in names:
                 with storage.open_output(storage.join(layer_dir, name), so) as fh:
-                    res.table(name).to_parquet(fh, index=False)
+                    res[name.removesuffix(".parquet")].to_parquet(fh, index=False)
             stats = {"layer": layer, "seconds": time.perf_counter() - t1, "n_train": len(train)}
             storage.write_json(storage.join(layer_dir, "done.json"), stats, so)
             log.info("score: layer %d, %d train / %d test, %.1f s", layer, len(train), len(test), stats["seconds"])
-        for name in TABLES:
+        for name in names:
             with storage.open_url(storage.join(layer_dir, name), "rb", so) as fh:
                 tables[name].append(pd.read_parquet(fh))
     dt = time.perf_counter() - t0
     log.info("score: %d layers, %.1f s, %.2f layers/s", len(layers), dt, len(layers) / dt if dt else 0.0)
-    result = ScoreResult.from_tables({name: pd.concat(v, ignore_index=True) for name, v in tables.items()}, cfg.ct)
-    return result, {"seconds": dt, "nodes": sorted(mapper.nodes)}
+    cat = {name: pd.concat(v, ignore_index=True) for name, v in tables.items()}
+    curves = cat.pop(schema.FINGERPRINTS_FILE, None)
+    if curves is not None:
+        curves = curves.sort_values([schema.GEN_SET, schema.SUBSET, schema.LAYER], kind="stable", ignore_index=True)
+    return ScoreResult.from_tables(cat, cfg.ct), curves, {"seconds": dt, "nodes": sorted(mapper.nodes)}

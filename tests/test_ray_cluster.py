@@ -1,0 +1,40 @@
+"""The audit job on a 2-node Ray cluster (ray.cluster_utils.Cluster): work lands on both nodes, same result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+from ray_helpers import audit_config, make_inputs
+
+from memray import schema
+from memray.ray.pipeline import run_audit
+
+
+@pytest.mark.timeout(420)
+def test_two_node_cluster_uses_both_nodes_and_matches_local(ray_local, tmp_path: Path) -> None:
+    inputs = make_inputs(tmp_path / "in")
+    local = run_audit(audit_config(inputs, str(tmp_path / "local")))
+    ray.shutdown()  # leave the local Ray; the next test that asks for ray_local starts a fresh one
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "object_store_memory": 256 * 1024**2, "include_dashboard": False},
+    )
+    try:
+        cluster.add_node(num_cpus=1, object_store_memory=256 * 1024**2)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        cfg = audit_config(inputs, str(tmp_path / "cluster"), resources__actors=2, resources__actor_num_cpus=0.5)
+        result = run_audit(cfg)
+        assert len(result.stats["embed"]["nodes"]) == 2, result.stats["embed"]["nodes"]  # an actor on each node
+        assert len(result.stats["score"]["nodes"]) == 2, result.stats["score"]["nodes"]  # index tasks on both
+        for name in (schema.CT_SCORES_FILE, schema.CT_CELLS_FILE, schema.NEIGHBORS_FILE):
+            assert (tmp_path / "cluster" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+        assert local.ct_scores.equals(result.ct_scores)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

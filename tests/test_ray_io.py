@@ -1,0 +1,85 @@
+"""The audit job's inputs and outputs: a real S3 endpoint over HTTP, and bad images reported as rows."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import s3fs
+from PIL import Image
+from ray_helpers import audit_config, make_inputs, sample_images, write_pngs
+
+from memray import schema
+from memray.ray.pipeline import run_audit
+
+
+@pytest.mark.timeout(300)
+def test_s3_inputs_and_outputs_match_local(ray_local, s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> None:
+    inputs = make_inputs(tmp_path / "in")
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
+    fs.put(str(tmp_path / "in") + "/", f"{s3_bucket}/in/", recursive=True)
+    remote = {k: f"s3://{s3_bucket}/in/{Path(v).name}" for k, v in inputs.items()}
+    local = run_audit(audit_config(inputs, str(tmp_path / "local")))
+    out = f"s3://{s3_bucket}/runs/audit"
+    run_audit(audit_config(remote, out))
+
+    opts = {"client_kwargs": {"endpoint_url": s3_endpoint}}
+    got = pd.read_parquet(f"{out}/{schema.CT_SCORES_FILE}", storage_options=opts)
+    pd.testing.assert_frame_equal(got, local.ct_scores, check_dtype=False, atol=0, rtol=0)
+    for name in (schema.CT_CELLS_FILE, schema.NEIGHBORS_FILE):  # same ids from S3 keys as from local paths
+        assert fs.cat(f"{s3_bucket}/runs/audit/{name}") == (tmp_path / "local" / name).read_bytes(), name
+    assert fs.exists(f"{s3_bucket}/runs/audit/{schema.RUN_FILE}")
+    assert fs.exists(f"{s3_bucket}/runs/audit/embeddings/train/shard-00000.done.json")
+
+
+def _png(img: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img, mode=mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_bad_files(folder: Path) -> dict[str, str | None]:
+    """One file per kind of bad (or unusual) input; value = expected error status, None = must embed fine."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    jpeg = io.BytesIO()
+    Image.fromarray(rgb).save(jpeg, format="JPEG")
+    files = {
+        "bad_corrupt.png": (b"\x89PNG\r\n\x1a\n" + bytes(rng.integers(0, 256, 200, dtype=np.uint8)), "corrupt"),
+        "bad_truncated.jpg": (jpeg.getvalue()[: len(jpeg.getvalue()) // 2], "truncated"),
+        "bad_empty.png": (b"", "empty"),
+        "bad_text.png": (b"this is not an image, just text\n", "not_image"),
+        "bad_bomb.png": (_png(np.zeros((120, 120), np.uint8)), "too_large"),
+        "odd_gray.png": (_png(rgb[..., 0]), None),
+        "odd_rgba.png": (_png(np.dstack([rgb, np.full((28, 28), 128, np.uint8)])), None),
+        "odd_16bit.png": (_png((rgb[..., 0].astype(np.uint16) * 257), "I;16"), None),
+    }
+    for name, (data, _) in files.items():
+        (folder / name).write_bytes(data)
+    return {name: status for name, (_, status) in files.items()}
+
+
+@pytest.mark.timeout(300)
+def test_bad_images_become_error_rows_and_counts_add_up(ray_local, tmp_path: Path) -> None:
+    inputs = make_inputs(tmp_path / "in")
+    gen_dir = tmp_path / "in" / "gen_folder"
+    write_pngs(gen_dir, sample_images("heldout_real", 90))
+    expected = write_bad_files(gen_dir)
+    inputs["real"] = str(gen_dir)
+    cfg = audit_config(inputs, str(tmp_path / "out"), max_image_pixels=5_000)  # 120×120 = 14,400 px: too large
+    result = run_audit(cfg)
+
+    counts = result.stats["counts"]["real"]
+    assert counts == {"rows_read": 98, "rows_embedded": 93, "rows_reported": 5}
+    errors = pd.read_parquet(tmp_path / "out" / schema.ERRORS_FILE)
+    got = dict(zip(errors[schema.SAMPLE_ID], errors[schema.STATUS], strict=True))
+    assert got == {name: status for name, status in expected.items() if status is not None}
+    assert (errors[schema.SET] == "real").all() and errors[schema.ERROR].str.len().gt(0).all()
+    nbrs = pd.read_parquet(tmp_path / "out" / schema.NEIGHBORS_FILE)
+    real_ids = set(nbrs.loc[nbrs[schema.GEN_SET] == "real", schema.SAMPLE_ID])
+    assert {"odd_gray.png", "odd_rgba.png", "odd_16bit.png"} <= real_ids and not real_ids & set(got)
+    scores = result.ct_scores[result.ct_scores[schema.GEN_SET] == "real"]
+    assert (scores[schema.N_GEN] == 93).all() and np.isfinite(scores[schema.CT]).all()
