@@ -208,12 +208,11 @@ class TrainShard:
         train = np.ascontiguousarray(train, np.float64)
         sq = _rowdot(train, train) if len(train) else np.zeros(0)
         ids, norms = np.asarray(train_ids, np.int64), np.sqrt(sq)
-        center, radius = None, np.inf
+        center, radius, vectors = None, np.inf, prepare(train, metric)
         if metric != "l2" and len(train):
-            unit = train / np.where(norms > 0, norms, 1.0)[:, None]
-            center = unit.mean(axis=0)
-            radius = float(np.sqrt(np.einsum("ij,ij->i", unit - center, unit - center).max()))
-        vectors = prepare(train, metric)
+            center = vectors.mean(axis=0, dtype=np.float64)  # of the unit rows as rounded to float32
+            off = vectors - center
+            radius = float(np.sqrt(np.einsum("ij,ij->i", off, off).max())) + 4.0 * EPS32  # + that rounding
         return cls(cell, shard, metric, train, ids, vectors, norms, float(sq.max(initial=0.0)), center, radius)
 
     def index(self):

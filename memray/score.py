@@ -80,7 +80,10 @@ class FittedLayer:
 def _finite(x: np.ndarray, what: str) -> np.ndarray:
     """``x`` as float32 (n, d), refusing NaN/inf rows with a message naming them."""
     x = np.asarray(x, dtype=np.float32)
-    bad = np.flatnonzero(~np.isfinite(x).all(axis=1)) if x.ndim == 2 else np.zeros(0, int)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if x.ndim != 2 or np.isfinite(x.sum()):  # a finite sum has no NaN/inf term (on overflow: the row check)
+            return x
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
     if len(bad):
         raise ScoreInputError(f"{what}: NaN/inf values in {len(bad)} row(s) {bad[:10].tolist()}; drop or fix them")
     return x

@@ -268,7 +268,7 @@ def test_cli_npz_mean_float16_and_all_broken(tmp_path: Path, capsys: pytest.Capt
     args = ["--pooling", "mean", "--dtype", "float16", "--layers", "0,2"]
     assert main(["embed", "--images", str(tmp_path / "cifar.npz"), "--out", str(out), *args, *CLI_MODEL]) == 0
     table = pq.read_table(out)
-    assert table.column("sample_id").to_pylist() == [str(i) for i in range(6)]
+    assert table.column("sample_id").to_pylist() == [f"cifar.npz/{i}" for i in range(6)]  # as the audit job names rows
     assert table.schema.field("layer_2").type.value_type == "halffloat"
     ref = LayerEmbedder(micro_cfg(layers=(0, 2), pooling="mean")).embed_images(imgs)["mean"]
     got = table.column("layer_0").combine_chunks().flatten().to_numpy().reshape(6, -1)

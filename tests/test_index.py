@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from memray.config import CTConfig
-from memray.index import distance, merge_min, nearest_in_cells, prepare, search_shard, shard_ranges
+from memray.index import (
+    FAISS_BLAS_THRESHOLD,
+    TrainShard,
+    blas_core_for,
+    distance,
+    faiss,
+    faiss_blas,
+    merge_min,
+    nearest_in_cells,
+    prepare,
+    search_prepared,
+    search_shard,
+    shard_ranges,
+)
 
 METRICS = ["l2", "cosine", "cosine_abs"]
 
@@ -163,3 +180,77 @@ def test_nearest_in_cells_with_serialising_out_of_order_mapper():
     d2, i2 = nearest_in_cells(train, tc, ids, queries, qc, cfg, mapper=remote_like_mapper)
     assert d1.tobytes() == d2.tobytes() and np.array_equal(i1, i2)
     assert i1[qc < 4].min() >= 1000
+
+
+class CountingIndex:
+    """Wraps a FAISS index and records the number of queries of each search call."""
+
+    def __init__(self, index):
+        self.index, self.calls = index, []
+
+    def search(self, xq, k):
+        self.calls.append(len(xq))
+        return self.index.search(xq, k)
+
+
+def test_cosine_abs_searches_minus_q_only_where_the_negative_side_can_win():
+    # Training rows cluster around direction u. Queries near u: every row's −q side is provably far (bound from
+    # the shard's mean direction), so −q is not searched; queries near −u are nearest on the −q side.
+    rng = np.random.default_rng(12)
+    u = rng.normal(size=10)
+    train = u + 0.3 * rng.normal(size=(500, 10))
+    queries = np.vstack([u + 0.3 * rng.normal(size=(90, 10)), -u + 0.3 * rng.normal(size=(30, 10))])
+    ids = np.arange(500, dtype=np.int64)
+    shard = TrainShard.build(train, ids, "cosine_abs")
+    spy = CountingIndex(shard.index())
+    shard._index[0] = spy
+    d, i = search_prepared(shard, queries, candidates=4)
+    assert spy.calls == [120, 30]  # q for all, −q only for the 30 queries near −u
+    bd, bi = brute_force(train, ids, queries, "cosine_abs")
+    np.testing.assert_allclose(d, bd, rtol=0, atol=1e-12)
+    assert np.array_equal(i, bi)
+    cos = (queries[90:] @ train[i[90:]].T).diagonal()
+    assert (cos < 0).all()  # their nearest rows are anti-aligned
+
+
+def test_prepared_shard_pickles_without_its_index_and_searches_the_same():
+    rng = np.random.default_rng(13)
+    shard = TrainShard.build(rng.normal(size=(300, 6)), np.arange(300) + 5, "cosine_abs")
+    queries = rng.normal(size=(40, 6))
+    first = search_prepared(shard, queries)
+    assert len(shard._index) == 1  # built on first use, kept for the next query set
+    copy = pickle.loads(pickle.dumps(shard))
+    assert copy._index == [] and copy.radius == shard.radius
+    again = search_prepared(copy, queries)
+    assert first[0].tobytes() == again[0].tobytes() and np.array_equal(first[1], again[1])
+
+
+def test_faiss_blas_is_scoped():
+    before = faiss.cvar.distance_compute_blas_threshold
+    with faiss_blas():
+        assert faiss.cvar.distance_compute_blas_threshold == FAISS_BLAS_THRESHOLD
+    assert faiss.cvar.distance_compute_blas_threshold == before
+
+
+def test_blas_core_for_cpu_flags():
+    avx512 = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
+    assert blas_core_for(frozenset(avx512 | {"avx2", "fma", "sse2"})) == "SkylakeX"
+    assert blas_core_for(frozenset({"avx512f", "avx2", "fma"})) == "Haswell"  # AVX-512 subset too small
+    assert blas_core_for(frozenset({"avx", "sse4_2"})) is None
+
+
+@pytest.mark.timeout(60)
+def test_faiss_import_sets_blas_core_for_faiss_only():
+    code = (
+        "import os, json, memray.index as ix\n"
+        "from threadpoolctl import threadpool_info\n"
+        "cores = {p['filepath']: p.get('architecture') for p in threadpool_info() if p['internal_api'] == 'openblas'}\n"
+        "print(json.dumps([ix.blas_core_for(ix._cpu_flags()), 'OPENBLAS_CORETYPE' in os.environ, cores]))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    core, leaked, cores = json.loads(out.strip().splitlines()[-1])
+    assert not leaked  # set for faiss' import only
+    faiss_blas_libs = [arch for path, arch in cores.items() if "faiss" in path]
+    if core is not None and faiss_blas_libs:
+        assert faiss_blas_libs == [core]

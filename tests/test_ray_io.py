@@ -35,9 +35,15 @@ def test_s3_inputs_and_outputs_match_local(ray_local, s3_endpoint: str, s3_bucke
     assert fs.exists(f"{s3_bucket}/runs/audit/embeddings/train/shard-00000.done.json")
 
 
-def _png(img: np.ndarray, mode: str | None = None) -> bytes:
+def _png(img: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(img, mode=mode).save(buf, format="PNG")
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _png16(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.frombytes("I;16", img.shape[::-1], img.astype("<u2").tobytes()).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -45,17 +51,17 @@ def write_bad_files(folder: Path) -> dict[str, str | None]:
     """One file per kind of bad (or unusual) input; value = expected error status, None = must embed fine."""
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)
-    jpeg = io.BytesIO()
-    Image.fromarray(rgb).save(jpeg, format="JPEG")
+    jpeg = io.BytesIO()  # large enough that cutting it in half cuts the entropy-coded data, not the headers
+    Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(jpeg, format="JPEG")
     files = {
         "bad_corrupt.png": (b"\x89PNG\r\n\x1a\n" + bytes(rng.integers(0, 256, 200, dtype=np.uint8)), "corrupt"),
         "bad_truncated.jpg": (jpeg.getvalue()[: len(jpeg.getvalue()) // 2], "truncated"),
         "bad_empty.png": (b"", "empty"),
         "bad_text.png": (b"this is not an image, just text\n", "not_image"),
-        "bad_bomb.png": (_png(np.zeros((120, 120), np.uint8)), "too_large"),
+        "bad_bomb.png": (_png(np.zeros((200, 200), np.uint8)), "too_large"),
         "odd_gray.png": (_png(rgb[..., 0]), None),
         "odd_rgba.png": (_png(np.dstack([rgb, np.full((28, 28), 128, np.uint8)])), None),
-        "odd_16bit.png": (_png((rgb[..., 0].astype(np.uint16) * 257), "I;16"), None),
+        "odd_16bit.png": (_png16(rgb[..., 0].astype(np.uint16) * 257), None),
     }
     for name, (data, _) in files.items():
         (folder / name).write_bytes(data)
@@ -69,7 +75,7 @@ def test_bad_images_become_error_rows_and_counts_add_up(ray_local, tmp_path: Pat
     write_pngs(gen_dir, sample_images("heldout_real", 90))
     expected = write_bad_files(gen_dir)
     inputs["real"] = str(gen_dir)
-    cfg = audit_config(inputs, str(tmp_path / "out"), max_image_pixels=5_000)  # 120×120 = 14,400 px: too large
+    cfg = audit_config(inputs, str(tmp_path / "out"), max_image_pixels=20_000)  # 200×200 = 40,000 px: too large
     result = run_audit(cfg)
 
     counts = result.stats["counts"]["real"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from memray.config import CTConfig
-from memray.reduce import LayerSpace, fit_and_project, fit_layer_space, kmeans_pp
+from memray.reduce import ROW_BLOCK, LayerSpace, fit_and_project, fit_layer_space, kmeans_pp
 
 
 def blobs(seed: int, cells: int, n: int, d: int, scale: float = 8.0):
@@ -141,3 +141,19 @@ def test_fit_and_project_returns_exactly_the_projection_of_train():
     x = np.random.default_rng(10).normal(size=(700, 30)).astype(np.float32)
     space, z = fit_and_project(x, CTConfig(pca_dim=12, cells=4))
     assert z.dtype == np.float64 and z.tobytes() == space.project(x).tobytes()
+
+
+def test_blockwise_pca_and_projection_match_svd_over_many_blocks():
+    # More rows than several covariance/projection blocks, float32 far from the origin (the centring matters).
+    rng = np.random.default_rng(11)
+    n = 3 * ROW_BLOCK + 37
+    x = (50.0 + rng.normal(size=(n, 24)) * np.linspace(4, 0.5, 24)).astype(np.float32)
+    space, z = fit_and_project(x, CTConfig(pca_dim=8, cells=3))
+    x64 = x.astype(np.float64)
+    mean = x64.mean(0)
+    _, s, vt = np.linalg.svd(x64 - mean, full_matrices=False)
+    np.testing.assert_allclose(space.mean, mean, rtol=1e-13)
+    np.testing.assert_allclose(space.explained_variance, s[:8] ** 2 / (n - 1), rtol=1e-10)
+    np.testing.assert_allclose(np.abs(space.components.T @ vt[:8].T), np.eye(8), atol=1e-9)
+    np.testing.assert_allclose(z, (x64 - mean) @ space.components, rtol=0, atol=1e-11)
+    assert z.tobytes() == space.project(x).tobytes()

@@ -16,7 +16,7 @@ from memray.cli import main
 from memray.config import CTConfig
 from memray.features import FeatureSet
 from memray.results import write_results
-from memray.score import ScoreInputError, ScoreResult, fit_layer, score_features
+from memray.score import ScoreInputError, ScoreResult, _finite, fit_layer, score_features
 from tests.reference_ct import reference_ct
 
 
@@ -241,3 +241,15 @@ def test_fitted_layer_refuses_non_finite_generated_rows():
     bad[5, 1] = np.inf
     with pytest.raises(ScoreInputError, match=r"gen set 'x', layer 3: NaN/inf values in 1 row\(s\) \[5\]"):
         fitted.score(bad, label="gen set 'x', layer 3")
+
+
+def test_finite_check_names_bad_rows_and_accepts_huge_finite_values():
+    huge = np.full((4, 3), 3e38, dtype=np.float32)  # finite, but their float32 sum overflows
+    assert _finite(huge, "x") is not None
+    huge[2, 1] = -np.inf
+    with pytest.raises(ScoreInputError, match=r"x: NaN/inf values in 1 row\(s\) \[2\]"):
+        _finite(huge, "x")
+    x = np.zeros((5, 2))
+    x[[0, 4], 1] = np.nan
+    with pytest.raises(ScoreInputError, match=r"NaN/inf values in 2 row\(s\) \[0, 4\]"):
+        _finite(x, "x")

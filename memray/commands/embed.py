@@ -1,6 +1,7 @@
 """``memray embed``: per-layer embeddings of a folder of images or an ``.npz`` of uint8 images → feature Parquet.
 
-Output: ``--out FILE.parquet`` with ``sample_id`` (the path relative to the folder, or the ``.npz`` row index)
+Output: ``--out FILE.parquet`` with ``sample_id`` (as in the audit job: the path relative to the folder,
+``<file name>/<row>`` for ``.npz`` rows, ``<shard>/<key>`` for tar members)
 and one fixed-size-list column ``layer_<ℓ>`` per layer; the embedder's :meth:`describe` record, the config and
 the row counts sit in the schema metadata. Images that cannot be decoded are excluded and listed in
 ``<out stem>.errors.parquet`` (``set, sample_id, status, error``; written even when empty, so a stale file never
@@ -25,23 +26,23 @@ from memray import schema
 from memray.config import EmbedConfig, digest, to_dict
 from memray.embed import LayerEmbedder
 from memray.features import FeatureSet, write_features
-from memray.images import (
-    IMAGE_EXTENSIONS,
-    STATUS_UNREADABLE,
-    ImageDecodeError,
-    decode_image,
-    list_image_files,
-    load_npz_images,
-)
-from memray.storage import join, open_output, open_url
+from memray.images import DEFAULT_MAX_PIXELS
+from memray.job_config import DatasetSpec
+from memray.shards import IMAGE, STATUS_OK, plan_shards, read_shard
+from memray.storage import open_output
 
 log = logging.getLogger(__name__)
+SHARD_ROWS = 1024  # images decoded ahead of the encoder
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``memray embed``."""
     p = subparsers.add_parser("embed", help="per-layer ViT embeddings of images → feature Parquet")
-    p.add_argument("--images", required=True, help="folder of images (searched recursively) or .npz of uint8 images")
+    p.add_argument(
+        "--images",
+        required=True,
+        help="folder or s3:// prefix of images (recursive), .npz of uint8 images, WebDataset .tar, or Parquet",
+    )
     p.add_argument("--out", required=True, help="output feature file (.parquet, local or s3://)")
     p.add_argument("--model", default=EmbedConfig.model, help="timm model name (default: %(default)s)")
     src = p.add_mutually_exclusive_group()
@@ -146,63 +147,41 @@ def run(args: argparse.Namespace) -> int:
 def _embed_source(
     path: str, embedder: LayerEmbedder, set_name: str
 ) -> tuple[list[str], dict[int, np.ndarray], list[tuple[str, str, str, str]], int]:
-    """Decode, prepare and embed every image; returns ids, ``{ℓ: (n, D)}``, error rows and rows read."""
+    """Read, decode, prepare and embed every image with the audit job's own shard reader (same sample ids).
+
+    Returns ids, ``{ℓ: (n, D)}``, error rows and rows read. The next shard is decoded in a thread while the
+    current one runs on the encoder.
+    """
     bs = embedder.cfg.batch_size
-    if str(path).lower().endswith(".npz"):
-        npz_ids, arrays = load_npz_images(path)
-        items: list[tuple[str, Any]] = list(zip(npz_ids.tolist(), arrays, strict=True))
-        load = _as_is
-    else:
-        rels = list_image_files(path)
-        if not rels:
-            raise FileNotFoundError(f"{path}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
-        items = [(rel, join(path, rel)) for rel in rels]
-        load = _read_and_decode
-    log.info("%s: %d image(s), batches of %d", path, len(items), bs)
+    plans = plan_shards(DatasetSpec(name=set_name, urls=(str(path),)), shard_rows=SHARD_ROWS)
+    log.info("%s: %d shard(s), batches of %d", path, len(plans), bs)
 
-    def prepare(chunk: list[tuple[str, Any]]) -> tuple[list[str], np.ndarray | None, list[tuple[str, str, str, str]]]:
-        ok_ids, prepared, errs = [], [], []
-        for sample_id, ref in chunk:
-            try:
-                prepared.append(embedder.preprocessor.prepare(load(ref)))
-                ok_ids.append(sample_id)
-            except ImageDecodeError as exc:
-                errs.append((set_name, sample_id, exc.status, exc.message))
-        return ok_ids, (np.stack(prepared) if prepared else None), errs
+    def read(k: int) -> list[dict[str, Any]]:
+        return read_shard(plans[k], embedder.preprocessor.prepare, DEFAULT_MAX_PIXELS)
 
-    chunks = [items[i : i + bs] for i in range(0, len(items), bs)]
     ids: list[str] = []
     parts: list[dict[int, np.ndarray]] = []
     errors: list[tuple[str, str, str, str]] = []
-    with ThreadPoolExecutor(max_workers=1) as pool:  # decode the next batch while this one runs on the encoder
-        future = pool.submit(prepare, chunks[0]) if chunks else None
-        for k in range(len(chunks)):
-            ok_ids, batch, errs = future.result()  # type: ignore[union-attr]
-            future = pool.submit(prepare, chunks[k + 1]) if k + 1 < len(chunks) else None
-            errors += errs
-            if batch is not None:
-                parts.append(embedder.embed_prepared(batch))
-                ids += ok_ids
+    n_read = 0
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(read, 0)
+        for k in range(len(plans)):
+            rows = future.result()
+            if k + 1 < len(plans):
+                future = pool.submit(read, k + 1)
+            n_read += len(rows)
+            ok = [r for r in rows if r[schema.STATUS] == STATUS_OK]
+            errors += [(set_name, r[schema.SAMPLE_ID], r[schema.STATUS], r[schema.ERROR]) for r in rows if r not in ok]
+            for i in range(0, len(ok), bs):
+                parts.append(embedder.embed_prepared(np.stack([r[IMAGE] for r in ok[i : i + bs]])))
+            ids += [r[schema.SAMPLE_ID] for r in ok]
     layers = {
         layer: np.concatenate([p[layer] for p in parts])
         if parts
         else np.empty((0, embedder.dims[layer]), embedder.out_dtype)
         for layer in embedder.resolved_layers
     }
-    return ids, layers, errors, len(items)
-
-
-def _as_is(image: np.ndarray) -> np.ndarray:
-    return image
-
-
-def _read_and_decode(url: str) -> np.ndarray:
-    try:
-        with open_url(url, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise ImageDecodeError(STATUS_UNREADABLE, f"{type(exc).__name__}: {exc}") from exc
-    return decode_image(data)
+    return ids, layers, errors, n_read
 
 
 def _write_errors(url: str, errors: list[tuple[str, str, str, str]]) -> None:
