@@ -37,6 +37,10 @@ BLAS_CORES = (
 # FAISS flat search uses BLAS when (queries × dim) reaches this (faiss 1.15 default 128000 = 2000 queries of 64-d;
 # its own per-pair kernels are 3-5x slower than BLAS for the 100-2000 queries per cell seen here)
 FAISS_BLAS_THRESHOLD = 0
+# OpenMP threads of memray's FAISS calls. More threads fight numpy's BLAS workers, which keep spinning for a while
+# after each numpy product: on 2 cores scoring 18 sets took 1.5-1.8 s with 2 FAISS threads, 0.4-0.5 s with 1
+# (and fitting a layer 1.45 s vs 1.2-1.3 s), numpy's BLAS using both cores either way.
+FAISS_THREADS = 1
 
 
 def blas_core_for(flags: frozenset[str]) -> str | None:
@@ -58,8 +62,8 @@ def _import_faiss():
     faiss-cpu wheels bundle OpenBLAS 0.3.15, whose CPU detection predates recent server CPUs (e.g. Sapphire
     Rapids) and falls back to generic SSE3 kernels: FAISS searches and k-means run 3-5x slower. Unless the user
     set ``OPENBLAS_CORETYPE`` or faiss is already loaded, the core type matching the CPU flags is set for the
-    import only (numpy's BLAS is loaded before and child processes do not inherit it). Speed only: results
-    do not depend on FAISS' float32 rounding (exact float64 re-rank).
+    import only (numpy's BLAS is loaded before; child processes do not inherit it). Speed only: results do not
+    depend on FAISS' float32 rounding (exact float64 re-rank).
     """
     core = None if "faiss" in sys.modules or "OPENBLAS_CORETYPE" in os.environ else blas_core_for(_cpu_flags())
     if core is not None:
@@ -76,14 +80,16 @@ faiss = _import_faiss()
 
 
 @contextmanager
-def faiss_blas() -> Iterator[None]:
-    """Within the block, FAISS flat searches of any batch size go through BLAS (restored on exit)."""
-    old = faiss.cvar.distance_compute_blas_threshold
+def faiss_scope() -> Iterator[None]:
+    """Within the block, FAISS flat searches of any size go through BLAS on ``FAISS_THREADS`` threads (restored)."""
+    old, threads = faiss.cvar.distance_compute_blas_threshold, faiss.omp_get_max_threads()
     faiss.cvar.distance_compute_blas_threshold = FAISS_BLAS_THRESHOLD
+    faiss.omp_set_num_threads(FAISS_THREADS)
     try:
         yield
     finally:
         faiss.cvar.distance_compute_blas_threshold = old
+        faiss.omp_set_num_threads(threads)
 
 
 def _check_metric(metric: str) -> None:
@@ -268,7 +274,7 @@ def search_prepared(
     if len(shard.train) == 0 or len(queries) == 0:
         return dist, ids
     uncertain: list[np.ndarray] = []
-    with faiss_blas():
+    with faiss_scope():
         for start in range(0, len(queries), query_batch):
             stop = min(start + query_batch, len(queries))
             dist[start:stop], ids[start:stop], doubt = _search_batch(shard, queries[start:stop], candidates)
@@ -298,7 +304,7 @@ def _search_batch(shard: TrainShard, qb: np.ndarray, candidates: int) -> tuple[n
     if metric == "cosine_abs" and c < n:
         # rows on the −q side score 1 − (−q̂·t̂) ≥ 1 + q̂·center − radius: search −q only where that could win
         qn = np.sqrt(np.einsum("ij,ij->i", qb, qb))
-        floor = 1.0 + (qb / np.where(qn > 0, qn, 1.0)[:, None]) @ shard.center - shard.radius
+        floor = 1.0 + np.einsum("ij,j->i", qb / np.where(qn > 0, qn, 1.0)[:, None], shard.center) - shard.radius
         need = np.flatnonzero(~(approx.min(axis=1) + 2.0 * tol < floor))
         if len(need):
             raw2, cand2 = shard.index().search(-xq[need], c)

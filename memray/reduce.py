@@ -26,7 +26,7 @@ import scipy.linalg
 import scipy.linalg.blas
 
 from memray.config import CTConfig
-from memray.index import faiss  # imported there with the CPU's BLAS kernels
+from memray.index import faiss, faiss_scope  # faiss is imported there with the CPU's BLAS kernels
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,8 @@ def fit_kmeans(z: np.ndarray, cfg: CTConfig) -> tuple[np.ndarray, int]:
             k, cfg.cells, niter=cfg.kmeans_niter, nredo=1, seed=cfg.seed + run, max_points_per_centroid=10**9,
             verbose=False,
         )  # fmt: skip
-        obj = float(km.train(data, init_centroids=init))
+        with faiss_scope():
+            obj = float(km.train(data, init_centroids=init))
         if best is None or obj < best[0]:
             best = (obj, np.ascontiguousarray(km.centroids, dtype=np.float32))
     return best[1], len(data)

@@ -15,11 +15,12 @@ import pytest
 from memray.config import CTConfig
 from memray.index import (
     FAISS_BLAS_THRESHOLD,
+    FAISS_THREADS,
     TrainShard,
     blas_core_for,
     distance,
     faiss,
-    faiss_blas,
+    faiss_scope,
     merge_min,
     nearest_in_cells,
     prepare,
@@ -225,11 +226,12 @@ def test_prepared_shard_pickles_without_its_index_and_searches_the_same():
     assert first[0].tobytes() == again[0].tobytes() and np.array_equal(first[1], again[1])
 
 
-def test_faiss_blas_is_scoped():
-    before = faiss.cvar.distance_compute_blas_threshold
-    with faiss_blas():
+def test_faiss_settings_are_scoped():
+    before = faiss.cvar.distance_compute_blas_threshold, faiss.omp_get_max_threads()
+    with faiss_scope():
         assert faiss.cvar.distance_compute_blas_threshold == FAISS_BLAS_THRESHOLD
-    assert faiss.cvar.distance_compute_blas_threshold == before
+        assert faiss.omp_get_max_threads() == FAISS_THREADS
+    assert (faiss.cvar.distance_compute_blas_threshold, faiss.omp_get_max_threads()) == before
 
 
 def test_blas_core_for_cpu_flags():

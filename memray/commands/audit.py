@@ -6,9 +6,8 @@ import argparse
 import dataclasses
 import logging
 
-import yaml
-
 from memray import schema, storage
+from memray.commands import parse_key_values
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +40,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def parse_overrides(items: list[str]) -> dict[str, object]:
-    """``["ct.seed=1", ...]`` → ``{"ct.seed": 1, ...}`` with YAML-typed values."""
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {item!r}: use KEY=VALUE, e.g. ct.seed=1")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the job and print a per-set, per-layer C_T table and where the results are."""
     from memray.config import FingerprintConfig
@@ -59,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from memray.ray.pipeline import run_audit
     from memray.ray.session import init_ray
 
-    overrides = parse_overrides(args.set)
+    overrides = parse_key_values(args.set, "--set")
     if args.output:
         overrides["output"] = args.output
     if args.gallery:

@@ -11,7 +11,6 @@ survives a rerun). The command checks and prints ``rows read = rows embedded + r
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from memray import schema
+from memray.commands import parse_key_values
 from memray.config import EmbedConfig, digest, to_dict
 from memray.embed import LayerEmbedder
 from memray.features import FeatureSet, write_features
@@ -60,7 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra timm.create_model argument, VALUE parsed as JSON when possible (e.g. img_size=224 for DINOv2)",
+        help="extra timm.create_model argument, VALUE parsed as YAML/JSON (e.g. img_size=224 for DINOv2)",
     )
     p.set_defaults(func=run)
 
@@ -73,20 +73,6 @@ def parse_layers(text: str) -> str | tuple[int, ...]:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError as exc:
         raise ValueError(f"--layers {text!r}: use 'all' or comma-separated integers like 1,2,12") from exc
-
-
-def parse_model_kwargs(items: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` strings → dict; values are JSON (``224``, ``true``) or else plain strings."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--model-kwarg {item!r}: use KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def errors_url(out: str) -> str:
@@ -108,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         preprocess=args.preprocess,
         dtype=args.dtype,
         batch_size=args.batch_size,
-        model_kwargs=parse_model_kwargs(args.model_kwarg),
+        model_kwargs=parse_key_values(args.model_kwarg, "--model-kwarg"),
     )
     set_name = PurePosixPath(str(args.images).rstrip("/")).stem
     embedder = LayerEmbedder(cfg, num_threads=args.num_threads)
