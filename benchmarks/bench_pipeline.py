@@ -132,29 +132,23 @@ def main() -> None:
     embed = {"model": args.model, "random_init": True, "model_kwargs": {"img_size": args.img_size}, "batch_size": 64}
     ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="memray-bench-") as tmp:
-        results = {}
+        results, bare = {}, {}
         for scale in (1, 2):
             n = args.images * scale
             folders = {k: Path(tmp) / f"x{scale}" / k for k in ("train", "test", "gen")}
             for f, size, seed in zip(folders.values(), (n, n // 4, n // 4), (0, 1, 2), strict=True):
                 write_images(f, size, seed + 10 * scale)
             results[scale] = ray_job(folders, embed, Path(tmp) / f"out{scale}", args.threads)
-            if scale == 1:
-                bare = bare_loop(list(folders.values()), EmbedConfig(**embed), args.threads)
-    n1, t1, m1 = results[1]
-    n2, t2, m2 = results[2]
-    bare_ips, ray_ips = bare[0] / bare[1], n1 / t1
+            bare[scale] = bare_loop(list(folders.values()), EmbedConfig(**embed), args.threads)
     print(f"model {args.model} @ {args.img_size}px (random init), {args.threads} CPU threads")
     print("GiB = peak resident memory of the driver and every Ray process")
-    print(f"bare loop (decode → embed)          : {bare[0]:6d} images {bare[1]:7.1f} s {bare_ips:7.1f} img/s")
-    print(
-        f"Ray job 1× (read → embed → C_T)     : {n1:6d} images {t1:7.1f} s {ray_ips:7.1f} img/s  {m1 / 2**30:.2f} GiB"
-    )
-    print(
-        f"Ray job 2×                          : {n2:6d} images {t2:7.1f} s {n2 / t2:7.1f} img/s  {m2 / 2**30:.2f} GiB"
-    )
-    print(f"ratio Ray job / bare loop (img/s)   : {ray_ips / bare_ips:.2f}×  (goal ≥ 0.8×)")
-    print(f"time 2× / 1×                        : {t2 / t1:.2f}×  (goal ≤ 2.2×)")
+    for scale in (1, 2):
+        (n, t, m), (nb, tb) = results[scale], bare[scale]
+        print(f"{scale}× bare loop (decode → embed)      : {nb:6d} images {tb:7.1f} s {nb / tb:7.1f} img/s")
+        gib = m / 2**30
+        print(f"{scale}× Ray job (read → embed → C_T)    : {n:6d} images {t:7.1f} s {n / t:7.1f} img/s  {gib:.2f} GiB")
+        print(f"{scale}× ratio Ray job / bare loop        : {(n / t) / (nb / tb):.2f}×  (goal ≥ 0.8×)")
+    print(f"Ray job time 2× / 1×                : {results[2][1] / results[1][1]:.2f}×  (goal ≤ 2.2×)")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `ray job submit --working-dir .`
 
-from memray.cli import main  # noqa: E402
+from memray.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main(["audit", *sys.argv[1:]]))

@@ -15,81 +15,18 @@ closer than every row can be on the negative side (bound from the shard's mean d
 from __future__ import annotations
 
 import logging
-import os
-import sys
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from memray.config import METRICS, CTConfig
+from memray.faiss_backend import faiss, faiss_scope, to_gpu
 
 log = logging.getLogger(__name__)
 
 EPS32 = float(np.finfo(np.float32).eps)
 FALLBACK_BLOCK_BYTES = 32 * 1024**2  # memory bound of one block of the exhaustive float64 fallback
-# OpenBLAS kernel families and the CPU flags they need, best first (see _import_faiss)
-BLAS_CORES = (
-    ("SkylakeX", frozenset({"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"})),
-    ("Haswell", frozenset({"avx2", "fma"})),
-)
-# FAISS flat search uses BLAS when (queries × dim) reaches this (faiss 1.15 default 128000 = 2000 queries of 64-d;
-# its own per-pair kernels are 3-5x slower than BLAS for the 100-2000 queries per cell seen here)
-FAISS_BLAS_THRESHOLD = 0
-# OpenMP threads of memray's FAISS calls. More threads fight numpy's BLAS workers, which keep spinning for a while
-# after each numpy product: on 2 cores scoring 18 sets took 1.5-1.8 s with 2 FAISS threads, 0.4-0.5 s with 1
-# (and fitting a layer 1.45 s vs 1.2-1.3 s), numpy's BLAS using both cores either way.
-FAISS_THREADS = 1
-
-
-def blas_core_for(flags: frozenset[str]) -> str | None:
-    """OpenBLAS core type (``OPENBLAS_CORETYPE``) for a CPU with these ``/proc/cpuinfo`` flags, or None."""
-    return next((core for core, need in BLAS_CORES if need <= flags), None)
-
-
-def _cpu_flags() -> frozenset[str]:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next((frozenset(ln.split(":", 1)[1].split()) for ln in fh if ln.startswith("flags")), frozenset())
-    except OSError:  # not Linux
-        return frozenset()
-
-
-def _import_faiss():
-    """Import faiss with its bundled OpenBLAS on the CPU's vector kernels.
-
-    faiss-cpu wheels bundle OpenBLAS 0.3.15, whose CPU detection predates recent server CPUs (e.g. Sapphire
-    Rapids) and falls back to generic SSE3 kernels: FAISS searches and k-means run 3-5x slower. Unless the user
-    set ``OPENBLAS_CORETYPE`` or faiss is already loaded, the core type matching the CPU flags is set for the
-    import only (numpy's BLAS is loaded before; child processes do not inherit it). Speed only: results do not
-    depend on FAISS' float32 rounding (exact float64 re-rank).
-    """
-    core = None if "faiss" in sys.modules or "OPENBLAS_CORETYPE" in os.environ else blas_core_for(_cpu_flags())
-    if core is not None:
-        os.environ["OPENBLAS_CORETYPE"] = core
-    try:
-        import faiss
-    finally:
-        if core is not None:
-            del os.environ["OPENBLAS_CORETYPE"]
-    return faiss
-
-
-faiss = _import_faiss()
-
-
-@contextmanager
-def faiss_scope() -> Iterator[None]:
-    """Within the block, FAISS flat searches of any size go through BLAS on ``FAISS_THREADS`` threads (restored)."""
-    old, threads = faiss.cvar.distance_compute_blas_threshold, faiss.omp_get_max_threads()
-    faiss.cvar.distance_compute_blas_threshold = FAISS_BLAS_THRESHOLD
-    faiss.omp_set_num_threads(FAISS_THREADS)
-    try:
-        yield
-    finally:
-        faiss.cvar.distance_compute_blas_threshold = old
-        faiss.omp_set_num_threads(threads)
 
 
 def _check_metric(metric: str) -> None:
@@ -222,13 +159,14 @@ class TrainShard:
         return cls(cell, shard, metric, train, ids, vectors, norms, float(sq.max(initial=0.0)), center, radius)
 
     def index(self):
-        """The flat FAISS index over ``vectors`` (L2 or inner product), built once per process."""
+        """The flat FAISS index over ``vectors`` (L2 or inner product), built once per process (GPU if present)."""
         if not self._index:
             index = (
                 faiss.IndexFlatL2(self.train.shape[1])
                 if self.metric == "l2"
                 else faiss.IndexFlatIP(self.train.shape[1])
             )
+            index = to_gpu(index)  # on the task's GPU when it has one (faiss-gpu); CPU otherwise
             index.add(self.vectors)
             self._index.append(index)
         return self._index[0]

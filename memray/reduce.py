@@ -26,7 +26,7 @@ import scipy.linalg
 import scipy.linalg.blas
 
 from memray.config import CTConfig
-from memray.index import faiss, faiss_scope  # faiss is imported there with the CPU's BLAS kernels
+from memray.faiss_backend import faiss, faiss_scope  # faiss imported with the CPU's BLAS kernels
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def fit_kmeans(z: np.ndarray, cfg: CTConfig) -> tuple[np.ndarray, int]:
             k, cfg.cells, niter=cfg.kmeans_niter, nredo=1, seed=cfg.seed + run, max_points_per_centroid=10**9,
             verbose=False,
         )  # fmt: skip
-        with faiss_scope():
+        with faiss_scope(blas=False):  # FAISS' own choice of kernels, as before; threads as in the searches
             obj = float(km.train(data, init_centroids=init))
         if best is None or obj < best[0]:
             best = (obj, np.ascontiguousarray(km.centroids, dtype=np.float32))

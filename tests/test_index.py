@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import itertools
-import json
-import os
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from memray.config import CTConfig
 from memray.index import (
-    FAISS_BLAS_THRESHOLD,
-    FAISS_THREADS,
     TrainShard,
-    blas_core_for,
     distance,
-    faiss,
-    faiss_scope,
     merge_min,
     nearest_in_cells,
     prepare,
@@ -224,35 +215,3 @@ def test_prepared_shard_pickles_without_its_index_and_searches_the_same():
     assert copy._index == [] and copy.radius == shard.radius
     again = search_prepared(copy, queries)
     assert first[0].tobytes() == again[0].tobytes() and np.array_equal(first[1], again[1])
-
-
-def test_faiss_settings_are_scoped():
-    before = faiss.cvar.distance_compute_blas_threshold, faiss.omp_get_max_threads()
-    with faiss_scope():
-        assert faiss.cvar.distance_compute_blas_threshold == FAISS_BLAS_THRESHOLD
-        assert faiss.omp_get_max_threads() == FAISS_THREADS
-    assert (faiss.cvar.distance_compute_blas_threshold, faiss.omp_get_max_threads()) == before
-
-
-def test_blas_core_for_cpu_flags():
-    avx512 = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
-    assert blas_core_for(frozenset(avx512 | {"avx2", "fma", "sse2"})) == "SkylakeX"
-    assert blas_core_for(frozenset({"avx512f", "avx2", "fma"})) == "Haswell"  # AVX-512 subset too small
-    assert blas_core_for(frozenset({"avx", "sse4_2"})) is None
-
-
-@pytest.mark.timeout(60)
-def test_faiss_import_sets_blas_core_for_faiss_only():
-    code = (
-        "import os, json, memray.index as ix\n"
-        "from threadpoolctl import threadpool_info\n"
-        "cores = {p['filepath']: p.get('architecture') for p in threadpool_info() if p['internal_api'] == 'openblas'}\n"
-        "print(json.dumps([ix.blas_core_for(ix._cpu_flags()), 'OPENBLAS_CORETYPE' in os.environ, cores]))"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    core, leaked, cores = json.loads(out.strip().splitlines()[-1])
-    assert not leaked  # set for faiss' import only
-    faiss_blas_libs = [arch for path, arch in cores.items() if "faiss" in path]
-    if core is not None and faiss_blas_libs:
-        assert faiss_blas_libs == [core]

@@ -18,11 +18,12 @@ from ray_helpers import audit_config, make_inputs
 
 from memray import schema
 from memray.config import to_dict
+from memray.curve_run import compute_curves
 from memray.embed import LayerEmbedder, make_prepare
 from memray.features import FeatureSet
 from memray.ray.pipeline import ResumeMismatchError, run_audit
 from memray.results import write_results
-from memray.score import score_features
+from memray.score import fit_layer, score_features
 from memray.shards import STATUS_OK, plan_shards, read_shard
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ def in_process_features(cfg, spec) -> FeatureSet:
 
 @pytest.mark.timeout(300)
 def test_ray_job_equals_in_process_engine(ray_local, tmp_path: Path) -> None:
-    cfg = audit_config(make_inputs(tmp_path / "in"), str(tmp_path / "out"))
+    cfg = audit_config(make_inputs(tmp_path / "in"), str(tmp_path / "out"), fingerprint={"subset_size": 45})
     result = run_audit(cfg)
     assert len(result.stats["counts"]) == 4 and result.stats["counts"]["train"]["rows_embedded"] == 240
     assert len(list((tmp_path / "out" / "embeddings" / "train").glob("*.done.json"))) == 4  # 240 files / 64 rows
@@ -56,6 +57,13 @@ def test_ray_job_equals_in_process_engine(ray_local, tmp_path: Path) -> None:
     write_results(str(tmp_path / "ref"), ref, {})
     for name in (schema.CT_SCORES_FILE, schema.CT_CELLS_FILE, schema.NEIGHBORS_FILE):  # the very same bytes
         assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
+    # fingerprints: per-subset curves from the job equal curves computed in-process from the same fits
+    fitted = {ell: fit_layer(ell, train.layers[ell], train.ids, test.layers[ell], cfg.ct, test_ids=test.ids)
+              for ell in sorted(train.layers)}  # fmt: skip
+    curves = compute_curves(fitted, gens, {g.name: g.label for g in cfg.generated}, cfg.fingerprint)
+    fp = pd.read_parquet(tmp_path / "out" / schema.FINGERPRINTS_FILE)
+    assert len(fp) == 2 * 2 * 6  # 2 sets × 2 subsets of 45 × 6 layers
+    pd.testing.assert_frame_equal(fp, curves, check_dtype=False, atol=1e-12, rtol=0)
     run = json.loads((tmp_path / "out" / schema.RUN_FILE).read_text())
     assert run["config"]["metric"] == "l2" and run["stats"]["counts"]["copy"]["rows_read"] == 90
 
