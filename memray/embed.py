@@ -231,7 +231,8 @@ def make_prepare(cfg: EmbedConfig) -> Callable[[np.ndarray], np.ndarray]:
     Pair it with :meth:`LayerEmbedder.embed_prepared` (or ``embed_batch`` on uint8), which finishes the
     normalisation on the device. Built without weights (see :meth:`Preprocessor.from_config`).
     """
-    return Preprocessor.from_config(cfg).prepare
+    pre = Preprocessor.from_config(cfg)
+    return pre.paper_prepare() if pre.preset == "paper" else pre.prepare  # the paper's half needs no torch
 
 
 def describe_preprocessing(cfg: EmbedConfig) -> dict[str, Any]:

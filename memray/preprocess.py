@@ -24,6 +24,7 @@ from torchvision import transforms
 
 from memray.config import PREPROCESS_PRESETS, ConfigError, EmbedConfig
 from memray.images import ImageDecodeError, decode_array
+from memray.prepare import PaperPrepare
 
 PAPER_RESIZE_RATIO = 256 / 224  # short side before the centre crop, relative to the crop (paper: 256 → 224)
 PAPER_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -135,8 +136,16 @@ class Preprocessor:
             uint8 ``(3, H', W')`` with ``(3, H', W') == input_size``: small to ship to an accelerator, where
             :meth:`finish` completes the pipeline.
         """
+        if self.preset == "paper":
+            return self.paper_prepare()(image)
         out = np.asarray(self.transform(to_pil(image)))
         return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+    def paper_prepare(self) -> PaperPrepare:
+        """The torch-free CPU half of the paper preset (what Ray's read tasks run)."""
+        if self.preset != "paper":
+            raise ConfigError(f"preset {self.preset!r} has no torch-free prepare; only 'paper' does")
+        return PaperPrepare(int(self.params["resize_short_side"]), tuple(self.params["crop"]))
 
     def finish(self, prepared: torch.Tensor) -> torch.Tensor:
         """The float part for a batch of :meth:`prepare` outputs, on the tensor's own device.
