@@ -41,6 +41,8 @@ class ResourcesConfig:
 
     On a machine with few CPUs keep ``actors * actor_num_cpus`` below the CPU count, or the read tasks starve.
     ``shard_rows``: images per embedding shard (the unit of resume); ``embed_batch_size``: rows per actor batch.
+    ``actor_resources``: custom Ray resources each embedding actor requests (e.g. ``{"A100": 1}`` to pin actors to
+    nodes that advertise that resource).
     """
 
     actors: int = 1
@@ -52,8 +54,14 @@ class ResourcesConfig:
     embed_batch_size: int = 64
     index_task_num_cpus: float = 1.0
     faiss_gpu: bool = False
+    actor_resources: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.actor_resources, dict):
+            object.__setattr__(self, "actor_resources", tuple(sorted(self.actor_resources.items())))
+        self._check()
+
+    def _check(self) -> None:
         if self.actors < 1 or self.shard_rows < 1 or self.embed_batch_size < 1:
             raise ConfigError("resources.actors, shard_rows and embed_batch_size must be >= 1")
         if self.actor_num_cpus < 0 or self.actor_num_gpus < 0 or self.read_num_cpus <= 0:

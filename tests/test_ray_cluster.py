@@ -21,14 +21,26 @@ def test_two_node_cluster_uses_both_nodes_and_matches_local(ray_local, tmp_path:
 
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 1, "object_store_memory": 256 * 1024**2, "include_dashboard": False},
+        head_node_args={
+            "num_cpus": 1,
+            "resources": {"embed_slot": 1},
+            "object_store_memory": 256 * 1024**2,
+            "include_dashboard": False,
+        },
     )
-    try:
-        cluster.add_node(num_cpus=1, object_store_memory=256 * 1024**2)
+    try:  # one "embed_slot" per node: the two embedding actors must land on different nodes
+        cluster.add_node(num_cpus=1, resources={"embed_slot": 1}, object_store_memory=256 * 1024**2)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False)
         assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-        cfg = audit_config(inputs, str(tmp_path / "cluster"), resources__actors=2, resources__actor_num_cpus=0.5)
+        cfg = audit_config(
+            inputs,
+            str(tmp_path / "cluster"),
+            resources__actors=2,
+            resources__actor_num_cpus=0.5,
+            resources__actor_resources={"embed_slot": 1},
+            resources__embed_batch_size=8,
+        )
         result = run_audit(cfg)
         assert len(result.stats["embed"]["nodes"]) == 2, result.stats["embed"]["nodes"]  # an actor on each node
         assert len(result.stats["score"]["nodes"]) == 2, result.stats["score"]["nodes"]  # index tasks on both

@@ -83,6 +83,7 @@ def run_embedding(
             compute=ray.data.ActorPoolStrategy(size=res.actors),
             num_cpus=res.actor_num_cpus,
             num_gpus=res.actor_num_gpus,
+            resources=dict(res.actor_resources) or None,
             batch_size=res.embed_batch_size,
             batch_format="numpy",
         )
