@@ -27,7 +27,7 @@ from PIL import Image
 
 from memray.config import EmbedConfig
 from memray.embed import LayerEmbedder, make_prepare
-from memray.images import decode_image, list_image_files
+from memray.images import decode_image
 from memray.job_config import audit_config_from_dict
 from memray.ray.pipeline import run_audit
 
@@ -92,7 +92,7 @@ def bare_loop(folders: list[Path], embed: EmbedConfig, threads: int) -> tuple[in
     embedder = LayerEmbedder(embed, num_threads=threads)
     n = 0
     for folder in folders:
-        files = list_image_files(str(folder))
+        files = sorted(p.name for p in folder.iterdir())
         for i in range(0, len(files), embed.batch_size):
             batch = [prepare(decode_image((folder / f).read_bytes())) for f in files[i : i + embed.batch_size]]
             embedder.embed_prepared(np.stack(batch))

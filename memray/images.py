@@ -17,14 +17,9 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-
-from memray.storage import filesystem, is_remote, open_url
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +34,6 @@ STATUS_UNREADABLE = "unreadable"  # for callers: the bytes could not be read (I/
 #: Pillow's default decompression-bomb threshold (``Image.MAX_IMAGE_PIXELS`` as shipped, ~9459² pixels).
 DEFAULT_MAX_PIXELS = 89_478_485
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm"}
-)
 
 #: Keys tried, in order, for the image array in an ``.npz`` file.
 NPZ_IMAGE_KEYS: tuple[str, ...] = ("images", "x", "arr_0")
@@ -173,59 +165,3 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
         raise ImageDecodeError(STATUS_NOT_IMAGE, f"pixel mode {mode!r} gave an array {arr.shape} {arr.dtype}")
     return np.ascontiguousarray(arr)
-
-
-def is_image_file(name: str) -> bool:
-    """Whether ``name`` has one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
-    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
-
-
-def list_image_files(folder: str, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """Image files under ``folder`` (recursive), as ``/``-separated paths relative to it, sorted.
-
-    Hidden files and folders (names starting with ``.``) are skipped. ``folder`` may be local or an fsspec URL.
-    """
-    if is_remote(folder):
-        fs, root = filesystem(folder, storage_options)
-        root = root.rstrip("/")
-        if not fs.isdir(root):
-            raise FileNotFoundError(f"{folder}: no such folder")
-        rels = [p[len(root) + 1 :] for p in fs.find(root)]
-    else:
-        base = Path(str(folder).removeprefix("file://"))
-        if not base.is_dir():
-            raise FileNotFoundError(f"{folder}: no such folder")
-        rels = []
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            rel_dir = Path(dirpath).relative_to(base)
-            rels += [(rel_dir / f).as_posix() for f in filenames]
-    keep = [r for r in rels if is_image_file(r) and not any(part.startswith(".") for part in r.split("/"))]
-    return sorted(keep)
-
-
-def load_npz_images(path: str, storage_options: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Read a uint8 image array from an ``.npz`` file.
-
-    The array is the first of the keys :data:`NPZ_IMAGE_KEYS` (``images``, ``x``, ``arr_0``) present. Sample ids
-    are the row indices as strings (``"0"``, ``"1"``, …), the same convention as memray's ``.npy``/``.npz``
-    feature files.
-
-    Returns:
-        ``(ids, images)``: ids an object array of ``str`` (N,); images uint8 ``(N, H, W, C)`` with C in
-        {1, 3, 4} or ``(N, H, W)`` greyscale, exactly as stored (channels last).
-    """
-    with open_url(path, "rb", storage_options) as fh, np.load(fh, allow_pickle=False) as z:
-        key = next((k for k in NPZ_IMAGE_KEYS if k in z.files), None)
-        if key is None:
-            raise ValueError(f"{path}: no image array; store it under one of {list(NPZ_IMAGE_KEYS)} (found {z.files})")
-        images = z[key]
-    if images.dtype != np.uint8:
-        raise ValueError(f"{path}[{key}]: dtype {images.dtype}; store images as uint8 in 0..255")
-    if images.ndim == 4 and images.shape[-1] not in (1, 3, 4):
-        hint = " (it looks channels-first: transpose to (N, H, W, C))" if images.shape[1] in (1, 3, 4) else ""
-        raise ValueError(f"{path}[{key}]: shape {images.shape} is not (N, H, W, C) with C in 1, 3, 4{hint}")
-    if images.ndim not in (3, 4):
-        raise ValueError(f"{path}[{key}]: shape {images.shape}; expected (N, H, W, C) or (N, H, W)")
-    ids = np.array([str(i) for i in range(len(images))], dtype=object)
-    return ids, images

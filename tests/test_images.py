@@ -16,8 +16,6 @@ from memray.images import (
     ImageDecodeError,
     decode_array,
     decode_image,
-    list_image_files,
-    load_npz_images,
 )
 
 RNG_SEED = 0
@@ -125,33 +123,3 @@ def test_decode_array_channels_and_refusals(rgb: np.ndarray) -> None:
         with pytest.raises(ImageDecodeError) as info:
             decode_array(bad)
         assert info.value.status == status
-
-
-def test_list_image_files_sorted_recursive(tmp_path: Path) -> None:
-    for rel in ["b.png", "a/z.JPG", "a/c.jpeg", "notes.txt", ".hidden/x.png", "a/.y.png", "c/d/e.webp"]:
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_bytes(b"x")
-    assert list_image_files(str(tmp_path)) == ["a/c.jpeg", "a/z.JPG", "b.png", "c/d/e.webp"]
-    with pytest.raises(FileNotFoundError, match="no such folder"):
-        list_image_files(str(tmp_path / "absent"))
-
-
-def test_load_npz_images(tmp_path: Path) -> None:
-    imgs = np.random.default_rng(1).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
-    np.savez(tmp_path / "a.npz", x=imgs, labels=np.arange(5))
-    ids, out = load_npz_images(str(tmp_path / "a.npz"))
-    assert list(ids) == ["0", "1", "2", "3", "4"]
-    np.testing.assert_array_equal(out, imgs)
-    np.savez(tmp_path / "b.npz", imgs[:, :, :, 0], images=imgs[:2])  # "images" wins over arr_0
-    assert load_npz_images(str(tmp_path / "b.npz"))[1].shape == (2, 8, 8, 3)
-    np.savez(tmp_path / "c.npz", imgs[:, :, :, 0])
-    assert load_npz_images(str(tmp_path / "c.npz"))[1].shape == (5, 8, 8)
-    cases = {
-        "float.npz": ({"images": imgs.astype(np.float32)}, "dtype float32"),
-        "chw.npz": ({"images": imgs.transpose(0, 3, 1, 2).copy()}, "channels-first"),
-        "nokey.npz": ({"pixels": imgs}, "no image array"),
-    }
-    for name, (arrays, match) in cases.items():
-        np.savez(tmp_path / name, **arrays)
-        with pytest.raises(ValueError, match=match):
-            load_npz_images(str(tmp_path / name))
