@@ -130,7 +130,15 @@ def audit_config_from_dict(data: dict[str, Any], where: str = "config") -> Audit
 
 
 # Fields that cannot change a number in the outputs; they are left out of the resume digest.
-LAYOUT_ONLY_RESOURCES = ("actors", "actor_num_cpus", "torch_threads", "read_num_cpus", "index_task_num_cpus")
+LAYOUT_ONLY_RESOURCES = (
+    "actors",
+    "actor_num_cpus",
+    "actor_resources",
+    "torch_threads",
+    "read_num_cpus",
+    "embed_batch_size",
+    "index_task_num_cpus",
+)
 
 
 def result_dict(cfg: AuditConfig) -> dict[str, Any]:

@@ -59,15 +59,23 @@ def method_record(cfg: CTConfig) -> dict[str, Any]:
     }
 
 
-def table_metadata(cfg: CTConfig, table: str) -> dict[str, Any]:
-    """The JSON stored in each table's schema metadata."""
-    return {
+# Keys of a job's run record that are copied into every table's metadata: the encoder, layers and
+# preprocessing that made the features, so a table copied on its own still says how it was made.
+JOB_KEYS = ("job_config", "job_digest", "preprocessing")
+
+
+def table_metadata(cfg: CTConfig, table: str, job: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON stored in each table's schema metadata (C_T config and method, plus ``job`` when given)."""
+    meta = {
         "table": table,
         "config": to_dict(cfg),
         "config_digest": digest(cfg),
         "memray_version": memray_version(),
         "method": method_record(cfg),
     }
+    if job:
+        meta["job"] = job
+    return meta
 
 
 def to_table(df: pd.DataFrame, sch: pa.Schema, meta: dict[str, Any]) -> pa.Table:
@@ -102,7 +110,8 @@ def write_results(
     paths: dict[str, str] = {}
     rows: dict[str, int] = {}
     for name, (df, sch, file) in tables.items():
-        table = to_table(df, sch, table_metadata(result.config, name))
+        job = {k: run_meta[k] for k in JOB_KEYS if k in run_meta}
+        table = to_table(df, sch, table_metadata(result.config, name, job))
         url = join(out_url, file)
         with open_output(url, storage_options) as fh:
             pq.write_table(table, fh, compression="zstd", write_statistics=True)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import s3fs
 from PIL import Image
@@ -30,7 +32,12 @@ def test_s3_inputs_and_outputs_match_local(ray_local, s3_endpoint: str, s3_bucke
     got = pd.read_parquet(f"{out}/{schema.CT_SCORES_FILE}", storage_options=opts)
     pd.testing.assert_frame_equal(got, local.ct_scores, check_dtype=False, atol=0, rtol=0)
     for name in (schema.CT_CELLS_FILE, schema.NEIGHBORS_FILE):  # same ids from S3 keys as from local paths
-        assert fs.cat(f"{s3_bucket}/runs/audit/{name}") == (tmp_path / "local" / name).read_bytes(), name
+        with fs.open(f"{s3_bucket}/runs/audit/{name}", "rb") as fh:
+            remote_table = pq.read_table(fh)
+        local_table = pq.read_table(tmp_path / "local" / name)
+        assert remote_table.equals(local_table), name  # same data; the metadata records the other input URLs
+        meta = json.loads(remote_table.schema.metadata[schema.META_KEY])
+        assert meta["job"]["job_config"]["train"]["urls"] == [remote["train"]]
     assert fs.exists(f"{s3_bucket}/runs/audit/{schema.RUN_FILE}")
     assert fs.exists(f"{s3_bucket}/runs/audit/embeddings/train/shard-00000.done.json")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from ray_helpers import audit_config, make_inputs
@@ -22,7 +23,7 @@ from memray.curve_run import compute_curves
 from memray.embed import LayerEmbedder, make_prepare
 from memray.features import FeatureSet
 from memray.ray.pipeline import ResumeMismatchError, run_audit
-from memray.results import write_results
+from memray.results import JOB_KEYS, write_results
 from memray.score import fit_layer, score_features
 from memray.shards import STATUS_OK, plan_shards, read_shard
 
@@ -54,7 +55,11 @@ def test_ray_job_equals_in_process_engine(ray_local, tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(got, ref.ct_scores, check_dtype=False, atol=1e-9, rtol=0)
     copy, real = (got[got[schema.GEN_SET] == n][schema.CT].to_numpy() for n in ("copy", "real"))
     assert (copy < real).all()  # near-copies of training images sit closer to the training set than real images
-    write_results(str(tmp_path / "ref"), ref, {})
+    run = json.loads((tmp_path / "out" / schema.RUN_FILE).read_text())
+    assert run["job_config"]["embed"]["model"] == "test_vit" and run["preprocessing"]["preset"] == "paper"
+    write_results(str(tmp_path / "ref"), ref, {k: run[k] for k in JOB_KEYS})  # the job's record, as the job did
+    meta = json.loads(pq.read_schema(tmp_path / "out" / schema.CT_SCORES_FILE).metadata[schema.META_KEY])
+    assert meta["job"]["job_config"]["embed"]["random_init"] is True and meta["config"]["cells"] == 3
     for name in (schema.CT_SCORES_FILE, schema.CT_CELLS_FILE, schema.NEIGHBORS_FILE):  # the very same bytes
         assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
     # fingerprints: per-subset curves from the job equal curves computed in-process from the same fits
@@ -64,7 +69,6 @@ def test_ray_job_equals_in_process_engine(ray_local, tmp_path: Path) -> None:
     fp = pd.read_parquet(tmp_path / "out" / schema.FINGERPRINTS_FILE)
     assert len(fp) == 2 * 2 * 6  # 2 sets × 2 subsets of 45 × 6 layers
     pd.testing.assert_frame_equal(fp, curves, check_dtype=False, atol=1e-12, rtol=0)
-    run = json.loads((tmp_path / "out" / schema.RUN_FILE).read_text())
     assert run["config"]["metric"] == "l2" and run["stats"]["counts"]["copy"]["rows_read"] == 90
 
     # same config, same output: everything is reused and the tables are byte-identical

@@ -82,6 +82,11 @@ def collect_errors(out: str, plans: list[ShardPlan], so: dict | None) -> tuple[p
     return pa.concat_tables(tables).cast(schema.ERRORS_SCHEMA), counts
 
 
+def job_record(meta: dict[str, Any]) -> dict[str, Any]:
+    """What every result table records of the job (:data:`memray.results.JOB_KEYS`): config, digest, preprocessing."""
+    return {"job_config": meta["config"], "job_digest": meta["digest"], "preprocessing": meta["preprocessing"]}
+
+
 def run_audit(cfg: AuditConfig, prepare: Any | None = None) -> AuditResult:
     """Run (or resume) the whole audit on the connected Ray cluster; ``ray.init`` must have been called."""
     if not ray.is_initialized():
@@ -120,6 +125,7 @@ def run_audit(cfg: AuditConfig, prepare: Any | None = None) -> AuditResult:
         "seconds": time.perf_counter() - t0,
     }
     run_meta = {**meta, "stats": stats, "inputs": {s.name: list(s.urls) for s in specs}}
+    run_meta.update(job_record(meta))
     run_meta["labels"] = {g.name: g.label for g in cfg.generated}
     write_results(cfg.output, result, run_meta, so)
     attribution = None
