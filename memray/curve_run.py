@@ -151,8 +151,7 @@ def finish_fingerprints(
     curves as ``gallery.parquet``. Attribution (``attribution.parquet``): with ``gallery`` every curve is
     attributed against it; without one, unlabelled curves are attributed against the labelled ones. When at
     least two labels are known and one has two runs, the labelled curves are also evaluated leave-one-run-out
-    under ``evaluation/``
-    (see :func:`memray.evaluate.write_evaluation`).
+    under ``evaluation/`` (see :func:`memray.evaluate.write_evaluation`).
 
     Returns:
         ``{"fingerprints", "attribution", "evaluation", "accuracy"}`` (each only when computed).

@@ -59,9 +59,6 @@ class ResourcesConfig:
     def __post_init__(self) -> None:
         if isinstance(self.actor_resources, dict):
             object.__setattr__(self, "actor_resources", tuple(sorted(self.actor_resources.items())))
-        self._check()
-
-    def _check(self) -> None:
         if self.actors < 1 or self.shard_rows < 1 or self.embed_batch_size < 1:
             raise ConfigError("resources.actors, shard_rows and embed_batch_size must be >= 1")
         if self.actor_num_cpus < 0 or self.actor_num_gpus < 0 or self.read_num_cpus <= 0:

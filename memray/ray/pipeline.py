@@ -82,11 +82,6 @@ def collect_errors(out: str, plans: list[ShardPlan], so: dict | None) -> tuple[p
     return pa.concat_tables(tables).cast(schema.ERRORS_SCHEMA), counts
 
 
-def job_record(meta: dict[str, Any]) -> dict[str, Any]:
-    """What every result table records of the job (:data:`memray.results.JOB_KEYS`): config, digest, preprocessing."""
-    return {"job_config": meta["config"], "job_digest": meta["digest"], "preprocessing": meta["preprocessing"]}
-
-
 def run_audit(cfg: AuditConfig, prepare: Any | None = None) -> AuditResult:
     """Run (or resume) the whole audit on the connected Ray cluster; ``ray.init`` must have been called."""
     if not ray.is_initialized():
@@ -97,7 +92,8 @@ def run_audit(cfg: AuditConfig, prepare: Any | None = None) -> AuditResult:
     from memray.embed import describe_preprocessing, make_prepare
 
     prepare = prepare or make_prepare(cfg.embed)
-    meta = {"memray": __version__, "digest": run_digest, "config": result_dict(cfg)}
+    # the job record (memray.results.JOB_KEYS): in every shard's and every result table's metadata
+    meta = {"memray": __version__, "job_digest": run_digest, "job_config": result_dict(cfg)}
     meta["preprocessing"] = describe_preprocessing(cfg.embed)
     specs = [cfg.train, cfg.test, *cfg.generated]
     plans = {s.name: plan_shards(s, cfg.resources.shard_rows, so) for s in specs}
@@ -116,7 +112,9 @@ def run_audit(cfg: AuditConfig, prepare: Any | None = None) -> AuditResult:
             c["rows_reported"],
         )
     layers = _embedded_layers(cfg, plans, so)
-    result, curves, score_stats = run_scoring(cfg, plans, layers, cfg.output)
+    sizes = {g.name: counts[g.name]["rows_embedded"] for g in cfg.generated}
+    subsets = plan_subsets(sizes, cfg.fingerprint) if cfg.fingerprint else None
+    result, curves, score_stats = run_scoring(cfg, plans, layers, cfg.output, subsets)
     stats = {
         "counts": counts,
         "layers": layers,
@@ -125,16 +123,14 @@ def run_audit(cfg: AuditConfig, prepare: Any | None = None) -> AuditResult:
         "seconds": time.perf_counter() - t0,
     }
     run_meta = {**meta, "stats": stats, "inputs": {s.name: list(s.urls) for s in specs}}
-    run_meta.update(job_record(meta))
     run_meta["labels"] = {g.name: g.label for g in cfg.generated}
     write_results(cfg.output, result, run_meta, so)
     attribution = None
-    if curves is not None and cfg.fingerprint is not None:
+    if curves is not None and cfg.fingerprint is not None and subsets is not None:
         fp = cfg.fingerprint
         gallery = read_gallery(fp.gallery) if fp.gallery else None
-        sizes = {g.name: counts[g.name]["rows_embedded"] for g in cfg.generated}
-        subsets = plan_record(plan_subsets(sizes, fp), sizes)
-        attribution = finish_fingerprints(curves, subsets, fp, cfg.ct, cfg.output, gallery).get("attribution")
+        record = plan_record(subsets, sizes)
+        attribution = finish_fingerprints(curves, record, fp, cfg.ct, cfg.output, gallery).get("attribution")
     log.info("audit done in %.1f s; results in %s", stats["seconds"], cfg.output)
     return AuditResult(cfg.output, result.ct_scores, stats, attribution)
 

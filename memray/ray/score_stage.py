@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import ray
 
 from memray import schema, storage
-from memray.curve_run import compute_curves, plan_subsets
+from memray.curve_run import compute_curves
 from memray.features import FeatureSet, table_to_features
 from memray.job_config import AuditConfig
 from memray.score import ScoreResult, check_inputs, fit_layer, score_layer
@@ -66,12 +66,20 @@ def load_layer(out: str, plans: list[ShardPlan], layer: int, so: dict | None) ->
 
 
 def run_scoring(
-    cfg: AuditConfig, plans: dict[str, list[ShardPlan]], layers: list[int], out: str
+    cfg: AuditConfig,
+    plans: dict[str, list[ShardPlan]],
+    layers: list[int],
+    out: str,
+    subsets: dict[str, list[np.ndarray]] | None = None,
 ) -> tuple[ScoreResult, pd.DataFrame | None, dict[str, Any]]:
-    """Score every layer (skipping finished ones): tables, and per-subset curves when fingerprints are on."""
+    """Score every layer (skipping finished ones): tables, and per-subset curves when ``subsets`` is given.
+
+    ``subsets``: the fingerprint subset plan (:func:`memray.curve_run.plan_subsets`), rows of each generated set.
+    """
     so = dict(cfg.storage_options) or None
     mapper = RayMapper(cfg.resources.index_task_num_cpus, 1.0 if cfg.resources.faiss_gpu else 0.0)
-    names = TABLES + ((schema.FINGERPRINTS_FILE,) if cfg.fingerprint else ())
+    fingerprints = cfg.fingerprint is not None and subsets is not None
+    names = TABLES + ((schema.FINGERPRINTS_FILE,) if fingerprints else ())
     tables: dict[str, list[pd.DataFrame]] = {name: [] for name in names}
     labels = {g.name: g.label for g in cfg.generated}
     t0 = time.perf_counter()
@@ -85,10 +93,8 @@ def run_scoring(
             check_inputs(train, test, gens, cfg.ct, [layer])
             fitted = fit_layer(layer, train.layers[layer], train.ids, test.layers[layer], cfg.ct, mapper, test.ids)
             res = score_layer(fitted, len(train), test, gens, mapper)
-            if cfg.fingerprint:
-                plan = plan_subsets({k: len(v) for k, v in gens.items()}, cfg.fingerprint)
-                curves = compute_curves({layer: fitted}, gens, labels, cfg.fingerprint, plan, mapper)
-                res["fingerprints"] = curves
+            if fingerprints:
+                res["fingerprints"] = compute_curves({layer: fitted}, gens, labels, cfg.fingerprint, subsets, mapper)
             for name in names:
                 with storage.open_output(storage.join(layer_dir, name), so) as fh:
                     res[name.removesuffix(".parquet")].to_parquet(fh, index=False)
