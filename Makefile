@@ -1,6 +1,8 @@
 # memray: the two commands a newcomer runs (both set up what they need first).
 #   make demo   — create .venv, install memray (CPU), run the audit job on the bundled sample data
 #   make test   — create .venv, install memray + test tools, lint, run the test suite
+# EXTRAS picks the pip extras: cpu|gpu (FAISS), cluster (ray[default]: `ray start --head`, dashboard, `ray job submit`),
+# test (pytest, moto, ...; includes cluster). E.g. `make setup EXTRAS=gpu,cluster` on a GPU machine of a cluster.
 PYTHON ?= python3
 VENV ?= .venv
 EXTRAS ?= cpu,test

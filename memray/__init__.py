@@ -5,3 +5,15 @@ Transformer; its curve over layers detects copying and identifies the generating
 """
 
 __version__ = "0.1.0"
+#: The distribution's name (``memray`` on PyPI is Bloomberg's unrelated memory profiler).
+DISTRIBUTION = "memray-audit"
+
+
+def version() -> str:
+    """The installed ``memray-audit`` distribution's version, else :data:`__version__` (an uninstalled tree)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return __version__

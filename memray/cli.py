@@ -1,6 +1,9 @@
 """The ``memray`` command line: ``score``, ``embed``, ``fingerprint``, ``audit``.
 
 Each subcommand lives in ``memray.commands.<name>`` and exposes ``add_parser(subparsers)`` and ``run(args)``.
+Command modules import torch, timm, Ray and FAISS only inside ``run``: ``memray --help`` and
+``memray <cmd> --help`` load none of them. User errors (``ValueError``, ``FileNotFoundError``) print one line
+``memray <cmd>: error: …`` and exit 2; Ctrl-C exits 130 with one line; ``-v`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -9,6 +12,9 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
+
+from memray import version
 
 COMMANDS: tuple[str, ...] = ("score", "embed", "fingerprint", "audit")
 
@@ -20,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Audit generative image models for training-data memorization (C_T per ViT layer) "
         "and attribute generated images to their model (C_T-layer fingerprints).",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    parser.add_argument("--version", action="version", version=f"memray {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         module = importlib.import_module(f"memray.commands.{name.replace('-', '_')}")
@@ -38,11 +45,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"memray {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError) as exc:  # user errors: one clear line, no traceback
         if args.verbose:
             raise
-        print(f"memray {args.command}: error: {exc}", file=sys.stderr)
+        print(f"memray {args.command}: error: {_user_message(exc)}", file=sys.stderr)
         return 2
+
+
+def _user_message(exc: BaseException) -> str:
+    """The one-line message of a user error, also when it was raised inside a Ray task or actor.
+
+    Ray re-raises a task's exception as a subclass of both its own error and the original type, whose text is
+    the remote traceback; the original exception is its ``cause``.
+    """
+    cause = getattr(exc, "cause", None)
+    while isinstance(cause, BaseException) and cause is not exc:
+        exc, cause = cause, getattr(cause, "cause", None)
+    return str(exc).strip() or type(exc).__name__
 
 
 if __name__ == "__main__":

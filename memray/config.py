@@ -3,6 +3,17 @@
 Every result memray writes carries the config that made it (Parquet schema metadata and ``run.json``), so a
 number can always be traced to its statistical choices: cells, metric, PCA dims, seeds, τ, model, layers,
 preprocessing.
+
+Every field is checked when a config is made (directly, by ``dataclasses.replace`` or from YAML through
+:func:`from_dict`): its type against the annotation (``int``, ``float``, ``bool``, ``str``, ``Literal``,
+``X | None``, tuples, nested configs; ``bool`` is not an int, an int is fine for a float, a list becomes a tuple, a
+mapping of names becomes sorted pairs) and its range against the field's rule (``field(metadata=at_least(1))``).
+A bad value raises :class:`FieldError` with one line naming the dotted field: ``resources.actors=1.5: must be an
+integer >= 1``.
+
+The generic machinery (field rules, :func:`validate`, :func:`from_dict`, :class:`FieldError`) lives in
+:mod:`memray.config_check` and is re-exported here; this module holds the stage configs, their presets and the
+dict/digest round trips.
 """
 
 from __future__ import annotations
@@ -10,73 +21,109 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, get_args
+
+from memray.config_check import (
+    NON_EMPTY,
+    ConfigError,
+    FieldError,
+    T,
+    above,
+    at_least,
+    describe,
+    fail,
+    from_dict,
+    rule,
+    validate,
+)
 
 Metric = Literal["cosine_abs", "cosine", "l2"]
-METRICS: tuple[str, ...] = ("cosine_abs", "cosine", "l2")
-MODES: tuple[str, ...] = ("paper", "meehan", "dgm-eval")
+Mode = Literal["paper", "meehan", "dgm-eval"]
+METRICS: tuple[str, ...] = get_args(Metric)
+MODES: tuple[str, ...] = get_args(Mode)
 POOLINGS: tuple[str, ...] = ("cls", "mean")
-PREPROCESS_PRESETS: tuple[str, ...] = ("paper", "model")
+Preprocess = Literal["paper", "model"]
+PREPROCESS_PRESETS: tuple[str, ...] = get_args(Preprocess)
 
-T = TypeVar("T")
+
+class _FromMode:
+    """Default of a mode-governed :class:`CTConfig` field: the value of the mode's preset."""
+
+    def __repr__(self) -> str:
+        return "FROM_MODE"
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing or invalid; the message names the field and what to do."""
+FROM_MODE: Any = _FromMode()
+
+# The presets (``ct.mode``) and the fields they govern. ``kmeans_nredo`` is the number of k-means++ restarts
+# (sklearn's ``n_init``, FAISS' ``nredo``): every reference implementation fits its cells with
+# ``KMeans(n_init=10)``.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"metric": "cosine_abs", "cells": 10, "pca_dim": 64, "pca_only_if_larger": False, "kmeans_nredo": 10},
+    "meehan": {"metric": "l2", "cells": 10, "pca_dim": 64, "pca_only_if_larger": False, "kmeans_nredo": 10},
+    "dgm-eval": {"metric": "l2", "cells": 3, "pca_dim": 64, "pca_only_if_larger": True, "kmeans_nredo": 10},
+}
+MODE_FIELDS: tuple[str, ...] = tuple(PRESETS["paper"])
 
 
 @dataclass(frozen=True)
 class CTConfig:
     """Settings of the C_T statistic (Meehan et al. 2020 as used by He et al. 2024).
 
+    ``mode`` names a preset (:data:`PRESETS`) of the fields in :data:`MODE_FIELDS` (metric, cells, PCA,
+    k-means restarts); a field left at its default takes the preset's value, a field given explicitly overrides
+    it (:meth:`overrides` lists them). ``CTConfig(mode="meehan")``, ``CTConfig.preset("meehan")`` and YAML
+    ``{mode: meehan}`` are the same config.
+
     ``min_gen_per_cell``: a cell is kept iff it holds *more than* this many generated samples; with m generated
-    samples this is τ·m for the paper's τ = 20/m. ``candidates``: FAISS top-k per shard that are re-ranked with
-    exact float64 distances, so results do not depend on sharding or batching.
+    samples this is τ·m for the paper's τ = 20/m. ``kmeans_nredo``: k-means++ restarts, the lowest objective
+    kept (ties: the first). ``candidates``: FAISS top-k per shard that are re-ranked with exact float64
+    distances, so results do not depend on sharding or batching.
     """
 
-    mode: str = "paper"
-    metric: Metric = "cosine_abs"
-    cells: int = 10
-    pca_dim: int | None = 64
-    pca_only_if_larger: bool = False
-    min_gen_per_cell: int = 20
-    seed: int = 0
-    kmeans_niter: int = 20
-    kmeans_nredo: int = 1
-    kmeans_sample: int | None = None
-    train_shards: int = 1
-    query_batch: int = 4096
-    candidates: int = 8
+    SECTION = "ct"
+
+    mode: Mode = "paper"
+    metric: Metric = FROM_MODE
+    cells: int = field(default=FROM_MODE, metadata=at_least(1))
+    pca_dim: int | None = field(default=FROM_MODE, metadata=at_least(1))
+    pca_only_if_larger: bool = FROM_MODE
+    min_gen_per_cell: int = field(default=20, metadata=at_least(0))
+    seed: int = field(default=0, metadata=at_least(0))
+    kmeans_niter: int = field(default=20, metadata=at_least(1))
+    kmeans_nredo: int = field(default=FROM_MODE, metadata=at_least(1))
+    kmeans_sample: int | None = field(default=None, metadata=at_least(1))
+    train_shards: int = field(default=1, metadata=at_least(1))
+    query_batch: int = field(default=4096, metadata=at_least(1))
+    candidates: int = field(default=8, metadata=at_least(1))
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"ct.mode={self.mode!r}: choose one of {', '.join(MODES)}")
-        if self.metric not in METRICS:
-            raise ConfigError(f"ct.metric={self.metric!r}: choose one of {', '.join(METRICS)}")
-        if self.cells < 1:
-            raise ConfigError(f"ct.cells={self.cells}: need at least 1 cell")
-        if self.pca_dim is not None and self.pca_dim < 1:
-            raise ConfigError(f"ct.pca_dim={self.pca_dim}: use a positive integer, or null for no PCA")
-        if self.min_gen_per_cell < 0:
-            raise ConfigError(f"ct.min_gen_per_cell={self.min_gen_per_cell}: must be >= 0")
-        if self.train_shards < 1 or self.query_batch < 1 or self.candidates < 1:
-            raise ConfigError("ct.train_shards, ct.query_batch and ct.candidates must be >= 1")
+        if not isinstance(self.mode, str) or self.mode not in PRESETS:
+            raise fail(self, "mode", describe(Mode))
+        for name, value in PRESETS[self.mode].items():
+            if getattr(self, name) is FROM_MODE:
+                object.__setattr__(self, name, value)
+        validate(self)
         if self.kmeans_sample is not None and self.kmeans_sample < self.cells:
-            raise ConfigError(f"ct.kmeans_sample={self.kmeans_sample}: must be >= ct.cells or null (all points)")
+            raise fail(self, "kmeans_sample", f"null (all points) or an integer >= ct.cells ({self.cells})")
 
     @classmethod
     def preset(cls, mode: str = "paper", **overrides: Any) -> CTConfig:
-        """Named presets: ``paper`` (He et al.), ``meehan`` (Euclidean), ``dgm-eval`` (Euclidean, k=3)."""
-        base: dict[str, Any] = {
-            "paper": {"metric": "cosine_abs", "cells": 10, "pca_dim": 64, "pca_only_if_larger": False},
-            "meehan": {"metric": "l2", "cells": 10, "pca_dim": 64, "pca_only_if_larger": False},
-            "dgm-eval": {"metric": "l2", "cells": 3, "pca_dim": 64, "pca_only_if_larger": True},
-        }.get(mode, None)
-        if base is None:
-            raise ConfigError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(mode=mode, **base)
+        """The ``mode`` preset with the non-``None`` ``overrides`` applied (same as ``CTConfig(mode=mode, ...)``)."""
+        return cls(mode=mode, **{k: v for k, v in overrides.items() if v is not None})
+
+    def overrides(self) -> dict[str, Any]:
+        """The mode-governed fields whose value differs from the mode's preset: ``{"cells": 3}``."""
+        return {k: getattr(self, k) for k, v in PRESETS[self.mode].items() if getattr(self, k) != v}
+
+
+def _layers_ok(v: Any) -> bool:
+    return v == "all" or (len(v) > 0 and min(v) >= 0 and len(set(v)) == len(v))
+
+
+def _pooling_ok(v: tuple[str, ...]) -> bool:
+    return len(v) > 0 and set(v) <= set(POOLINGS) and len(set(v)) == len(v)
 
 
 @dataclass(frozen=True)
@@ -88,39 +135,27 @@ class EmbedConfig:
     the model hub. ``random_init`` must be explicit and is recorded.
     """
 
-    model: str = "vit_base_patch16_224.orig_in21k"
-    weights: str | None = None
+    SECTION = "embed"
+
+    model: str = field(default="vit_base_patch16_224.orig_in21k", metadata=NON_EMPTY)
+    weights: str | None = field(default=None, metadata=NON_EMPTY)
     random_init: bool = False
-    pooling: tuple[str, ...] = ("cls",)
-    layers: str | tuple[int, ...] = "all"
+    pooling: tuple[str, ...] = field(
+        default=("cls",), metadata=rule(f"(non-empty, from {', '.join(POOLINGS)}, no repeats)", _pooling_ok)
+    )
+    layers: Literal["all"] | tuple[int, ...] = field(
+        default="all", metadata=rule("(block numbers >= 0, non-empty, no repeats)", _layers_ok)
+    )
     norm: bool = False
-    preprocess: str = "paper"
+    preprocess: Preprocess = "paper"
     dtype: Literal["float32", "float16"] = "float32"
-    batch_size: int = 64
+    batch_size: int = field(default=64, metadata=at_least(1))
     model_kwargs: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        if isinstance(self.pooling, str):
-            object.__setattr__(self, "pooling", (self.pooling,))
-        if isinstance(self.layers, list):
-            object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
-        if isinstance(self.model_kwargs, dict):
-            object.__setattr__(self, "model_kwargs", tuple(sorted(self.model_kwargs.items())))
-        elif self.model_kwargs and isinstance(self.model_kwargs[0], list):
-            object.__setattr__(self, "model_kwargs", tuple(tuple(kv) for kv in self.model_kwargs))
-        bad = [p for p in self.pooling if p not in POOLINGS]
-        if bad or not self.pooling:
-            raise ConfigError(f"embed.pooling={self.pooling!r}: choose from {', '.join(POOLINGS)}")
-        if self.preprocess not in PREPROCESS_PRESETS:
-            raise ConfigError(f"embed.preprocess={self.preprocess!r}: choose one of {', '.join(PREPROCESS_PRESETS)}")
-        if self.layers != "all" and not isinstance(self.layers, tuple):
-            raise ConfigError(f"embed.layers={self.layers!r}: use 'all' or a list of block numbers")
-        if self.dtype not in ("float32", "float16"):
-            raise ConfigError(f"embed.dtype={self.dtype!r}: choose float32 or float16")
-        if self.batch_size < 1:
-            raise ConfigError("embed.batch_size must be >= 1")
+        validate(self)
         if self.random_init and self.weights:
-            raise ConfigError("embed: give either weights or random_init, not both")
+            raise fail(self, "random_init", "false when embed.weights is given (give either weights or random_init)")
 
 
 @dataclass(frozen=True)
@@ -135,27 +170,20 @@ class FingerprintConfig:
     generated sets of this run.
     """
 
-    subset_size: int = 500
+    SECTION = "fingerprint"
+
+    subset_size: int = field(default=500, metadata=at_least(1))
     subsets: Literal["disjoint", "bootstrap"] = "disjoint"
-    n_subsets: int | None = None
-    seed: int = 0
-    alpha: float = 0.5
+    n_subsets: int | None = field(default=None, metadata=at_least(1))
+    seed: int = field(default=0, metadata=at_least(0))
+    alpha: float = field(default=0.5, metadata=rule("in [0, 1]", lambda v: 0.0 <= v <= 1.0))
     matcher: Literal["1nn", "knn", "centroid"] = "1nn"
-    k: int = 3
+    k: int = field(default=3, metadata=at_least(1))
     open_set_threshold: float | None = None
-    gallery: str | None = None
+    gallery: str | None = field(default=None, metadata=NON_EMPTY)
 
     def __post_init__(self) -> None:
-        if self.subset_size < 1:
-            raise ConfigError("fingerprint.subset_size must be >= 1")
-        if self.subsets not in ("disjoint", "bootstrap"):
-            raise ConfigError(f"fingerprint.subsets={self.subsets!r}: choose disjoint or bootstrap")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"fingerprint.alpha={self.alpha}: must lie in [0, 1]")
-        if self.matcher not in ("1nn", "knn", "centroid"):
-            raise ConfigError(f"fingerprint.matcher={self.matcher!r}: choose 1nn, knn or centroid")
-        if self.k < 1:
-            raise ConfigError("fingerprint.k must be >= 1")
+        validate(self)
 
 
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential")
@@ -179,55 +207,34 @@ def digest(cfg: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
-    """Build a frozen config from a dict, rejecting unknown keys with the field path in the message."""
-    data = dict(data or {})
-    names = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(f"{where or cls.__name__}: unknown field(s) {unknown}; known: {sorted(names)}")
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        sub = _nested_type(cls, name)
-        if sub is not None and isinstance(value, dict):
-            value = from_dict(sub, value, f"{where}.{name}" if where else name)
-        elif isinstance(value, list) and name not in ("model_kwargs",):
-            value = tuple(value)
-        kwargs[name] = value
-    if cls is CTConfig and "mode" in kwargs:  # a mode names a preset; the other fields override it
-        mode = kwargs.pop("mode")
-        try:
-            return CTConfig.preset(mode, **kwargs)  # type: ignore[return-value]
-        except TypeError as exc:
-            raise ConfigError(f"{where or 'ct'}: {exc}") from exc
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:  # missing required fields
-        raise ConfigError(f"{where or cls.__name__}: {exc}") from exc
-
-
-def _nested_type(cls: type, name: str) -> type | None:
-    nested = getattr(cls, "NESTED", {})
-    return nested.get(name)
-
-
 def with_overrides(cfg: T, **overrides: Any) -> T:
     """Return ``cfg`` with the non-``None`` overrides applied (CLI flags over YAML)."""
     return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[type-var]
 
 
 __all__ = [
+    "FROM_MODE",
     "METRICS",
     "MODES",
+    "MODE_FIELDS",
+    "NON_EMPTY",
     "POOLINGS",
     "PREPROCESS_PRESETS",
+    "PRESETS",
     "CTConfig",
     "ConfigError",
     "EmbedConfig",
+    "FieldError",
     "FingerprintConfig",
+    "above",
+    "at_least",
+    "describe",
     "digest",
+    "fail",
     "field",
     "from_dict",
+    "rule",
     "to_dict",
+    "validate",
     "with_overrides",
 ]

@@ -144,6 +144,7 @@ def finish_fingerprints(
     ct_cfg: Any,
     out_url: str,
     gallery: Gallery | None = None,
+    job: dict[str, Any] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Write ``fingerprints.parquet`` and attribute (with a gallery) or evaluate (labelled curves) them.
 
@@ -152,6 +153,9 @@ def finish_fingerprints(
     attributed against it; without one, unlabelled curves are attributed against the labelled ones. When at
     least two labels are known and one has two runs, the labelled curves are also evaluated leave-one-run-out
     under ``evaluation/`` (see :func:`memray.evaluate.write_evaluation`).
+
+    ``job``: the encoder, preprocessing and C_T/subset settings the curves depend on
+    (:func:`memray.preflight.gallery_comparable`), recorded so a later run can check a gallery is comparable.
 
     Returns:
         ``{"fingerprints", "attribution", "evaluation", "accuracy"}`` (each only when computed).
@@ -163,6 +167,8 @@ def finish_fingerprints(
         "subsets": subsets,
         "seed_rule": "default_rng([fingerprint.seed, crc32(gen_set)])",
     }
+    if job is not None:
+        meta["job"] = job
     write_fingerprints(join(out_url, schema.FINGERPRINTS_FILE), curves, meta)
     out = {"fingerprints": curves}
     found = curves_to_gallery(curves)

@@ -21,7 +21,7 @@ import torch
 
 from memray.config import EmbedConfig, to_dict
 from memray.preprocess import Preprocessor
-from memray.weights import load_model
+from memray.weights import load_model, preflight_model
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,46 @@ def resolve_layers(layers: str | Sequence[int], num_blocks: int) -> tuple[int, .
     out = [int(x) for x in layers]
     bad = [x for x in out if not 0 <= x <= num_blocks]
     if bad or not out:
-        raise EmbedError(f"layers={list(layers)}: this model has blocks 1…{num_blocks} (0 = patch embedding)")
+        raise EmbedError(
+            f"layers={list(layers)} (embed.layers / --layers): this model has blocks 1…{num_blocks} "
+            f"(0 = patch embedding); use numbers in 0…{num_blocks} or 'all'"
+        )
     if len(set(out)) != len(out):
-        raise EmbedError(f"layers={list(layers)}: repeated layer numbers")
+        raise EmbedError(f"layers={list(layers)} (embed.layers / --layers): repeated layer numbers")
     return tuple(sorted(out))
+
+
+def check_encoder(cfg: EmbedConfig, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Pre-flight check of ``cfg``'s encoder, cheap enough to run before anything starts.
+
+    Builds the architecture on the meta device and checks what :class:`LayerEmbedder` would refuse: the timm name,
+    the weights file (suffix, existence, safetensors header, names and shapes; tensor data is not read, the hub is
+    not contacted — see :func:`memray.weights.preflight_model`), a token-sequence ``forward_intermediates``,
+    ``layers`` against the number of blocks, a CLS token for ``cls`` pooling and a ViT stem for layer 0.
+
+    Returns:
+        ``{"model", "architecture", "num_blocks", "layers": resolved, "dims": {ℓ: D}, "weights": record}``.
+
+    Raises:
+        WeightsError, EmbedError: ``ValueError`` subclasses whose one-line message names the field or file.
+    """
+    model, weights = preflight_model(cfg, storage_options)
+    _check_token_model(model, cfg.model)
+    num_blocks = len(model.blocks)
+    layers = resolve_layers(cfg.layers, num_blocks)
+    if "cls" in cfg.pooling:
+        _require_cls(model, cfg.model)
+    if 0 in layers:
+        _require_stem(model, cfg.model)
+    dim = _embed_dim(model)
+    return {
+        "model": cfg.model,
+        "architecture": type(model).__name__,
+        "num_blocks": num_blocks,
+        "layers": list(layers),
+        "dims": {layer: dim for layer in layers},
+        "weights": weights,
+    }
 
 
 class LayerEmbedder:
@@ -71,6 +107,7 @@ class LayerEmbedder:
         device: str | torch.device | None = None,
         autocast: str | None = "bfloat16",
         num_threads: int | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         if autocast is not None and autocast not in AUTOCAST_DTYPES:
             raise EmbedError(f"autocast={autocast!r}: choose bfloat16, float16 or None")
@@ -78,14 +115,14 @@ class LayerEmbedder:
             torch.set_num_threads(int(num_threads))
         self.cfg = cfg
         if model is None:
-            model, weights_info = load_model(cfg)
+            model, weights_info = load_model(cfg, storage_options)
         else:
             model = copy.deepcopy(model)
         self.weights_info = dict(weights_info or {"source": "caller-provided model"})
         _check_token_model(model, cfg.model)
         self.num_blocks = len(model.blocks)
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
-        self.embed_dim = int(getattr(model, "embed_dim", getattr(model, "num_features", 0)))
+        self.embed_dim = _embed_dim(model)
         self.resolved_layers = resolve_layers(cfg.layers, self.num_blocks)
         if "cls" in cfg.pooling:
             _require_cls(model, cfg.model)
@@ -238,6 +275,10 @@ def make_prepare(cfg: EmbedConfig) -> Callable[[np.ndarray], np.ndarray]:
 def describe_preprocessing(cfg: EmbedConfig) -> dict[str, Any]:
     """The record of ``cfg``'s preprocessing (:meth:`Preprocessor.describe`), without loading weights."""
     return Preprocessor.from_config(cfg).describe()
+
+
+def _embed_dim(model: torch.nn.Module) -> int:
+    return int(getattr(model, "embed_dim", getattr(model, "num_features", 0)))
 
 
 def _default_device() -> torch.device:

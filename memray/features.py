@@ -3,12 +3,16 @@
 - ``.npy``: one 2-D array, one layer (numbered by the caller's ``layer``); ids are row indices.
 - ``.npz``: one 2-D array per layer under keys ``layer_<ℓ>``; ids are row indices.
 - ``.parquet``: written by memray: ``sample_id`` plus one fixed-size-list column per layer ``layer_<ℓ>``.
+
+Files are never unpickled: a file that is not what its suffix says fails naming the file and the format expected.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from memray import schema
-from memray.storage import open_output, open_url
+from memray.storage import StorageError, open_output, open_url
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +54,58 @@ class FeatureSet:
         return FeatureSet(self.ids[rows], {k: v[rows] for k, v in self.layers.items()}, self.source)
 
 
+_EXPECTED = {
+    ".npy": "a NumPy .npy file (numpy.save) holding one numeric 2-D array (n, d)",
+    ".npz": "a NumPy .npz archive (numpy.savez) of numeric 2-D arrays layer_1, layer_2, …",
+    ".parquet": "a memray feature Parquet file (sample_id + layer_<n> columns)",
+}
+
+
+def _check_magic(fh: Any, name: str, suffix: str) -> None:
+    """Refuse a file whose first bytes are not those of its suffix's format (before numpy tries unpickling it)."""
+    magic = {".npy": (b"\x93NUMPY",), ".npz": (b"PK\x03\x04", b"PK\x05\x06")}.get(suffix)
+    if magic is None:
+        return
+    head = fh.read(8)
+    fh.seek(0)
+    if not head.startswith(magic):
+        raise FeatureFileError(f"{name}: not {_EXPECTED[suffix]} (starts {head!r})")
+
+
 def load_features(url: str, layer: int = 1, storage_options: dict[str, Any] | None = None) -> FeatureSet:
-    """Read a feature file (local path or fsspec URL) into a :class:`FeatureSet`."""
+    """Read a feature file (local path or fsspec URL) into a :class:`FeatureSet`.
+
+    Raises:
+        FeatureFileError: missing, unknown suffix, or not the format its suffix names (the message names the file
+            and the format expected; nothing is ever unpickled).
+        StorageError: the store cannot be read.
+    """
     name = str(url)
     suffix = Path(name.split("?")[0]).suffix.lower()
     try:
+        return _load(name, suffix, layer, storage_options)
+    except FileNotFoundError as exc:
+        raise FeatureFileError(f"{name}: file not found") from exc
+    except (FeatureFileError, StorageError):
+        raise
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error, pa.ArrowException) as exc:
+        expected = _EXPECTED.get(suffix, "a feature file")
+        why = f"{type(exc).__name__}: {exc}"
+        if "pickle" in why.lower():  # numpy's own message hints at allow_pickle=True: memray never unpickles
+            why = "it holds Python objects (pickled data), which memray never loads"
+        raise FeatureFileError(f"{name}: unreadable ({why}); expected {expected}") from exc
+
+
+def _load(name: str, suffix: str, layer: int, storage_options: dict[str, Any] | None) -> FeatureSet:
+    if suffix in _EXPECTED:
         with open_url(name, "rb", storage_options) as fh:
+            _check_magic(fh, name, suffix)
             if suffix == ".npy":
-                arr = np.load(fh, allow_pickle=False)
-                if arr.ndim != 2:
-                    raise FeatureFileError(f"{name}: .npy features must be 2-D (n, d), got shape {arr.shape}")
+                arr = np.lib.format.read_array(fh, allow_pickle=False)
+                if arr.ndim != 2 or arr.dtype.kind not in "fiu":
+                    raise FeatureFileError(
+                        f"{name}: .npy features must be a numeric 2-D array (n, d), got {arr.dtype} {arr.shape}"
+                    )
                 return FeatureSet(_row_ids(len(arr)), {int(layer): arr}, name)
             if suffix == ".npz":
                 with np.load(fh, allow_pickle=False) as z:
@@ -77,10 +123,7 @@ def load_features(url: str, layer: int = 1, storage_options: dict[str, Any] | No
                 if len(n) != 1:
                     raise FeatureFileError(f"{name}: layers have different row counts {sorted(n)}")
                 return FeatureSet(_row_ids(n.pop()), dict(sorted(layers.items())), name)
-            if suffix == ".parquet":
-                return table_to_features(pq.read_table(fh), name)
-    except FileNotFoundError as exc:
-        raise FeatureFileError(f"{name}: file not found") from exc
+            return table_to_features(pq.read_table(fh), name)
     raise FeatureFileError(f"{name}: unknown feature format {suffix!r}; use .npy, .npz or memray .parquet")
 
 

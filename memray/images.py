@@ -8,6 +8,8 @@ Conversions (documented choices, identical everywhere memray decodes):
 - 16-bit greyscale (``I;16*``, and ``I`` read as a 16-bit range) is scaled to 8 bit by ``round(v / 257)``,
   which maps 0 → 0 and 65535 → 255 exactly.
 - Multi-frame files (GIF, TIFF) give their first frame. EXIF orientation is not applied (as torchvision's loader).
+- A PNG whose pixel data holds fewer rows than its header declares is ``truncated`` (Pillow would return the
+  missing rows as zeros without a word): its IDAT stream is measured against the header's row sizes.
 
 A file that cannot be decoded raises :class:`ImageDecodeError` with one of :data:`STATUSES`; callers record it as
 an error row and go on. Pillow's global ``Image.MAX_IMAGE_PIXELS`` is never modified.
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -29,7 +33,8 @@ STATUS_CORRUPT = "corrupt"  # header recognised, pixel data invalid
 STATUS_TRUNCATED = "truncated"  # pixel data ends early
 STATUS_TOO_LARGE = "too_large"  # more pixels than max_pixels (decompression-bomb guard)
 STATUSES: tuple[str, ...] = (STATUS_EMPTY, STATUS_NOT_IMAGE, STATUS_CORRUPT, STATUS_TRUNCATED, STATUS_TOO_LARGE)
-STATUS_UNREADABLE = "unreadable"  # for callers: the bytes could not be read (I/O error), nothing to decode
+STATUS_UNREADABLE = "unreadable"  # for callers: the file/archive could not be read (I/O error, corrupt archive)
+STATUS_SKIPPED = "skipped"  # for callers: listed but not an input (hidden, not an image/.tar/.parquet/.npz)
 
 #: Pillow's default decompression-bomb threshold (``Image.MAX_IMAGE_PIXELS`` as shipped, ~9459² pixels).
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -105,6 +110,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
         except Exception as exc:
             status = STATUS_TRUNCATED if "truncated" in str(exc).lower() else STATUS_CORRUPT
             raise ImageDecodeError(status, f"{type(exc).__name__}: {exc}") from exc
+        if im.format == "PNG" and (short := _png_short(im, data)):
+            raise ImageDecodeError(STATUS_TRUNCATED, short)
         return _to_rgb(im)
 
 
@@ -130,6 +137,56 @@ def decode_array(image: np.ndarray) -> np.ndarray:
     if rgb.size == 0:
         raise ImageDecodeError(STATUS_EMPTY, f"shape {arr.shape} has no pixels")
     return np.ascontiguousarray(rgb)
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type → samples per pixel
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_short(im: Image.Image, data: bytes) -> str | None:
+    """Why a loaded PNG lacks rows its IHDR declares (its IDAT data inflates short), or ``None`` when complete.
+
+    Pillow stops quietly when the zlib stream ends early and leaves the rest zero, so the check runs only when the
+    last decoded row is all zero bytes (or the PNG is interlaced); it inflates the IDAT chunks once more, counting.
+    """
+    interlaced = bool(im.info.get("interlace"))
+    width, height = im.size
+    if not interlaced and any(im.crop((0, height - 1, width, height)).tobytes()):
+        return None
+    pos, header, inflated = 8, None, 0
+    inflate = zlib.decompressobj()
+    try:
+        while pos + 8 <= len(data) and not inflate.eof:
+            length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+            body = data[pos + 8 : pos + 8 + length]
+            if kind == b"IHDR" and len(body) >= 13:
+                header = struct.unpack(">IIBBBBB", body[:13])
+            elif kind == b"IDAT":
+                while body and not inflate.eof:  # bounded memory: 1 MiB of output at a time
+                    inflated += len(inflate.decompress(body, 1 << 20))
+                    body = inflate.unconsumed_tail
+            elif kind == b"IEND":
+                break
+            pos += 12 + length
+        inflated += len(inflate.flush())
+    except zlib.error:
+        return None  # damaged data Pillow accepted anyway: not a truncation this check can size
+    if header is None or header[3] not in _PNG_CHANNELS:
+        return None
+    w, h, depth, colour = header[:4]
+
+    def row_bytes(n: int) -> int:  # filter byte + packed samples
+        return 1 + (n * _PNG_CHANNELS[colour] * depth + 7) // 8
+
+    if interlaced:
+        passes = [((w - x0 + dx - 1) // dx, (h - y0 + dy - 1) // dy) for x0, y0, dx, dy in _ADAM7]
+        need = sum(row_bytes(pw) * ph for pw, ph in passes if pw > 0 and ph > 0)
+    else:
+        need = h * row_bytes(w)
+    if inflated >= need:
+        return None
+    rows = f"{inflated // row_bytes(w)} of {h} rows" if not interlaced else "interlaced"
+    return f"PNG pixel data ends early: {inflated} of {need} bytes ({rows})"
 
 
 def _sniff_format(data: bytes) -> str | None:

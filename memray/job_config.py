@@ -5,13 +5,34 @@ Loaded from YAML (``load_audit_config``) with CLI overrides, dumped beside every
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from memray.config import ConfigError, CTConfig, EmbedConfig, FingerprintConfig, from_dict, to_dict
+from memray.config import (
+    NON_EMPTY,
+    ConfigError,
+    CTConfig,
+    EmbedConfig,
+    FingerprintConfig,
+    above,
+    at_least,
+    from_dict,
+    rule,
+    to_dict,
+    validate,
+)
+
+
+def _urls_ok(urls: tuple[str, ...]) -> bool:
+    return len(urls) > 0 and all(urls)
+
+
+def _amounts_ok(pairs: tuple[tuple[str, float], ...]) -> bool:
+    return all(name and amount >= 0 for name, amount in pairs)
 
 
 @dataclass(frozen=True)
@@ -21,18 +42,15 @@ class DatasetSpec:
     ``label``: the model/architecture that produced a generated set (used as a fingerprint gallery label).
     """
 
-    name: str
-    urls: tuple[str, ...]
-    label: str | None = None
-    image_column: str | None = None
+    SECTION = "dataset"
+
+    name: str = field(metadata=rule("(non-empty, without '/')", lambda v: bool(v) and "/" not in v))
+    urls: tuple[str, ...] = field(metadata=rule("(at least one, each non-empty)", _urls_ok))
+    label: str | None = field(default=None, metadata=NON_EMPTY)
+    image_column: str | None = field(default=None, metadata=NON_EMPTY)
 
     def __post_init__(self) -> None:
-        if isinstance(self.urls, str):
-            object.__setattr__(self, "urls", (self.urls,))
-        if not self.name or "/" in self.name:
-            raise ConfigError(f"dataset name {self.name!r}: use a non-empty name without '/'")
-        if not self.urls:
-            raise ConfigError(f"dataset {self.name!r}: give at least one URL")
+        validate(self)
 
 
 @dataclass(frozen=True)
@@ -41,89 +59,141 @@ class ResourcesConfig:
 
     On a machine with few CPUs keep ``actors * actor_num_cpus`` below the CPU count, or the read tasks starve.
     ``shard_rows``: images per embedding shard (the unit of resume); ``embed_batch_size``: rows per actor batch.
+    ``index_task_num_cpus``: CPUs of each search / k-means restart task.
     ``actor_resources``: custom Ray resources each embedding actor requests (e.g. ``{"A100": 1}`` to pin actors to
-    nodes that advertise that resource).
+    nodes that advertise that resource). ``autoscaling``: the cluster's autoscaler adds nodes on demand, so the
+    capacity check against the connected cluster's current resources is skipped.
     """
 
-    actors: int = 1
-    actor_num_cpus: float = 1.0
-    actor_num_gpus: float = 0.0
-    torch_threads: int | None = None
-    read_num_cpus: float = 0.25
-    shard_rows: int = 1024
-    embed_batch_size: int = 64
-    index_task_num_cpus: float = 1.0
+    SECTION = "resources"
+
+    actors: int = field(default=1, metadata=at_least(1))
+    actor_num_cpus: float = field(default=1.0, metadata=at_least(0))
+    actor_num_gpus: float = field(default=0.0, metadata=at_least(0))
+    torch_threads: int | None = field(default=None, metadata=at_least(1))
+    read_num_cpus: float = field(default=0.25, metadata=above(0))
+    shard_rows: int = field(default=1024, metadata=at_least(1))
+    embed_batch_size: int = field(default=64, metadata=at_least(1))
+    index_task_num_cpus: float = field(default=1.0, metadata=at_least(0))
     faiss_gpu: bool = False
-    actor_resources: tuple[tuple[str, float], ...] = ()
+    actor_resources: tuple[tuple[str, float], ...] = field(
+        default=(), metadata=rule("(non-empty names, amounts >= 0)", _amounts_ok)
+    )
+    autoscaling: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.actor_resources, dict):
-            object.__setattr__(self, "actor_resources", tuple(sorted(self.actor_resources.items())))
-        if self.actors < 1 or self.shard_rows < 1 or self.embed_batch_size < 1:
-            raise ConfigError("resources.actors, shard_rows and embed_batch_size must be >= 1")
-        if self.actor_num_cpus < 0 or self.actor_num_gpus < 0 or self.read_num_cpus <= 0:
-            raise ConfigError("resources: CPU/GPU requests must be >= 0 (read_num_cpus > 0)")
+        validate(self)
 
 
 @dataclass(frozen=True)
 class AuditConfig:
-    """The whole audit job: inputs, embedding, statistic, fingerprints, resources and the output URL."""
+    """The whole audit job: inputs, embedding, statistic, fingerprints, resources and the output URL.
+
+    Every field is checked on construction (types from the annotations, ranges from the field rules); errors
+    name the dotted field, e.g. ``resources.actors=1.5: must be an integer >= 1``.
+    """
+
+    SECTION = ""
 
     train: DatasetSpec
     test: DatasetSpec
-    generated: tuple[DatasetSpec, ...]
-    output: str
+    generated: tuple[DatasetSpec, ...] = field(metadata=rule("(at least one set)", lambda v: len(v) > 0))
+    output: str = field(metadata=NON_EMPTY)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     ct: CTConfig = field(default_factory=CTConfig)
     fingerprint: FingerprintConfig | None = None
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    max_image_pixels: int = 89_478_485
-    storage_options: tuple[tuple[str, Any], ...] = ()
-
-    NESTED = {  # noqa: RUF012 - class-level lookup used by from_dict, not a dataclass field
-        "train": DatasetSpec,
-        "test": DatasetSpec,
-        "embed": EmbedConfig,
-        "ct": CTConfig,
-        "fingerprint": FingerprintConfig,
-        "resources": ResourcesConfig,
-    }
+    max_image_pixels: int = field(default=89_478_485, metadata=at_least(1))
+    storage_options: tuple[tuple[str, Any], ...] = field(default=(), metadata={"secret": True})
 
     def __post_init__(self) -> None:
-        gens = tuple(
-            g if isinstance(g, DatasetSpec) else from_dict(DatasetSpec, g, "generated") for g in self.generated
-        )
-        object.__setattr__(self, "generated", gens)
-        if isinstance(self.storage_options, dict):
-            object.__setattr__(self, "storage_options", tuple(sorted(self.storage_options.items())))
-        names = [self.train.name, self.test.name, *(g.name for g in gens)]
+        validate(self)
+        names = [self.train.name, self.test.name, *(g.name for g in self.generated)]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ConfigError(f"dataset names must be unique; repeated: {dupes}")
-        if not gens:
-            raise ConfigError("give at least one generated set under 'generated'")
+
+
+# Dotted fields holding local paths: relative ones are resolved against the config file's folder (in the file)
+# or the current directory (overrides from the command line). ``generated[].urls`` are resolved too.
+PATH_FIELDS = ("output", "train.urls", "test.urls", "embed.weights", "fingerprint.gallery")
+
+
+def under_ray_job() -> bool:
+    """True in the driver of a ``ray job submit`` job (Ray sets ``RAY_JOB_ID`` in its environment)."""
+    return bool(os.environ.get("RAY_JOB_ID"))
+
+
+def _is_relative(path: Any) -> bool:
+    """A local path (no URL scheme) that is not absolute."""
+    return isinstance(path, str) and bool(path) and "://" not in path and not os.path.isabs(path)
+
+
+def _resolve(value: Any, base: Path) -> Any:
+    """``value`` (a path or a list of paths) with relative local paths made absolute against ``base``."""
+    if isinstance(value, (list, tuple)):
+        return [_resolve(v, base) for v in value]
+    return os.path.normpath(os.path.join(base, value)) if _is_relative(value) else value
+
+
+def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A copy of the config data with the relative local paths of :data:`PATH_FIELDS` and of every
+    ``generated[].urls`` resolved against ``base``."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for dotted in PATH_FIELDS:
+        *parents, leaf = dotted.split(".")
+        node = out
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            node[leaf] = _resolve(node[leaf], base)
+    if isinstance(out.get("generated"), list):
+        out["generated"] = [
+            {**g, "urls": _resolve(g["urls"], base)} if isinstance(g, dict) and "urls" in g else g
+            for g in out["generated"]
+        ]
+    return out
 
 
 def load_audit_config(path: str | Path, overrides: dict[str, Any] | None = None) -> AuditConfig:
-    """Read an audit YAML file; ``overrides`` maps dotted keys (``ct.seed``) to values applied on top."""
+    """Read an audit YAML file; ``overrides`` maps dotted keys (``ct.seed``) to values applied on top.
+
+    Relative local paths in the file are relative to the file's folder; relative paths given as overrides (the
+    command line) are relative to the current directory. Under ``ray job submit`` a relative output is refused:
+    the job runs in a temporary copy of the working dir, where the results would be lost.
+    """
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {path} not found") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    for dotted, value in (overrides or {}).items():
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of fields (train, test, generated, output, ...)")
+    overrides = dict(overrides or {})
+    output = overrides.get("output", data.get("output"))
+    if under_ray_job() and _is_relative(output):
+        raise ConfigError(
+            f"output={output!r} is relative: under `ray job submit` the job runs in a temporary copy of the working "
+            "dir, so the results would be lost there; give an absolute path on shared storage or an s3:// URL "
+            "(--output or --set output=...)"
+        )
+    data = resolve_paths(data, Path(path).resolve().parent)
+    for dotted, value in overrides.items():
         node = data
         *parents, leaf = dotted.split(".")
         for key in parents:
             node = node.setdefault(key, {})
-        node[leaf] = value
+        node[leaf] = _resolve(value, Path.cwd()) if dotted in PATH_FIELDS else value
     return audit_config_from_dict(data, str(path))
 
 
 def audit_config_from_dict(data: dict[str, Any], where: str = "config") -> AuditConfig:
-    """Build an :class:`AuditConfig` from plain data, with errors naming the field."""
-    return from_dict(AuditConfig, data, where)
+    """Build an :class:`AuditConfig` from plain data; errors read ``<where>: <dotted.field>=<value>: <allowed>``."""
+    try:
+        return from_dict(AuditConfig, data, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 # Fields that cannot change a number in the outputs; they are left out of the resume digest.
@@ -135,6 +205,7 @@ LAYOUT_ONLY_RESOURCES = (
     "read_num_cpus",
     "embed_batch_size",
     "index_task_num_cpus",
+    "autoscaling",
 )
 
 

@@ -33,8 +33,13 @@ def memray_version() -> str:
 
 
 def method_record(cfg: CTConfig) -> dict[str, Any]:
-    """The statistical choices behind a C_T result, spelled out beside the numbers."""
+    """The statistical choices behind a C_T result, spelled out beside the numbers.
+
+    ``preset`` names the mode and every mode-governed field set otherwise: ``"meehan; overridden: cells=3"``.
+    """
+    overridden = ", ".join(f"{k}={json.dumps(v)}" for k, v in cfg.overrides().items())
     return {
+        "preset": cfg.mode + (f"; overridden: {overridden}" if overridden else ""),
         "distance": {
             "cosine_abs": "1 - |cos| in the projected space",
             "cosine": "1 - cos in the projected space",
@@ -44,7 +49,8 @@ def method_record(cfg: CTConfig) -> dict[str, Any]:
         "pca_only_if_larger": cfg.pca_only_if_larger,
         "cells": (
             f"greedy k-means++ seeding + faiss Lloyd, k={cfg.cells}, seed={cfg.seed}, niter={cfg.kmeans_niter}, "
-            f"nredo={cfg.kmeans_nredo} (lowest objective kept)"
+            f"restarts={cfg.kmeans_nredo} (restart r seeded by default_rng([seed, r]); lowest exact float64 "
+            "objective kept, ties to the lowest r; cells numbered in the lexicographic order of their centroids)"
         ),
         "kmeans_points": "all training samples"
         if cfg.kmeans_sample is None

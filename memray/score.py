@@ -73,7 +73,8 @@ class FittedLayer:
             self.shards = build_shards(self.train_z, self.train_cells, rows, self.cfg)
         dist, nn = nearest_in_cells(self.train_z, self.train_cells, rows, z, cell, self.cfg, mapper, self.shards)
         stats = cell_table(self.test_dist, self.test_cells, dist, cell, self.train_counts, self.cfg.min_gen_per_cell)
-        ct = ct_from_cells(stats, label or f"layer {self.layer}")
+        # no training variance (every row the same vector): distances say nothing; warned when the layer was fit
+        ct = float("nan") if self.space.rank == 0 else ct_from_cells(stats, label or f"layer {self.layer}")
         return GenScore(ct=ct, cells=stats, dist=dist, nn=nn, cell=cell)
 
 
@@ -98,9 +99,15 @@ def fit_layer(
     mapper: Mapper = map,
     test_ids: np.ndarray | None = None,
 ) -> FittedLayer:
-    """Fit PCA + cells on the training features (n_T, d), then each test sample's nearest training row."""
+    """Fit PCA + cells on the training features (n_T, d), then each test sample's nearest training row.
+
+    ``mapper`` runs the k-means restarts and the (cell, shard) searches (Ray tasks in a job). A layer whose
+    training features are degenerate is logged (``space.rank``, ``space.degenerate``) and still scored, except
+    a layer without any training variance, whose C_T is NaN.
+    """
     t0 = time.perf_counter()
-    space, train_z = fit_and_project(_finite(train_x, f"training features, layer {layer}"), cfg)
+    train_x = _finite(train_x, f"training features, layer {layer}")
+    space, train_z = fit_and_project(train_x, cfg, mapper, label=f"layer {layer}")
     train_cells = space.assign(train_z)
     test_z = space.project(_finite(test_x, f"test features, layer {layer}"))
     test_cells = space.assign(test_z)

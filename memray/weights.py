@@ -3,36 +3,36 @@
 Weights files are only ever read as ``.safetensors`` (no pickle, no ``torch.load``): a checkpoint is data from
 outside and unpickling it can run arbitrary code. Every model comes with a provenance record
 (:func:`load_model`'s second value) that the embedder writes beside its outputs.
+
+memray never runs a classifier head: every model is built without one (timm's default model, then
+``reset_classifier(0)``, unless ``model_kwargs`` set ``num_classes``), so checkpoints with or without head tensors
+load. :func:`preflight_model` checks the name, the weights file's safetensors header and its fit to the
+architecture (built on the meta device) without reading the tensors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import sys
-from pathlib import PurePosixPath
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from memray.config import EmbedConfig
-from memray.storage import open_url
+from memray.safetensors_io import (
+    ST_DTYPES,
+    WeightsError,
+    read_safetensors_header,
+    read_weights,
+)
 
 log = logging.getLogger(__name__)
 
 #: Seed of the (CPU) generator used whenever a model is instantiated, so ``random_init`` encoders are reproducible.
 INIT_SEED = 0
-SAFE_SUFFIX = ".safetensors"
-PICKLE_SUFFIXES: frozenset[str] = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".tar"})
-_CONVERT_HINT = (
-    'convert it on a trusted machine: python -c "import torch, safetensors.torch as st; '
-    "sd = torch.load('IN.pth', map_location='cpu', weights_only=True); "
-    "st.save_file(sd.get('model', sd), 'OUT.safetensors')\""
-)
-
-
-class WeightsError(ValueError):
-    """The encoder or its weights cannot be provided; the message says what to do."""
 
 
 def create_model(cfg: EmbedConfig) -> torch.nn.Module:
@@ -40,13 +40,15 @@ def create_model(cfg: EmbedConfig) -> torch.nn.Module:
     return load_model(cfg)[0]
 
 
-def load_model(cfg: EmbedConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Build ``cfg.model`` with timm and load its weights.
+def load_model(
+    cfg: EmbedConfig, storage_options: dict[str, Any] | None = None
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Build ``cfg.model`` with timm (without a classifier head) and load its weights.
 
     - ``cfg.weights`` set (local path or fsspec URL of a ``.safetensors`` file): the architecture is built with
-      ``pretrained=False``, the file's tensors are loaded with ``strict=True`` (after timm's own
-      ``checkpoint_filter_fn`` when keys or shapes differ, e.g. OpenAI CLIP / DINOv2 originals or a position
-      embedding for another image size); the file's SHA-256 is recorded.
+      ``pretrained=False``, the file's tensors are loaded with ``strict=True`` (see :func:`fit_state`: head tensors
+      are dropped, timm's ``checkpoint_filter_fn`` is applied when keys or shapes differ); the file's SHA-256 is
+      recorded.
     - neither weights nor ``random_init``: ``timm.create_model(name, pretrained=True)`` through the model hub.
     - ``cfg.random_init``: untrained weights from a fixed seed (:data:`INIT_SEED`); a warning is logged.
 
@@ -55,17 +57,13 @@ def load_model(cfg: EmbedConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
     """
     import timm
 
-    if not timm.is_model(cfg.model):
-        raise WeightsError(
-            f"unknown timm model {cfg.model!r}; list names with "
-            "python -c \"import timm; print(timm.list_models('vit_*', pretrained=True))\""
-        )
+    _check_name(cfg.model)
     if cfg.weights:
         model = _build(cfg, pretrained=False)
-        data = _read_weights(cfg.weights)
-        filtered = load_safetensors_bytes(model, data, cfg.weights)
+        data = read_weights(cfg.weights, storage_options)
+        fit = load_safetensors_bytes(model, data, cfg.weights)
         info = {"source": "file", "url": cfg.weights, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-        info["filtered"] = filtered
+        info.update(fit)
     elif cfg.random_init:
         log.warning(
             "random_init: %s has untrained weights (seed %d); C_T from an untrained encoder measures nothing "
@@ -83,19 +81,76 @@ def load_model(cfg: EmbedConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
     return model.eval(), info
 
 
-def _build(cfg: EmbedConfig, pretrained: bool) -> torch.nn.Module:
+def preflight_model(cfg: EmbedConfig, storage_options: dict[str, Any] | None = None) -> tuple[torch.nn.Module, dict]:
+    """The encoder's architecture on the meta device (no memory, no init) and a check of its weights, cheaply.
+
+    Checks the timm name, then for ``cfg.weights``: suffix, existence, the safetensors header (two ranged reads:
+    the 8-byte length and the JSON header; tensor data is never read) and that its names and shapes fit the model
+    after the same head-key and ``checkpoint_filter_fn`` steps as the loader (:func:`fit_state`, run on meta
+    tensors). Hub weights are not contacted: only the name and the architecture are checked.
+
+    Returns:
+        ``(meta model, record)``; record: ``source``, and for files ``url``, ``bytes`` (file size),
+        ``header_bytes``, ``tensors``, ``filtered``, ``dropped_head_keys``.
+    """
+    _check_name(cfg.model)
+    model = _build(cfg, pretrained=False, device="meta")
+    if not cfg.weights:
+        return model, {"source": "random_init" if cfg.random_init else "hub"}
+    header = read_safetensors_header(cfg.weights, storage_options)
+    state = {
+        name: torch.empty(shape, dtype=ST_DTYPES.get(dtype, torch.float32), device="meta")
+        for name, (dtype, shape) in header["tensors"].items()
+    }
+    _, fit = fit_state(state, model, cfg.weights, simulate=True)
+    record = {"source": "file", "url": cfg.weights, "bytes": header["bytes"], "header_bytes": header["header_bytes"]}
+    return model, {**record, "tensors": len(state), **fit}
+
+
+def check_encoder(cfg: EmbedConfig, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole encoder pre-flight (weights, then layers and tokens): :func:`memray.embed.check_encoder`."""
+    from memray.embed import check_encoder as check  # embed imports this module: resolved at call time
+
+    return check(cfg, storage_options)
+
+
+def _check_name(name: str) -> None:
+    import timm
+
+    if not timm.is_model(name):
+        raise WeightsError(
+            f"unknown timm model {name!r} (embed.model / --model); list names with "
+            "python -c \"import timm; print(timm.list_models('vit_*', pretrained=True))\""
+        )
+
+
+def _build(cfg: EmbedConfig, pretrained: bool, device: str | None = None) -> torch.nn.Module:
     """``timm.create_model`` with the config's kwargs, initialised from :data:`INIT_SEED` without touching the
-    global RNG state."""
+    global RNG state, then stripped of its classifier head (:func:`_strip_head`); ``device="meta"`` builds
+    shapes only."""
     import timm
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(INIT_SEED)
         try:
-            return timm.create_model(cfg.model, pretrained=pretrained, **dict(cfg.model_kwargs))
+            with torch.device(device) if device else contextlib.nullcontext():
+                model = timm.create_model(cfg.model, pretrained=pretrained, **dict(cfg.model_kwargs))
         except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
             if pretrained:
                 raise
             raise WeightsError(f"cannot build {cfg.model!r} with model_kwargs={dict(cfg.model_kwargs)}: {exc}") from exc
+    return _strip_head(model, cfg)
+
+
+def _strip_head(model: torch.nn.Module, cfg: EmbedConfig) -> torch.nn.Module:
+    """Remove the classifier (``reset_classifier(0)``) unless ``model_kwargs`` set ``num_classes``.
+
+    The modules are those of ``num_classes=0``; building timm's default model first keeps the seeded init of every
+    other weight (``random_init`` encoders, earlier runs) and a hub download's strict key check unchanged.
+    """
+    if "num_classes" not in dict(cfg.model_kwargs) and getattr(model, "num_classes", 0):
+        model.reset_classifier(0)
+    return model
 
 
 def _from_hub(cfg: EmbedConfig) -> torch.nn.Module:
@@ -123,30 +178,11 @@ def _offline_message(name: str, exc: BaseException) -> str:
     )
 
 
-def _read_weights(url: str) -> bytes:
-    """The bytes of a ``.safetensors`` file; other suffixes are refused before anything is read."""
-    suffix = PurePosixPath(str(url).split("?")[0]).suffix.lower()
-    if suffix in PICKLE_SUFFIXES:
-        raise WeightsError(
-            f"{url}: {suffix} checkpoints are pickles and are never loaded (unpickling runs code); {_CONVERT_HINT}"
-        )
-    if suffix != SAFE_SUFFIX:
-        raise WeightsError(f"{url}: expected a {SAFE_SUFFIX} file (got {suffix or 'no suffix'}); {_CONVERT_HINT}")
-    try:
-        with open_url(url, "rb") as fh:
-            return fh.read()
-    except FileNotFoundError as exc:
-        raise WeightsError(f"{url}: weights file not found") from exc
-
-
-def load_safetensors_bytes(model: torch.nn.Module, data: bytes, source: str = "weights") -> bool:
-    """Load safetensors bytes into ``model`` with ``strict=True``.
-
-    When the keys or shapes do not match the model's, timm's ``checkpoint_filter_fn`` of the model's module is
-    applied first (original OpenAI-CLIP / DINOv2 key names, position-embedding resampling, …).
+def load_safetensors_bytes(model: torch.nn.Module, data: bytes, source: str = "weights") -> dict[str, Any]:
+    """Load safetensors bytes into ``model`` with ``strict=True``, after :func:`fit_state`.
 
     Returns:
-        whether the filter was applied.
+        ``{"filtered": whether timm's filter was applied, "dropped_head_keys": [...]}``.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
@@ -155,34 +191,72 @@ def load_safetensors_bytes(model: torch.nn.Module, data: bytes, source: str = "w
         state = st_load(data)
     except (SafetensorError, ValueError, OSError) as exc:
         raise WeightsError(f"{source}: not a readable safetensors file ({exc})") from exc
+    state, fit = fit_state(state, model, source)
+    model.load_state_dict(state, strict=True)
+    return fit
+
+
+def fit_state(
+    state: Mapping[str, torch.Tensor], model: torch.nn.Module, source: str = "weights", simulate: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Make a checkpoint's tensors fit ``model``'s state dict, or raise naming what does not fit.
+
+    1. Tensors of a classifier head the model does not have (``pretrained_cfg["classifier"]``, e.g. ``head.*``)
+       are dropped: memray never uses the head.
+    2. If names or shapes still differ, timm's ``checkpoint_filter_fn`` of the model's module is applied (original
+       OpenAI-CLIP / DINOv2 key names, position-embedding and patch-embedding resampling, …), then step 1 again.
+    3. Any remaining missing, unexpected or mis-shaped key raises :class:`WeightsError`.
+
+    ``simulate=True`` (the preflight, on meta tensors of the header's shapes): a filter that raises cannot be told
+    apart from one that needs real data, so the check is left to the load (logged and recorded as ``deferred``).
+    """
     own = model.state_dict()
+    state, dropped = _drop_head(state, own, model)
     filtered = False
     if _mismatch(state, own):
         filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
         if filter_fn is not None:
             try:
                 state = filter_fn(state, model)
-                filtered = True
             except Exception as exc:
+                if simulate:
+                    log.warning("%s: timm's checkpoint filter needs the tensors (%s); checked at load", source, exc)
+                    return state, {"filtered": None, "dropped_head_keys": dropped, "deferred": f"{exc}"}
                 raise WeightsError(
                     f"{source}: keys do not match {type(model).__name__} and timm's filter failed: {exc}"
                 ) from exc
+            filtered = True
+            state, more = _drop_head(state, own, model)
+            dropped = sorted({*dropped, *more})
     problems = _mismatch(state, own)
     if problems:
         raise WeightsError(
             f"{source}: does not fit {type(model).__name__} ({problems}); check the model name and model_kwargs "
-            "(e.g. img_size, num_classes) match the checkpoint, and that it holds timm-format weights (the "
+            "(e.g. img_size, depth, embed_dim) match the checkpoint, and that it holds timm-format weights (the "
             "model.safetensors of the timm/<model name> hub repository)"
         )
-    model.load_state_dict(state, strict=True)
-    return filtered
+    return state, {"filtered": filtered, "dropped_head_keys": dropped}
 
 
-def _mismatch(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> str:
+def _drop_head(
+    state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], model: torch.nn.Module
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state`` without the classifier-head entries ``own`` lacks, and the sorted dropped names."""
+    heads = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "head"
+    prefixes = (heads,) if isinstance(heads, str) else tuple(heads)
+    dropped = {k for k in state if k not in own and any(k == p or k.startswith(f"{p}.") for p in prefixes)}
+    return {k: v for k, v in state.items() if k not in dropped}, sorted(dropped)
+
+
+def _mismatch(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> str:
     """A short description of missing/unexpected/shape-mismatched keys ('' when they match)."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if tuple(own[k].shape) != tuple(state[k].shape)
+    ]
     parts = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
         if keys:

@@ -1,6 +1,6 @@
 """Draw the C_T-layer curves of a run as a dependency-free SVG (one line per generated set).
 
-python scripts/plot_curves.py runs/demo/ct_scores.parquet docs/ct_curves.svg
+python scripts/plot_curves.py runs/demo/ct_scores.parquet runs/demo/ct_curves.svg
 """
 
 from __future__ import annotations

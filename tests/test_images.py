@@ -123,3 +123,41 @@ def test_decode_array_channels_and_refusals(rgb: np.ndarray) -> None:
         with pytest.raises(ImageDecodeError) as info:
             decode_array(bad)
         assert info.value.status == status
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def png_by_hand(rgb: np.ndarray, interlaced: bool = False, keep: float = 1.0) -> bytes:
+    """A valid RGB PNG written here (filter 0, Adam7 when interlaced) whose zlib stream holds only the first
+    ``keep`` fraction of the scanline bytes: every chunk and CRC correct, just fewer rows than IHDR declares."""
+    h, w, _ = rgb.shape
+    passes = ADAM7 if interlaced else ((0, 0, 1, 1),)
+    raw = b""
+    for x0, y0, dx, dy in passes:
+        sub = rgb[y0::dy, x0::dx]
+        if sub.size:
+            raw += b"".join(b"\x00" + row.tobytes() for row in sub)
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, int(interlaced))
+    idat = zlib.compress(raw[: int(len(raw) * keep)])
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+def test_png_with_fewer_rows_than_its_header_is_truncated(rgb: np.ndarray) -> None:
+    np.testing.assert_array_equal(decode_image(png_by_hand(rgb)), rgb)  # the hand-written PNG is valid
+    np.testing.assert_array_equal(decode_image(png_by_hand(rgb, interlaced=True)), rgb)
+    for keep in (0.5, 23 / 24):  # 12 of 24 rows; all but the last row
+        with pytest.raises(ImageDecodeError) as info:
+            decode_image(png_by_hand(rgb, keep=keep))
+        assert info.value.status == "truncated" and f"{int(24 * keep)} of 24 rows" in info.value.message
+    assert status_of(png_by_hand(rgb, interlaced=True, keep=0.9)) == "truncated"
+    black = rgb.copy()
+    black[-3:] = 0  # complete images whose last rows are black still decode
+    np.testing.assert_array_equal(decode_image(encode(Image.fromarray(black), "PNG")), black)
+    np.testing.assert_array_equal(decode_image(png_by_hand(black, interlaced=True)), black)
+    grey16 = Image.fromarray(rgb[:, :, 0].astype(np.uint16) * 257)
+    assert decode_image(encode(grey16, "PNG")).shape == (24, 30, 3)

@@ -15,6 +15,7 @@ from memray import schema
 from memray.cli import main
 from memray.config import CTConfig
 from memray.features import FeatureSet
+from memray.reduce import kmeans_objective
 from memray.results import write_results
 from memray.score import ScoreInputError, ScoreResult, _finite, fit_layer, score_features
 from tests.reference_ct import reference_ct
@@ -253,3 +254,65 @@ def test_finite_check_names_bad_rows_and_accepts_huge_finite_values():
     x[[0, 4], 1] = np.nan
     with pytest.raises(ScoreInputError, match=r"NaN/inf values in 2 row\(s\) \[0, 4\]"):
         _finite(x, "x")
+
+
+def ten_clusters(seed: int = 1):
+    """10 moderately separated clusters (d = 64): 4,000 train, 1,000 test, 600 generated of which 30% near-copies."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=0.8, size=(10, 64))
+
+    def draw(n: int) -> np.ndarray:
+        return centres[rng.integers(0, 10, n)] + rng.normal(size=(n, 64))
+
+    train, test = draw(4000), draw(1000)
+    src = rng.choice(4000, 180, replace=False)
+    gen = np.concatenate([train[src] + 0.05 * rng.normal(size=(180, 64)), draw(420)])
+    return [a.astype(np.float32) for a in (train, test, gen)]
+
+
+@pytest.mark.timeout(120)
+def test_ten_restarts_match_the_reference_protocol_where_one_restart_does_not():
+    # sklearn KMeans(n_init=10) (the reference protocol) finds the better optimum; one k-means++ run does not
+    train, test, gen = ten_clusters()
+    ids = np.arange(len(train)).astype(str)
+    cfg = CTConfig(mode="meehan")
+    assert cfg.kmeans_nredo == 10
+    ref = reference_ct(train, test, gen, metric="l2", cells=10, pca_dim=64, pca_only_if_larger=False,
+                       min_gen_per_cell=20, n_init=10)  # fmt: skip
+    fitted = fit_layer(1, train, ids, test, cfg)
+    ours = fitted.score(gen)
+    assert len(set(zip(ours.cell.tolist(), ref["gen_labels"].tolist(), strict=True))) == 10  # same partition
+    assert ours.ct == pytest.approx(ref["ct"], abs=1e-9)
+    one = fit_layer(1, train, ids, test, CTConfig(mode="meehan", kmeans_nredo=1))
+    assert abs(one.score(gen).ct - ref["ct"]) > 0.05  # one restart: another partition, another C_T
+    z = fitted.train_z.astype(np.float32)
+    assert kmeans_objective(z, fitted.space.centroids) < kmeans_objective(z, one.space.centroids)
+
+
+def test_constant_layer_scores_nan_and_rank_deficient_layer_is_scored(caplog):
+    data = clustered(seed=11, cells=3, d=10, n_train=400, n_test=150, n_gen=90)
+    ids = np.arange(400).astype(str)
+    flat = np.ones((400, 10), np.float32)
+    with caplog.at_level(logging.WARNING):
+        fitted = fit_layer(5, flat, ids, data["test"], CTConfig(cells=3))
+        g = fitted.score(data["fresh"])
+    assert fitted.space.rank == 0 and math.isnan(g.ct)
+    assert "layer 5: the training features have no variance (rank 0" in caplog.text
+    low = data["train"].copy()
+    low[:, 4:] = 0.0  # rank 4 < 8 PCA components
+    fitted = fit_layer(6, low, ids, data["test"], CTConfig(cells=3, pca_dim=8))
+    assert fitted.space.rank == 4 and fitted.space.degenerate and math.isfinite(fitted.score(data["copies"]).ct)
+
+
+@pytest.mark.timeout(120)
+def test_cli_score_kmeans_restarts_flag_is_recorded_as_an_override(tmp_path):
+    data = clustered(seed=12, cells=2, d=5, n_train=300, n_test=100, n_gen=60)
+    for name in ("train", "test", "fresh"):
+        np.save(tmp_path / f"{name}.npy", data[name])
+    files = ["--train", str(tmp_path / "train.npy"), "--test", str(tmp_path / "test.npy"), "--gen",
+             str(tmp_path / "fresh.npy")]  # fmt: skip
+    rc = main(["score", *files, "--cells", "2", "--kmeans-restarts", "3", "--out", str(tmp_path / "o")])
+    assert rc == 0
+    run = json.loads((tmp_path / "o" / schema.RUN_FILE).read_text())
+    assert run["config"]["kmeans_nredo"] == 3 and run["config"]["mode"] == "paper"
+    assert run["method"]["preset"] == "paper; overridden: cells=2, kmeans_nredo=3"

@@ -15,6 +15,7 @@ from PIL import Image
 from memray.sources import (
     SourceError,
     Unit,
+    UnitReadError,
     assign_global_ids,
     check_unique_ids,
     iter_samples,
@@ -120,6 +121,50 @@ def test_local_mixed_folder_ids_order_and_bytes(tmp_path: Path) -> None:
     assert sorted(sid for sid, _ in samples) == EXPECTED_IDS
     _assert_payloads_equal(dict(samples), _expected_payloads(files))
     assert list_units(str(tmp_path) + "/") == units  # trailing slash does not change ids
+
+
+def test_listing_reports_skipped_files_and_stamps(tmp_path: Path) -> None:
+    _write_tree(tmp_path, dataset_files())
+    skipped: list[tuple[str, str]] = []
+    units = list_units(str(tmp_path), skipped=skipped)
+    assert skipped == [
+        (str(tmp_path / "img/.ipynb_checkpoints/a.png"), "hidden"),
+        (str(tmp_path / "img/notes.txt"), "extension .txt not an image/.tar/.parquet/.npz"),
+    ]
+    for unit in units:
+        assert (unit.size, unit.stamp) == (Path(unit.url).stat().st_size, str(Path(unit.url).stat().st_mtime_ns))
+    again: list[tuple[str, str]] = []
+    (unit,) = list_units([str(tmp_path / "img" / "a.png"), str(tmp_path / "img" / "a.png")], skipped=again)
+    assert again == [] and unit.size == len(_png(10))
+
+
+def test_unreadable_units_raise_naming_them_after_what_they_yielded(tmp_path: Path) -> None:
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (unit,) = list_units(str(tmp_path))  # listed although dangling
+    assert (unit.name, unit.size, unit.stamp) == ("gone.png", None, "")
+    with pytest.raises(UnitReadError, match=r"gone\.png.*FileNotFoundError"):
+        list(read_unit(unit))
+    npz = _npz_bytes(images=NPZ_IMAGES)
+    (tmp_path / "flip.npz").write_bytes(npz[:100] + bytes(255 - b for b in npz[100:200]) + npz[200:])
+    with pytest.raises(UnitReadError, match=r"flip\.npz.*BadZipFile"):
+        list(read_unit(Unit("npz", str(tmp_path / "flip.npz"), root=str(tmp_path))))
+    (tmp_path / "junk.npz").write_bytes(b"\x80\x04K\x01." * 10)  # numpy would offer to unpickle this
+    with pytest.raises(UnitReadError, match=r"junk\.npz: unreadable \.npz: not a zip archive") as info:
+        list(read_unit(Unit("npz", str(tmp_path / "junk.npz"), root=str(tmp_path))))
+    assert "pickle" not in str(info.value)
+    whole = _tar_bytes({"k1.png": b"1" * 600, "k2.png": b"2" * 600})  # 512 header + 1024 data each, then 2 zero blocks
+    for cut, where in ((1636, "inside a header"), (1536, "where a header should start"), (3072, "header should")):
+        (tmp_path / "s.tar").write_bytes(whole[:cut])
+        got: list[str] = []
+        with pytest.raises(UnitReadError, match=r"s\.tar: unreadable tar shard.*truncated|unexpected end") as info:
+            for sid, _ in read_unit(Unit("tar", str(tmp_path / "s.tar"), root=str(tmp_path))):
+                got.append(sid)
+        assert where in str(info.value) and got == (["s.tar/k1"] if cut < 3072 else ["s.tar/k1", "s.tar/k2"])
+    (tmp_path / "s.tar").write_bytes(whole[:3072] + bytes(512))  # one end-of-archive block is enough
+    assert [sid for sid, _ in read_unit(Unit("tar", str(tmp_path / "s.tar"), root=str(tmp_path)))] == [
+        "s.tar/k1",
+        "s.tar/k2",
+    ]
 
 
 def test_single_file_and_several_roots(tmp_path: Path) -> None:
@@ -233,7 +278,7 @@ def test_gpu_marker_skips_exactly_when_cuda_is_missing(pytester: pytest.Pytester
     pytester.makepyfile(
         "import pytest\n@pytest.mark.gpu\ndef test_on_gpu():\n    pass\ndef test_anywhere():\n    pass\n"
     )
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     if torch.cuda.is_available():
         result.assert_outcomes(passed=2)
     else:
@@ -269,6 +314,15 @@ def test_s3_same_ids_and_bytes_as_local(s3_bucket: str, tmp_path: Path) -> None:
         list_units("s3://no-such-bucket-memray/x")
     fs.pipe(f"{s3_bucket}/data/img/new.png", _png(99))  # a second listing sees new objects
     assert len(list_units(url)) == len(units) + 1
+    skipped: list[tuple[str, str]] = []
+    list_units(url, skipped=skipped)
+    assert [(u.removeprefix(url + "/"), why) for u, why in skipped] == [
+        ("img/.ipynb_checkpoints/a.png", "hidden"),
+        ("img/notes.txt", "extension .txt not an image/.tar/.parquet/.npz"),
+    ]
+    for unit in units:
+        info = fs.info(unit.url)
+        assert (unit.size, unit.stamp) == (info["size"], info["ETag"].strip('"'))
 
 
 @pytest.mark.timeout(180)

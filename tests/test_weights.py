@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import timm
 import torch
-from safetensors.torch import save, save_file
+from safetensors.torch import load_file, save, save_file
 
 from memray.config import EmbedConfig
 from memray.embed import LayerEmbedder
 from memray.storage import open_output
-from memray.weights import WeightsError, create_model, load_model
+from memray.weights import INIT_SEED, WeightsError, create_model, load_model
 
 MICRO = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}
 NAME = "vit_tiny_patch16_224"
@@ -124,3 +124,58 @@ def test_unknown_model_and_bad_kwargs() -> None:
         create_model(EmbedConfig(model="vit_does_not_exist_patch3", random_init=True))
     with pytest.raises(WeightsError, match="cannot build"):
         create_model(EmbedConfig(model=NAME, random_init=True, model_kwargs={**MICRO, "num_heads": 3}))
+
+
+def test_backbone_checkpoints_with_and_without_head_give_identical_embeddings(tmp_path: Path) -> None:
+    src = trained_like_model()  # timm's default model: a 1000-class head
+    bare = timm.create_model(NAME, pretrained=False, num_classes=0, **MICRO)  # a feature-extractor checkpoint
+    bare.load_state_dict({k: v for k, v in src.state_dict().items() if not k.startswith("head.")})
+    save_file(src.state_dict(), str(tmp_path / "full.safetensors"))
+    save_file(bare.state_dict(), str(tmp_path / "bare.safetensors"))
+    assert not any(k.startswith("head.") for k in load_file(str(tmp_path / "bare.safetensors")))
+    infos = {}
+    for form in ("full", "bare"):
+        model, infos[form] = load_model(
+            EmbedConfig(model=NAME, weights=str(tmp_path / f"{form}.safetensors"), model_kwargs=MICRO)
+        )
+        assert model.num_classes == 0 and not any(k.startswith("head.") for k in model.state_dict())
+        assert torch.equal(outputs(model), outputs(src))
+    assert infos["full"]["dropped_head_keys"] == ["head.bias", "head.weight"]
+    assert infos["bare"]["dropped_head_keys"] == []
+    images = np.random.default_rng(1).integers(0, 256, (6, 40, 40, 3), dtype=np.uint8)
+
+    def embed(weights: str | None, model: torch.nn.Module | None = None) -> dict:
+        cfg = EmbedConfig(
+            model=NAME, weights=weights, random_init=weights is None, model_kwargs=MICRO,
+            pooling=("cls", "mean"), layers=(0, 1, 2), norm=True,
+        )  # fmt: skip
+        return LayerEmbedder(cfg, model=model).embed_images(images)
+
+    reference = embed(None, model=src)  # the model with its head, as timm builds it
+    for form in ("full", "bare"):
+        out = embed(str(tmp_path / f"{form}.safetensors"))
+        for pooling in ("cls", "mean"):
+            for layer in (0, 1, 2):
+                np.testing.assert_array_equal(out[pooling][layer], reference[pooling][layer])
+
+
+def test_num_classes_in_model_kwargs_keeps_the_head(tmp_path: Path) -> None:
+    src = trained_like_model()
+    save_file(src.state_dict(), str(tmp_path / "full.safetensors"))
+    kwargs = {**MICRO, "num_classes": 1000}
+    model, info = load_model(EmbedConfig(model=NAME, weights=str(tmp_path / "full.safetensors"), model_kwargs=kwargs))
+    assert torch.equal(model.head.weight, src.head.weight) and info["dropped_head_keys"] == []
+    save_file(
+        {k: v for k, v in src.state_dict().items() if not k.startswith("head.")}, str(tmp_path / "bare.safetensors")
+    )
+    with pytest.raises(WeightsError, match=r"missing: head\.bias, head\.weight"):
+        load_model(EmbedConfig(model=NAME, weights=str(tmp_path / "bare.safetensors"), model_kwargs=kwargs))
+
+
+def test_random_init_has_no_head_and_keeps_timms_seeded_weights() -> None:
+    model = create_model(EmbedConfig(model=NAME, random_init=True, model_kwargs=MICRO))
+    torch.manual_seed(INIT_SEED)
+    ref = timm.create_model(NAME, pretrained=False, **MICRO).state_dict()  # what memray built before: with a head
+    own = model.state_dict()
+    assert model.num_classes == 0 and set(own) == set(ref) - {"head.weight", "head.bias"}
+    assert all(torch.equal(v, ref[k]) for k, v in own.items())

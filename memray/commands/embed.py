@@ -6,6 +6,10 @@ and one fixed-size-list column ``layer_<ℓ>`` per layer; the embedder's :meth:`
 the row counts sit in the schema metadata. Images that cannot be decoded are excluded and listed in
 ``<out stem>.errors.parquet`` (``set, sample_id, status, error``; written even when empty, so a stale file never
 survives a rerun). The command checks and prints ``rows read = rows embedded + rows reported``.
+
+User errors are found before the model is built: the image listing first, then the encoder
+(:func:`memray.embed.check_encoder`: model name, weights header, layers). torch and timm are imported only by
+:func:`run`, so ``memray --help`` stays light.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,12 +28,14 @@ import pyarrow.parquet as pq
 from memray import schema
 from memray.commands import parse_key_values
 from memray.config import EmbedConfig, digest, to_dict
-from memray.embed import LayerEmbedder
 from memray.features import FeatureSet, write_features
 from memray.images import DEFAULT_MAX_PIXELS
 from memray.job_config import DatasetSpec
-from memray.shards import IMAGE, STATUS_OK, plan_shards, read_shard
+from memray.shards import IMAGE, STATUS_OK, ShardPlan, plan_shards, read_shard
 from memray.storage import open_output
+
+if TYPE_CHECKING:
+    from memray.embed import LayerEmbedder
 
 log = logging.getLogger(__name__)
 SHARD_ROWS = 1024  # images decoded ahead of the encoder
@@ -37,7 +43,15 @@ SHARD_ROWS = 1024  # images decoded ahead of the encoder
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``memray embed``."""
-    p = subparsers.add_parser("embed", help="per-layer ViT embeddings of images → feature Parquet")
+    p = subparsers.add_parser(
+        "embed",
+        help="per-layer ViT embeddings of images → feature Parquet",
+        description="Reads images (a folder or s3:// prefix, searched recursively; an .npz of uint8 images; "
+        "WebDataset .tar; Parquet with image bytes), embeds them with a timm ViT (CLS or mean of patch tokens at "
+        "every requested layer) and writes --out FILE.parquet (sample_id + one layer_<l> column per layer, config "
+        "and provenance in the schema metadata) and FILE.errors.parquet (the images that could not be decoded). "
+        "Paths, model name, weights and layers are checked before the model is loaded.",
+    )
     p.add_argument(
         "--images",
         required=True,
@@ -97,8 +111,13 @@ def run(args: argparse.Namespace) -> int:
         model_kwargs=parse_key_values(args.model_kwarg, "--model-kwarg"),
     )
     set_name = PurePosixPath(str(args.images).rstrip("/")).stem
+    plans = plan_shards(DatasetSpec(name=set_name, urls=(str(args.images),)), shard_rows=SHARD_ROWS)
+    from memray.embed import LayerEmbedder, check_encoder  # torch + timm: only once the inputs are known good
+
+    encoder = check_encoder(cfg)
+    log.info("encoder %s: layers %s of %d blocks", cfg.model, encoder["layers"], encoder["num_blocks"])
     embedder = LayerEmbedder(cfg, num_threads=args.num_threads)
-    ids, layers, errors, rows_read = _embed_source(args.images, embedder, set_name)
+    ids, layers, errors, rows_read = _embed_source(args.images, plans, embedder, set_name)
     rows_embedded, rows_reported = len(ids), len(errors)
     if rows_read != rows_embedded + rows_reported:  # an internal bug, never expected: refuse to write
         raise RuntimeError(
@@ -131,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _embed_source(
-    path: str, embedder: LayerEmbedder, set_name: str
+    path: str, plans: list[ShardPlan], embedder: LayerEmbedder, set_name: str
 ) -> tuple[list[str], dict[int, np.ndarray], list[tuple[str, str, str, str]], int]:
     """Read, decode, prepare and embed every image with the audit job's own shard reader (same sample ids).
 
@@ -139,7 +158,6 @@ def _embed_source(
     current one runs on the encoder.
     """
     bs = embedder.cfg.batch_size
-    plans = plan_shards(DatasetSpec(name=set_name, urls=(str(path),)), shard_rows=SHARD_ROWS)
     log.info("%s: %d shard(s), batches of %d", path, len(plans), bs)
 
     def read(k: int) -> list[dict[str, Any]]:

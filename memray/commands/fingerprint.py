@@ -11,6 +11,7 @@
 
 Curve files: memray ``fingerprints.parquet``, long/wide CSV or Parquet, or the authors' text format (see
 :mod:`memray.curves`). FID files: ``NAME value`` lines or CSV ``run,fid[,curve_run]`` (see :mod:`memray.fid`).
+The curve, FID and evaluation modules (pandas, scipy) are imported by the actions only, so ``--help`` stays light.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ import numpy as np
 
 from memray import schema
 from memray.config import FingerprintConfig, to_dict, with_overrides
-from memray.curves import read_curves, read_gallery, to_gallery, write_gallery
-from memray.evaluate import PROTOCOLS, evaluate, format_table, write_attribution, write_evaluation
-from memray.fid import match_fid_runs, read_fid_table
-from memray.fingerprint import attribute
 from memray.storage import join
+
+#: ``memray.evaluate.PROTOCOLS``, spelled out so that parsing needs no pandas (tests/test_cli.py checks they agree).
+PROTOCOLS: tuple[str, ...] = ("split", "leave-one-run-out")
 
 
 def _matcher_args(p: argparse.ArgumentParser) -> None:
@@ -47,7 +47,14 @@ def _config(args: argparse.Namespace) -> FingerprintConfig:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``memray fingerprint {evaluate,gallery,attribute}``."""
-    p = subparsers.add_parser("fingerprint", help="attribute generated sets by their C_T-layer curves")
+    p = subparsers.add_parser(
+        "fingerprint",
+        help="attribute generated sets by their C_T-layer curves",
+        description="Reads C_T-layer curves (fingerprints.parquet of an audit, CSV/Parquet, or the authors' text "
+        "format). 'evaluate' prints the accuracy of curve attribution against FID-nearest and single-layer "
+        "baselines (tables under --out); 'gallery' writes labelled curves to a reusable gallery .parquet; "
+        "'attribute' matches curves against a gallery and writes attribution.parquet.",
+    )
     sub = p.add_subparsers(dest="action", required=True)
     ev = sub.add_parser(
         "evaluate",
@@ -65,14 +72,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--no-single-layer", action="store_true", help="omit the per-layer C_T baselines")
     ev.add_argument("--out", help="output folder (local or s3://)")
     _matcher_args(ev)
-    ga = sub.add_parser("gallery", help="save labelled curves as a reusable gallery (Parquet)")
+    ga = sub.add_parser(
+        "gallery",
+        help="save labelled curves as a reusable gallery (Parquet)",
+        description="Reads labelled curves (any accepted format) and writes them, optionally only one split, to "
+        "a gallery .parquet for 'fingerprint attribute' or an audit's fingerprint.gallery.",
+    )
     ga.add_argument("--curves", required=True, help="labelled curves in any accepted format")
     ga.add_argument("--only-split", choices=["gallery", "query"], help="keep only curves with this split")
     ga.add_argument("--out", required=True, help="gallery file (.parquet)")
-    at = sub.add_parser("attribute", help="attribute curves to the labels of a saved gallery")
+    at = sub.add_parser(
+        "attribute",
+        help="attribute curves to the labels of a saved gallery",
+        description="Reads a gallery and query curves (labels optional), prints each query's predicted label, "
+        "score, runner-up and margin, and with --out writes them to attribution.parquet.",
+    )
     at.add_argument("--gallery", required=True, help="gallery file (from 'fingerprint gallery' or any curve file)")
     at.add_argument("--queries", required=True, help="curves to attribute (labels optional)")
     at.add_argument("--out", help="output folder for attribution.parquet")
+    at.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="attribute even when the files record another encoder, preprocessing or C_T config (refused by default)",
+    )
     _matcher_args(at)
     p.set_defaults(func=run)
 
@@ -83,6 +105,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from memray.curves import read_curves, to_gallery
+    from memray.evaluate import evaluate, format_table, write_evaluation
+    from memray.fid import match_fid_runs, read_fid_table
+
     fcfg = _config(args)
     curves, split = to_gallery(read_curves(args.curves), args.curves)
     protocol = args.protocol or ("split" if split is not None else "leave-one-run-out")
@@ -103,6 +129,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _gallery(args: argparse.Namespace) -> int:
+    from memray.curves import read_curves, to_gallery, write_gallery
+
     curves, split = to_gallery(read_curves(args.curves), args.curves)
     if args.only_split:
         if split is None:
@@ -111,13 +139,23 @@ def _gallery(args: argparse.Namespace) -> int:
     unlabelled = [n for n, lab in zip(curves.names, curves.labels, strict=True) if lab is None]
     if unlabelled:
         raise ValueError(f"{args.curves}: gallery curves need labels; unlabelled: {unlabelled[:5]}")
-    write_gallery(args.out, curves, {"source": args.curves, "only_split": args.only_split})
+    from memray.preflight import gallery_record
+
+    meta = {"source": args.curves, "only_split": args.only_split}
+    job = gallery_record(args.curves).get("job")  # the curves' encoder and C_T record travels with them
+    write_gallery(args.out, curves, {**meta, "job": job} if job else meta)
     print(f"wrote {len(curves)} curves ({len(set(curves.labels.tolist()))} labels) to {args.out}")
     return 0
 
 
 def _attribute(args: argparse.Namespace) -> int:
+    from memray.curves import read_curves, read_gallery, to_gallery
+    from memray.evaluate import write_attribution
+    from memray.fingerprint import attribute
+    from memray.preflight import check_curve_files
+
     fcfg = _config(args)
+    check_curve_files(args.gallery, args.queries, args.allow_mismatch)
     gallery = read_gallery(args.gallery)
     queries, _ = to_gallery(read_curves(args.queries), args.queries)
     att = attribute(queries, gallery, fcfg)

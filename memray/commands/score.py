@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memray.config import METRICS, MODES, CTConfig
-from memray.features import load_features
-from memray.results import write_results
-from memray.score import ScoreResult, score_features
+
+if TYPE_CHECKING:  # the engine (numpy, scipy, faiss) is imported by run(), not by `memray --help`
+    from memray.score import ScoreResult
 
 
 def _pca_dim(value: str) -> int | str:
@@ -43,6 +42,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--pca-dim", type=_pca_dim, help="PCA dimensions fit on train, or 'none' (preset: 64)")
     p.add_argument("--min-gen-per-cell", type=int, help="keep cells with more generated samples than this (20)")
     p.add_argument("--seed", type=int, help="k-means seed (0)")
+    p.add_argument(
+        "--kmeans-restarts", type=int, metavar="N",
+        help="k-means++ restarts, lowest objective kept (preset: 10, as sklearn KMeans(n_init=10)); ct.kmeans_nredo",
+    )  # fmt: skip
     p.add_argument("--train-shards", type=int, help="row-range shards per cell for the neighbour search (1)")
     p.add_argument("--layer", type=int, default=1, help="layer number given to .npy files (default 1)")
     p.add_argument("--out", required=True, help="output folder or s3:// prefix")
@@ -66,13 +69,15 @@ def parse_gen(specs: list[str]) -> dict[str, str]:
 
 
 def build_config(args: argparse.Namespace) -> CTConfig:
-    """The CT config of the mode preset with the flags given on the command line applied."""
-    pca = None if args.pca_dim == "none" else args.pca_dim
-    cfg = CTConfig.preset(
-        args.mode, cells=args.cells, metric=args.metric, pca_dim=pca, min_gen_per_cell=args.min_gen_per_cell,
-        seed=args.seed, train_shards=args.train_shards,
-    )  # fmt: skip
-    return dataclasses.replace(cfg, pca_dim=None) if args.pca_dim == "none" else cfg
+    """The CT config of the mode preset with the flags given on the command line applied (recorded as overrides)."""
+    given = {
+        "cells": args.cells, "metric": args.metric, "min_gen_per_cell": args.min_gen_per_cell, "seed": args.seed,
+        "train_shards": args.train_shards, "kmeans_nredo": getattr(args, "kmeans_restarts", None),
+    }  # fmt: skip
+    flags = {k: v for k, v in given.items() if v is not None}
+    if args.pca_dim is not None:
+        flags["pca_dim"] = None if args.pca_dim == "none" else args.pca_dim
+    return CTConfig(mode=args.mode, **flags)
 
 
 def summary(result: ScoreResult) -> str:
@@ -87,6 +92,10 @@ def summary(result: ScoreResult) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Load the features, score every generated set at every layer, write the tables, print a summary."""
+    from memray.features import load_features
+    from memray.results import write_results
+    from memray.score import score_features
+
     cfg = build_config(args)
     gen_files = parse_gen(args.gen)
     train = load_features(args.train, layer=args.layer)

@@ -1,0 +1,211 @@
+"""Checks an audit config can run, before Ray starts and before anything is written.
+
+:func:`preflight` lists every input (so a missing path fails in a second, not after Ray's start-up), checks the
+encoder and its weights without loading them (:func:`memray.weights.check_encoder`), the fingerprint subset size
+against the set sizes known from the listing, the output URL and the configs of an output folder being resumed
+(:func:`memray.resume.check_output_folder`), and a saved gallery's configs against this run's. The cluster's
+capacity is checked once Ray is connected (:func:`memray.ray.session.check_capacity`), still before anything is
+written.
+Every failure is a ``ValueError`` whose one-line message names the field or file and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from memray import schema, storage
+from memray.job_config import AuditConfig, under_ray_job
+from memray.shards import ShardPlan, plan_shards
+from memray.sources import KIND_FILE, KIND_NPZ, KIND_PARQUET, NPZ_KEYS, Unit
+
+log = logging.getLogger(__name__)
+
+
+class PreflightError(ValueError):
+    """The config cannot run as given; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What the checks found: every set's shard plan, the skipped files, the encoder record."""
+
+    plans: dict[str, list[ShardPlan]]
+    skipped: dict[str, list[tuple[str, str]]]
+    encoder: dict[str, Any] = field(default_factory=dict)
+    known_rows: dict[str, int | None] = field(default_factory=dict)
+
+
+def check_output(output: str) -> None:
+    """Refuse a relative output under ``ray job submit``: it would land in Ray's temporary working-dir copy."""
+    if under_ray_job() and not storage.is_remote(output) and not os.path.isabs(output.removeprefix("file://")):
+        raise PreflightError(
+            f"output={output!r} is relative: under `ray job submit` the job runs in a temporary copy of the working "
+            "dir, so the results would be lost there; give an absolute path on shared storage or an s3:// URL "
+            "(--output or --set output=...)"
+        )
+
+
+def unit_rows(unit: Unit, storage_options: dict[str, Any] | None) -> int | None:
+    """Samples in a unit when cheap to know (a file: 1; Parquet: footer; .npz: array header), else ``None``."""
+    if unit.kind == KIND_FILE:
+        return 1
+    try:
+        if unit.kind == KIND_PARQUET:
+            import pyarrow.parquet as pq
+
+            with storage.open_url(unit.url, "rb", storage_options) as fh:
+                return int(pq.ParquetFile(fh).metadata.num_rows)
+        if unit.kind == KIND_NPZ:
+            import numpy as np
+
+            with storage.open_url(unit.url, "rb", storage_options) as fh, zipfile.ZipFile(fh) as zf:
+                names = {n.removesuffix(".npy"): n for n in zf.namelist()}
+                key = unit.column or next((k for k in NPZ_KEYS if k in names), None)
+                if key is None or key not in names:
+                    return None
+                with zf.open(names[key]) as arr:
+                    fmt = np.lib.format
+                    major = fmt.read_magic(arr)[0]
+                    read = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
+                    shape = read(arr)[0]
+                return int(shape[0]) if shape else None
+    except Exception as exc:  # unreadable here: the reader reports it as an error row later
+        log.debug("%s: cannot count rows ahead (%s)", unit.url, exc)
+    return None
+
+
+def set_rows(plans: list[ShardPlan], storage_options: dict[str, Any] | None) -> int | None:
+    """Samples of a set if every unit's count is cheap to know, else ``None``."""
+    total = 0
+    for plan in plans:
+        for unit in plan.units:
+            n = unit_rows(unit, storage_options)
+            if n is None:
+                return None
+            total += n
+    return total
+
+
+def check_subset_size(cfg: AuditConfig, known: dict[str, int | None]) -> None:
+    """Disjoint fingerprint subsets need at least ``subset_size`` samples per generated set."""
+    fp = cfg.fingerprint
+    if fp is None or fp.subsets != "disjoint":
+        return
+    small = {g.name: known[g.name] for g in cfg.generated if known.get(g.name) is not None}
+    small = {k: v for k, v in small.items() if v < fp.subset_size * (fp.n_subsets or 1)}
+    if small:
+        shown = ", ".join(f"{k} ({v})" for k, v in sorted(small.items()))
+        raise PreflightError(
+            f"fingerprint.subset_size={fp.subset_size}"
+            + (f" × n_subsets={fp.n_subsets}" if fp.n_subsets else "")
+            + f" is more than the images of generated set(s) {shown}; lower fingerprint.subset_size or add images"
+        )
+
+
+def gallery_record(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The memray metadata of a saved gallery (``{}`` when it has none, e.g. curves from another tool)."""
+    import pyarrow.parquet as pq
+
+    if not str(url).endswith(".parquet"):
+        return {}
+    try:
+        with storage.open_url(url, "rb", storage_options) as fh:
+            meta = pq.read_schema(fh).metadata or {}
+    except FileNotFoundError as exc:
+        raise PreflightError(f"{url}: no such curve file") from exc
+    raw = meta.get(schema.META_KEY)
+    return json.loads(raw) if raw else {}
+
+
+GALLERY_FIELDS = ("embed", "preprocessing", "ct", "fingerprint.subset_size", "fingerprint.subsets")
+_CT_IGNORED = ("seed", "train_shards", "query_batch", "candidates")
+
+
+def gallery_comparable(cfg: AuditConfig, preprocessing: dict[str, Any]) -> dict[str, Any]:
+    """The parts of this run's config that a gallery's curves must share to be comparable."""
+    from memray.config import to_dict
+
+    ct = {k: v for k, v in to_dict(cfg.ct).items() if k not in _CT_IGNORED}
+    fp = cfg.fingerprint
+    return {
+        # the weights' location may differ between machines; the model, init and token choices may not
+        "embed": {k: v for k, v in to_dict(cfg.embed).items() if k not in ("batch_size", "weights")},
+        "preprocessing": preprocessing,
+        "ct": ct,
+        "fingerprint": {"subset_size": fp.subset_size if fp else None, "subsets": fp.subsets if fp else None},
+    }
+
+
+def check_gallery(cfg: AuditConfig, preprocessing: dict[str, Any], allow_mismatch: bool, so: dict | None) -> None:
+    """Refuse a gallery whose curves were made with another encoder, preprocessing or C_T/subset config."""
+    from memray.resume import differing_fields
+
+    if cfg.fingerprint is None or not cfg.fingerprint.gallery:
+        return
+    url = cfg.fingerprint.gallery
+    rec = gallery_record(url, so)
+    if not rec.get("job"):
+        log.warning("%s: the gallery does not record its encoder and C_T config; it cannot be checked", url)
+        return
+    ours = json.loads(json.dumps(gallery_comparable(cfg, preprocessing), default=str))  # as stored
+    theirs = rec["job"]
+    diff = differing_fields({k: theirs.get(k) for k in ours}, ours)
+    if diff and not allow_mismatch:
+        raise PreflightError(
+            f"fingerprint.gallery={url} was made with other settings ({'; '.join(diff)}): its curves are not "
+            "comparable with this run's; use a gallery made with this config, or pass --allow-gallery-mismatch"
+        )
+    if diff:
+        log.warning("%s: gallery made with other settings (%s); used anyway (--allow-gallery-mismatch)", url, diff)
+
+
+def check_curve_files(gallery_url: str, queries_url: str, allow_mismatch: bool = False) -> None:
+    """Refuse to attribute curves made with other settings than the gallery's (when both files record them)."""
+    from memray.resume import differing_fields
+
+    theirs, ours = gallery_record(gallery_url).get("job"), gallery_record(queries_url).get("job")
+    if not theirs or not ours:
+        log.warning("%s / %s: a file does not record its encoder and C_T config; not checked", gallery_url, queries_url)
+        return
+    diff = differing_fields(theirs, ours)
+    if diff and not allow_mismatch:
+        raise PreflightError(
+            f"{queries_url} and the gallery {gallery_url} were made with other settings ({'; '.join(diff)}): the "
+            "curves are not comparable; use curves made with one config, or pass --allow-mismatch"
+        )
+    if diff:
+        log.warning("curves made with other settings than the gallery (%s); used anyway (--allow-mismatch)", diff)
+
+
+def preflight(cfg: AuditConfig, allow_gallery_mismatch: bool = False) -> Preflight:
+    """Every check that needs no Ray and writes nothing; returns the plans the job will run."""
+    from memray.embed import describe_preprocessing
+    from memray.resume import check_output_folder
+    from memray.weights import check_encoder
+
+    so = dict(cfg.storage_options) or None
+    check_output(cfg.output)
+    check_output_folder(cfg, so)  # an output folder of another embed config is refused before Ray starts
+    plans: dict[str, list[ShardPlan]] = {}
+    skipped: dict[str, list[tuple[str, str]]] = {}
+    for spec in (cfg.train, cfg.test, *cfg.generated):
+        skipped[spec.name] = []
+        plans[spec.name] = plan_shards(spec, cfg.resources.shard_rows, so, skipped=skipped[spec.name])
+        root = plans[spec.name][0].units[0].root.rstrip("/") + "/"  # skipped files get ids like the others'
+        skipped[spec.name] = [(u.removeprefix(root), why) for u, why in skipped[spec.name]]
+    encoder = check_encoder(cfg.embed, so)
+    known = {name: set_rows(p, so) for name, p in plans.items()}
+    check_subset_size(cfg, known)
+    check_gallery(cfg, describe_preprocessing(cfg.embed), allow_gallery_mismatch, so)
+    log.info(
+        "preflight ok: %s",
+        ", ".join(
+            f"{n} {len(p)} shard(s)" + (f", {len(skipped[n])} skipped" if skipped[n] else "") for n, p in plans.items()
+        ),
+    )
+    return Preflight(plans, skipped, encoder, known)

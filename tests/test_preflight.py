@@ -1,0 +1,136 @@
+"""Checks before anything starts: inputs, sizes, capacity, galleries; a failed check writes nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from ray_helpers import audit_config, make_inputs
+
+from memray.config import to_dict
+from memray.curves import write_gallery
+from memray.fingerprint import Gallery
+from memray.job_config import ResourcesConfig
+from memray.preflight import PreflightError, gallery_comparable, preflight, set_rows
+from memray.ray.session import CapacityError, check_capacity
+from memray.sources import SourceError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_preflight_lists_every_set_and_counts_rows_cheaply(tmp_path: Path) -> None:
+    inputs = make_inputs(tmp_path / "in")
+    (tmp_path / "in" / "train" / "notes.txt").write_text("not an image")
+    checked = preflight(audit_config(inputs, str(tmp_path / "out")))
+    assert {k: len(v) for k, v in checked.plans.items()} == {"train": 4, "test": 1, "copy": 1, "real": 1}
+    assert checked.known_rows == {"train": 240, "test": 120, "copy": 90, "real": 90}  # files + .npz headers
+    assert [Path(u).name for u, _ in checked.skipped["train"]] == ["notes.txt"]
+    assert set_rows(checked.plans["copy"], None) == 90
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_preflight_fails_on_a_missing_input_before_writing(tmp_path: Path) -> None:
+    inputs = {**make_inputs(tmp_path / "in"), "real": str(tmp_path / "in" / "typo.npz")}
+    with pytest.raises(SourceError, match=r"typo\.npz"):
+        preflight(audit_config(inputs, str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists()
+
+
+def test_subset_size_larger_than_a_generated_set_is_refused(tmp_path: Path) -> None:
+    cfg = audit_config(make_inputs(tmp_path / "in"), str(tmp_path / "out"), fingerprint={"subset_size": 100})
+    with pytest.raises(PreflightError, match=r"subset_size=100 .*copy \(90\), real \(90\)"):
+        preflight(cfg)
+
+
+@pytest.mark.parametrize(
+    ("resources", "total", "match"),
+    [
+        ({"actors": 2, "actor_num_cpus": 1.0}, {"CPU": 2.0}, "exceeds the cluster's 2 CPUs"),
+        ({"actors": 1, "actor_num_cpus": 2.0}, {"CPU": 2.0}, "would wait forever"),
+        ({"actors": 1, "actor_num_gpus": 1.0, "actor_num_cpus": 0.5}, {"CPU": 2.0}, "exceeds the cluster's 0 GPUs"),
+        ({"actor_resources": {"A100": 1}, "actor_num_cpus": 0.5}, {"CPU": 4.0}, "no node offers A100=1"),
+    ],
+)
+def test_capacity_check_refuses_a_pool_that_would_hang(resources: dict, total: dict, match: str) -> None:
+    with pytest.raises(CapacityError, match=match):
+        check_capacity(ResourcesConfig(**resources), total)
+
+
+def test_capacity_check_accepts_a_pool_that_fits() -> None:
+    check_capacity(ResourcesConfig(actors=1, actor_num_cpus=1.0, read_num_cpus=0.25), {"CPU": 2.0})
+    check_capacity(ResourcesConfig(actors=4, actor_num_cpus=1.0, autoscaling=True), {"CPU": 2.0})
+
+
+def test_gallery_from_another_encoder_is_refused_naming_the_fields(tmp_path: Path) -> None:
+    inputs = make_inputs(tmp_path / "in")
+    made = audit_config(inputs, str(tmp_path / "a"), fingerprint={"subset_size": 45}, embed__pooling=["mean"])
+    gallery = Gallery(np.array(["g1"]), np.array(["kde"], dtype=object), np.zeros((1, 6)), [1, 2, 3, 4, 5, 6],
+                      np.array(["g1"]))  # fmt: skip
+    url = str(tmp_path / "gallery.parquet")
+    from memray.embed import describe_preprocessing
+
+    write_gallery(url, gallery, {"job": gallery_comparable(made, describe_preprocessing(made.embed))})
+    ours = audit_config(inputs, str(tmp_path / "b"), fingerprint={"subset_size": 45, "gallery": url})
+    with pytest.raises(PreflightError, match=r"embed\.pooling: \['mean'\] → \['cls'\]"):
+        preflight(ours)
+    preflight(ours, allow_gallery_mismatch=True)  # explicitly allowed: a warning, no error
+    same = audit_config(inputs, str(tmp_path / "c"), fingerprint={"subset_size": 45, "gallery": url},
+                        embed__pooling=["mean"])  # fmt: skip
+    preflight(same)
+
+
+def test_cli_user_errors_end_with_one_line_exit_2_before_ray_starts(tmp_path: Path) -> None:
+    inputs = {**make_inputs(tmp_path / "in"), "train": str(tmp_path / "in" / "trian")}
+    cfg_file = tmp_path / "job.yaml"
+    cfg_file.write_text(yaml.safe_dump(to_dict(audit_config(inputs, str(tmp_path / "out")))))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "audit.py"), "--config", str(cfg_file)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    took = time.monotonic() - t0
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "trian" in errors[0] and "Traceback" not in proc.stderr
+    assert "started a local Ray" not in proc.stderr and took < 60
+    assert not (tmp_path / "out").exists()  # the output folder was not claimed: fixing the typo just works
+
+
+def test_fingerprint_attribute_refuses_curves_made_with_another_config(tmp_path: Path, capsys) -> None:
+    from memray.cli import main
+
+    inputs = make_inputs(tmp_path / "in")
+    from memray.embed import describe_preprocessing
+
+    def job(**kw):
+        cfg = audit_config(inputs, str(tmp_path / "x"), fingerprint={"subset_size": 45}, **kw)
+        return gallery_comparable(cfg, describe_preprocessing(cfg.embed))
+
+    curves = Gallery(np.array(["a", "b"]), np.array(["kde", "real"], dtype=object), np.arange(12.0).reshape(2, 6),
+                     [1, 2, 3, 4, 5, 6], np.array(["a", "b"]))  # fmt: skip
+    gallery, queries = str(tmp_path / "gallery.parquet"), str(tmp_path / "queries.parquet")
+    write_gallery(gallery, curves, {"job": job()})
+    write_gallery(queries, curves, {"job": job(ct__cells=4)})
+    assert main(["fingerprint", "attribute", "--gallery", gallery, "--queries", queries]) == 2
+    err = capsys.readouterr().err
+    assert "ct.cells: 3 → 4" in err and err.count("\n") == 1
+    assert main(["fingerprint", "attribute", "--gallery", gallery, "--queries", queries, "--allow-mismatch"]) == 0
+    write_gallery(queries, curves, {"job": job()})
+    assert main(["fingerprint", "attribute", "--gallery", gallery, "--queries", queries]) == 0
+
+
+def test_output_folder_of_another_embed_config_is_refused_before_ray(tmp_path: Path) -> None:
+    from memray.resume import ResumeMismatchError, claim_output
+
+    inputs = make_inputs(tmp_path / "in")
+    claim_output(audit_config(inputs, str(tmp_path / "out")), None)
+    with pytest.raises(ResumeMismatchError, match=r"embed\.norm: False → True"):
+        preflight(audit_config(inputs, str(tmp_path / "out"), embed__norm=True))
+    preflight(audit_config(inputs, str(tmp_path / "out"), ct__cells=5))  # scoring changes are fine
