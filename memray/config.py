@@ -80,6 +80,12 @@ class CTConfig:
     samples this is τ·m for the paper's τ = 20/m. ``kmeans_nredo``: k-means++ restarts, the lowest objective
     kept (ties: the first). ``candidates``: FAISS top-k per shard that are re-ranked with exact float64
     distances, so results do not depend on sharding or batching.
+
+    The fit and the search run over global row blocks of the training set (:mod:`memray.stats`): ``block_rows``
+    rows per block (results depend on it, never on how the rows are split into files or how many workers run);
+    ``kmeans_seed_sample``: about how many training rows (a stable hash sample of the sample ids) seed the
+    k-means++ restarts (all rows when there are fewer); ``search_rows``: at most this many training rows per
+    search item (memory of a search task, not results).
     """
 
     SECTION = "ct"
@@ -97,6 +103,9 @@ class CTConfig:
     train_shards: int = field(default=1, metadata=at_least(1))
     query_batch: int = field(default=4096, metadata=at_least(1))
     candidates: int = field(default=8, metadata=at_least(1))
+    block_rows: int = field(default=65536, metadata=at_least(1))
+    kmeans_seed_sample: int = field(default=100_000, metadata=at_least(1))
+    search_rows: int = field(default=262144, metadata=at_least(1))
 
     def __post_init__(self) -> None:
         if not isinstance(self.mode, str) or self.mode not in PRESETS:
@@ -107,6 +116,8 @@ class CTConfig:
         validate(self)
         if self.kmeans_sample is not None and self.kmeans_sample < self.cells:
             raise fail(self, "kmeans_sample", f"null (all points) or an integer >= ct.cells ({self.cells})")
+        if self.kmeans_seed_sample < self.cells:
+            raise fail(self, "kmeans_seed_sample", f"an integer >= ct.cells ({self.cells})")
 
     @classmethod
     def preset(cls, mode: str = "paper", **overrides: Any) -> CTConfig:

@@ -1,7 +1,7 @@
 """Computing C_T-layer fingerprints from features: subset plans, per-subset curves, the fingerprint run.
 
-The per-layer fits (PCA, cells, training index, test distances) are made once on the training set
-(:func:`memray.score.fit_layer`) and reused for every subset of every generated set.
+The per-layer fits (PCA, cells, test distances) are made once on the training set (:func:`memray.score.fit_layer`);
+one search round per layer scores every generated set, and every subset's C_T comes from those distances.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import pandas as pd
 
 from memray import schema
 from memray.config import ConfigError, FingerprintConfig, to_dict
+from memray.ct import cell_table, ct_from_cells
 from memray.curves import normalize_curves, to_gallery, write_fingerprints, write_gallery
 from memray.evaluate import evaluate, write_attribution, write_evaluation
 from memray.features import FeatureSet
 from memray.fingerprint import Gallery, attribute
-from memray.score import FittedLayer, Mapper
+from memray.score import FittedLayer, GenScore, Mapper
 from memray.storage import join
 
 log = logging.getLogger(__name__)
@@ -72,37 +73,53 @@ def compute_curves(
 ) -> pd.DataFrame:
     """One C_T-layer curve per subset of every generated set, reusing the per-layer fits on the training set.
 
-    Each set is scored once per layer (``fitted[ℓ].score``: nearest-train distance and cell of every sample);
-    a subset's C_T is then the statistic on its rows only (τ = ``min_gen_per_cell`` of the layer's config).
+    Per layer, ONE search round answers every generated set together (:meth:`FittedLayer.score_sets`: the
+    nearest-train distance and cell of every sample); a subset's C_T is then the statistic on its rows only
+    (τ = ``min_gen_per_cell`` of the layer's config), with no further search.
 
     Returns:
         Tidy DataFrame ``gen_set, label, subset, layer, ct`` (:data:`~memray.schema.FINGERPRINTS_SCHEMA`).
     """
-    from memray.ct import cell_table, ct_from_cells
-
     plan = plan if plan is not None else plan_subsets({k: len(v) for k, v in gens.items()}, fcfg)
-    rows = []
     for name, fs in gens.items():
         missing = sorted(set(fitted) - set(fs.layers))
         if missing:
             raise ValueError(f"generated set {name!r} ({fs.source or 'in memory'}) lacks layers {missing}")
-        for layer, fit in sorted(fitted.items()):
-            scored = fit.score(fs.layers[layer], mapper, label=f"gen set {name!r}, layer {layer}")
-            for s, idx in enumerate(plan[name]):
-                stats = cell_table(
-                    fit.test_dist,
-                    fit.test_cells,
-                    scored.dist[idx],
-                    scored.cell[idx],
-                    fit.train_counts,
-                    fit.cfg.min_gen_per_cell,
-                )
-                ct = ct_from_cells(stats, f"gen set {name!r} subset {s}, layer {layer}")
-                rows.append((name, labels.get(name), s, layer, float(ct)))
+    rows = []
+    for layer, fit in sorted(fitted.items()):
+        names = {name: f"gen set {name!r}, layer {layer}" for name in gens}
+        scored = fit.score_sets({name: fs.layers[layer] for name, fs in gens.items()}, mapper, names)
+        rows += subset_curves(fit, scored, labels, plan)
+    return curves_frame(rows)
+
+
+def curves_frame(rows: list[tuple[str, str | None, int, int, float]]) -> pd.DataFrame:
+    """:func:`subset_curves` rows as the tidy, sorted fingerprints table (``FINGERPRINTS_SCHEMA``)."""
     df = pd.DataFrame(rows, columns=[f.name for f in schema.FINGERPRINTS_SCHEMA])
     df[schema.SUBSET] = df[schema.SUBSET].astype(np.int32)
     df[schema.LAYER] = df[schema.LAYER].astype(np.int32)
     return df.sort_values([schema.GEN_SET, schema.SUBSET, schema.LAYER], kind="stable").reset_index(drop=True)
+
+
+def subset_curves(
+    fit: FittedLayer,
+    scored: dict[str, GenScore],
+    labels: dict[str, str | None],
+    plan: dict[str, list[np.ndarray]],
+) -> list[tuple[str, str | None, int, int, float]]:
+    """``(gen_set, label, subset, layer, ct)`` of every planned subset of the scored sets at ``fit``'s layer.
+
+    ``scored``: the sets' per-sample results of one search round (name -> :class:`~memray.score.GenScore`).
+    """
+    test = fit.test
+    rows = []
+    for name, g in scored.items():
+        for s, idx in enumerate(plan[name]):
+            tau = fit.cfg.min_gen_per_cell
+            stats = cell_table(test.dist, test.cell, g.dist[idx], g.cell[idx], fit.train_counts, tau)
+            ct = ct_from_cells(stats, f"gen set {name!r} subset {s}, layer {fit.layer}")
+            rows.append((name, labels.get(name), s, fit.layer, float(ct)))
+    return rows
 
 
 def curves_to_gallery(fingerprints: pd.DataFrame) -> Gallery:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from memray import schema
@@ -131,6 +132,43 @@ def _row_ids(n: int) -> np.ndarray:
     return np.array([str(i) for i in range(n)], dtype=object)
 
 
+def column_matrix(col: pa.Array | pa.ChunkedArray, name: str, source: str = "", dim: int | None = None) -> np.ndarray:
+    """An embedding column as an (n, d) float matrix of its stored dtype (float16/32/64).
+
+    Accepts fixed-size lists, ``list``/``large_list`` of equal lengths (what other tools and Ray's
+    ``write_parquet`` write) and Arrow extension types stored as such lists. ``dim``: the expected d (checked).
+
+    Raises:
+        FeatureFileError: nulls, rows of different lengths, a non-float value type or another dimension; the message
+            names ``source`` and the column.
+    """
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if isinstance(col, pa.ExtensionArray):
+        col = col.storage
+    typ = col.type
+    if not (pa.types.is_fixed_size_list(typ) or pa.types.is_list(typ) or pa.types.is_large_list(typ)):
+        raise FeatureFileError(f"{source}: column {name} is {typ}, expected a (fixed-size) list of floats per row")
+    if not pa.types.is_floating(typ.value_type):
+        raise FeatureFileError(f"{source}: column {name} holds {typ.value_type}, expected float16/32/64 values")
+    if col.null_count:
+        raise FeatureFileError(f"{source}: column {name} has {col.null_count} null rows")
+    if pa.types.is_fixed_size_list(typ):
+        d = typ.list_size
+    else:
+        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+        if len(lengths) and (lengths != lengths[0]).any():
+            bad = int(np.flatnonzero(lengths != lengths[0])[0])
+            raise FeatureFileError(
+                f"{source}: column {name} has rows of different lengths ({lengths[0]} in row 0, {lengths[bad]} in "
+                f"row {bad})"
+            )
+        d = int(lengths[0]) if len(lengths) else int(dim or 0)
+    if dim is not None and len(col) and d != dim:
+        raise FeatureFileError(f"{source}: column {name} has dimension {d}, expected {dim} (as the other files)")
+    values = col.flatten()  # respects slicing, unlike .values
+    return values.to_numpy(zero_copy_only=False).reshape(len(col), d)
+
+
 def table_to_features(table: pa.Table, source: str = "") -> FeatureSet:
     """Convert a memray feature table (``sample_id`` + ``layer_<ℓ>`` fixed-size lists) to a FeatureSet."""
     if schema.SAMPLE_ID not in table.column_names:
@@ -140,15 +178,7 @@ def table_to_features(table: pa.Table, source: str = "") -> FeatureSet:
         ell = schema.parse_layer_column(name)
         if ell is None:
             continue
-        col = table.column(name).combine_chunks()
-        if isinstance(col.type, pa.FixedSizeListType):
-            d = col.type.list_size
-            layers[ell] = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, d)
-        else:  # variable-size lists (e.g. written by another tool): stack, checking equal lengths
-            rows = col.to_pylist()
-            if len({len(r) for r in rows}) > 1:
-                raise FeatureFileError(f"{source}: column {name} has rows of different lengths")
-            layers[ell] = np.asarray(rows, dtype=np.float32)
+        layers[ell] = column_matrix(table.column(name), name, source)
     if not layers:
         raise FeatureFileError(f"{source}: no layer_<n> columns found")
     ids = np.asarray(table.column(schema.SAMPLE_ID).to_pylist(), dtype=object)
@@ -176,7 +206,21 @@ def write_features(
     """Write a FeatureSet as memray Parquet (atomically: temp file, then rename/commit)."""
     table = features_to_table(fs, metadata)
     with open_output(url, storage_options) as fh:
-        pq.write_table(table, fh)
+        pq.write_table(table, fh, **parquet_options(table.schema))
+
+
+def parquet_options(sch: pa.Schema) -> dict[str, Any]:
+    """``pq.write_table`` / ``pq.ParquetWriter`` options for a feature table of schema ``sch``.
+
+    Embedding floats never repeat, so a dictionary only adds size (+8% over the raw floats); ``zstd`` on the
+    byte-stream-split floats (each byte position of the values stored together) is the smallest. Measured on 10k
+    rows × 12 layers × 192-d float32 (random-init ViT-Ti, 92.2 MB raw): pyarrow's default (snappy + dictionary)
+    99.7 MB, written in 0.46 s; no dictionary + snappy 92.3 MB, 0.24 s; + zstd 85.0 MB, 0.31 s; + zstd +
+    byte-stream-split 77.5 MB, 0.33 s (reads ~0.09 s each way). Byte-stream-split is a standard Parquet encoding
+    (format 2.8) that pyarrow, pandas, Ray, DuckDB and Spark read.
+    """
+    floats = [f"{f.name}.list.element" for f in sch if schema.parse_layer_column(f.name) is not None]
+    return {"use_dictionary": False, "compression": "zstd", "use_byte_stream_split": floats}
 
 
 def table_metadata(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -17,9 +17,11 @@ from memray.config import (
     ConfigError,
     CTConfig,
     EmbedConfig,
+    FieldError,
     FingerprintConfig,
     above,
     at_least,
+    fail,
     from_dict,
     rule,
     to_dict,
@@ -28,7 +30,8 @@ from memray.config import (
 
 
 def _urls_ok(urls: tuple[str, ...]) -> bool:
-    return len(urls) > 0 and all(urls)
+    """Each URL non-empty (an empty list means "not given": DatasetSpec checks that one of urls/embeddings is)."""
+    return all(urls)
 
 
 def _amounts_ok(pairs: tuple[tuple[str, float], ...]) -> bool:
@@ -37,20 +40,38 @@ def _amounts_ok(pairs: tuple[tuple[str, float], ...]) -> bool:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One image set: a URL or list of URLs (local folder, ``s3://`` prefix, tar shards, Parquet, ``.npz``).
+    """One set: images (``urls``: local folders, ``s3://`` prefixes, tar shards, Parquet, ``.npz``) or precomputed
+    embeddings (``embeddings``: feature Parquet files, folders or globs, see :mod:`memray.embedding_inputs`).
 
-    ``label``: the model/architecture that produced a generated set (used as a fingerprint gallery label).
+    Exactly one of ``urls`` / ``embeddings`` is given. ``label``: the model/architecture that produced a generated
+    set (used as a fingerprint gallery label).
     """
 
     SECTION = "dataset"
 
     name: str = field(metadata=rule("(non-empty, without '/')", lambda v: bool(v) and "/" not in v))
-    urls: tuple[str, ...] = field(metadata=rule("(at least one, each non-empty)", _urls_ok))
+    urls: tuple[str, ...] = field(default=(), metadata=rule("(at least one, each non-empty)", _urls_ok))
     label: str | None = field(default=None, metadata=NON_EMPTY)
     image_column: str | None = field(default=None, metadata=NON_EMPTY)
+    embeddings: tuple[str, ...] = field(default=(), metadata=rule("(at least one, each non-empty)", _urls_ok))
 
     def __post_init__(self) -> None:
+        given = self.urls  # as given (a list from YAML), for the message
         validate(self)
+        if not self.urls and not self.embeddings:
+            allowed = ("a list of strings (at least one, each non-empty), or give embeddings: [URL, …] (precomputed "
+                       "feature Parquet files, folders or globs) instead")  # fmt: skip
+            raise FieldError(f"{self.SECTION}.urls", given, allowed, type(self), "urls")
+        if self.urls and self.embeddings:
+            raise fail(self, "embeddings", "empty when urls is given: a set is images (urls) or precomputed "
+                       "embeddings (embeddings), not both")  # fmt: skip
+        if self.embeddings and self.image_column is not None:
+            raise fail(self, "image_column", "null when the set is given as embeddings (there are no images)")
+
+    @property
+    def is_embeddings(self) -> bool:
+        """Whether this set is given as precomputed embeddings (no images to read or embed)."""
+        return bool(self.embeddings)
 
 
 @dataclass(frozen=True)
@@ -59,6 +80,9 @@ class ResourcesConfig:
 
     On a machine with few CPUs keep ``actors * actor_num_cpus`` below the CPU count, or the read tasks starve.
     ``shard_rows``: images per embedding shard (the unit of resume); ``embed_batch_size``: rows per actor batch.
+    16,384 rows: one shard of ViT-B × 12 layers is ~600 MB (a good object size; 10M images → ~610 files, not ~9,800
+    at 1,024), about 10 s of one GPU to redo on resume; small enough that a 100k-image set still reads in parallel
+    (one read task per shard) and that each layer column of a shard (~50 MB) is read on its own.
     ``index_task_num_cpus``: CPUs of each search / k-means restart task.
     ``actor_resources``: custom Ray resources each embedding actor requests (e.g. ``{"A100": 1}`` to pin actors to
     nodes that advertise that resource). ``autoscaling``: the cluster's autoscaler adds nodes on demand, so the
@@ -72,7 +96,7 @@ class ResourcesConfig:
     actor_num_gpus: float = field(default=0.0, metadata=at_least(0))
     torch_threads: int | None = field(default=None, metadata=at_least(1))
     read_num_cpus: float = field(default=0.25, metadata=above(0))
-    shard_rows: int = field(default=1024, metadata=at_least(1))
+    shard_rows: int = field(default=16384, metadata=at_least(1))
     embed_batch_size: int = field(default=64, metadata=at_least(1))
     index_task_num_cpus: float = field(default=1.0, metadata=at_least(0))
     faiss_gpu: bool = False
@@ -89,6 +113,10 @@ class ResourcesConfig:
 class AuditConfig:
     """The whole audit job: inputs, embedding, statistic, fingerprints, resources and the output URL.
 
+    ``reference``: a folder or ``s3://`` prefix holding the training and test embeddings and the per-layer fits
+    (PCA, cells, partitioned projected rows), written by the first audit that names it and reused by later
+    audits of the same training set with the same encoder and fit settings (:mod:`memray.reference`).
+
     Every field is checked on construction (types from the annotations, ranges from the field rules); errors
     name the dotted field, e.g. ``resources.actors=1.5: must be an integer >= 1``.
     """
@@ -99,24 +127,41 @@ class AuditConfig:
     test: DatasetSpec
     generated: tuple[DatasetSpec, ...] = field(metadata=rule("(at least one set)", lambda v: len(v) > 0))
     output: str = field(metadata=NON_EMPTY)
-    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    embed: EmbedConfig | None = None
     ct: CTConfig = field(default_factory=CTConfig)
     fingerprint: FingerprintConfig | None = None
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     max_image_pixels: int = field(default=89_478_485, metadata=at_least(1))
     storage_options: tuple[tuple[str, Any], ...] = field(default=(), metadata={"secret": True})
+    reference: str | None = None
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.embed is None and not all(s.is_embeddings for s in self.sets):
+            object.__setattr__(self, "embed", EmbedConfig())  # images to embed: the default embedder
         names = [self.train.name, self.test.name, *(g.name for g in self.generated)]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ConfigError(f"dataset names must be unique; repeated: {dupes}")
 
+    @property
+    def sets(self) -> tuple[DatasetSpec, ...]:
+        """Every set: train, test, then the generated sets in order."""
+        return (self.train, self.test, *self.generated)
+
 
 # Dotted fields holding local paths: relative ones are resolved against the config file's folder (in the file)
-# or the current directory (overrides from the command line). ``generated[].urls`` are resolved too.
-PATH_FIELDS = ("output", "train.urls", "test.urls", "embed.weights", "fingerprint.gallery")
+# or the current directory (overrides from the command line). ``generated[].urls``/``embeddings`` are resolved too.
+PATH_FIELDS = (
+    "output",
+    "reference",
+    "train.urls",
+    "test.urls",
+    "train.embeddings",
+    "test.embeddings",
+    "embed.weights",
+    "fingerprint.gallery",
+)
 
 
 def under_ray_job() -> bool:
@@ -138,7 +183,7 @@ def _resolve(value: Any, base: Path) -> Any:
 
 def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """A copy of the config data with the relative local paths of :data:`PATH_FIELDS` and of every
-    ``generated[].urls`` resolved against ``base``."""
+    ``generated[].urls`` / ``generated[].embeddings`` resolved against ``base``."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     for dotted in PATH_FIELDS:
         *parents, leaf = dotted.split(".")
@@ -149,7 +194,7 @@ def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             node[leaf] = _resolve(node[leaf], base)
     if isinstance(out.get("generated"), list):
         out["generated"] = [
-            {**g, "urls": _resolve(g["urls"], base)} if isinstance(g, dict) and "urls" in g else g
+            {**g, **{k: _resolve(g[k], base) for k in ("urls", "embeddings") if k in g}} if isinstance(g, dict) else g
             for g in out["generated"]
         ]
     return out
@@ -171,13 +216,14 @@ def load_audit_config(path: str | Path, overrides: dict[str, Any] | None = None)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of fields (train, test, generated, output, ...)")
     overrides = dict(overrides or {})
-    output = overrides.get("output", data.get("output"))
-    if under_ray_job() and _is_relative(output):
-        raise ConfigError(
-            f"output={output!r} is relative: under `ray job submit` the job runs in a temporary copy of the working "
-            "dir, so the results would be lost there; give an absolute path on shared storage or an s3:// URL "
-            "(--output or --set output=...)"
-        )
+    for key in ("output", "reference"):
+        value = overrides.get(key, data.get(key))
+        if under_ray_job() and _is_relative(value):
+            raise ConfigError(
+                f"{key}={value!r} is relative: under `ray job submit` the job runs in a temporary copy of the "
+                "working dir, so what it writes would be lost there; give an absolute path on shared storage or an "
+                f"s3:// URL (--set {key}=...)"
+            )
     data = resolve_paths(data, Path(path).resolve().parent)
     for dotted, value in overrides.items():
         node = data
@@ -213,6 +259,7 @@ def result_dict(cfg: AuditConfig) -> dict[str, Any]:
     """The part of the config that determines the results (no output URL, storage options or pool sizes)."""
     out = to_dict(cfg)
     out.pop("output", None)
+    out.pop("reference", None)  # where embeddings and fits are kept, not what they are
     out.pop("storage_options", None)
     for name in LAYOUT_ONLY_RESOURCES:
         out["resources"].pop(name, None)

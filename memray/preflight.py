@@ -38,6 +38,10 @@ class Preflight:
     skipped: dict[str, list[tuple[str, str]]]
     encoder: dict[str, Any] = field(default_factory=dict)
     known_rows: dict[str, int | None] = field(default_factory=dict)
+    files: dict[str, list[Any]] = field(default_factory=dict)
+    """Sets given as precomputed embeddings: their :class:`memray.embedding_inputs.EmbeddingFile` listing."""
+    layers: dict[int, int] = field(default_factory=dict)
+    """``{layer: dim}`` every embeddings set has (empty when no set is given as embeddings)."""
 
 
 def check_output(output: str) -> None:
@@ -134,7 +138,9 @@ def gallery_comparable(cfg: AuditConfig, preprocessing: dict[str, Any]) -> dict[
     fp = cfg.fingerprint
     return {
         # the weights' location may differ between machines; the model, init and token choices may not
-        "embed": {k: v for k, v in to_dict(cfg.embed).items() if k not in ("batch_size", "weights")},
+        "embed": None
+        if cfg.embed is None
+        else {k: v for k, v in to_dict(cfg.embed).items() if k not in ("batch_size", "weights")},
         "preprocessing": preprocessing,
         "ct": ct,
         "fingerprint": {"subset_size": fp.subset_size if fp else None, "subsets": fp.subsets if fp else None},
@@ -184,28 +190,72 @@ def check_curve_files(gallery_url: str, queries_url: str, allow_mismatch: bool =
 
 def preflight(cfg: AuditConfig, allow_gallery_mismatch: bool = False) -> Preflight:
     """Every check that needs no Ray and writes nothing; returns the plans the job will run."""
-    from memray.embed import describe_preprocessing
+    from memray.embedding_inputs import list_embedding_files
+    from memray.reference import check_reference
     from memray.resume import check_output_folder
-    from memray.weights import check_encoder
 
     so = dict(cfg.storage_options) or None
     check_output(cfg.output)
     check_output_folder(cfg, so)  # an output folder of another embed config is refused before Ray starts
     plans: dict[str, list[ShardPlan]] = {}
     skipped: dict[str, list[tuple[str, str]]] = {}
-    for spec in (cfg.train, cfg.test, *cfg.generated):
+    files: dict[str, list[Any]] = {}
+    for spec in cfg.sets:
         skipped[spec.name] = []
+        if spec.is_embeddings:
+            files[spec.name] = list_embedding_files(list(spec.embeddings), so)
+            if not files[spec.name]:
+                raise PreflightError(f"set {spec.name!r}: no feature Parquet under {', '.join(spec.embeddings)}")
+            continue
         plans[spec.name] = plan_shards(spec, cfg.resources.shard_rows, so, skipped=skipped[spec.name])
         root = plans[spec.name][0].units[0].root.rstrip("/") + "/"  # skipped files get ids like the others'
         skipped[spec.name] = [(u.removeprefix(root), why) for u, why in skipped[spec.name]]
-    encoder = check_encoder(cfg.embed, so)
+    layers = check_embedding_layers(files)
+    encoder = {}
+    if cfg.embed is not None and plans:  # images to embed (torch is imported only then)
+        from memray.weights import check_encoder
+
+        encoder = check_encoder(cfg.embed, so)
+    if encoder and layers and {int(k): int(v) for k, v in encoder.get("dims", {}).items()} != layers:
+        raise PreflightError(
+            f"the embeddings sets have layers {layers} ({{layer: dim}}) but embed.model {cfg.embed.model!r} with "
+            f"embed.layers={cfg.embed.layers!r} makes {encoder.get('dims')}: every set must come from one encoder"
+        )
     known = {name: set_rows(p, so) for name, p in plans.items()}
+    known.update({name: sum(f.n for f in fl) for name, fl in files.items()})
     check_subset_size(cfg, known)
-    check_gallery(cfg, describe_preprocessing(cfg.embed), allow_gallery_mismatch, so)
-    log.info(
-        "preflight ok: %s",
-        ", ".join(
-            f"{n} {len(p)} shard(s)" + (f", {len(skipped[n])} skipped" if skipped[n] else "") for n, p in plans.items()
-        ),
-    )
-    return Preflight(plans, skipped, encoder, known)
+    check_gallery(cfg, preprocessing_record(cfg), allow_gallery_mismatch, so)
+    checked = Preflight(plans, skipped, encoder, known, files, layers)
+    check_reference(cfg, checked)  # a reference made from other sets or another encoder is refused here
+    shown = [
+        f"{n} {len(p)} shard(s)" + (f", {len(skipped[n])} skipped" if skipped[n] else "") for n, p in plans.items()
+    ]
+    shown += [f"{n} {len(fl)} embedding file(s)" for n, fl in files.items()]
+    log.info("preflight ok: %s", ", ".join(shown))
+    return checked
+
+
+def check_embedding_layers(files: dict[str, list[Any]]) -> dict[int, int]:
+    """The ``{layer: dim}`` shared by every set given as embeddings; refuses sets that disagree, naming them."""
+    from memray.embedding_inputs import embedding_layers
+
+    found = {name: embedding_layers(fl) for name, fl in files.items()}
+    if not found:
+        return {}
+    first_name, first = next(iter(found.items()))
+    for name, layers in found.items():
+        if layers != first:
+            raise PreflightError(
+                f"set {name!r} has layers {layers} ({{layer: dim}}) but set {first_name!r} has {first}: every set "
+                "must hold the same layers from the same encoder"
+            )
+    return first
+
+
+def preprocessing_record(cfg: AuditConfig) -> dict[str, Any] | None:
+    """The preprocessing record of the run's encoder (``None`` when every set is given as embeddings)."""
+    if cfg.embed is None:
+        return None
+    from memray.embed import describe_preprocessing
+
+    return describe_preprocessing(cfg.embed)

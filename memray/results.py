@@ -38,6 +38,7 @@ def method_record(cfg: CTConfig) -> dict[str, Any]:
     ``preset`` names the mode and every mode-governed field set otherwise: ``"meehan; overridden: cells=3"``.
     """
     overridden = ", ".join(f"{k}={json.dumps(v)}" for k, v in cfg.overrides().items())
+    seeding = cfg.kmeans_seed_sample if cfg.kmeans_sample is None else min(cfg.kmeans_seed_sample, cfg.kmeans_sample)
     return {
         "preset": cfg.mode + (f"; overridden: {overridden}" if overridden else ""),
         "distance": {
@@ -48,13 +49,19 @@ def method_record(cfg: CTConfig) -> dict[str, Any]:
         "pca": "none (raw vectors)" if cfg.pca_dim is None else "exact covariance eigh on train, float64",
         "pca_only_if_larger": cfg.pca_only_if_larger,
         "cells": (
-            f"greedy k-means++ seeding + faiss Lloyd, k={cfg.cells}, seed={cfg.seed}, niter={cfg.kmeans_niter}, "
-            f"restarts={cfg.kmeans_nredo} (restart r seeded by default_rng([seed, r]); lowest exact float64 "
-            "objective kept, ties to the lowest r; cells numbered in the lexicographic order of their centroids)"
+            f"greedy k-means++ seeding on a hash sample of ~{seeding} training samples "
+            "(blake2b-64 of 'seed\\0sample_id' below that share of n; all when fewer), then float64 Lloyd over "
+            f"row blocks of {cfg.block_rows}, k={cfg.cells}, seed={cfg.seed}, niter={cfg.kmeans_niter}, "
+            f"restarts={cfg.kmeans_nredo} (restart r seeded by default_rng([seed, r]); an empty cell keeps its "
+            "centroid; lowest exact float64 objective kept, ties to the lowest r; cells numbered in the "
+            "lexicographic order of their centroids)"
         ),
-        "kmeans_points": "all training samples"
-        if cfg.kmeans_sample is None
-        else f"seeded sample of {cfg.kmeans_sample}",
+        "kmeans_points": (
+            f"all training samples, in row blocks of {cfg.block_rows}"
+            if cfg.kmeans_sample is None
+            else f"hash sample of ~{cfg.kmeans_sample} (blake2b-64 of 'seed\\0sample_id'), row blocks of "
+            f"{cfg.block_rows}"
+        ),
         "cell_assignment": "nearest centroid, exact float64 L2, ties to the lower cell",
         "nearest_neighbour": "exact: float64 re-rank, exhaustive on near-ties; ties to the smallest train row",
         "u_statistic": "rank-sum of generated distances minus m(m+1)/2, average ranks for ties",

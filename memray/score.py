@@ -1,16 +1,20 @@
-"""C_T per layer and generated set: fit the space and the test distances once per layer, score many sets.
+"""C_T per layer and generated set: fit the space once per layer, then one search round for all query sets.
 
 The authors refit PCA and k-means for every curve, unseeded; memray fits them once per layer on T (seeded),
 so every generated set of a run is measured in the same cells against the same test distances — the same
-statistic, reproducible, and ~the cost of one nearest-neighbour search per generated set.
+statistic, reproducible. The work runs on the block engine (:mod:`memray.stats.engine`): the fit streams the
+training rows block by block into a workspace, and one search round per layer answers the test set and every
+generated set together. In process the training features are an :class:`~memray.stats.rows.ArrayRows` and the
+workspace a temporary local folder removed with the fit (:meth:`FittedLayer.close`).
 """
 
 from __future__ import annotations
 
 import logging
-import time
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,8 +23,10 @@ from memray import schema
 from memray.config import CTConfig
 from memray.ct import CellStats, cell_table, ct_from_cells
 from memray.features import FeatureSet
-from memray.index import TrainShard, build_shards, nearest_in_cells
-from memray.reduce import LayerSpace, fit_and_project
+from memray.reduce import LayerSpace
+from memray.stats.engine import EngineLayer, Neighbours, fit_layer_engine, score_sets, search_test
+from memray.stats.rows import ArrayRows, Rows
+from memray.stats.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -42,40 +48,78 @@ class GenScore:
     cell: np.ndarray
 
 
-@dataclass
+@dataclass(eq=False)
 class FittedLayer:
     """Everything about one layer that does not depend on the generated set.
 
-    ``train_z`` (n_T, k) float64 projected training rows, ``train_cells`` (n_T,) int64, ``train_counts``
-    (cells,) int64; ``test_dist`` (n_P,) float64, ``test_nn`` (n_P,) int64 row into the training set,
-    ``test_cells`` (n_P,) int64. ``shards``: the prepared per-cell search shards (built on first use if None).
+    ``train``: the training rows (a handle; sample ids are resolved only for matched neighbours),
+    ``train_counts`` (cells,) int64; ``test_cells`` (n_P,) int64. ``test_dist`` (n_P,) float64 and ``test_nn``
+    (n_P,) int64 come from the first search round (:meth:`score_sets` includes the test set in it), run with
+    ``mapper``. ``engine`` holds the workspace of the fit; ``close`` removes a temporary one.
     """
 
     layer: int
     space: LayerSpace
-    train_ids: np.ndarray
-    train_z: np.ndarray
-    train_cells: np.ndarray
+    train: Rows
     train_counts: np.ndarray
     test_ids: np.ndarray
-    test_dist: np.ndarray
-    test_nn: np.ndarray
     test_cells: np.ndarray
     cfg: CTConfig
-    shards: dict[int, list[TrainShard]] | None = field(default=None, repr=False)
+    engine: EngineLayer = field(repr=False)
+    mapper: Mapper = field(default=map, repr=False)
+    tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    @property
+    def test(self) -> Neighbours:
+        """The test set's search result (searched now if no round has included it yet)."""
+        return search_test(self.engine, self.mapper)
+
+    @property
+    def test_dist(self) -> np.ndarray:
+        return self.test.dist
+
+    @property
+    def test_nn(self) -> np.ndarray:
+        return self.test.nn
+
+    def neighbour_ids(self, nn: np.ndarray) -> np.ndarray:
+        """Sample ids (object array) of neighbour rows ``nn`` (int64), ``None`` where ``nn`` is -1."""
+        nn = np.asarray(nn, np.int64)
+        out = np.full(len(nn), None, dtype=object)
+        found = nn >= 0
+        if found.any():
+            out[found] = self.train.ids(nn[found])
+        return out
+
+    def score_sets(
+        self, gens: dict[str, np.ndarray], mapper: Mapper = map, labels: dict[str, str] | None = None
+    ) -> dict[str, GenScore]:
+        """C_T of several generated feature sets (m_s, d) in ONE search round (with the test set if pending).
+
+        ``labels``: set name -> how warnings name it (default ``layer ℓ``).
+        """
+        labels = labels or {}
+        xs = {k: _finite(x, labels.get(k, f"generated features, layer {self.layer}")) for k, x in gens.items()}
+        rounds = score_sets(self.engine, xs, mapper)
+        test = self.test
+        out = {}
+        for name, r in rounds.items():
+            stats = cell_table(test.dist, test.cell, r.dist, r.cell, self.train_counts, self.cfg.min_gen_per_cell)
+            # no training variance (every row the same vector): distances say nothing; warned when the layer was fit
+            ct = float("nan") if self.space.rank == 0 else ct_from_cells(stats, labels.get(name, f"layer {self.layer}"))
+            out[name] = GenScore(ct=ct, cells=stats, dist=r.dist, nn=r.nn, cell=r.cell)
+        return out
 
     def score(self, gen_x: np.ndarray, mapper: Mapper = map, label: str | None = None) -> GenScore:
         """C_T of generated features (m, d) of this layer; ``label`` names the set in warnings."""
-        z = self.space.project(_finite(gen_x, label or f"generated features, layer {self.layer}"))
-        cell = self.space.assign(z)
-        rows = np.arange(len(self.train_z), dtype=np.int64)
-        if self.shards is None:  # prepared once, reused by every generated set
-            self.shards = build_shards(self.train_z, self.train_cells, rows, self.cfg)
-        dist, nn = nearest_in_cells(self.train_z, self.train_cells, rows, z, cell, self.cfg, mapper, self.shards)
-        stats = cell_table(self.test_dist, self.test_cells, dist, cell, self.train_counts, self.cfg.min_gen_per_cell)
-        # no training variance (every row the same vector): distances say nothing; warned when the layer was fit
-        ct = float("nan") if self.space.rank == 0 else ct_from_cells(stats, label or f"layer {self.layer}")
-        return GenScore(ct=ct, cells=stats, dist=dist, nn=nn, cell=cell)
+        labels = {"": label} if label else None
+        return self.score_sets({"": gen_x}, mapper, labels)[""]
+
+    def close(self) -> None:
+        """Remove the temporary workspace (if this fit made one); the layer cannot score afterwards."""
+        if self.tmp is not None:
+            self.tmp.cleanup()
+            self.tmp = None
 
 
 def _finite(x: np.ndarray, what: str) -> np.ndarray:
@@ -92,45 +136,52 @@ def _finite(x: np.ndarray, what: str) -> np.ndarray:
 
 def fit_layer(
     layer: int,
-    train_x: np.ndarray,
-    train_ids: np.ndarray,
+    train_x: np.ndarray | Rows,
+    train_ids: np.ndarray | None,
     test_x: np.ndarray,
     cfg: CTConfig,
     mapper: Mapper = map,
     test_ids: np.ndarray | None = None,
+    ws: Any = None,
 ) -> FittedLayer:
-    """Fit PCA + cells on the training features (n_T, d), then each test sample's nearest training row.
+    """Fit PCA + cells on the training features (n_T, d) over global row blocks; project and assign the test set.
 
-    ``mapper`` runs the k-means restarts and the (cell, shard) searches (Ray tasks in a job). A layer whose
-    training features are degenerate is logged (``space.rank``, ``space.degenerate``) and still scored, except
-    a layer without any training variance, whose C_T is NaN.
+    ``train_x``: an array (with ``train_ids``, its sample ids) or a :class:`~memray.stats.rows.Rows` handle
+    (``train_ids`` ignored). ``ws``: the workspace the fit writes to (a :class:`~memray.stats.workspace.Workspace`
+    every worker can read); default a temporary local folder, removed by :meth:`FittedLayer.close` or when the
+    fit is garbage-collected. ``mapper`` runs the fit's block items and the search items (Ray tasks in a job), and
+    the test set's search, which joins the first :meth:`FittedLayer.score_sets` round. A layer whose training
+    features are degenerate is logged (``space.rank``, ``space.degenerate``) and still scored, except a layer
+    without any training variance, whose C_T is NaN.
     """
-    t0 = time.perf_counter()
-    train_x = _finite(train_x, f"training features, layer {layer}")
-    space, train_z = fit_and_project(train_x, cfg, mapper, label=f"layer {layer}")
-    train_cells = space.assign(train_z)
-    test_z = space.project(_finite(test_x, f"test features, layer {layer}"))
-    test_cells = space.assign(test_z)
-    rows = np.arange(len(train_z), dtype=np.int64)
-    shards = build_shards(train_z, train_cells, rows, cfg)
-    test_dist, test_nn = nearest_in_cells(train_z, train_cells, rows, test_z, test_cells, cfg, mapper, shards)
-    log.info(
-        "layer %d: %d train -> %d dims, %d cells; %d test neighbours; %.2f s",
-        layer, len(train_z), space.dim, cfg.cells, len(test_z), time.perf_counter() - t0,
-    )  # fmt: skip
+    if isinstance(train_x, Rows):
+        train = train_x
+    else:
+        x = _finite(train_x, f"training features, layer {layer}")
+        train = ArrayRows(x, None if train_ids is None else np.asarray(train_ids, dtype=object))
+    tmp = None
+    if ws is None:
+        tmp = tempfile.TemporaryDirectory(prefix=f"memray-layer{layer}-")
+        ws = Workspace(tmp.name)
+    try:
+        test_x = _finite(test_x, f"test features, layer {layer}")
+        engine = fit_layer_engine(layer, train, test_x, cfg, ws, mapper)
+    except BaseException:
+        if tmp is not None:
+            tmp.cleanup()
+        raise
+    n_test = len(engine.test_z)
     return FittedLayer(
         layer=int(layer),
-        space=space,
-        train_ids=np.asarray(train_ids, dtype=object),
-        train_z=train_z,
-        train_cells=train_cells,
-        train_counts=np.bincount(train_cells, minlength=cfg.cells).astype(np.int64),
-        test_ids=np.asarray(test_ids if test_ids is not None else np.arange(len(test_z)).astype(str), dtype=object),
-        test_dist=test_dist,
-        test_nn=test_nn,
-        test_cells=test_cells,
+        space=engine.space,
+        train=train,
+        train_counts=engine.train_counts,
+        test_ids=np.asarray(test_ids if test_ids is not None else np.arange(n_test).astype(str), dtype=object),
+        test_cells=engine.test_cells,
         cfg=cfg,
-        shards=shards,
+        engine=engine,
+        mapper=mapper,
+        tmp=tmp,
     )
 
 
@@ -227,8 +278,7 @@ class ScoreResult:
         return cls(**frames, config=config, layers=layers, gen_sets=sorted(scores[schema.GEN_SET].unique()))
 
 
-def _neighbor_frame(role: str, gen_set: str | None, layer: int, ids, cell, nn, dist, train_ids) -> pd.DataFrame:
-    nn_ids = np.where(nn >= 0, train_ids[np.maximum(nn, 0)], None)
+def _neighbor_frame(role: str, gen_set: str | None, layer: int, ids, cell, nn_ids, dist) -> pd.DataFrame:
     return pd.DataFrame(
         {
             schema.ROLE: role,
@@ -245,22 +295,35 @@ def _neighbor_frame(role: str, gen_set: str | None, layer: int, ids, cell, nn, d
 def score_layer(
     fitted: FittedLayer, n_train: int, test: FeatureSet, gens: dict[str, FeatureSet], mapper: Mapper = map
 ) -> dict[str, pd.DataFrame]:
-    """The three result tables of one fitted layer (unsorted pieces; :meth:`ScoreResult.from_tables` sorts)."""
-    layer, train_ids = fitted.layer, fitted.train_ids
+    """The three result tables of one fitted layer (unsorted pieces; :meth:`ScoreResult.from_tables` sorts).
+
+    One search round answers the test set (if not yet searched) and every generated set.
+    """
+    layer = fitted.layer
+    labels = {name: f"gen set {name!r}, layer {layer}" for name in gens}
+    scored = fitted.score_sets({name: gens[name].layers[layer] for name in sorted(gens)}, mapper, labels)
+    return layer_tables(fitted, n_train, test, gens, scored)
+
+
+def layer_tables(
+    fitted: FittedLayer, n_train: int, test: FeatureSet, gens: dict[str, FeatureSet], scored: dict[str, GenScore]
+) -> dict[str, pd.DataFrame]:
+    """:func:`score_layer`'s tables from already scored sets (``scored``: name -> :class:`GenScore`)."""
+    layer = fitted.layer
+    names = sorted(gens)
+    # neighbour sample ids of the test and every set resolved in one look-up
+    nns = [fitted.test_nn] + [scored[name].nn for name in names]
+    nn_ids = np.split(fitted.neighbour_ids(np.concatenate(nns)), np.cumsum([len(x) for x in nns])[:-1])
     scores, cells = [], []
-    nbrs = [
-        _neighbor_frame(
-            schema.ROLE_TEST, None, layer, test.ids, fitted.test_cells, fitted.test_nn, fitted.test_dist, train_ids
-        )
-    ]
-    for name in sorted(gens):
-        g = fitted.score(gens[name].layers[layer], mapper, label=f"gen set {name!r}, layer {layer}")
+    nbrs = [_neighbor_frame(schema.ROLE_TEST, None, layer, test.ids, fitted.test_cells, nn_ids[0], fitted.test_dist)]
+    for name, ids in zip(names, nn_ids[1:], strict=True):
+        g = scored[name]
         st = g.cells
         scores.append((name, layer, g.ct, n_train, len(test), len(gens[name]), int(st.kept.sum()), st.cells))
         for c in range(st.cells):
             cells.append((name, layer, c, st.z[c], st.n_train[c], st.n_test[c], st.n_gen[c], st.kept[c],
                           st.status[c]))  # fmt: skip
-        nbrs.append(_neighbor_frame(schema.ROLE_GEN, name, layer, gens[name].ids, g.cell, g.nn, g.dist, train_ids))
+        nbrs.append(_neighbor_frame(schema.ROLE_GEN, name, layer, gens[name].ids, g.cell, ids, g.dist))
         log.info("gen set %r, layer %d: C_T = %.3f (%d cells kept)", name, layer, g.ct, int(st.kept.sum()))
     return {
         "ct_scores": pd.DataFrame(scores, columns=schema.CT_SCORES_SCHEMA.names),
@@ -277,11 +340,17 @@ def score_features(
     mapper: Mapper = map,
     layers: list[int] | None = None,
 ) -> ScoreResult:
-    """C_T of every generated set at every layer (default: all layers of the training set)."""
+    """C_T of every generated set at every layer (default: all layers of the training set).
+
+    Per layer: one fit over the training rows (a temporary workspace, removed afterwards) and one search round.
+    """
     layers = check_inputs(train, test, gens, cfg, layers)
     parts: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
     for layer in layers:
         fitted = fit_layer(layer, train.layers[layer], train.ids, test.layers[layer], cfg, mapper, test.ids)
-        for name, df in score_layer(fitted, len(train), test, gens, mapper).items():
-            parts[name].append(df)
+        try:
+            for name, df in score_layer(fitted, len(train), test, gens, mapper).items():
+                parts[name].append(df)
+        finally:
+            fitted.close()
     return ScoreResult.from_tables({name: pd.concat(dfs, ignore_index=True) for name, dfs in parts.items()}, cfg)

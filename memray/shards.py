@@ -1,11 +1,13 @@
 """Deterministic embedding shards: which images belong to which shard, and reading one shard into rows.
 
 A shard is a pure function of the sorted input list and ``shard_rows``: image files are chunked in sorted
-order; a tar, Parquet or ``.npz`` file is one shard of its own. Reading a shard decodes every image and
-prepares it for the encoder (resize + crop to uint8); images that cannot be decoded, and units that cannot be
-read (status ``unreadable``: one row named after the file or archive, after the samples it did yield), become rows
-with a ``status`` and an ``error`` instead of being dropped, so rows read = rows embedded + rows reported. Files the
-listing leaves out are reported through ``plan_shards(..., skipped=[])`` (status ``skipped``).
+order; a tar, Parquet or ``.npz`` file is one shard of its own. Reading a shard (streamed, one image at a time)
+decodes every image and prepares it for the encoder (resize + crop to uint8); images that cannot be decoded, and
+units that cannot be read (status ``unreadable``: one row named after the file or archive, after the samples it did
+yield), become rows with a ``status`` and an ``error`` instead of being dropped, so rows read = rows embedded + rows
+reported. Files the listing leaves out are reported through ``plan_shards(..., skipped=[])`` (status ``skipped``).
+A shard's rows may reach the encoder in several batches: :func:`contiguous_runs` splits a batch into per-shard row
+ranges and :class:`RowRanges` tells when a shard's ranges tile all of its rows.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +39,8 @@ SHARD = "shard"
 ROW = "row"
 SHARD_ROWS = "shard_rows"
 IMAGE = "image"
+ROWS_UNKNOWN = -1
+"""``shard_rows`` of a streamed row that is not its shard's last (see :func:`iter_shard`)."""
 
 
 @dataclass(frozen=True)
@@ -108,13 +114,13 @@ def plan_shards(
     return plans
 
 
-def read_shard(
+def iter_shard(
     plan: ShardPlan,
     prepare: Any,
     max_pixels: int,
     storage_options: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """Read, decode and prepare every image of a shard.
+) -> Iterator[dict[str, Any]]:
+    """Read, decode and prepare a shard's images one at a time (a generator: memory of one image, not the shard).
 
     Args:
         plan: the shard.
@@ -122,38 +128,122 @@ def read_shard(
         max_pixels: decompression-bomb limit; larger images become ``too_large`` rows.
         storage_options: fsspec options for remote URLs.
 
-    Returns:
-        One dict per image in shard order: ``set, shard, row, shard_rows, sample_id, status, error, image``;
-        failed rows carry a zero image of the same shape so every row has one schema. A unit that cannot be read
-        adds one ``unreadable`` row whose ``sample_id`` is the unit's name (after any samples it did yield).
+    Yields:
+        One dict per image in shard order: ``set, shard, row, shard_rows, sample_id, status, error, image``.
+        ``shard_rows`` is :data:`ROWS_UNKNOWN` on every row but the last, which carries the shard's row count (the
+        count is known only once the shard is read; one row is held back to mark it). Failed rows carry a zero image
+        of the prepared shape so every row has one schema. A unit that cannot be read adds one ``unreadable`` row
+        whose ``sample_id`` is the unit's name (after any samples it did yield). A shard without any image yields
+        nothing.
     """
-    rows: list[dict[str, Any]] = []
+    held: dict[str, Any] | None = None
     shape: tuple[int, ...] | None = None
+    n = 0
 
-    def add(sample_id: str, status: str, error: str, image: np.ndarray | None) -> None:
-        row = {schema.SET: plan.set_name, SHARD: plan.shard, ROW: len(rows), schema.SAMPLE_ID: sample_id}
-        rows.append(row | {schema.STATUS: status, schema.ERROR: error, IMAGE: image})
+    def row(sample_id: str, status: str, error: str, image: np.ndarray) -> dict[str, Any]:
+        nonlocal n
+        n += 1
+        out = {schema.SET: plan.set_name, SHARD: plan.shard, ROW: n - 1, SHARD_ROWS: ROWS_UNKNOWN}
+        return out | {schema.SAMPLE_ID: sample_id, schema.STATUS: status, schema.ERROR: error, IMAGE: image}
 
-    for unit in plan.units:
-        try:
-            for sample_id, payload in read_unit(unit, storage_options):
-                try:
-                    if isinstance(payload, np.ndarray):
-                        rgb = decode_array(payload)
-                    else:
-                        rgb = decode_image(payload, max_pixels=max_pixels)
-                    image = np.ascontiguousarray(prepare(rgb), dtype=np.uint8)
-                    shape = image.shape
-                    add(sample_id, STATUS_OK, "", image)
-                except ImageDecodeError as exc:
-                    add(sample_id, exc.status, str(exc), None)
-        except UnitReadError as exc:  # one bad file/archive: report it and read on
-            log.warning("set %s %s: %s", plan.set_name, plan.key, exc)
-            add(unit.name, STATUS_UNREADABLE, str(exc), None)
-    if shape is None:
-        shape = tuple(prepare(np.zeros((8, 8, 3), np.uint8)).shape)
-    for row in rows:
-        row[SHARD_ROWS] = len(rows)
-        if row[IMAGE] is None:
-            row[IMAGE] = np.zeros(shape, np.uint8)
+    def failed() -> np.ndarray:
+        nonlocal shape
+        if shape is None:
+            shape = tuple(prepare(np.zeros((8, 8, 3), np.uint8)).shape)
+        return np.zeros(shape, np.uint8)
+
+    def samples() -> Iterator[dict[str, Any]]:
+        nonlocal shape
+        for unit in plan.units:
+            try:
+                for sample_id, payload in read_unit(unit, storage_options):
+                    try:
+                        if isinstance(payload, np.ndarray):
+                            rgb = decode_array(payload)
+                        else:
+                            rgb = decode_image(payload, max_pixels=max_pixels)
+                        image = np.ascontiguousarray(prepare(rgb), dtype=np.uint8)
+                        shape = image.shape
+                        yield row(sample_id, STATUS_OK, "", image)
+                    except ImageDecodeError as exc:
+                        yield row(sample_id, exc.status, str(exc), failed())
+            except UnitReadError as exc:  # one bad file/archive: report it and read on
+                log.warning("set %s %s: %s", plan.set_name, plan.key, exc)
+                yield row(unit.name, STATUS_UNREADABLE, str(exc), failed())
+
+    for nxt in samples():
+        if held is not None:
+            yield held
+        held = nxt
+    if held is not None:
+        held[SHARD_ROWS] = n
+        yield held
+
+
+def read_shard(
+    plan: ShardPlan,
+    prepare: Any,
+    max_pixels: int,
+    storage_options: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Every row of :func:`iter_shard` in a list, each with ``shard_rows`` = the shard's row count.
+
+    For callers that want the whole shard at once (``memray embed``, tests); the Ray job streams
+    :func:`iter_shard` instead.
+    """
+    rows = list(iter_shard(plan, prepare, max_pixels, storage_options))
+    for r in rows:
+        r[SHARD_ROWS] = len(rows)
     return rows
+
+
+def contiguous_runs(batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Positions of a batch's rows grouped by (set, shard) and contiguous ``row`` range, each run in row order."""
+    sets = batch[schema.SET].astype(str)
+    order = np.lexsort((batch[ROW], batch[SHARD], sets))
+    s, h, r = sets[order], batch[SHARD][order], batch[ROW][order]
+    cut = (s[1:] != s[:-1]) | (h[1:] != h[:-1]) | (r[1:] != r[:-1] + 1)
+    return np.split(order, np.flatnonzero(cut) + 1)
+
+
+class RowRanges:
+    """The row ranges of one shard received so far, as records (dicts) with ``first``, ``last`` (inclusive) and
+    ``shard_rows`` (the row count, on the range holding the shard's last row, else :data:`ROWS_UNKNOWN`).
+
+    Records are keyed by range, so a repeated record (a retried batch) counts once.
+    """
+
+    def __init__(self) -> None:
+        self.runs: dict[tuple[int, int], dict[str, Any]] = {}
+        self.total: int | None = None
+        self.rows = 0
+
+    def add(self, rec: dict[str, Any]) -> None:
+        key = (rec["first"], rec["last"])
+        self.rows += 0 if key in self.runs else key[1] - key[0] + 1
+        self.runs[key] = rec
+        if rec[SHARD_ROWS] != ROWS_UNKNOWN:
+            self.total = rec[SHARD_ROWS]
+
+    def cover(self) -> list[dict[str, Any]] | None:
+        """Records whose ranges tile ``[0, shard_rows)``, in row order; ``None`` while rows are missing."""
+        if self.total is None or self.rows < self.total:
+            return None
+        ends: dict[int, list[int]] = defaultdict(list)
+        for first, last in self.runs:
+            ends[first].append(last)
+        came: dict[int, int] = {0: -1}  # row reached → first row of the range that reached it
+        stack = [0]
+        while stack:
+            pos = stack.pop()
+            for last in ends.get(pos, ()):
+                if last + 1 not in came:
+                    came[last + 1] = pos
+                    stack.append(last + 1)
+        if self.total not in came:
+            return None
+        out, pos = [], self.total
+        while pos:
+            out.append(self.runs[(came[pos], pos - 1)])
+            pos = came[pos]
+        return out[::-1]

@@ -75,3 +75,26 @@ def test_garbage_npz_and_parquet(tmp_path: Path) -> None:
     assert "Parquet" in _refusal(tmp_path / "f.parquet", b"PAR1 but not really")
     with pytest.raises(FeatureFileError, match="file not found"):
         load_features(str(tmp_path / "missing.npy"))
+
+
+def test_list_columns_of_other_tools(tmp_path: Path) -> None:
+    """``list``/``large_list`` float columns load like fixed-size lists; ragged, null or non-float ones are refused."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = pa.array(["a", "b", "c", "d"])
+    for typ in (pa.list_(pa.float32()), pa.large_list(pa.float32()), pa.list_(pa.float64())):
+        pq.write_table(pa.table({"sample_id": ids, "layer_2": pa.array(X.tolist(), typ)}), tmp_path / "l.parquet")
+        got = load_features(str(tmp_path / "l.parquet"))
+        assert got.layers[2].dtype == typ.value_type.to_pandas_dtype() and got.layers[2].shape == (4, 3)
+        np.testing.assert_array_equal(got.layers[2], X)
+    bad = {
+        "rows of different lengths (3 in row 0, 2 in row 2)": pa.array([[1.0] * 3, [1.0] * 3, [1.0] * 2, [1.0] * 3]),
+        "1 null rows": pa.array([[1.0], None, [1.0], [1.0]], pa.list_(pa.float32())),
+        "holds int64": pa.array([[1], [2], [3], [4]]),
+    }
+    for msg, col in bad.items():
+        pq.write_table(pa.table({"sample_id": ids, "layer_1": col}), tmp_path / "b.parquet")
+        with pytest.raises(FeatureFileError) as info:
+            load_features(str(tmp_path / "b.parquet"))
+        assert f"b.parquet: column layer_1 {msg}" in str(info.value) or msg in str(info.value), info.value

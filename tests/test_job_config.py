@@ -86,7 +86,7 @@ def test_missing_required_fields_and_duplicate_names():
     del data["output"]
     with pytest.raises(ConfigError, match=r"missing required field\(s\) \['output'\]"):
         audit_config_from_dict(data)
-    with pytest.raises(ConfigError, match=r"generated\[0\]: missing required field\(s\) \['urls'\]"):
+    with pytest.raises(ConfigError, match=r"generated\[0\]\.urls=\(\): must be .* or give embeddings"):
         audit_config_from_dict(_with("generated.0", {"name": "g1"}))
     with pytest.raises(ConfigError, match="dataset names must be unique"):
         audit_config_from_dict(_with("generated.1.name", "g1"))

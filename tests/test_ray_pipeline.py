@@ -46,6 +46,9 @@ def test_ray_job_equals_in_process_engine(ray_local, tmp_path: Path) -> None:
     result = run_audit(cfg)
     assert len(result.stats["counts"]) == 4 and result.stats["counts"]["train"]["rows_embedded"] == 240
     assert len(list((tmp_path / "out" / "embeddings" / "train").glob("*.done.json"))) == 4  # 240 files / 64 rows
+    assert not list((tmp_path / "out" / "embeddings").rglob("*.parts"))  # the actors' part files were merged
+    feature_bytes = 540 * 6 * 64 * 4  # 540 images × 6 layers × 64-d float32: none of it went through the driver
+    assert 0 < result.stats["embed"]["driver_bytes"] < feature_bytes / 20
 
     train, test = in_process_features(cfg, cfg.train), in_process_features(cfg, cfg.test)
     gens = {g.name: in_process_features(cfg, g) for g in cfg.generated}

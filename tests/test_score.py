@@ -285,7 +285,7 @@ def test_ten_restarts_match_the_reference_protocol_where_one_restart_does_not():
     assert ours.ct == pytest.approx(ref["ct"], abs=1e-9)
     one = fit_layer(1, train, ids, test, CTConfig(mode="meehan", kmeans_nredo=1))
     assert abs(one.score(gen).ct - ref["ct"]) > 0.05  # one restart: another partition, another C_T
-    z = fitted.train_z.astype(np.float32)
+    z = fitted.space.project(train).astype(np.float32)  # the projected training rows
     assert kmeans_objective(z, fitted.space.centroids) < kmeans_objective(z, one.space.centroids)
 
 

@@ -1,4 +1,5 @@
-"""memray.shards: listing stamps and per-shard digests for resume, unreadable units as rows, skipped files named."""
+"""memray.shards: listing stamps and digests for resume, unreadable units as rows, skipped files named, streaming
+reads, row-range bookkeeping."""
 
 from __future__ import annotations
 
@@ -19,7 +20,19 @@ from PIL import Image
 
 from memray import schema
 from memray.job_config import DatasetSpec
-from memray.shards import ROW_STATUSES, STATUS_OK, STATUS_SKIPPED, STATUS_UNREADABLE, ShardPlan, plan_shards, read_shard
+from memray.shards import (
+    ROW_STATUSES,
+    ROWS_UNKNOWN,
+    STATUS_OK,
+    STATUS_SKIPPED,
+    STATUS_UNREADABLE,
+    RowRanges,
+    ShardPlan,
+    contiguous_runs,
+    iter_shard,
+    plan_shards,
+    read_shard,
+)
 
 
 def _png(value: int, size: int = 6) -> bytes:
@@ -222,3 +235,65 @@ def test_unreadable_subfolder_is_reported(tmp_path: Path) -> None:
     assert [(u, why.split(" (")[0]) for u, why in got["skipped"]] == [
         (str(tmp_path / "locked"), "folder cannot be listed")
     ]
+
+
+def test_iter_shard_streams_rows_and_the_last_row_carries_the_count(tmp_path: Path) -> None:
+    for i in range(6):
+        (tmp_path / f"{i}.png").write_bytes(_png(10 * i) if i != 3 else b"not a png")
+    (plan,) = plan_shards(_spec(tmp_path), shard_rows=10)
+    calls: list[int] = []
+
+    def counting(rgb: np.ndarray) -> np.ndarray:
+        calls.append(int(rgb.mean()))
+        return prepare(rgb)
+
+    rows = iter_shard(plan, counting, 10**8)
+    first = next(rows)  # the generator holds one row back (to mark the last), never the whole shard
+    assert first[schema.SAMPLE_ID] == "0.png" and first["shard_rows"] == ROWS_UNKNOWN and len(calls) == 2
+    rest = list(rows)
+    assert [r["row"] for r in [first, *rest]] == list(range(6))
+    assert [r["shard_rows"] for r in [first, *rest]] == [ROWS_UNKNOWN] * 5 + [6]
+    assert rest[2][schema.STATUS] != STATUS_OK and rest[2]["image"].shape == (3, 4, 4) and not rest[2]["image"].any()
+    assert [r["image"][0, 0, 0] for r in [first, *rest]] == [0, 10, 20, 0, 40, 50]
+    listed = read_shard(plan, prepare, 10**8)  # the list form: same rows, the count on every row
+    assert [r[schema.SAMPLE_ID] for r in listed] == [r[schema.SAMPLE_ID] for r in [first, *rest]]
+    assert {r["shard_rows"] for r in listed} == {6}
+    empty = ShardPlan("train", 0, ())
+    assert list(iter_shard(empty, prepare, 10**8)) == [] and read_shard(empty, prepare, 10**8) == []
+
+
+def test_contiguous_runs_split_by_shard_and_row_gaps() -> None:
+    batch = {
+        schema.SET: np.array(["b", "a", "a", "a", "a", "b"], dtype=object),
+        "shard": np.array([0, 1, 1, 1, 0, 0]),
+        "row": np.array([5, 8, 7, 10, 63, 6]),
+    }
+    runs = contiguous_runs(batch)
+    got = [(str(batch[schema.SET][r[0]]), int(batch["shard"][r[0]]), batch["row"][r].tolist()) for r in runs]
+    assert got == [("a", 0, [63]), ("a", 1, [7, 8]), ("a", 1, [10]), ("b", 0, [5, 6])]
+    assert sorted(int(i) for r in runs for i in r) == list(range(6))
+
+
+def _rec(first: int, last: int, total: int = ROWS_UNKNOWN) -> dict:
+    return {"first": first, "last": last, "shard_rows": total, "name": f"{first}-{last}"}
+
+
+def test_row_ranges_cover_the_shard_once_in_row_order() -> None:
+    r = RowRanges()
+    for rec in (_rec(8, 15), _rec(0, 7), _rec(8, 15)):  # out of order, one repeated (a retried batch)
+        r.add(rec)
+        assert r.cover() is None  # the shard's last row has not arrived: its count is unknown
+    r.add(_rec(16, 19, total=20))
+    assert [x["name"] for x in r.cover()] == ["0-7", "8-15", "16-19"]
+
+    r = RowRanges()  # another split of the same rows (a batch retried with other boundaries) and a dead end
+    for rec in (_rec(0, 3), _rec(0, 5), _rec(4, 9), _rec(10, 11, total=12)):
+        r.add(rec)
+    assert [x["name"] for x in r.cover()] == ["0-3", "4-9", "10-11"]
+
+    r = RowRanges()  # enough rows counted, but a gap: not complete
+    for rec in (_rec(0, 5), _rec(0, 3), _rec(8, 9, total=10)):
+        r.add(rec)
+    assert r.rows >= 10 and r.cover() is None
+    r.add(_rec(6, 7))
+    assert [x["name"] for x in r.cover()] == ["0-5", "6-7", "8-9"]

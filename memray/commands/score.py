@@ -1,4 +1,5 @@
-"""``memray score``: C_T per layer for generated sets, from feature files (``.npy``, ``.npz``, memray Parquet)."""
+"""``memray score``: C_T per layer for generated sets, from feature files (``.npy``, ``.npz``, memray Parquet) or
+folders / globs of memray feature Parquet (concatenated in natural file order)."""
 
 from __future__ import annotations
 
@@ -30,11 +31,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Fit PCA + k-means cells on the training features once per layer, find every test and "
         "generated sample's nearest training sample in its cell, and report C_T (negative = copying).",
     )
-    p.add_argument("--train", required=True, help="training-set features (T)")
-    p.add_argument("--test", required=True, help="held-out features from the same distribution (P)")
+    p.add_argument("--train", required=True, help="training-set features (T): a file, or a folder/glob of Parquet")
+    p.add_argument("--test", required=True, help="held-out features from the same distribution (P); file/folder/glob")
     p.add_argument(
         "--gen", action="append", required=True, metavar="[NAME=]FILE",
-        help="generated-set features (Q); repeat for several sets; the name defaults to the file stem",
+        help="generated-set features (Q): a file, or a folder/glob of Parquet; repeat for several sets; the name "
+        "defaults to the file or folder stem",
     )  # fmt: skip
     p.add_argument("--mode", choices=MODES, default="paper", help="preset: paper (1-|cos|, 10 cells), meehan, dgm-eval")
     p.add_argument("--cells", type=int, help="k-means cells (preset: 10; dgm-eval 3)")
@@ -62,6 +64,8 @@ def parse_gen(specs: list[str]) -> dict[str, str]:
             name, path = Path(spec.split("?")[0]).stem, spec
         if not path:
             raise ValueError(f"--gen {spec!r}: give NAME=FILE or FILE")
+        if any(c in name for c in "*?["):
+            raise ValueError(f"--gen {spec!r}: name a glob's set explicitly with NAME=GLOB")
         if name in out:
             raise ValueError(f"--gen: the name {name!r} is used twice; name the sets explicitly with NAME=FILE")
         out[name] = path
@@ -92,7 +96,7 @@ def summary(result: ScoreResult) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Load the features, score every generated set at every layer, write the tables, print a summary."""
-    from memray.features import load_features
+    from memray.embedding_inputs import load_feature_input as load_features
     from memray.results import write_results
     from memray.score import score_features
 

@@ -1,18 +1,32 @@
 """Ray Data stage: read + decode + prepare on CPU tasks → per-layer embeddings in an actor pool → shard files.
 
-The driver streams the actor outputs and writes each shard once all its rows arrived: the shard's feature
-Parquet (``embeddings/<set>/shard-NNNNN.parquet``), its error rows (``…errors.parquet``) and, last, a small
-JSON completion marker (``…done.json``) holding the shard's counts, the embed key and the shard's input listing
-(names, sizes, mtimes/ETags). A rerun skips a shard only when its marker exists, both keys still match and its
-feature file is readable with the recorded row count; any other shard is embedded again.
+The workers write the embeddings; the driver only sees small records. A read task streams one shard's rows
+(:func:`memray.shards.iter_shard`; the last row carries the shard's row count). An actor batch embeds its rows and
+writes, per shard and contiguous row range it holds, the features of the range's ``ok`` rows to a part file
+``embeddings/<set>/shard-NNNNN.parts/rows-<first>-<last>.parquet``; it returns one record per range (row range,
+counts, part name, the range's error rows). Once a shard's ranges tile ``[0, shard_rows)``, the driver starts a
+task (:func:`finish_shard`) that streams the parts in row order into the shard's feature Parquet
+(``embeddings/<set>/shard-NNNNN.parquet``), writes its error rows (``…errors.parquet``) and deletes the parts;
+the driver then writes, last, the small JSON completion marker (``…done.json``) holding the shard's counts, the
+embed key and the shard's input listing (names, sizes, mtimes/ETags).
+
+Parts are concatenated, not kept: readers keep one file per shard, and a large shard stays one object on object
+storage instead of one per actor batch, for one more read and write of the features, spread over the workers. A
+retried batch rewrites the same part name (writes are atomic) and only ranges named by this run's records are
+read, so neither retries nor a killed run's leftovers duplicate rows; a shard's feature file appears whole or not
+at all, and its marker only after it. A rerun skips a shard only when its marker exists, both keys still match
+and its feature file is readable with the recorded row count; any other shard is embedded again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -22,20 +36,38 @@ import ray
 
 from memray import schema, storage
 from memray.config import EmbedConfig, to_dict
-from memray.features import FeatureSet, features_to_table
+from memray.features import FeatureSet, features_to_table, parquet_options
 from memray.job_config import AuditConfig
 from memray.ray.session import started_local
-from memray.shards import IMAGE, ROW, SHARD, SHARD_ROWS, STATUS_OK, ShardPlan, read_shard
+from memray.shards import IMAGE, ROW, SHARD, SHARD_ROWS, STATUS_OK, RowRanges, ShardPlan, contiguous_runs, iter_shard
 
 log = logging.getLogger(__name__)
 NODE = "node_id"
+FIRST, LAST, N_OK, PART, ERRORS = "first", "last", "n_ok", "part", "errors"  # columns of the actors' records
+ROW_GROUP_BYTES = 128 * 1024**2  # parts are merged into row groups of about this size
+
+
+def shard_url(out: str, plan: ShardPlan, suffix: str) -> str:
+    """URL of one of a shard's outputs (``.parquet``, ``.errors.parquet``, ``.done.json``)."""
+    return storage.join(out, "embeddings", plan.set_name, plan.key + suffix)
+
+
+def parts_url(out: str, set_name: str, shard: int) -> str:
+    """Folder of a shard's part files while it is being embedded (deleted once the shard is written)."""
+    return storage.join(out, "embeddings", set_name, f"shard-{int(shard):05d}.parts")
 
 
 class EmbedActor:
-    """Loads the encoder once per actor; maps a batch of prepared uint8 images to per-layer embeddings."""
+    """Loads the encoder once per actor; embeds a batch of prepared images and writes its part files.
+
+    Returns one record per (shard, contiguous row range) of the batch: ``set, shard, first, last, n_ok, shard_rows,
+    part, errors, node_id``; ``shard_rows`` is the shard's row count on the range holding its last row, else
+    :data:`~memray.shards.ROWS_UNKNOWN`; ``part`` is ``""`` when no row of the range embedded; ``errors`` is JSON
+    ``[[row, sample_id, status, error], …]``.
+    """
 
     def __init__(
-        self, embed_cfg: dict[str, Any], num_threads: int | None, storage_options: dict[str, Any] | None = None
+        self, embed_cfg: dict[str, Any], num_threads: int | None, out: str, storage_options: dict | None = None
     ) -> None:
         from memray.config import from_dict
         from memray.embed import LayerEmbedder
@@ -43,31 +75,98 @@ class EmbedActor:
         cfg = from_dict(EmbedConfig, embed_cfg, "embed")
         self.embedder = LayerEmbedder(cfg, num_threads=num_threads, storage_options=storage_options)
         self.node = ray.get_runtime_context().get_node_id()
+        self.out, self.so = out, storage_options
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = batch[schema.STATUS] == STATUS_OK
-        out = {k: v for k, v in batch.items() if k != IMAGE}
-        out[NODE] = np.array([self.node] * len(ok), dtype=object)
-        feats = self.embedder.embed_prepared(batch[IMAGE][ok]) if ok.any() else None
-        for layer in self.embedder.resolved_layers:
-            dim = self.embedder.dims[layer]
-            full = np.zeros((len(ok), dim), dtype=self.embedder.out_dtype)
-            if feats is not None:
-                full[ok] = feats[layer]
-            out[schema.layer_column(layer)] = full
-        return out
+        feats = self.embedder.embed_prepared(batch[IMAGE][ok]) if ok.any() else {}
+        at = np.cumsum(ok) - 1  # position of each ok row of the batch in ``feats``
+        records = [self._write(batch, idx, ok[idx], {k: v[at[idx[ok[idx]]]] for k, v in feats.items()})
+                   for idx in contiguous_runs(batch)]  # fmt: skip
+        return {k: np.array([r[k] for r in records]) for k in records[0]}
+
+    def _write(self, batch: dict[str, np.ndarray], idx: np.ndarray, ok: np.ndarray, layers: dict) -> dict[str, Any]:
+        set_name, shard = str(batch[schema.SET][idx[0]]), int(batch[SHARD][idx[0]])
+        first, last, part = int(batch[ROW][idx[0]]), int(batch[ROW][idx[-1]]), ""
+        if ok.any():
+            part = f"rows-{first:09d}-{last:09d}.parquet"
+            table = features_to_table(FeatureSet(batch[schema.SAMPLE_ID][idx[ok]], layers))
+            with storage.open_output(storage.join(parts_url(self.out, set_name, shard), part), self.so) as fh:
+                pq.write_table(table, fh, **parquet_options(table.schema))
+        cols = (ROW, schema.SAMPLE_ID, schema.STATUS, schema.ERROR)
+        errors = [[int(batch[ROW][i]), *(str(batch[c][i]) for c in cols[1:])] for i in idx[~ok]]
+        return {schema.SET: set_name, SHARD: shard, FIRST: first, LAST: last, N_OK: int(ok.sum()),
+                SHARD_ROWS: int(batch[SHARD_ROWS][idx].max()), PART: part, ERRORS: json.dumps(errors),
+                NODE: self.node}  # fmt: skip
 
 
-def _read_fn(prepare: Any, max_pixels: int, storage_options: dict[str, Any] | None):
-    def read(item: dict[str, Any]) -> list[dict[str, Any]]:
-        return read_shard(ShardPlan.from_json(item["plan"]), prepare, max_pixels, storage_options)
+def finish_shard(
+    out: str, plan: ShardPlan, parts: list[str], errors: list[list], meta: dict[str, Any], so: dict | None
+) -> dict[str, int]:
+    """Write a shard from its part files (names in row order) and error rows, then delete its parts folder.
+
+    Streams the parts into ``shard-NNNNN.parquet`` (memory: about :data:`ROW_GROUP_BYTES`); with no ``ok`` row a
+    feature file of an earlier run is deleted. Returns the rows written (``rows_embedded``, ``rows_reported``).
+
+    Raises:
+        ValueError: two rows of the shard have the same sample id (nothing is written).
+    """
+    seen: set[str] = set()
+
+    def check(ids: list[str]) -> None:
+        before = len(seen)
+        seen.update(ids)
+        if len(seen) != before + len(ids):
+            raise ValueError(f"set {plan.set_name} {plan.key}: duplicate sample ids; make file names/keys unique")
+
+    check([str(e[1]) for e in errors])
+    folder, url, n_ok = parts_url(out, plan.set_name, plan.shard), shard_url(out, plan, ".parquet"), 0
+    if parts:
+        with storage.open_output(url, so) as fh, contextlib.ExitStack() as stack:
+            writer, buf = None, []
+            for name in parts:
+                with storage.open_url(storage.join(folder, name), "rb", so) as part:
+                    table = pq.read_table(part)
+                check(table.column(schema.SAMPLE_ID).to_pylist())
+                if writer is None:
+                    sch = table.schema.with_metadata({schema.META_KEY: json.dumps(meta, sort_keys=True).encode()})
+                    writer = stack.enter_context(pq.ParquetWriter(fh, sch, **parquet_options(sch)))
+                buf.append(table)
+                n_ok += table.num_rows
+                if sum(t.nbytes for t in buf) >= ROW_GROUP_BYTES or name == parts[-1]:
+                    writer.write_table(pa.concat_tables(buf))
+                    buf = []
+    else:
+        _remove(url, so)
+    cols = [list(c) for c in zip(*errors, strict=True)] if errors else [[]] * 4
+    cols[0] = [plan.set_name] * len(errors)
+    table = pa.table(dict(zip(schema.ERRORS_SCHEMA.names, cols, strict=True)), schema=schema.ERRORS_SCHEMA)
+    with storage.open_output(shard_url(out, plan, ".errors.parquet"), so) as fh:
+        pq.write_table(table, fh)
+    _remove(folder, so, recursive=True)
+    return {"rows_embedded": n_ok, "rows_reported": len(errors)}
+
+
+def _remove(url: str, so: dict | None, recursive: bool = False) -> None:
+    """Delete a file (or a folder with ``recursive``) if it exists."""
+    with storage.translate_errors(url, "delete"):
+        fs, path = storage.filesystem(url, so)
+        if fs.exists(path):
+            fs.rm(path, recursive=recursive)
+
+
+@ray.remote
+def _finish_task(*args: Any) -> dict[str, int]:
+    return finish_shard(*args)
+
+
+def _read_fn(
+    prepare: Any, max_pixels: int, storage_options: dict[str, Any] | None
+) -> Callable[[dict[str, Any]], Iterator[dict[str, Any]]]:
+    def read(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        return iter_shard(ShardPlan.from_json(item["plan"]), prepare, max_pixels, storage_options)
 
     return read
-
-
-def shard_url(out: str, plan: ShardPlan, suffix: str) -> str:
-    """URL of one of a shard's outputs (``.parquet``, ``.errors.parquet``, ``.done.json``)."""
-    return storage.join(out, "embeddings", plan.set_name, plan.key + suffix)
 
 
 def shard_done(out: str, plan: ShardPlan, embed_key: str, so: dict | None) -> bool:
@@ -118,20 +217,84 @@ class _Progress:
         )  # fmt: skip
 
 
+class _Assembly:
+    """The driver's side: actor records in; a :func:`finish_shard` task per covered shard; markers as they finish."""
+
+    def __init__(self, todo: list[ShardPlan], out: str, meta: dict, so: dict | None, marker: dict, cpus: float):
+        self.plans = {(p.set_name, p.shard): p for p in todo}
+        self.out, self.meta, self.so, self.marker = out, meta, so, marker
+        self.meta_ref, self.task = ray.put(meta), _finish_task.options(num_cpus=cpus)
+        self.ranges: dict[tuple[str, int], RowRanges] = defaultdict(RowRanges)
+        self.pending: dict[Any, tuple[tuple[str, int], int, int]] = {}  # task → (shard, rows read, rows embedded)
+        self.started: set[tuple[str, int]] = set()
+        self.nodes: set[str] = set()
+        self.rows = self.driver_bytes = 0
+        self.progress = _Progress(todo)
+
+    def add(self, records: pa.Table) -> None:
+        """Take one batch of actor records; start the tasks of the shards they complete."""
+        self.driver_bytes += records.nbytes
+        for rec in records.to_pylist():
+            key = (rec[schema.SET], rec[SHARD])
+            self.nodes.add(rec[NODE])
+            if key in self.started:  # a retried batch of a shard already handed on
+                continue
+            self.ranges[key].add(rec)
+            cover = self.ranges[key].cover()
+            if cover is not None:
+                total = self.ranges.pop(key).total or 0
+                self.started.add(key)
+                parts = [r[PART] for r in cover if r[PART]]
+                errors = [e for r in cover for e in json.loads(r[ERRORS])]
+                ref = self.task.remote(self.out, self.plans[key], parts, errors, self.meta_ref, self.so)
+                self.pending[ref] = (key, total, sum(r[N_OK] for r in cover))
+        self.collect(wait=False)
+
+    def collect(self, wait: bool) -> None:
+        """Write the markers of finished shard tasks (all of them, waiting, with ``wait``)."""
+        if not self.pending:
+            return
+        refs = list(self.pending)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=None if wait else 0)
+        for ref in ready:
+            key, total, n_ok = self.pending.pop(ref)
+            got = ray.get(ref)
+            if got["rows_embedded"] != n_ok or total != got["rows_embedded"] + got["rows_reported"]:
+                raise RuntimeError(f"set {key[0]} {self.plans[key].key}: wrote {got}, expected {n_ok} of {total}")
+            self._mark(self.plans[key], total, got)
+
+    def close(self) -> None:
+        """Once the stream ended: mark shards that had no row at all; refuse shards with rows missing."""
+        for key, plan in self.plans.items():
+            if key not in self.started and key not in self.ranges:  # a shard with no image at all
+                self._mark(plan, 0, finish_shard(self.out, plan, [], [], self.meta, self.so))
+        short = [f"set {k[0]} {self.plans[k].key}: got {r.rows} rows" for k, r in self.ranges.items()]
+        if short:
+            raise RuntimeError(f"{'; '.join(short)}, expected more; rerun to resume")
+
+    def _mark(self, plan: ShardPlan, rows_read: int, got: dict[str, int]) -> None:
+        stats = {"rows_read": rows_read, **got, **self.marker}
+        stats.update(listing_digest=plan.listing_digest(), listing=plan.listing())
+        storage.write_json(shard_url(self.out, plan, ".done.json"), stats, self.so)
+        self.rows += rows_read
+        self.progress.shard(plan, rows_read)
+
+
 def run_embedding(
     cfg: AuditConfig, plans: list[ShardPlan], out: str, meta: dict[str, Any], prepare: Any, embed_key: str = ""
 ) -> dict[str, Any]:
-    """Embed every shard of ``plans`` not already done (:func:`shard_done`); returns rows, time and node ids."""
+    """Embed every shard of ``plans`` not already done (:func:`shard_done`).
+
+    Returns rows read, seconds, the node ids of the actors and ``driver_bytes``: the Arrow bytes of the records the
+    driver received (no features travel through it).
+    """
     so = dict(cfg.storage_options) or None
     todo = [p for p in plans if not shard_done(out, p, embed_key, so)]
     log.info("embed: %d of %d shards to do (%d already done)", len(todo), len(plans), len(plans) - len(todo))
-    nodes: set[str] = set()
     t0 = time.perf_counter()
-    n_rows = 0
-    progress = _Progress(todo)
-    marker = {"embed_key": embed_key}
+    res = cfg.resources
+    asm = _Assembly(todo, out, meta, so, {"embed_key": embed_key}, res.read_num_cpus)
     if todo:
-        res = cfg.resources
         ds = ray.data.from_items([{"plan": p.to_json()} for p in todo], override_num_blocks=len(todo))
         ds = ds.flat_map(_read_fn(prepare, cfg.max_image_pixels, so), num_cpus=res.read_num_cpus)
         with warnings.catch_warnings():  # max_restarts has no named parameter in Ray 2.60 (only **ray_remote_args)
@@ -141,6 +304,7 @@ def run_embedding(
                 fn_constructor_kwargs={
                     "embed_cfg": to_dict(cfg.embed),
                     "num_threads": res.torch_threads,
+                    "out": out,
                     "storage_options": so,
                 },
                 compute=ray.data.ActorPoolStrategy(size=res.actors),
@@ -153,68 +317,17 @@ def run_embedding(
                 # lost nodes are replaced in the run (Ray then logs that restarts need the actor's arguments).
                 max_restarts=0 if started_local() else -1,
             )
-        pending: dict[tuple[str, int], list[dict[str, np.ndarray]]] = defaultdict(list)
-        seen: dict[tuple[str, int], int] = defaultdict(int)
-        by_key = {(p.set_name, p.shard): p for p in todo}
-        written: set[tuple[str, int]] = set()
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            nodes.update(str(n) for n in batch[NODE])
-            for key in sorted({(str(s), int(h)) for s, h in zip(batch[schema.SET], batch[SHARD], strict=True)}):
-                sel = (batch[schema.SET] == key[0]) & (batch[SHARD] == key[1])
-                part = {k: v[sel] for k, v in batch.items()}
-                pending[key].append(part)
-                seen[key] += int(sel.sum())
-                if seen[key] == int(part[SHARD_ROWS][0]):
-                    n_rows += seen[key]
-                    _write_shard(out, by_key[key], pending.pop(key), meta, so, marker)
-                    written.add(key)
-                    progress.shard(by_key[key], seen[key])
-        for key, plan in by_key.items():
-            if key in pending:
-                raise RuntimeError(f"set {key[0]} {plan.key}: got {seen[key]} rows, expected more; rerun to resume")
-            if key not in written:  # a shard with no image at all
-                _write_shard(out, plan, [], meta, so, marker)
+        try:
+            for records in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                asm.add(records)
+        except BaseException:
+            try:  # keep the shards that were already assembled: their markers make a rerun resume after them
+                asm.collect(wait=True)
+            except Exception as exc:
+                log.warning("embed: a shard could not be finished after the failure: %s", exc)
+            raise
+        asm.collect(wait=True)
+        asm.close()
     dt = time.perf_counter() - t0
-    log.info("embed: %d rows, %.1f s, %.1f rows/s", n_rows, dt, n_rows / dt if dt > 0 else 0.0)
-    return {"rows": n_rows, "seconds": dt, "nodes": sorted(nodes)}
-
-
-def _write_shard(
-    out: str,
-    plan: ShardPlan,
-    parts: list[dict[str, np.ndarray]],
-    meta: dict[str, Any],
-    so: dict | None,
-    marker: dict[str, Any],
-) -> None:
-    """Write one finished shard: features (ok rows), error rows, then the completion marker."""
-    if parts:
-        cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        order = np.argsort(cols[ROW], kind="stable")
-        cols = {k: v[order] for k, v in cols.items()}
-    else:
-        cols = {ROW: np.zeros(0, np.int64), schema.STATUS: np.zeros(0, object)}
-    ok = cols[schema.STATUS] == STATUS_OK
-    layers = {schema.parse_layer_column(k): v[ok] for k, v in cols.items() if schema.parse_layer_column(k) is not None}
-    ids = cols.get(schema.SAMPLE_ID, np.zeros(0, object))
-    if len(set(ids.tolist())) != len(ids):
-        raise ValueError(f"set {plan.set_name} {plan.key}: duplicate sample ids; make file names/keys unique")
-    if layers:
-        table = features_to_table(FeatureSet(ids[ok], layers, plan.key), meta)
-        with storage.open_output(shard_url(out, plan, ".parquet"), so) as fh:
-            pq.write_table(table, fh)
-    bad = ~ok
-    errors = pa.table(
-        {
-            schema.SET: pa.array([plan.set_name] * int(bad.sum()), pa.string()),
-            schema.SAMPLE_ID: pa.array([str(x) for x in ids[bad]], pa.string()),
-            schema.STATUS: pa.array([str(x) for x in cols[schema.STATUS][bad]], pa.string()),
-            schema.ERROR: pa.array([str(x) for x in cols.get(schema.ERROR, np.zeros(0, object))[bad]], pa.string()),
-        },
-        schema=schema.ERRORS_SCHEMA,
-    )
-    with storage.open_output(shard_url(out, plan, ".errors.parquet"), so) as fh:
-        pq.write_table(errors, fh)
-    stats = {"rows_read": len(ok), "rows_embedded": int(ok.sum()), "rows_reported": int(bad.sum()), **marker}
-    stats.update(listing_digest=plan.listing_digest(), listing=plan.listing())
-    storage.write_json(shard_url(out, plan, ".done.json"), stats, so)
+    log.info("embed: %d rows, %.1f s, %.1f rows/s", asm.rows, dt, asm.rows / dt if dt > 0 else 0.0)
+    return {"rows": asm.rows, "seconds": dt, "nodes": sorted(asm.nodes), "driver_bytes": asm.driver_bytes}

@@ -27,10 +27,11 @@ from memray.config import digest
 from memray.curve_run import finish_fingerprints, plan_record, plan_subsets
 from memray.curves import read_gallery
 from memray.job_config import AuditConfig, result_dict
-from memray.preflight import Preflight, gallery_comparable, preflight
+from memray.preflight import Preflight, gallery_comparable, preflight, preprocessing_record
 from memray.ray.embed_stage import run_embedding, shard_url
 from memray.ray.score_stage import run_scoring
 from memray.ray.session import check_capacity, describe_nodes
+from memray.reference import claim_reference, embeddings_root, fit_root
 from memray.results import memray_version, write_results
 from memray.resume import CONFIG_FILE, ResumeMismatchError, claim_output, embed_key, stage_configs
 from memray.shards import ShardPlan
@@ -52,14 +53,17 @@ class AuditResult:
 
 def collect_errors(
     out: str, plans: list[ShardPlan], skipped: dict[str, list[tuple[str, str]]], so: dict | None
-) -> tuple[pa.Table, dict[str, dict[str, int]]]:
-    """All error rows (plus one ``skipped`` row per skipped file) and per-set counts from the shard markers.
+) -> tuple[pa.Table, dict[str, dict[str, int]], dict[str, list[tuple[str, int]]]]:
+    """All error rows (plus one ``skipped`` row per skipped file), per-set counts and feature files.
 
-    Checks rows read = embedded + reported for every set.
+    Reads the shard markers only (small JSON); checks rows read = embedded + reported for every set. The feature
+    files are ``(url, rows)`` per set in shard order: the set's global row order.
     """
-    tables, counts = [], {}
+    tables, counts, pieces = [], {}, {}
     for plan in plans:
         stats = storage.read_json(shard_url(out, plan, ".done.json"), so)
+        if int(stats["rows_embedded"]):
+            pieces.setdefault(plan.set_name, []).append((shard_url(out, plan, ".parquet"), int(stats["rows_embedded"])))
         c = counts.setdefault(
             plan.set_name, {"rows_read": 0, "rows_embedded": 0, "rows_reported": 0, "files_skipped": 0}
         )
@@ -81,12 +85,31 @@ def collect_errors(
     for name, c in counts.items():
         if c["rows_read"] != c["rows_embedded"] + c["rows_reported"]:
             raise RuntimeError(f"set {name}: rows read {c['rows_read']} != embedded + reported {c}")
-    return pa.concat_tables(tables).cast(schema.ERRORS_SCHEMA), counts
+    errors = pa.concat_tables(tables).cast(schema.ERRORS_SCHEMA) if tables else schema.ERRORS_SCHEMA.empty_table()
+    return errors, counts, pieces
 
 
-def _score_key(ekey: str, cfg: AuditConfig, plans: dict[str, list[ShardPlan]]) -> str:
+def _collect(
+    groups: dict[str, list[ShardPlan]], checked: Preflight, so: dict | None
+) -> tuple[pa.Table, dict[str, dict[str, int]], dict[str, list[tuple[str, int]]]]:
+    """:func:`collect_errors` over every embedding root (the output, and the reference when there is one)."""
+    tables, counts, pieces = [], {}, {}
+    for root, group in groups.items():
+        names = {plan.set_name for plan in group}
+        skipped = {k: v for k, v in checked.skipped.items() if k in names}  # each set's skipped files once
+        t, c, p = collect_errors(root, group, skipped, so)
+        tables.append(t)
+        counts.update(c)
+        pieces.update(p)
+    if not tables:  # every set given as embeddings
+        tables = [schema.ERRORS_SCHEMA.empty_table()]
+    return pa.concat_tables(tables), counts, pieces
+
+
+def _score_key(ekey: str, cfg: AuditConfig, checked: Preflight) -> str:
     """Digest of what the layer tables depend on: embeddings, sets and their listings, scoring settings."""
-    listings = {name: [p.listing_digest() for p in ps] for name, ps in plans.items()}
+    listings = {name: [p.listing_digest() for p in ps] for name, ps in checked.plans.items()}
+    listings.update({name: [f.listing_digest() for f in fl] for name, fl in checked.files.items()})
     return digest({"embed_key": ekey, "score": stage_configs(cfg)["score"], "listings": listings})
 
 
@@ -126,18 +149,30 @@ def run_audit(
     history = _previous_stats(cfg.output, so)
     claim = claim_output(cfg, so)
     run_digest = digest(result_dict(cfg))
-    from memray.embed import describe_preprocessing, make_prepare
-
-    prepare = prepare or make_prepare(cfg.embed)
     # the job record (memray.results.JOB_KEYS): in every shard's and every result table's metadata
     meta = {"memray_version": memray_version(), "job_digest": run_digest, "job_config": result_dict(cfg)}
-    meta["preprocessing"] = describe_preprocessing(cfg.embed)
-    specs = [cfg.train, cfg.test, *cfg.generated]
+    meta["preprocessing"] = preprocessing_record(cfg)
     plans = checked.plans
-    all_plans = [p for s in specs for p in plans[s.name]]
+    all_plans = [p for s in cfg.sets for p in plans.get(s.name, [])]
     ekey = embed_key(cfg)
-    embed_stats = run_embedding(cfg, all_plans, cfg.output, meta, prepare, ekey)
-    errors, counts = collect_errors(cfg.output, all_plans, checked.skipped, so)
+    claim_reference(cfg, checked)
+    embed_stats = {"rows": 0, "seconds": 0.0, "nodes": []}
+    groups: dict[str, list[ShardPlan]] = {}  # embedding root (the output, or the reference) -> its shards
+    for plan in all_plans:
+        groups.setdefault(embeddings_root(cfg, plan.set_name), []).append(plan)
+    for root, group in groups.items():  # sets given as images; sets given as embeddings are read where they are
+        from memray.embed import make_prepare
+
+        prepare = prepare or make_prepare(cfg.embed)
+        done = run_embedding(cfg, group, root, meta, prepare, ekey)
+        for key, value in done.items():  # counts and times add up; node ids are a union
+            old = embed_stats.get(key, [] if key == "nodes" else 0)
+            embed_stats[key] = sorted(set(old) | set(value)) if key == "nodes" else old + value
+    errors, counts, pieces = _collect(groups, checked, so)
+    for name, fl in checked.files.items():
+        n = sum(f.n for f in fl)
+        counts[name] = {"rows_read": n, "rows_embedded": n, "rows_reported": 0, "files_skipped": 0}
+        pieces[name] = [(f.url, f.n) for f in fl if f.n]
     with storage.open_output(storage.join(cfg.output, schema.ERRORS_FILE), so) as fh:
         pq.write_table(errors, fh)
     for name, c in counts.items():
@@ -146,11 +181,15 @@ def run_audit(
             name, c["rows_read"], c["rows_embedded"], c["rows_reported"],
             f"; {c['files_skipped']} file(s) skipped (see {schema.ERRORS_FILE})" if c["files_skipped"] else "",
         )  # fmt: skip
-    layers = _embedded_layers(cfg, plans, so)
+    for spec in cfg.sets:
+        if not pieces.get(spec.name):
+            raise ValueError(f"set {spec.name!r}: no image could be embedded; see {schema.ERRORS_FILE}")
+    layers = sorted(checked.layers) if cfg.train.is_embeddings else _embedded_layers(pieces[cfg.train.name], so)
     sizes = {g.name: counts[g.name]["rows_embedded"] for g in cfg.generated}
     subsets = plan_subsets(sizes, cfg.fingerprint) if cfg.fingerprint else None
-    skey = _score_key(ekey, cfg, plans)
-    result, curves, score_stats = run_scoring(cfg, plans, layers, cfg.output, subsets, skey)
+    skey = _score_key(ekey, cfg, checked)
+    fit_roots = {layer: fit_root(cfg, checked, layer) for layer in layers}
+    result, curves, score_stats = run_scoring(cfg, pieces, layers, cfg.output, subsets, skey, fit_roots)
     stats = {
         "started_utc": started,
         "counts": counts,
@@ -162,7 +201,7 @@ def run_audit(
         "resumed": claim["resumed"],
         "history": history,
     }
-    run_meta = {**meta, "stats": stats, "inputs": {s.name: list(s.urls) for s in specs}}
+    run_meta = {**meta, "stats": stats, "inputs": {s.name: list(s.urls or s.embeddings) for s in cfg.sets}}
     run_meta["labels"] = {g.name: g.label for g in cfg.generated}
     run_meta.pop("memray_version")  # write_results records it once
     write_results(cfg.output, result, run_meta, so)
@@ -178,12 +217,8 @@ def run_audit(
     return AuditResult(cfg.output, result.ct_scores, stats, attribution)
 
 
-def _embedded_layers(cfg: AuditConfig, plans: dict[str, list[ShardPlan]], so: dict | None) -> list[int]:
-    """Layer numbers present in the training embeddings (from the first shard with features)."""
-    for plan in plans[cfg.train.name]:
-        url = shard_url(cfg.output, plan, ".parquet")
-        if storage.exists(url, so):
-            with storage.open_url(url, "rb", so) as fh:
-                names = pq.read_schema(fh).names
-            return sorted(x for x in (schema.parse_layer_column(n) for n in names) if x is not None)
-    raise ValueError(f"set {cfg.train.name!r}: no training image could be embedded; see errors.parquet")
+def _embedded_layers(pieces: list[tuple[str, int]], so: dict | None) -> list[int]:
+    """Layer numbers present in a set's embeddings (from its first feature file's schema)."""
+    with storage.open_url(pieces[0][0], "rb", so) as fh:
+        names = pq.read_schema(fh).names
+    return sorted(x for x in (schema.parse_layer_column(n) for n in names) if x is not None)

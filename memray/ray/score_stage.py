@@ -1,9 +1,12 @@
-"""Per-layer scoring on Ray: sharded exact FAISS searches as parallel tasks, C_T through the core engine.
+"""Per-layer scoring on Ray: the block steps of :mod:`memray.stats` as Ray tasks, C_T through the core engine.
 
-For each layer the driver loads the embeddings of that layer only, fits PCA + cells on the training set, and
-hands the engine a *mapper* that runs its (cell, shard) search items as Ray tasks: one exact FAISS index per
-(layer, cell, shard), built and queried inside its task, results min-merged by the engine. The statistic is
-therefore computed by exactly the same code as ``memray score``. Each finished layer is written under
+The driver coordinates: per layer it reads the test and generated sets (O(|P| + Σ|Q|)), and hands the engine a
+*mapper* that runs every step over the training set as Ray tasks which read their own rows from the feature
+files and write their outputs to the layer's workspace (``fit/layer_<ℓ>/``): per-block moments for the PCA,
+Lloyd partial sums for the k-means restarts, the projection and cell partition, then (cell, block group) exact
+search items answering every query set in one round; the driver merges small partial results in a fixed order.
+The statistic is therefore computed by exactly the same code as ``memray score`` (builtin ``map``), bit for bit,
+whatever the number of workers. Each finished layer is written under
 ``layers/layer_<ℓ>/`` with a completion marker holding the layer's score key (:mod:`memray.resume`), so a rerun
 skips it only while the embeddings, sets and scoring settings it was made from are unchanged.
 """
@@ -21,11 +24,13 @@ import pyarrow.parquet as pq
 import ray
 
 from memray import schema, storage
-from memray.curve_run import compute_curves
-from memray.features import FeatureSet, table_to_features
+from memray.curve_run import curves_frame, subset_curves
+from memray.features import FeatureSet
 from memray.job_config import AuditConfig
-from memray.score import ScoreResult, check_inputs, fit_layer, score_layer
-from memray.shards import ShardPlan
+from memray.score import ScoreInputError, ScoreResult, fit_layer, layer_tables
+from memray.stats.rows import ParquetRows
+from memray.stats.rows import pieces as make_pieces
+from memray.stats.workspace import Workspace
 
 log = logging.getLogger(__name__)
 LAYER_STATS = ("seconds", "n_train", "space_dim", "train_rank", "degenerate")  # per layer, into run.json
@@ -51,20 +56,32 @@ class RayMapper:
         return [r for _, r in results]
 
 
-def load_layer(out: str, plans: list[ShardPlan], layer: int, so: dict | None) -> FeatureSet:
-    """One layer of one set's embeddings, concatenated in shard order (row position = global int64 id)."""
-    parts = []
-    for plan in plans:
-        url = storage.join(out, "embeddings", plan.set_name, plan.key + ".parquet")
-        if not storage.exists(url, so):  # a shard whose images all failed has no feature file
-            continue
-        with storage.open_url(url, "rb", so) as fh:
-            table = pq.read_table(fh, columns=[schema.SAMPLE_ID, schema.layer_column(layer)])
-        parts.append(table_to_features(table, url))
-    if not parts:
-        raise ValueError(f"set {plans[0].set_name!r}: no image could be embedded; see errors.parquet")
-    ids = np.concatenate([p.ids for p in parts])
-    return FeatureSet(ids, {layer: np.concatenate([p.layers[layer] for p in parts])}, plans[0].set_name)
+def set_rows(pieces: list[tuple[str, int]], layer: int, so: dict | None) -> ParquetRows:
+    """A handle on one layer of a set's feature files (``(url, rows)`` in the set's global row order)."""
+    return ParquetRows(make_pieces(pieces), layer, so)
+
+
+def load_queries(name: str, pieces: list[tuple[str, int]], layer: int, so: dict | None) -> FeatureSet:
+    """One layer of a test or generated set, read into the driver (these sets are the small ones)."""
+    rows = set_rows(pieces, layer, so)
+    x = rows.read(0, rows.n)
+    return FeatureSet(rows.ids(np.arange(rows.n, dtype=np.int64)), {layer: x}, name)
+
+
+def _check_dims(train: ParquetRows, sets: dict[str, FeatureSet], layer: int) -> None:
+    for name, fs in sets.items():
+        if fs.layers[layer].shape[1] != train.dim:
+            raise ScoreInputError(
+                f"set {name!r}: layer {layer} has dimension {fs.layers[layer].shape[1]} but the training set has "
+                f"{train.dim}; all sets must come from the same encoder and layer"
+            )
+
+
+def _remove(url: str, so: dict | None) -> None:
+    """Delete a folder/prefix (the layer's fit workspace once its tables are written)."""
+    fs, path = storage.filesystem(url, so)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
 
 
 def _layer_done(layer_dir: str, score_key: str, names: tuple[str, ...], so: dict | None) -> bool:
@@ -87,16 +104,22 @@ def _layer_done(layer_dir: str, score_key: str, names: tuple[str, ...], so: dict
 
 def run_scoring(
     cfg: AuditConfig,
-    plans: dict[str, list[ShardPlan]],
+    pieces: dict[str, list[tuple[str, int]]],
     layers: list[int],
     out: str,
     subsets: dict[str, list[np.ndarray]] | None = None,
     score_key: str = "",
+    fit_roots: dict[int, tuple[str, bool]] | None = None,
 ) -> tuple[ScoreResult, pd.DataFrame | None, dict[str, Any]]:
     """Score every layer (skipping finished ones): tables, and per-subset curves when ``subsets`` is given.
 
+    ``pieces``: every set's feature files ``(url, rows)`` in its global row order. Per layer the driver reads the
+    test and generated sets (small) and hands the workers a handle on the training files: the fit's block steps
+    and the search items read their rows themselves (:mod:`memray.stats`); one search round answers every set.
     ``subsets``: the fingerprint subset plan (:func:`memray.curve_run.plan_subsets`), rows of each generated set.
     ``score_key``: digest of everything the layer tables depend on; a layer marked with another key is redone.
+    ``fit_roots``: per layer, the fit workspace URL and whether to keep it (a reference) or remove it once the
+    layer's tables are written (default ``<out>/fit/layer_<ℓ>``, removed).
     """
     so = dict(cfg.storage_options) or None
     mapper = RayMapper(cfg.resources.index_task_num_cpus, 1.0 if cfg.resources.faiss_gpu else 0.0)
@@ -110,21 +133,28 @@ def run_scoring(
         layer_dir = storage.join(out, "layers", f"layer_{layer}")
         if not _layer_done(layer_dir, score_key, names, so):
             t1 = time.perf_counter()
-            train = load_layer(out, plans[cfg.train.name], layer, so)
-            test = load_layer(out, plans[cfg.test.name], layer, so)
-            gens = {g.name: load_layer(out, plans[g.name], layer, so) for g in cfg.generated}
-            check_inputs(train, test, gens, cfg.ct, [layer])
-            fitted = fit_layer(layer, train.layers[layer], train.ids, test.layers[layer], cfg.ct, mapper, test.ids)
-            res = score_layer(fitted, len(train), test, gens, mapper)
+            train = set_rows(pieces[cfg.train.name], layer, so)  # a handle: the workers read their blocks
+            test = load_queries(cfg.test.name, pieces[cfg.test.name], layer, so)
+            gens = {g.name: load_queries(g.name, pieces[g.name], layer, so) for g in cfg.generated}
+            _check_dims(train, {cfg.test.name: test, **gens}, layer)
+            ws_url, keep = (fit_roots or {}).get(layer, (storage.join(out, "fit", f"layer_{layer}"), False))
+            ws = Workspace(ws_url, so)
+            fitted = fit_layer(layer, train, None, test.layers[layer], cfg.ct, mapper, test.ids, ws=ws)
+            warn = {name: f"gen set {name!r}, layer {layer}" for name in gens}
+            scored = fitted.score_sets({n: gens[n].layers[layer] for n in sorted(gens)}, mapper, warn)  # one round
+            res = layer_tables(fitted, train.n, test, gens, scored)
             if fingerprints:
-                res["fingerprints"] = compute_curves({layer: fitted}, gens, labels, cfg.fingerprint, subsets, mapper)
+                rows = subset_curves(fitted, scored, labels, subsets)
+                res["fingerprints"] = curves_frame(rows)
             for name in names:
                 with storage.open_output(storage.join(layer_dir, name), so) as fh:
                     res[name.removesuffix(".parquet")].to_parquet(fh, index=False)
-            stats = {"layer": layer, "seconds": time.perf_counter() - t1, "n_train": len(train), "score_key": score_key}
+            if not keep:
+                _remove(ws_url, so)
+            stats = {"layer": layer, "seconds": time.perf_counter() - t1, "n_train": train.n, "score_key": score_key}
             stats.update(space_dim=fitted.space.dim, train_rank=fitted.space.rank, degenerate=fitted.space.degenerate)
             storage.write_json(storage.join(layer_dir, "done.json"), stats, so)
-            log.info("score: layer %d, %d train / %d test, %.1f s", layer, len(train), len(test), stats["seconds"])
+            log.info("score: layer %d, %d train / %d test, %.1f s", layer, train.n, len(test), stats["seconds"])
         for name in names:
             with storage.open_url(storage.join(layer_dir, name), "rb", so) as fh:
                 tables[name].append(pd.read_parquet(fh))

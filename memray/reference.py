@@ -1,0 +1,107 @@
+"""A reusable reference: the training (and test) embeddings and per-layer fits, kept for later audits.
+
+Embedding a 10M-image training set is hours of GPU time; auditing the next model release against the same
+training set must not repeat it. With ``reference: URL`` in the audit config, the train and test sets' embedding
+shards are written under ``<reference>/embeddings/<set>/`` instead of the output folder, and each layer's fit
+(moments → PCA, k-means cells, the partitioned projected training rows; :mod:`memray.stats`) under
+``<reference>/fit/<fit key>/layer_<ℓ>/``. A later audit naming the same reference:
+
+- reuses the embeddings when the encoder config and the train/test listings match (``reference.json``);
+- reuses a layer's fit when its fit key matches: the embed key, the training listing and the fit settings
+  (``ct.pca_dim``, ``pca_only_if_larger``, ``cells``, ``seed``, ``kmeans_*``, ``block_rows``); scoring-only
+  settings (τ, metric, fingerprint settings, generated sets) are free to change;
+- is refused, naming the differing fields (old → new), when the encoder config or the listings differ: a
+  reference describes one training set seen through one encoder.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from memray import storage
+from memray.config import digest, to_dict
+from memray.job_config import AuditConfig
+from memray.resume import differing_fields, embed_key, stage_configs
+
+log = logging.getLogger(__name__)
+REFERENCE_FILE = "reference.json"
+FIT_FIELDS = ("pca_dim", "pca_only_if_larger", "cells", "seed", "kmeans_niter", "kmeans_nredo", "kmeans_sample",
+              "kmeans_seed_sample", "block_rows")  # fmt: skip
+"""CT config fields the per-layer fit depends on (the search and the statistic do not change it)."""
+
+
+class ReferenceMismatchError(ValueError):
+    """The reference was made from another training set or encoder; the message names the fields."""
+
+
+def _listing(checked: Any, name: str) -> list[str]:
+    if name in checked.files:
+        return [f.listing_digest() for f in checked.files[name]]
+    return [p.listing_digest() for p in checked.plans[name]]
+
+
+def record(cfg: AuditConfig, checked: Any) -> dict[str, Any]:
+    """What a reference holds: the encoder's stage config and the train/test sets with their listings."""
+    sets = {role: {"name": spec.name, "listing": digest({"listing": _listing(checked, spec.name)})}
+            for role, spec in (("train", cfg.train), ("test", cfg.test))}  # fmt: skip
+    return {"embed": stage_configs(cfg)["embed"], "sets": sets}
+
+
+def check_reference(cfg: AuditConfig, checked: Any) -> bool:
+    """Read-only: whether ``cfg.reference`` exists already; refuses one made from other sets or encoder.
+
+    Raises:
+        ReferenceMismatchError: naming every differing field (old → new).
+    """
+    if not cfg.reference:
+        return False
+    so = dict(cfg.storage_options) or None
+    url = storage.join(cfg.reference, REFERENCE_FILE)
+    if not storage.exists(url, so):
+        return False
+    old = storage.read_json(url, so)
+    ours = record(cfg, checked)
+    diff = differing_fields({k: old.get(k) for k in ours}, ours)
+    if diff:
+        raise ReferenceMismatchError(
+            f"reference={cfg.reference} holds another training/test set or encoder ({'; '.join(diff)}): give a new "
+            "reference location for this one, or use the config it was made with"
+        )
+    return True
+
+
+def claim_reference(cfg: AuditConfig, checked: Any) -> bool:
+    """Write the reference's record if it is new; returns whether it existed (checked as above)."""
+    existed = check_reference(cfg, checked)
+    if cfg.reference and not existed:
+        so = dict(cfg.storage_options) or None
+        storage.write_json(storage.join(cfg.reference, REFERENCE_FILE), record(cfg, checked), so)
+        log.info("reference %s: new; the train/test embeddings and fits are kept there", cfg.reference)
+    elif existed:
+        log.info("reference %s: reusing its embeddings and fits", cfg.reference)
+    return existed
+
+
+def embeddings_root(cfg: AuditConfig, set_name: str) -> str:
+    """Where a set's embedding shards live: the reference for train and test (when set), else the output."""
+    if cfg.reference and set_name in (cfg.train.name, cfg.test.name):
+        return cfg.reference
+    return cfg.output
+
+
+def fit_key(cfg: AuditConfig, checked: Any) -> str:
+    """Digest of what a layer's fit depends on: embed key, training listing and the fit settings."""
+    ct = to_dict(cfg.ct)
+    fit = {name: ct[name] for name in FIT_FIELDS}
+    return digest({"embed_key": embed_key(cfg), "train": _listing(checked, cfg.train.name), "fit": fit})
+
+
+def fit_root(cfg: AuditConfig, checked: Any, layer: int) -> tuple[str, bool]:
+    """The layer's fit workspace and whether it is kept (in a reference) or removed once the layer is scored.
+
+    Keyed by :func:`fit_key` in the output folder too, so a run resumed after a crash mid-layer reuses a
+    complete fit only when it was made from the same training rows and fit settings.
+    """
+    root, keep = (cfg.reference, True) if cfg.reference else (cfg.output, False)
+    return storage.join(root, "fit", fit_key(cfg, checked), f"layer_{layer}"), keep

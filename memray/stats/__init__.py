@@ -1,0 +1,6 @@
+"""Distributed-by-construction statistics over global row blocks of the training set (pure numpy/FAISS, no Ray).
+
+Each step is a pure function of its inputs in storage (:mod:`memray.stats.workspace`) run through a ``mapper``
+(builtin ``map`` in process, Ray tasks in a job); partial results merge in block order, so results depend only on
+the data, ``block_rows`` and the config.
+"""

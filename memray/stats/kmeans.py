@@ -1,0 +1,234 @@
+"""Seeded k-means over the projected row blocks of a workspace: all restarts in one pass per Lloyd iteration.
+
+Seeding sample: the rows whose stable hash ``blake2b(f"{seed}\\0{sample_id}", digest_size=8)`` (read as a
+little-endian uint64 h) satisfies ``h · n < s · 2⁶⁴`` with ``s = cfg.kmeans_seed_sample`` (every row when
+``s >= n``): about s rows, chosen by sample id alone, so the same rows whatever the files, blocks or workers (and
+the same rows at every layer). Restart r seeds greedy k-means++ (:func:`memray.reduce.kmeans_pp`) on that sample
+from ``default_rng([seed, r])``. With ``cfg.kmeans_sample`` set, Lloyd runs on the hash sample of that size
+(which contains the seeding sample when it is larger) instead of all rows.
+
+Lloyd: every iteration is one pass over the blocks (:func:`lloyd_partial`, one mapper item per block) that assigns
+each row to the exact nearest centroid of every restart (:meth:`memray.reduce.LayerSpace.assign`, float64, ties to
+the lower cell) and returns per-cell float64 sums, counts and the objective's exact parts; partials merge in block
+order (:func:`memray.stats.workspace.reduce_ordered`). Update: centroid = sum / count in float64, **an empty cell
+keeps its previous centroid**. The objective (Σ squared distance to the nearest centroid, each row's Σ over
+dimensions left to right) is summed exactly (:func:`exact_parts`): it equals ``math.fsum`` over all rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+from memray.reduce import ASSIGN_BATCH, EPS64, kmeans_pp
+from memray.stats.workspace import reduce_ordered
+
+if TYPE_CHECKING:
+    from memray.stats.workspace import Workspace
+
+Mapper = Callable[[Callable, Iterable], Iterable]
+
+
+def stable_hash(seed: int, sample_id: str) -> int:
+    """uint64 hash of a sample id: 8-byte blake2b of ``f"{seed}\\0{sample_id}"`` (UTF-8), little-endian."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}\0{sample_id}".encode(), digest_size=8).digest(), "little")
+
+
+def hash_ids(seed: int, sample_ids: Iterable[str]) -> np.ndarray:
+    """:func:`stable_hash` of each id -> (m,) uint64."""
+    return np.fromiter((stable_hash(seed, str(s)) for s in sample_ids), dtype=np.uint64)
+
+
+def hash_threshold(size: int | None, n: int) -> int | None:
+    """Threshold t such that ``h < t`` ⟺ ``h · n < size · 2⁶⁴`` (a fraction ``size / n`` of uint64 hashes);
+    ``None`` (every row) when ``size`` is ``None`` or ``>= n``."""
+    if size is None or size >= n:
+        return None
+    return -(-(int(size) << 64) // int(n))  # ceil(size · 2^64 / n) < 2^64
+
+
+def exact_parts(values: Iterable[float]) -> tuple[float, ...]:
+    """Non-overlapping floats whose exact sum is the exact sum of ``values``: ``fsum`` of the remainder, repeated.
+
+    ``math.fsum`` of the parts (or of the parts of several such lists) is the correctly rounded exact total.
+    """
+    vals = [float(v) for v in values]
+    parts: list[float] = []
+    while True:
+        rest = math.fsum(vals + [-p for p in parts])
+        if rest == 0.0:
+            return tuple(parts)
+        parts.append(rest)
+
+
+class LloydPartial(NamedTuple):
+    """One block's (or several merged blocks') Lloyd statistics for R restarts of ``cells`` centroids in k dims.
+
+    ``sums`` (R, cells, k) float64 per-cell sums of the rows, ``counts`` (R, cells) int64, ``objective`` one tuple
+    of exact parts (:func:`exact_parts`) per restart: Σ squared distance of the rows to their nearest centroid.
+    """
+
+    sums: np.ndarray
+    counts: np.ndarray
+    objective: tuple[tuple[float, ...], ...]
+
+
+SQDIST_ROWS = 2048  # rows per chunk of row_sqdist (cache-sized; not results)
+
+
+def row_sqdist(z: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Σ_j (z_ij − c_{labels_i, j})² per row of ``z`` (m, k), accumulated over j left to right (no BLAS, no
+    pairwise sum: the same bits on any machine)."""
+    out = np.zeros(len(z))
+    for start in range(0, len(z), SQDIST_ROWS):
+        sq = z[start : start + SQDIST_ROWS] - centroids[labels[start : start + SQDIST_ROWS]]
+        np.square(sq, out=sq)
+        acc = out[start : start + SQDIST_ROWS]
+        acc[:] = sq[:, 0]
+        for j in range(1, sq.shape[1]):
+            acc += sq[:, j]
+    return out
+
+
+def cell_sums(z: np.ndarray, labels: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell sums (cells, k) of the rows of ``z`` (each cell's rows added one at a time in row order) and counts."""
+    counts = np.bincount(labels, minlength=cells).astype(np.int64)
+    sums = np.zeros((cells, z.shape[1]))
+    for c in np.flatnonzero(counts).tolist():
+        sums[c] = z[labels == c].sum(axis=0)
+    return sums, counts
+
+
+def assign_all(z: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Nearest centroid of each row of ``z`` (m, k) for every restart's centroids (R, cells, k) -> (m, R) int64.
+
+    :meth:`memray.reduce.LayerSpace.assign` for all restarts at once (one matrix product per row chunk): the BLAS
+    expansion decides rows whose two nearest centroids are farther apart than its error bound, the rest get the
+    direct Σ(z − c)² (ties -> lower cell), so each column equals ``LayerSpace(…, centroids[r]).assign(z)``.
+    """
+    r_count, cells, k = centroids.shape
+    out = np.zeros((len(z), r_count), dtype=np.int64)
+    if cells == 1:
+        return out
+    flat = np.ascontiguousarray(centroids.reshape(r_count * cells, k), dtype=np.float64)
+    csq = np.einsum("ij,ij->i", flat, flat).reshape(r_count, cells)
+    cmax = csq.max(axis=1)
+    for start in range(0, len(z), ASSIGN_BATCH):
+        chunk = z[start : start + ASSIGN_BATCH]
+        zsq = np.einsum("ij,ij->i", chunk, chunk)
+        approx = (zsq[:, None] - 2.0 * (chunk @ flat.T)).reshape(len(chunk), r_count, cells) + csq[None]
+        best = np.argmin(approx, axis=2)
+        two = np.partition(approx, 1, axis=2)[..., :2]
+        tol = 8.0 * (k + 4) * EPS64 * (zsq[:, None] + cmax[None, :])
+        rows, restarts = np.nonzero(two[..., 1] - two[..., 0] <= tol)
+        if len(rows):
+            diff = chunk[rows, None, :] - centroids[restarts]
+            best[rows, restarts] = np.argmin(np.sum(diff * diff, axis=-1), axis=1)
+        out[start : start + len(chunk)] = best
+    return out
+
+
+def lloyd_stats(z: np.ndarray, centroids: np.ndarray, sums: bool = True, objective: bool = True) -> LloydPartial:
+    """:class:`LloydPartial` of rows ``z`` (m, k) for centroids (R, cells, k) float64; ``sums=False`` leaves the
+    sums zero, ``objective=False`` leaves ``objective`` empty (a Lloyd update needs only the sums and counts; only
+    the final centroids' objective is compared)."""
+    centroids = np.asarray(centroids, dtype=np.float64)
+    r_count, cells, k = centroids.shape
+    out_sums = np.zeros((r_count, cells, k))
+    counts = np.zeros((r_count, cells), dtype=np.int64)
+    parts = []
+    every = assign_all(z, centroids)
+    for r in range(r_count):
+        labels = np.ascontiguousarray(every[:, r])
+        if sums:
+            out_sums[r], counts[r] = cell_sums(z, labels, cells)
+        else:
+            counts[r] = np.bincount(labels, minlength=cells)
+        if objective:
+            parts.append(exact_parts(row_sqdist(z, centroids[r], labels).tolist()))
+    return LloydPartial(out_sums, counts, tuple(parts))
+
+
+def lloyd_partial(
+    ws: Workspace, g: int, centroids: np.ndarray, keep: np.ndarray | None = None, sums: bool = True,
+    objective: bool = True,
+) -> LloydPartial:  # fmt: skip
+    """Lloyd statistics (:func:`lloyd_stats`) of block ``g`` (``proj/block_{g:06d}`` of ``ws``) for centroids
+    (R, cells, k); ``keep``: only these local rows of the block (the Lloyd sample), else all."""
+    z = ws.get(f"proj/block_{g:06d}")["z"]
+    if keep is not None:
+        z = z[np.asarray(keep, dtype=np.int64)]
+    return lloyd_stats(np.asarray(z, dtype=np.float64), centroids, sums, objective)
+
+
+def merge_lloyd(a: LloydPartial, b: LloydPartial) -> LloydPartial:
+    """Sum of two partials (objective parts merged exactly)."""
+    obj = tuple(exact_parts(pa + pb) for pa, pb in zip(a.objective, b.objective, strict=True))
+    return LloydPartial(a.sums + b.sums, a.counts + b.counts, obj)
+
+
+def _lloyd_item(ws: Workspace, centroids: np.ndarray, item: tuple[int, np.ndarray | None]) -> LloydPartial:
+    return lloyd_partial(ws, item[0], centroids, item[1], objective=False)
+
+
+def _objective_item(ws: Workspace, centroids: np.ndarray, item: tuple[int, np.ndarray | None]) -> LloydPartial:
+    return lloyd_partial(ws, item[0], centroids, item[1], sums=False)
+
+
+def lloyd_update(centroids: np.ndarray, total: LloydPartial) -> np.ndarray:
+    """New centroids (R, cells, k) float64: sum / count per cell; an empty cell keeps its previous centroid."""
+    counts = total.counts[..., None]
+    return np.where(counts > 0, total.sums / np.maximum(counts, 1), centroids)
+
+
+def restart_rng(seed: int, restart: int) -> np.random.Generator:
+    """The k-means++ stream of one restart: ``default_rng([seed, restart])`` after one discarded draw below 2³¹−1."""
+    rng = np.random.default_rng([seed, restart])
+    rng.integers(2**31 - 1)
+    return rng
+
+
+def seed_restarts(sample: np.ndarray, cells: int, seed: int, restarts: int) -> np.ndarray:
+    """k-means++ initial centroids (R, cells, k) float64 on the seeding sample (m, k): restart r from
+    ``default_rng([seed, r])`` (:func:`memray.reduce.kmeans_pp`, whose float32 result is widened).
+
+    Each stream first skips one draw (:func:`restart_rng`), the FAISS seed that memray 0.1's in-process k-means
+    took there, so the initial centroids, and hence the cells and every C_T, stay what they were."""
+    if len(sample) < cells:
+        raise ValueError(
+            f"the k-means seeding sample holds {len(sample)} rows, fewer than the {cells} cells; raise "
+            "ct.kmeans_seed_sample (or ct.kmeans_sample)"
+        )
+    inits = [kmeans_pp(sample, cells, restart_rng(seed, r)) for r in range(restarts)]
+    return np.stack(inits).astype(np.float64)
+
+
+def lloyd(
+    ws: Workspace, items: list[tuple[int, np.ndarray | None]], init: np.ndarray, niter: int, mapper: Mapper = map
+) -> tuple[np.ndarray, list[float]]:
+    """``niter`` Lloyd iterations of every restart from ``init`` (R, cells, k), one pass over ``items`` (block,
+    kept local rows or ``None``) each, stopping early only when no restart's centroids changed; then one pass for
+    the exact objective of the final centroids.
+
+    Returns:
+        final centroids (R, cells, k) float64 and each restart's exact objective for them.
+    """
+    centroids = np.asarray(init, dtype=np.float64)
+    for _ in range(niter):
+        total = reduce_ordered(mapper(partial(_lloyd_item, ws, centroids), items), merge_lloyd)
+        new = lloyd_update(centroids, total)
+        if np.array_equal(new, centroids):
+            break
+        centroids = new
+    total = reduce_ordered(mapper(partial(_objective_item, ws, centroids), items), merge_lloyd)
+    return centroids, [math.fsum(p) for p in total.objective]
+
+
+def best_restart(objectives: list[float]) -> int:
+    """Index of the lowest objective, ties to the lowest restart."""
+    return min(range(len(objectives)), key=lambda r: (objectives[r], r))

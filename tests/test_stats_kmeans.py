@@ -1,0 +1,223 @@
+"""memray.stats.kmeans: the hash seeding sample, exact objective parts, the empty-cell rule, and fit_space's
+k-means against a straightforward single-array float64 Lloyd written here (same sample, same k-means++ init)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import tempfile
+
+import numpy as np
+import pytest
+
+from memray.config import CTConfig
+from memray.reduce import LayerSpace, canonical_order, kmeans_pp
+from memray.stats.fit import fit_space
+from memray.stats.kmeans import (
+    LloydPartial,
+    assign_all,
+    best_restart,
+    exact_parts,
+    hash_threshold,
+    lloyd,
+    lloyd_update,
+    restart_rng,
+    stable_hash,
+)
+from memray.stats.rows import ArrayRows
+from memray.stats.workspace import Workspace
+from tests.test_stats_pca import tree
+
+
+def blobs(seed: int, cells: int, n: int, d: int, scale: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=scale, size=(cells, d))
+    return (centres[rng.integers(0, cells, n)] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+def in_sample(ids, seed: int, size: int | None) -> np.ndarray:
+    """Rows whose blake2b-64 hash h satisfies h·n < size·2^64, in Python integers (all rows when size >= n)."""
+    n = len(ids)
+    if size is None or size >= n:
+        return np.ones(n, bool)
+    h = [int.from_bytes(hashlib.blake2b(f"{seed}\0{s}".encode(), digest_size=8).digest(), "little") for s in ids]
+    return np.array([v * n < size * 2**64 for v in h])
+
+
+def reference_kmeans(x: np.ndarray, ids, cfg: CTConfig, block_rows: int, full: bool = False):
+    """Float64 Lloyd on one array: brute-force nearest centroid (direct Σ(z−c)², ties -> lower cell), per-cell sums
+    row by row within each block of ``block_rows`` global rows and blocks added in the documented tree, empty
+    cells kept, objective = fsum of each row's left-to-right Σ.
+
+    Returns (best centroids float32 canonical, points) or, with ``full``, also (initial centroids (R, cells, k),
+    final float64 centroids (R, cells, k), objectives (R,), global rows used)."""
+    z = np.asarray(x, dtype=np.float64)
+    seed_size = cfg.kmeans_seed_sample if cfg.kmeans_sample is None else min(cfg.kmeans_seed_sample, cfg.kmeans_sample)
+    sample = z[in_sample(ids, cfg.seed, seed_size)]
+    used = np.flatnonzero(in_sample(ids, cfg.seed, cfg.kmeans_sample))
+    data, block = z[used], used // block_rows
+
+    def labels_of(c):
+        return np.argmin(np.sum((data[:, None, :] - c[None]) ** 2, axis=-1), axis=1)
+
+    def objective(c):
+        diff = data - c[labels_of(c)]
+        per_row = diff[:, 0] * diff[:, 0]
+        for j in range(1, diff.shape[1]):
+            per_row = per_row + diff[:, j] * diff[:, j]
+        return math.fsum(per_row.tolist())
+
+    inits, finals, objs = [], [], []
+    for r in range(cfg.kmeans_nredo):
+        c = kmeans_pp(sample, cfg.cells, restart_rng(cfg.seed, r)).astype(np.float64)
+        inits.append(c)
+        for _ in range(cfg.kmeans_niter):
+            lab = labels_of(c)
+            per_block = []
+            for g in np.unique(block):
+                s = np.zeros_like(c)
+                np.add.at(s, lab[block == g], data[block == g])  # row by row, in order
+                per_block.append(s)
+            sums = tree(per_block, np.add)
+            counts = np.bincount(lab, minlength=cfg.cells)[:, None]
+            new = np.where(counts > 0, sums / np.maximum(counts, 1), c)
+            if np.array_equal(new, c):
+                break
+            c = new
+        finals.append(c)
+        objs.append(objective(c))
+    best = min(range(len(objs)), key=lambda i: (objs[i], i))
+    out = canonical_order(finals[best].astype(np.float32))
+    return (out, len(used), np.stack(inits), np.stack(finals), objs, used) if full else (out, len(used))
+
+
+def fit(x: np.ndarray, cfg: CTConfig, mapper=map):
+    with tempfile.TemporaryDirectory() as tmp:
+        return fit_space(ArrayRows(x), cfg, Workspace(tmp), mapper)
+
+
+def test_stable_hash_is_blake2b_of_seed_nul_id():
+    assert stable_hash(0, "abc") == int.from_bytes(hashlib.blake2b(b"0\x00abc", digest_size=8).digest(), "little")
+    assert stable_hash(3, "img/1.png") == int.from_bytes(
+        hashlib.blake2b(b"3\x00img/1.png", digest_size=8).digest(), "little"
+    )
+    assert stable_hash(0, "abc") != stable_hash(1, "abc")
+
+
+def test_hash_threshold_is_the_exact_fraction():
+    t = hash_threshold(3, 10)
+    assert t is not None and (t - 1) * 10 < 3 * 2**64 <= t * 10  # h < t  <=>  h·10 < 3·2^64
+    assert hash_threshold(10, 10) is None and hash_threshold(None, 5) is None and hash_threshold(11, 10) is None
+    assert hash_threshold(1, 2) == 2**63
+
+
+def test_exact_parts_sum_exactly():
+    rng = np.random.default_rng(0)
+    v = [*(rng.normal(size=5000) * 10.0 ** rng.integers(-20, 20, 5000)).tolist(), 1e100, 1.0, -1e100]
+    parts = exact_parts(v)
+    assert math.fsum(parts) == math.fsum(v)
+    a, b = exact_parts(v[:1234]), exact_parts(v[1234:])
+    assert math.fsum(exact_parts(a + b)) == math.fsum(v)
+    assert exact_parts([]) == () and exact_parts([1.0, -1.0]) == ()
+
+
+def test_assign_all_is_layer_space_assign_per_restart_including_ties():
+    rng = np.random.default_rng(8)
+    z = rng.normal(size=(20000, 5))
+    c = rng.normal(size=(3, 4, 5))
+    c[1, 3] = c[1, 0]  # coincident centroids: every row of those two is an exact tie -> the lower cell
+    c[2] = np.array([[1.0, 0, 0, 0, 0], [-1.0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0], [0, -1.0, 0, 0, 0]])
+    z[:500, :2] = 0.0  # equidistant from all four centroids of restart 2
+    got = assign_all(z, c)
+    brute = np.argmin(np.sum((z[:, None, None, :] - c[None]) ** 2, axis=-1), axis=2)  # first minimum per restart
+    for r in range(3):
+        assert got[:, r].tolist() == LayerSpace(np.zeros(5), None, c[r]).assign(z).tolist() == brute[:, r].tolist()
+    assert not np.any(got[:, 1] == 3) and np.all(got[:500, 2] == 0)
+
+
+def test_best_restart_ties_to_the_lowest_index():
+    assert best_restart([2.0, 1.0, 1.0, 3.0]) == 1
+
+
+def test_an_empty_cell_keeps_its_previous_centroid():
+    prev = np.array([[[0.0], [10.0], [100.0]]])
+    total = LloydPartial(np.array([[[1.0], [21.0], [0.0]]]), np.array([[2, 2, 0]]), ((1.0,),))
+    assert lloyd_update(prev, total).tolist() == [[[0.5], [10.5], [100.0]]]
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Workspace(tmp)
+        ws.put("proj/block_000000", z=np.array([[0.0], [1.0], [10.0], [11.0]]))
+        final, obj = lloyd(ws, [(0, None)], prev, niter=5)
+    assert final.tolist() == [[[0.5], [10.5], [100.0]]] and obj == [1.0]  # 4 rows at 0.5 from their centre
+
+
+@pytest.mark.parametrize(
+    "block_rows, seed_sample, kmeans_sample",
+    [(3000, 800, None), (700, 800, None), (512, 5000, None), (700, 800, 1500), (1000, 2000, 600)],
+)
+def test_kmeans_equals_a_single_array_lloyd(block_rows, seed_sample, kmeans_sample):
+    x = blobs(1, 5, 3000, 8, scale=2.5)
+    cfg = CTConfig(pca_dim=6, cells=5, kmeans_nredo=4, kmeans_niter=15, block_rows=block_rows,
+                   kmeans_seed_sample=seed_sample, kmeans_sample=kmeans_sample, seed=7)  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Workspace(tmp)
+        got = fit_space(ArrayRows(x), cfg, ws)
+        nb = -(-len(x) // block_rows)
+        z = np.concatenate([ws.get(f"proj/block_{g:06d}")["z"] for g in range(nb)])  # float64 PCA rows
+        ids = [str(i) for i in range(len(x))]
+        ref, used, init, finals, objs, rows = reference_kmeans(z, ids, cfg, block_rows, True)
+        # the float64 Lloyd itself, every restart, on the blocks fit_space wrote (not hidden by the float32 cast)
+        items = [(g, None if kmeans_sample is None else rows[rows // block_rows == g] - g * block_rows)
+                 for g in range(nb)]  # fmt: skip
+        final, obj = lloyd(ws, items, init, cfg.kmeans_niter)
+    assert final.tobytes() == finals.tobytes() and obj == objs
+    assert got.space.centroids.tobytes() == ref.tobytes()
+    assert got.space.kmeans_points == used
+    if kmeans_sample is not None:
+        assert abs(used - kmeans_sample) < 5 * math.sqrt(kmeans_sample) and used < len(x)
+
+
+def test_duplicate_seeds_give_an_empty_cell_that_keeps_its_centroid():
+    x = np.repeat(np.array([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]], np.float32), [40, 30, 30], axis=0)
+    cfg = CTConfig(pca_dim=None, cells=4, kmeans_nredo=2, kmeans_niter=5, block_rows=33)
+    ref, _ = reference_kmeans(x, [str(i) for i in range(len(x))], cfg, 33)
+    got = fit(x, cfg)
+    assert got.space.centroids.tobytes() == ref.tobytes()
+    assert len({tuple(c) for c in got.space.centroids.tolist()}) == 3  # a coincident centroid kept its place
+    assert sorted(got.train_counts.tolist()) == [0, 30, 30, 40]
+
+
+def test_the_seeding_sample_follows_the_sample_ids_not_the_positions():
+    x = blobs(2, 3, 2000, 4, scale=4.0)
+    perm = np.random.default_rng(3).permutation(len(x))
+    ids = np.array([f"s{i}" for i in range(len(x))], dtype=object)
+    cfg = CTConfig(pca_dim=None, cells=3, kmeans_nredo=2, kmeans_seed_sample=300, block_rows=256)
+    with tempfile.TemporaryDirectory() as tmp:
+        a = fit_space(ArrayRows(x, ids), cfg, Workspace(tmp))
+    with tempfile.TemporaryDirectory() as tmp:
+        b = fit_space(ArrayRows(x[perm], ids[perm]), cfg, Workspace(tmp))
+    ref_a, _ = reference_kmeans(x, list(ids), cfg, 256)
+    assert a.space.centroids.tobytes() == ref_a.tobytes()
+    np.testing.assert_allclose(a.space.centroids, b.space.centroids, rtol=1e-5, atol=1e-5)  # same partition
+
+
+def test_lloyd_stops_early_only_when_no_restart_moves():
+    calls: list[str] = []
+
+    def counting(fn, items):
+        calls.append(getattr(getattr(fn, "func", fn), "__name__", ""))
+        return map(fn, items)
+
+    x = blobs(4, 3, 600, 3, scale=30.0)  # far apart: converges in a few iterations
+    fit(x, CTConfig(pca_dim=None, cells=3, kmeans_nredo=3, kmeans_niter=50, block_rows=200), counting)
+    assert 2 <= calls.count("_lloyd_item") < 50 and calls.count("_objective_item") == 1
+    calls.clear()
+    fit(x, CTConfig(pca_dim=None, cells=3, kmeans_nredo=3, kmeans_niter=1, block_rows=200), counting)
+    assert calls.count("_lloyd_item") == 1 and calls.count("_objective_item") == 1  # update, then objective
+
+
+def test_same_config_gives_the_same_centroids_another_seed_other_ones():
+    x = blobs(5, 4, 800, 3, scale=1.0)
+    cfg = CTConfig(pca_dim=None, cells=4, kmeans_nredo=1, block_rows=300)
+    assert fit(x, cfg).space.centroids.tobytes() == fit(x, cfg).space.centroids.tobytes()
+    other = fit(x, CTConfig(pca_dim=None, cells=4, kmeans_nredo=1, block_rows=300, seed=1)).space.centroids
+    assert other.tobytes() != fit(x, cfg).space.centroids.tobytes()
