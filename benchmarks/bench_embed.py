@@ -19,7 +19,7 @@ import timm
 import torch
 
 from memray.config import EmbedConfig
-from memray.embed import LayerEmbedder
+from memray.embedding.embed import LayerEmbedder
 
 
 def vit_flops_per_image(model: torch.nn.Module) -> float:

@@ -26,8 +26,8 @@ import ray
 from PIL import Image
 
 from memray.config import EmbedConfig
-from memray.embed import LayerEmbedder, make_prepare
-from memray.images import decode_image
+from memray.embedding.embed import LayerEmbedder, make_prepare
+from memray.io.images import decode_image
 from memray.job_config import audit_config_from_dict
 from memray.ray.pipeline import run_audit
 

@@ -100,7 +100,6 @@ class CTConfig:
     kmeans_niter: int = field(default=20, metadata=at_least(1))
     kmeans_nredo: int = field(default=FROM_MODE, metadata=at_least(1))
     kmeans_sample: int | None = field(default=None, metadata=at_least(1))
-    train_shards: int = field(default=1, metadata=at_least(1))
     query_batch: int = field(default=4096, metadata=at_least(1))
     candidates: int = field(default=8, metadata=at_least(1))
     block_rows: int = field(default=65536, metadata=at_least(1))

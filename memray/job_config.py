@@ -41,7 +41,7 @@ def _amounts_ok(pairs: tuple[tuple[str, float], ...]) -> bool:
 @dataclass(frozen=True)
 class DatasetSpec:
     """One set: images (``urls``: local folders, ``s3://`` prefixes, tar shards, Parquet, ``.npz``) or precomputed
-    embeddings (``embeddings``: feature Parquet files, folders or globs, see :mod:`memray.embedding_inputs`).
+    embeddings (``embeddings``: feature Parquet files, folders or globs, see :mod:`memray.io.embedding_inputs`).
 
     Exactly one of ``urls`` / ``embeddings`` is given. ``label``: the model/architecture that produced a generated
     set (used as a fingerprint gallery label).
@@ -115,7 +115,7 @@ class AuditConfig:
 
     ``reference``: a folder or ``s3://`` prefix holding the training and test embeddings and the per-layer fits
     (PCA, cells, partitioned projected rows), written by the first audit that names it and reused by later
-    audits of the same training set with the same encoder and fit settings (:mod:`memray.reference`).
+    audits of the same training set with the same encoder and fit settings (:mod:`memray.job.reference`).
 
     Every field is checked on construction (types from the annotations, ranges from the field rules); errors
     name the dotted field, e.g. ``resources.actors=1.5: must be an integer >= 1``.

@@ -82,7 +82,7 @@ def test_embed_and_fingerprint_describe_what_they_read_and_write(capsys: pytest.
 
 def test_fingerprint_protocol_choices_match_the_evaluator() -> None:
     from memray.commands.fingerprint import PROTOCOLS
-    from memray.evaluate import PROTOCOLS as EVALUATE_PROTOCOLS
+    from memray.fingerprint.evaluate import PROTOCOLS as EVALUATE_PROTOCOLS
 
     assert PROTOCOLS == EVALUATE_PROTOCOLS
 

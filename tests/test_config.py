@@ -22,7 +22,7 @@ from memray.config import (
     to_dict,
     with_overrides,
 )
-from memray.results import method_record
+from memray.stats.results import method_record
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -87,7 +87,7 @@ def test_with_overrides_keeps_the_mode_and_shows_changed_fields():
 
 def _score_args(**kw):
     base = {"mode": "paper", "cells": None, "metric": None, "pca_dim": None, "min_gen_per_cell": None, "seed": None,
-            "train_shards": None, "kmeans_restarts": None}  # fmt: skip
+            "search_rows": None, "block_rows": None, "kmeans_restarts": None}  # fmt: skip
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -114,7 +114,7 @@ def test_score_cli_flags_become_overrides_of_the_mode():
         (CTConfig, {"kmeans_niter": 0}, "ct.kmeans_niter=0: must be an integer >= 1"),
         (CTConfig, {"kmeans_nredo": 0}, "ct.kmeans_nredo=0: must be an integer >= 1"),
         (CTConfig, {"kmeans_sample": 5}, "ct.kmeans_sample=5: must be null (all points) or an integer >= ct.cells"),
-        (CTConfig, {"train_shards": 0}, "ct.train_shards=0: must be an integer >= 1"),
+        (CTConfig, {"search_rows": 0}, "ct.search_rows=0: must be an integer >= 1"),
         (CTConfig, {"query_batch": 1.5}, "ct.query_batch=1.5: must be an integer >= 1"),
         (CTConfig, {"candidates": None}, "ct.candidates=None: must be an integer >= 1"),
         (EmbedConfig, {"model": ""}, "embed.model='': must be a string (non-empty)"),

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy.stats import mannwhitneyu
 
-from memray import schema
-from memray.ct import CellStats, average_ranks, cell_table, ct_from_cells, mann_whitney_z
+from memray.io import schema
+from memray.stats.ct import CellStats, average_ranks, cell_table, ct_from_cells, mann_whitney_z
 
 
 def test_average_ranks_hand_case():
@@ -87,7 +87,7 @@ def test_ct_is_test_share_weighted_mean_of_kept_cells():
 
 def test_ct_nan_when_no_cell_kept_warns_with_hint(caplog):
     stats = cell_table(np.ones(50), np.repeat([0, 1], 25), np.ones(30), np.repeat([0, 1], 15), np.array([5, 5]), 20)
-    with caplog.at_level(logging.WARNING, logger="memray.ct"):
+    with caplog.at_level(logging.WARNING, logger="memray.stats.ct"):
         assert math.isnan(ct_from_cells(stats, "gen set 'tiny', layer 3"))
     msg = caplog.text
     assert "gen set 'tiny', layer 3" in msg

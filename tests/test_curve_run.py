@@ -1,4 +1,4 @@
-"""Tests of memray.curve_run: subset plans, per-subset curves reusing the fits, the fingerprint run."""
+"""Tests of memray.fingerprint.curve_run: subset plans, per-subset curves reusing the fits, the fingerprint run."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from memray import schema
 from memray.config import ConfigError, CTConfig, FingerprintConfig
-from memray.curve_run import compute_curves, fingerprint_run, plan_subsets
-from memray.curves import read_curves, to_gallery
-from memray.features import FeatureSet
-from memray.score import fit_layer
+from memray.fingerprint.curve_run import compute_curves, fingerprint_run, plan_subsets
+from memray.fingerprint.curves import read_curves, to_gallery
+from memray.io import schema
+from memray.io.features import FeatureSet
+from memray.stats.score import fit_layer
 
 
 def test_plan_subsets_disjoint_and_bootstrap() -> None:

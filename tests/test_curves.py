@@ -10,14 +10,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from memray import schema
-from memray.curves import (
+from memray.fingerprint.curves import (
     CurveFileError,
     read_curves,
     read_gallery,
     to_gallery,
     write_gallery,
 )
+from memray.io import schema
 
 DATA = Path(__file__).parent / "data" / "layerchoice"
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from memray.config import EmbedConfig
-from memray.embed import EmbedError, LayerEmbedder, describe_preprocessing, make_prepare, resolve_layers
-from memray.weights import create_model
+from memray.embedding.embed import EmbedError, LayerEmbedder, describe_preprocessing, make_prepare, resolve_layers
+from memray.embedding.weights import create_model
 
 MICRO = {"img_size": 32, "patch_size": 8, "depth": 4, "embed_dim": 64, "num_heads": 2}
 N_IMAGES = 10
@@ -226,8 +226,8 @@ def test_cli_folder_with_a_broken_file(tmp_path: Path, capsys: pytest.CaptureFix
     from PIL import Image
 
     from memray.cli import main
-    from memray.features import table_metadata
-    from memray.images import decode_image
+    from memray.io.features import table_metadata
+    from memray.io.images import decode_image
 
     folder = tmp_path / "gen"
     (folder / "sub").mkdir(parents=True)

@@ -12,10 +12,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from memray import schema
 from memray.cli import main
 from memray.config import ConfigError, EmbedConfig, to_dict
-from memray.embedding_inputs import (
+from memray.io import schema
+from memray.io.embedding_inputs import (
     EmbeddingInputError,
     embedding_layers,
     list_embedding_files,
@@ -23,7 +23,7 @@ from memray.embedding_inputs import (
     load_feature_input,
     rows_for,
 )
-from memray.features import FeatureSet, write_features
+from memray.io.features import FeatureSet, write_features
 from memray.job_config import AuditConfig, audit_config_from_dict, load_audit_config
 
 RNG = np.random.default_rng(3)

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from scipy.stats import binomtest
 
-from memray import schema, synthetic
+from memray import synthetic
 from memray.cli import main
 from memray.config import CTConfig, FingerprintConfig
-from memray.curve_run import compute_curves, curves_to_gallery, plan_subsets
-from memray.curves import read_curves, to_gallery
-from memray.evaluate import (
+from memray.fingerprint.curve_run import compute_curves, curves_to_gallery, plan_subsets
+from memray.fingerprint.curves import read_curves, to_gallery
+from memray.fingerprint.evaluate import (
     EVALUATION_FILE,
     confusion_matrix,
     evaluate,
@@ -24,10 +24,11 @@ from memray.evaluate import (
     protocol_masks,
     wilson_interval,
 )
-from memray.features import FeatureSet
-from memray.fid import feature_stats, match_fid_runs, read_fid_table
-from memray.fingerprint import UNKNOWN, Gallery, GalleryError
-from memray.score import fit_layer
+from memray.fingerprint.fid import feature_stats, match_fid_runs, read_fid_table
+from memray.fingerprint.match import UNKNOWN, Gallery, GalleryError
+from memray.io import schema
+from memray.io.features import FeatureSet
+from memray.stats.score import fit_layer
 
 DATA = Path(__file__).parent / "data" / "layerchoice"
 

@@ -1,4 +1,4 @@
-"""Tests of memray.faiss_backend: FAISS imported on the CPU's BLAS kernels, scoped settings, GPU placement."""
+"""Tests of memray.stats.faiss_backend: FAISS imported on the CPU's BLAS kernels, scoped settings, GPU placement."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from memray.faiss_backend import (
+from memray.stats.faiss_backend import (
     FAISS_BLAS_THRESHOLD,
     FAISS_THREADS,
     blas_core_for,
@@ -43,7 +43,7 @@ def test_blas_core_for_cpu_flags():
 @pytest.mark.timeout(60)
 def test_faiss_import_sets_blas_core_for_faiss_only():
     code = (
-        "import os, json, memray.faiss_backend as ix\n"
+        "import os, json, memray.stats.faiss_backend as ix\n"
         "from threadpoolctl import threadpool_info\n"
         "cores = {p['filepath']: p.get('architecture') for p in threadpool_info() if p['internal_api'] == 'openblas'}\n"
         "print(json.dumps([ix.blas_core_for(ix._cpu_flags()), 'OPENBLAS_CORETYPE' in os.environ, cores]))"

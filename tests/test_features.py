@@ -1,4 +1,4 @@
-"""memray.features.load_features: good files round-trip; bad ones fail naming the file, never advising unpickling."""
+"""memray.io.features.load_features: good files round-trip; bad ones fail naming the file, never advising unpickling."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memray.features import FeatureFileError, FeatureSet, load_features, write_features
+from memray.io.features import FeatureFileError, FeatureSet, load_features, write_features
 
 
 def _npy(arr: np.ndarray, allow_pickle: bool = False) -> bytes:

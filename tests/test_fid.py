@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from memray.fid import fd_matrix, feature_stats, frechet_distance, match_fid_runs, read_fid_table
+from memray.fingerprint.fid import fd_matrix, feature_stats, frechet_distance, match_fid_runs, read_fid_table
 
 DATA = Path(__file__).parent / "data" / "layerchoice"
 

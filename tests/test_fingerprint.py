@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-import memray.fingerprint as fp
+import memray.fingerprint.match as fp
 from memray.config import FingerprintConfig
-from memray.fingerprint import (
+from memray.fingerprint.match import (
     UNKNOWN,
     Gallery,
     GalleryError,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from memray.images import (
+from memray.io.images import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
     decode_array,

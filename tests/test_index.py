@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import itertools
 import pickle
 
 import numpy as np
 import pytest
 
-from memray.config import CTConfig
-from memray.index import (
+from memray.stats.index import (
     TrainShard,
     distance,
     merge_min,
-    nearest_in_cells,
     prepare,
     search_prepared,
     search_shard,
-    shard_ranges,
 )
 
 METRICS = ["l2", "cosine", "cosine_abs"]
@@ -38,18 +34,6 @@ def brute_force(train, train_ids, queries, metric):
         [train_ids[np.flatnonzero(np.isclose(d[r], best[r], rtol=0, atol=1e-12))].min() for r in range(len(d))]
     )
     return best, ids
-
-
-def test_shard_ranges_contiguous_balanced_deterministic():
-    for n, s in [(10, 3), (7, 7), (3, 5), (0, 2), (100, 1)]:
-        r = shard_ranges(n, s)
-        assert len(r) == s and r[0][0] == 0 and r[-1][1] == n
-        assert all(a[1] == b[0] for a, b in itertools.pairwise(r))
-        sizes = [b - a for a, b in r]
-        assert max(sizes) - min(sizes) <= 1
-    assert shard_ranges(10, 3) == [(0, 3), (3, 6), (6, 10)]
-    with pytest.raises(ValueError):
-        shard_ranges(5, 0)
 
 
 def test_distance_hand_cases():
@@ -137,41 +121,6 @@ def _cells_fixture(metric_seed=5):
     train_cells = rng.integers(0, 4, 1500)  # cell 4 has no training row
     query_cells = rng.integers(0, 5, 400)
     return train, train_cells, queries, query_cells
-
-
-@pytest.mark.parametrize("metric", METRICS)
-def test_nearest_in_cells_sharded_equals_unsharded_bitwise(metric):
-    train, tc, queries, qc = _cells_fixture()
-    ids = np.arange(len(train), dtype=np.int64)
-    results = []
-    for shards in (1, 3, 7):
-        cfg = CTConfig(metric=metric, cells=5, train_shards=shards, query_batch=50, candidates=3)
-        results.append(nearest_in_cells(train, tc, ids, queries, qc, cfg))
-    for d, i in results[1:]:
-        assert d.tobytes() == results[0][0].tobytes() and np.array_equal(i, results[0][1])
-    d, i = results[0]
-    for cell in range(4):  # brute force within each cell
-        q, t = np.flatnonzero(qc == cell), np.flatnonzero(tc == cell)
-        bd, bi = brute_force(train[t], t, queries[q], metric)
-        np.testing.assert_allclose(d[q], bd, rtol=0, atol=1e-12)
-        assert np.array_equal(i[q], bi)
-    assert np.isinf(d[qc == 4]).all() and (i[qc == 4] == -1).all()
-
-
-def test_nearest_in_cells_with_serialising_out_of_order_mapper():
-    # What a distributed mapper does: pickle each item and the function, run elsewhere, return in any order.
-    train, tc, queries, qc = _cells_fixture(9)
-    ids = np.arange(len(train), dtype=np.int64) + 1000
-    cfg = CTConfig(metric="cosine_abs", cells=5, train_shards=3)
-
-    def remote_like_mapper(fn, items):
-        shipped = [pickle.loads(pickle.dumps((fn, it))) for it in items]
-        return [f(it) for f, it in reversed(shipped)]
-
-    d1, i1 = nearest_in_cells(train, tc, ids, queries, qc, cfg)
-    d2, i2 = nearest_in_cells(train, tc, ids, queries, qc, cfg, mapper=remote_like_mapper)
-    assert d1.tobytes() == d2.tobytes() and np.array_equal(i1, i2)
-    assert i1[qc < 4].min() >= 1000
 
 
 class CountingIndex:

@@ -14,12 +14,12 @@ import yaml
 from ray_helpers import audit_config, make_inputs
 
 from memray.config import to_dict
-from memray.curves import write_gallery
-from memray.fingerprint import Gallery
+from memray.fingerprint.curves import write_gallery
+from memray.fingerprint.match import Gallery
+from memray.io.sources import SourceError
+from memray.job.preflight import PreflightError, gallery_comparable, preflight, set_rows
 from memray.job_config import ResourcesConfig
-from memray.preflight import PreflightError, gallery_comparable, preflight, set_rows
 from memray.ray.session import CapacityError, check_capacity
-from memray.sources import SourceError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ def test_gallery_from_another_encoder_is_refused_naming_the_fields(tmp_path: Pat
     gallery = Gallery(np.array(["g1"]), np.array(["kde"], dtype=object), np.zeros((1, 6)), [1, 2, 3, 4, 5, 6],
                       np.array(["g1"]))  # fmt: skip
     url = str(tmp_path / "gallery.parquet")
-    from memray.embed import describe_preprocessing
+    from memray.embedding.embed import describe_preprocessing
 
     write_gallery(url, gallery, {"job": gallery_comparable(made, describe_preprocessing(made.embed))})
     ours = audit_config(inputs, str(tmp_path / "b"), fingerprint={"subset_size": 45, "gallery": url})
@@ -107,7 +107,7 @@ def test_fingerprint_attribute_refuses_curves_made_with_another_config(tmp_path:
     from memray.cli import main
 
     inputs = make_inputs(tmp_path / "in")
-    from memray.embed import describe_preprocessing
+    from memray.embedding.embed import describe_preprocessing
 
     def job(**kw):
         cfg = audit_config(inputs, str(tmp_path / "x"), fingerprint={"subset_size": 45}, **kw)
@@ -127,7 +127,7 @@ def test_fingerprint_attribute_refuses_curves_made_with_another_config(tmp_path:
 
 
 def test_output_folder_of_another_embed_config_is_refused_before_ray(tmp_path: Path) -> None:
-    from memray.resume import ResumeMismatchError, claim_output
+    from memray.job.resume import ResumeMismatchError, claim_output
 
     inputs = make_inputs(tmp_path / "in")
     claim_output(audit_config(inputs, str(tmp_path / "out")), None)

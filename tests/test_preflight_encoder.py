@@ -14,11 +14,11 @@ import timm
 import torch
 from safetensors.torch import save, save_file
 
-from memray import weights
 from memray.config import EmbedConfig
-from memray.embed import EmbedError, LayerEmbedder, check_encoder
-from memray.storage import filesystem, open_output
-from memray.weights import WeightsError, load_model
+from memray.embedding import weights
+from memray.embedding.embed import EmbedError, LayerEmbedder, check_encoder
+from memray.embedding.weights import WeightsError, load_model
+from memray.io.storage import filesystem, open_output
 
 NAME = "vit_tiny_patch16_224"
 MICRO = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}

@@ -1,4 +1,4 @@
-"""memray.prepare: the torch-free paper preprocessing equals torchvision's PIL pipeline bit for bit."""
+"""memray.embedding.prepare: the torch-free paper preprocessing equals torchvision's PIL pipeline bit for bit."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from torchvision import transforms
 
-from memray.prepare import PaperPrepare
+from memray.embedding.prepare import PaperPrepare
 
 
 def torchvision_reference(img: np.ndarray, resize: int, crop: tuple[int, int]) -> np.ndarray:
@@ -41,6 +41,6 @@ def test_equals_torchvision_pil_pipeline(shape: tuple[int, ...], resize: int, cr
 def test_picklable_and_torch_free() -> None:
     prep = pickle.loads(pickle.dumps(PaperPrepare(128, (112, 112))))
     assert prep == PaperPrepare(128, (112, 112))
-    code = "import sys, memray.prepare, memray.shards; print('torch' in sys.modules)"
+    code = "import sys, memray.embedding.prepare, memray.io.shards; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"  # Ray's read workers never pay for a torch import

@@ -13,7 +13,7 @@ from timm.data import create_transform, resolve_model_data_config
 from torchvision import transforms
 
 from memray.config import ConfigError, EmbedConfig
-from memray.preprocess import Preprocessor, model_input_size
+from memray.embedding.preprocess import Preprocessor, model_input_size
 
 
 def rgb(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -9,7 +9,7 @@ import ray
 from ray.cluster_utils import Cluster
 from ray_helpers import audit_config, make_inputs
 
-from memray import schema
+from memray.io import schema
 from memray.ray.pipeline import run_audit
 
 

@@ -15,7 +15,7 @@ import s3fs
 from PIL import Image
 from ray_helpers import audit_config, make_inputs, sample_images, write_pngs
 
-from memray import schema
+from memray.io import schema
 from memray.ray.pipeline import run_audit
 
 

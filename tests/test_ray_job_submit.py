@@ -31,8 +31,8 @@ import pytest
 import yaml
 from ray_helpers import audit_config, make_inputs
 
-from memray import schema
 from memray.config import digest, to_dict
+from memray.io import schema
 from memray.job_config import load_audit_config, result_dict
 
 REPO = Path(__file__).resolve().parents[1]

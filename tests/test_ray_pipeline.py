@@ -17,15 +17,15 @@ import pytest
 import yaml
 from ray_helpers import audit_config, make_inputs
 
-from memray import schema
 from memray.config import to_dict
-from memray.curve_run import compute_curves
-from memray.embed import LayerEmbedder, make_prepare
-from memray.features import FeatureSet
+from memray.embedding.embed import LayerEmbedder, make_prepare
+from memray.fingerprint.curve_run import compute_curves
+from memray.io import schema
+from memray.io.features import FeatureSet
+from memray.io.shards import STATUS_OK, plan_shards, read_shard
 from memray.ray.pipeline import ResumeMismatchError, run_audit
-from memray.results import JOB_KEYS, write_results
-from memray.score import fit_layer, score_features
-from memray.shards import STATUS_OK, plan_shards, read_shard
+from memray.stats.results import JOB_KEYS, write_results
+from memray.stats.score import fit_layer, score_features
 
 REPO = Path(__file__).resolve().parents[1]
 

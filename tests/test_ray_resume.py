@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from ray_helpers import audit_config, sample_images, write_npz, write_pngs
 
-from memray import schema
+from memray.io import schema
+from memray.job.resume import ResumeMismatchError
 from memray.ray.pipeline import run_audit
-from memray.resume import ResumeMismatchError
 
 TABLES = (schema.CT_SCORES_FILE, schema.CT_CELLS_FILE, schema.NEIGHBORS_FILE)
 

@@ -15,10 +15,10 @@ import psutil
 import pytest
 from ray_helpers import audit_config, make_inputs
 
-from memray import schema
-from memray.preflight import preflight
+from memray.io import schema
+from memray.job.preflight import preflight
+from memray.job.reference import ReferenceMismatchError
 from memray.ray.pipeline import run_audit
-from memray.reference import ReferenceMismatchError
 
 TABLES = (schema.CT_SCORES_FILE, schema.CT_CELLS_FILE, schema.NEIGHBORS_FILE)
 BLOCKS = {"ct__block_rows": 50}  # 240 training rows → 5 global row blocks: the reductions really merge

@@ -258,7 +258,7 @@ def test_version_and_help() -> None:
 
 
 def test_storage_defaults_in_the_readme_are_the_code_s() -> None:
-    from memray import storage
+    from memray.io import storage
 
     text = README
     assert f"{storage.S3_CONNECT_TIMEOUT_S} s to connect, {storage.S3_READ_TIMEOUT_S} s to wait" in text

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from memray.config import CTConfig
-from memray.reduce import (
+from memray.stats.reduce import (
     ROW_BLOCK,
     LayerSpace,
     fit_and_project,
@@ -258,7 +258,7 @@ def test_restart_streams_differ_by_seed():
 def test_too_few_points_per_cell_is_one_memray_warning_and_no_faiss_output(capfd, caplog):
     x, _ = blobs(17, 10, 300, 8)
     capfd.readouterr()
-    with caplog.at_level(logging.WARNING, logger="memray.reduce"):
+    with caplog.at_level(logging.WARNING, logger="memray.stats.reduce"):
         fit_layer_space(x, CTConfig(pca_dim=None, cells=10), label="layer 7")
     msgs = [r.getMessage() for r in caplog.records]
     assert msgs == ["layer 7: k-means fits 10 cells on 300 training points, fewer than 39 per cell (390); "
@@ -270,7 +270,7 @@ def test_too_few_points_per_cell_is_one_memray_warning_and_no_faiss_output(capfd
 def test_rank_deficient_training_features_are_recorded_and_warned(caplog):
     rng = np.random.default_rng(18)
     x = (rng.normal(size=(500, 5)) @ rng.normal(size=(5, 40))).astype(np.float32)  # a 5-dim subspace of R^40
-    with caplog.at_level(logging.WARNING, logger="memray.reduce"):
+    with caplog.at_level(logging.WARNING, logger="memray.stats.reduce"):
         space = fit_layer_space(x, CTConfig(pca_dim=16, cells=3), label="layer 3")
     assert space.dim == 16 and space.rank == 5 and space.degenerate
     assert "layer 3" in caplog.text and "numerical rank 5, below the 16 PCA components" in caplog.text
@@ -282,7 +282,7 @@ def test_rank_deficient_training_features_are_recorded_and_warned(caplog):
 @pytest.mark.parametrize("pca_dim", [8, None])
 def test_constant_training_features_have_rank_zero(pca_dim, caplog):
     x = np.full((200, 12), 0.1, dtype=np.float32)  # its float64 mean is not exactly 0.1f: the check is exact
-    with caplog.at_level(logging.WARNING, logger="memray.reduce"):
+    with caplog.at_level(logging.WARNING, logger="memray.stats.reduce"):
         space = fit_layer_space(x, CTConfig(pca_dim=pca_dim, cells=2), label="layer 2")
     assert space.rank == 0 and space.degenerate
     assert "layer 2: the training features have no variance (rank 0" in caplog.text

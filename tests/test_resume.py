@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from ray_helpers import audit_config
 
-from memray.resume import CONFIG_FILE, ResumeMismatchError, claim_output, differing_fields, embed_key, flatten
+from memray.job.resume import CONFIG_FILE, ResumeMismatchError, claim_output, differing_fields, embed_key, flatten
 
 INPUTS = {"train": "/data/t", "test": "/data/p", "copy": "/data/c", "real": "/data/r"}
 

@@ -11,13 +11,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from memray import schema
 from memray.cli import main
 from memray.config import CTConfig
-from memray.features import FeatureSet
-from memray.reduce import kmeans_objective
-from memray.results import write_results
-from memray.score import ScoreInputError, ScoreResult, _finite, fit_layer, score_features
+from memray.io import schema
+from memray.io.features import FeatureSet
+from memray.stats.reduce import kmeans_objective
+from memray.stats.results import write_results
+from memray.stats.score import ScoreInputError, ScoreResult, _finite, fit_layer, score_features
 from tests.reference_ct import reference_ct
 
 
@@ -82,7 +82,7 @@ def test_score_features_tables_and_sharding_invariance():
     assert nb[schema.GEN_SET].iloc[400:].isna().all()
     assert nb[schema.SAMPLE_ID].iloc[:3].tolist() == ["s0", "s1", "s2"]
     assert nb[schema.NN_TRAIN_ID].iloc[:200].tolist() == [f"t{i}" for i in data["src"]]
-    sharded = score_features(train, test, gens, CTConfig.preset("meehan", cells=4, train_shards=5, query_batch=17))
+    sharded = score_features(train, test, gens, CTConfig.preset("meehan", cells=4, search_rows=7, query_batch=17))
     for name in ("ct_scores", "ct_cells", "neighbors"):
         pd.testing.assert_frame_equal(res.table(name), sharded.table(name), check_exact=True)
 
@@ -198,7 +198,7 @@ def test_cli_score(tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(["score", "--train", str(paths["train"]), "--test", str(paths["test"]), "--gen",
                f"copier={paths['copies']}", "--gen", str(paths["fresh"]), "--mode", "meehan", "--cells", "4",
-               "--train-shards", "2", "--out", str(out)])  # fmt: skip
+               "--search-rows", "2", "--out", str(out)])  # fmt: skip
     assert rc == 0
     printed = capsys.readouterr().out
     assert "copier" in printed and "fresh" in printed and str(out / schema.CT_SCORES_FILE) in printed
@@ -211,7 +211,7 @@ def test_cli_score(tmp_path, capsys):
     ]
     assert (scores[schema.CT].iloc[:2] < -5).all() and (scores[schema.CT].iloc[2:].abs() < 3).all()
     run = json.loads((out / schema.RUN_FILE).read_text())
-    assert run["config"]["metric"] == "l2" and run["config"]["train_shards"] == 2
+    assert run["config"]["metric"] == "l2" and run["config"]["search_rows"] == 2
     assert run["inputs"]["gen"] == {"copier": str(paths["copies"]), "fresh": str(paths["fresh"])}
 
 

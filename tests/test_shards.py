@@ -1,4 +1,4 @@
-"""memray.shards: listing stamps and digests for resume, unreadable units as rows, skipped files named, streaming
+"""memray.io.shards: listing stamps and digests for resume, unreadable units as rows, skipped files named, streaming
 reads, row-range bookkeeping."""
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from memray import schema
-from memray.job_config import DatasetSpec
-from memray.shards import (
+from memray.io import schema
+from memray.io.shards import (
     ROW_STATUSES,
     ROWS_UNKNOWN,
     STATUS_OK,
@@ -33,6 +32,7 @@ from memray.shards import (
     plan_shards,
     read_shard,
 )
+from memray.job_config import DatasetSpec
 
 
 def _png(value: int, size: int = 6) -> bytes:
@@ -207,7 +207,7 @@ def test_every_listed_file_is_a_unit_or_skipped(tmp_path: Path) -> None:
 _LIST_SKIPPED = """
 import json, sys
 from memray.job_config import DatasetSpec
-from memray.shards import plan_shards
+from memray.io.shards import plan_shards
 skipped = []
 plans = plan_shards(DatasetSpec(name="train", urls=(sys.argv[1],)), shard_rows=10, skipped=skipped)
 print(json.dumps({"units": [u.name for p in plans for u in p.units], "skipped": skipped}))

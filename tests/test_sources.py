@@ -1,4 +1,4 @@
-"""memray.sources: every input format locally, the same tree on a real S3 endpoint, and reading inside Ray tasks."""
+"""memray.io.sources: every input format locally, the same tree on a real S3 endpoint, and reading inside Ray tasks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from memray.sources import (
+from memray.io.sources import (
     SourceError,
     Unit,
     UnitReadError,

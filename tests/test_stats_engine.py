@@ -1,4 +1,4 @@
-"""memray.stats.engine and its use by memray.score / memray.curve_run: one search round per layer, exact results."""
+"""memray.stats.engine as stats.score and fingerprint.curve_run use it: one search round per layer, exact results."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from memray.config import CTConfig, FingerprintConfig
-from memray.curve_run import compute_curves, plan_subsets
-from memray.features import FeatureSet
-from memray.score import fit_layer, score_features, score_layer
+from memray.fingerprint.curve_run import compute_curves, plan_subsets
+from memray.io.features import FeatureSet
+from memray.io.rows import ArrayRows
 from memray.stats import search
 from memray.stats.engine import fit_layer_engine, score_sets, search_test
-from memray.stats.rows import ArrayRows
+from memray.stats.score import fit_layer, score_features, score_layer
 from memray.stats.workspace import Workspace
 
 

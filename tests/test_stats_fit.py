@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from memray.config import CTConfig, FieldError
-from memray.reduce import fit_and_project
-from memray.results import method_record
+from memray.io.rows import ArrayRows
 from memray.stats.fit import FitResult, fit_space
-from memray.stats.rows import ArrayRows
+from memray.stats.reduce import fit_and_project
+from memray.stats.results import method_record
 from memray.stats.workspace import Workspace, temporary_workspace
 from tests.test_stats_pca import ChunkedRows
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from memray.config import CTConfig
-from memray.reduce import LayerSpace, canonical_order, kmeans_pp
+from memray.io.rows import ArrayRows
 from memray.stats.fit import fit_space
 from memray.stats.kmeans import (
     LloydPartial,
@@ -24,7 +24,7 @@ from memray.stats.kmeans import (
     restart_rng,
     stable_hash,
 )
-from memray.stats.rows import ArrayRows
+from memray.stats.reduce import LayerSpace, canonical_order, kmeans_pp
 from memray.stats.workspace import Workspace
 from tests.test_stats_pca import tree
 

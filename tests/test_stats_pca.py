@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from memray.reduce import fit_pca
+from memray.io.rows import ArrayRows
 from memray.stats.pca import Moments, block_moments, merge_moments, moments_of, pca_from_moments
-from memray.stats.rows import ArrayRows
+from memray.stats.reduce import fit_pca
 from memray.stats.workspace import block_count, block_range, reduce_ordered
 
 

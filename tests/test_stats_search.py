@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from memray.config import CTConfig
-from memray.reduce import fit_and_project
 from memray.stats.fit import cell_key
+from memray.stats.reduce import fit_and_project
 from memray.stats.search import SearchItem, plan_search, run_search, search_all
 from memray.stats.workspace import Workspace
 

@@ -1,4 +1,4 @@
-"""memray.storage: default S3 timeouts/retries, one StorageError per failure against real endpoints, the umask."""
+"""memray.io.storage: default S3 timeouts/retries, one StorageError per failure against real endpoints, the umask."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from memray import storage
-from memray.sources import list_units
-from memray.storage import StorageError
+from memray.io import storage
+from memray.io.sources import list_units
+from memray.io.storage import StorageError
 
 # Small limits so an endpoint that refuses or never answers fails in seconds (the defaults take ~1-2 minutes).
 FAST = {

@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file, save, save_file
 
 from memray.config import EmbedConfig
-from memray.embed import LayerEmbedder
-from memray.storage import open_output
-from memray.weights import INIT_SEED, WeightsError, create_model, load_model
+from memray.embedding.embed import LayerEmbedder
+from memray.embedding.weights import INIT_SEED, WeightsError, create_model, load_model
+from memray.io.storage import open_output
 
 MICRO = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}
 NAME = "vit_tiny_patch16_224"
@@ -109,7 +109,7 @@ def test_random_init_is_seeded_and_warns(caplog: pytest.LogCaptureFixture) -> No
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
-    with caplog.at_level(logging.WARNING, logger="memray.weights"):
+    with caplog.at_level(logging.WARNING, logger="memray.embedding.weights"):
         a, info = load_model(cfg)
     assert torch.rand(1).item() == before.item()  # the global RNG stream is untouched
     b = create_model(cfg)

@@ -6,8 +6,8 @@ import argparse
 import dataclasses
 import logging
 
-from memray import schema, storage
 from memray.commands import parse_key_values
+from memray.io import schema, storage
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     starts; nothing is written to the output folder before all checks passed.
     """
     from memray.config import FingerprintConfig
+    from memray.job.preflight import preflight
     from memray.job_config import load_audit_config
-    from memray.preflight import preflight
 
     overrides = parse_key_values(args.set, "--set")
     if args.output:

@@ -8,7 +8,7 @@ the row counts sit in the schema metadata. Images that cannot be decoded are exc
 survives a rerun). The command checks and prints ``rows read = rows embedded + rows reported``.
 
 User errors are found before the model is built: the image listing first, then the encoder
-(:func:`memray.embed.check_encoder`: model name, weights header, layers). torch and timm are imported only by
+(:func:`memray.embedding.embed.check_encoder`: model name, weights header, layers). torch and timm are imported only by
 :func:`run`, so ``memray --help`` stays light.
 """
 
@@ -25,17 +25,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from memray import schema
 from memray.commands import parse_key_values
 from memray.config import EmbedConfig, digest, to_dict
-from memray.features import FeatureSet, write_features
-from memray.images import DEFAULT_MAX_PIXELS
+from memray.io import schema
+from memray.io.features import FeatureSet, write_features
+from memray.io.images import DEFAULT_MAX_PIXELS
+from memray.io.shards import IMAGE, STATUS_OK, ShardPlan, plan_shards, read_shard
+from memray.io.storage import open_output
 from memray.job_config import DatasetSpec
-from memray.shards import IMAGE, STATUS_OK, ShardPlan, plan_shards, read_shard
-from memray.storage import open_output
 
 if TYPE_CHECKING:
-    from memray.embed import LayerEmbedder
+    from memray.embedding.embed import LayerEmbedder
 
 log = logging.getLogger(__name__)
 SHARD_ROWS = 1024  # images decoded ahead of the encoder
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     )
     set_name = PurePosixPath(str(args.images).rstrip("/")).stem
     plans = plan_shards(DatasetSpec(name=set_name, urls=(str(args.images),)), shard_rows=SHARD_ROWS)
-    from memray.embed import LayerEmbedder, check_encoder  # torch + timm: only once the inputs are known good
+    from memray.embedding.embed import LayerEmbedder, check_encoder  # torch + timm: only once the inputs are known good
 
     encoder = check_encoder(cfg)
     log.info("encoder %s: layers %s of %d blocks", cfg.model, encoder["layers"], encoder["num_blocks"])

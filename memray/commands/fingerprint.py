@@ -10,7 +10,8 @@
   ``attribution.parquet``.
 
 Curve files: memray ``fingerprints.parquet``, long/wide CSV or Parquet, or the authors' text format (see
-:mod:`memray.curves`). FID files: ``NAME value`` lines or CSV ``run,fid[,curve_run]`` (see :mod:`memray.fid`).
+:mod:`memray.fingerprint.curves`). FID files: ``NAME value`` lines or CSV ``run,fid[,curve_run]`` (see
+:mod:`memray.fingerprint.fid`).
 The curve, FID and evaluation modules (pandas, scipy) are imported by the actions only, so ``--help`` stays light.
 """
 
@@ -20,11 +21,12 @@ import argparse
 
 import numpy as np
 
-from memray import schema
 from memray.config import FingerprintConfig, to_dict, with_overrides
-from memray.storage import join
+from memray.io import schema
+from memray.io.storage import join
 
-#: ``memray.evaluate.PROTOCOLS``, spelled out so that parsing needs no pandas (tests/test_cli.py checks they agree).
+#: ``memray.fingerprint.evaluate.PROTOCOLS``, spelled out so that parsing needs no pandas (tests/test_cli.py checks
+#: they agree).
 PROTOCOLS: tuple[str, ...] = ("split", "leave-one-run-out")
 
 
@@ -105,9 +107,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from memray.curves import read_curves, to_gallery
-    from memray.evaluate import evaluate, format_table, write_evaluation
-    from memray.fid import match_fid_runs, read_fid_table
+    from memray.fingerprint.curves import read_curves, to_gallery
+    from memray.fingerprint.evaluate import evaluate, format_table, write_evaluation
+    from memray.fingerprint.fid import match_fid_runs, read_fid_table
 
     fcfg = _config(args)
     curves, split = to_gallery(read_curves(args.curves), args.curves)
@@ -129,7 +131,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _gallery(args: argparse.Namespace) -> int:
-    from memray.curves import read_curves, to_gallery, write_gallery
+    from memray.fingerprint.curves import read_curves, to_gallery, write_gallery
 
     curves, split = to_gallery(read_curves(args.curves), args.curves)
     if args.only_split:
@@ -139,7 +141,7 @@ def _gallery(args: argparse.Namespace) -> int:
     unlabelled = [n for n, lab in zip(curves.names, curves.labels, strict=True) if lab is None]
     if unlabelled:
         raise ValueError(f"{args.curves}: gallery curves need labels; unlabelled: {unlabelled[:5]}")
-    from memray.preflight import gallery_record
+    from memray.job.preflight import gallery_record
 
     meta = {"source": args.curves, "only_split": args.only_split}
     job = gallery_record(args.curves).get("job")  # the curves' encoder and C_T record travels with them
@@ -149,10 +151,10 @@ def _gallery(args: argparse.Namespace) -> int:
 
 
 def _attribute(args: argparse.Namespace) -> int:
-    from memray.curves import read_curves, read_gallery, to_gallery
-    from memray.evaluate import write_attribution
-    from memray.fingerprint import attribute
-    from memray.preflight import check_curve_files
+    from memray.fingerprint.curves import read_curves, read_gallery, to_gallery
+    from memray.fingerprint.evaluate import write_attribution
+    from memray.fingerprint.match import attribute
+    from memray.job.preflight import check_curve_files
 
     fcfg = _config(args)
     check_curve_files(args.gallery, args.queries, args.allow_mismatch)

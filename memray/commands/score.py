@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from memray.config import METRICS, MODES, CTConfig
 
 if TYPE_CHECKING:  # the engine (numpy, scipy, faiss) is imported by run(), not by `memray --help`
-    from memray.score import ScoreResult
+    from memray.stats.score import ScoreResult
 
 
 def _pca_dim(value: str) -> int | str:
@@ -48,7 +48,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--kmeans-restarts", type=int, metavar="N",
         help="k-means++ restarts, lowest objective kept (preset: 10, as sklearn KMeans(n_init=10)); ct.kmeans_nredo",
     )  # fmt: skip
-    p.add_argument("--train-shards", type=int, help="row-range shards per cell for the neighbour search (1)")
+    p.add_argument("--search-rows", type=int, help="training rows per exact-search item (262144; results unchanged)")
+    p.add_argument("--block-rows", type=int, help="rows per global block of the fit (65536; recorded)")
     p.add_argument("--layer", type=int, default=1, help="layer number given to .npy files (default 1)")
     p.add_argument("--out", required=True, help="output folder or s3:// prefix")
     p.set_defaults(func=run)
@@ -76,7 +77,8 @@ def build_config(args: argparse.Namespace) -> CTConfig:
     """The CT config of the mode preset with the flags given on the command line applied (recorded as overrides)."""
     given = {
         "cells": args.cells, "metric": args.metric, "min_gen_per_cell": args.min_gen_per_cell, "seed": args.seed,
-        "train_shards": args.train_shards, "kmeans_nredo": getattr(args, "kmeans_restarts", None),
+        "search_rows": getattr(args, "search_rows", None), "block_rows": getattr(args, "block_rows", None),
+        "kmeans_nredo": getattr(args, "kmeans_restarts", None),
     }  # fmt: skip
     flags = {k: v for k, v in given.items() if v is not None}
     if args.pca_dim is not None:
@@ -96,9 +98,9 @@ def summary(result: ScoreResult) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Load the features, score every generated set at every layer, write the tables, print a summary."""
-    from memray.embedding_inputs import load_feature_input as load_features
-    from memray.results import write_results
-    from memray.score import score_features
+    from memray.io.embedding_inputs import load_feature_input as load_features
+    from memray.stats.results import write_results
+    from memray.stats.score import score_features
 
     cfg = build_config(args)
     gen_files = parse_gen(args.gen)

@@ -1,7 +1,7 @@
 """Ray Data stage: read + decode + prepare on CPU tasks → per-layer embeddings in an actor pool → shard files.
 
 The workers write the embeddings; the driver only sees small records. A read task streams one shard's rows
-(:func:`memray.shards.iter_shard`; the last row carries the shard's row count). An actor batch embeds its rows and
+(:func:`memray.io.shards.iter_shard`; the last row carries the shard's row count). An actor batch embeds its rows and
 writes, per shard and contiguous row range it holds, the features of the range's ``ok`` rows to a part file
 ``embeddings/<set>/shard-NNNNN.parts/rows-<first>-<last>.parquet``; it returns one record per range (row range,
 counts, part name, the range's error rows). Once a shard's ranges tile ``[0, shard_rows)``, the driver starts a
@@ -34,12 +34,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from memray import schema, storage
 from memray.config import EmbedConfig, to_dict
-from memray.features import FeatureSet, features_to_table, parquet_options
+from memray.io import schema, storage
+from memray.io.features import FeatureSet, features_to_table, parquet_options
+from memray.io.shards import IMAGE, ROW, SHARD, SHARD_ROWS, STATUS_OK, RowRanges, ShardPlan, contiguous_runs, iter_shard
 from memray.job_config import AuditConfig
 from memray.ray.session import started_local
-from memray.shards import IMAGE, ROW, SHARD, SHARD_ROWS, STATUS_OK, RowRanges, ShardPlan, contiguous_runs, iter_shard
 
 log = logging.getLogger(__name__)
 NODE = "node_id"
@@ -62,7 +62,7 @@ class EmbedActor:
 
     Returns one record per (shard, contiguous row range) of the batch: ``set, shard, first, last, n_ok, shard_rows,
     part, errors, node_id``; ``shard_rows`` is the shard's row count on the range holding its last row, else
-    :data:`~memray.shards.ROWS_UNKNOWN`; ``part`` is ``""`` when no row of the range embedded; ``errors`` is JSON
+    :data:`~memray.io.shards.ROWS_UNKNOWN`; ``part`` is ``""`` when no row of the range embedded; ``errors`` is JSON
     ``[[row, sample_id, status, error], …]``.
     """
 
@@ -70,7 +70,7 @@ class EmbedActor:
         self, embed_cfg: dict[str, Any], num_threads: int | None, out: str, storage_options: dict | None = None
     ) -> None:
         from memray.config import from_dict
-        from memray.embed import LayerEmbedder
+        from memray.embedding.embed import LayerEmbedder
 
         cfg = from_dict(EmbedConfig, embed_cfg, "embed")
         self.embedder = LayerEmbedder(cfg, num_threads=num_threads, storage_options=storage_options)

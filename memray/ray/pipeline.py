@@ -22,19 +22,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from memray import schema, storage
 from memray.config import digest
-from memray.curve_run import finish_fingerprints, plan_record, plan_subsets
-from memray.curves import read_gallery
+from memray.fingerprint.curve_run import finish_fingerprints, plan_record, plan_subsets
+from memray.fingerprint.curves import read_gallery
+from memray.io import schema, storage
+from memray.io.shards import ShardPlan
+from memray.job.preflight import Preflight, gallery_comparable, preflight, preprocessing_record
+from memray.job.reference import claim_reference, embeddings_root, fit_root
+from memray.job.resume import CONFIG_FILE, ResumeMismatchError, claim_output, embed_key, stage_configs
 from memray.job_config import AuditConfig, result_dict
-from memray.preflight import Preflight, gallery_comparable, preflight, preprocessing_record
 from memray.ray.embed_stage import run_embedding, shard_url
 from memray.ray.score_stage import run_scoring
 from memray.ray.session import check_capacity, describe_nodes
-from memray.reference import claim_reference, embeddings_root, fit_root
-from memray.results import memray_version, write_results
-from memray.resume import CONFIG_FILE, ResumeMismatchError, claim_output, embed_key, stage_configs
-from memray.shards import ShardPlan
+from memray.stats.results import memray_version, write_results
 
 log = logging.getLogger(__name__)
 __all__ = ["CONFIG_FILE", "AuditResult", "ResumeMismatchError", "run_audit"]
@@ -136,7 +136,7 @@ def run_audit(
 ) -> AuditResult:
     """Run (or resume) the whole audit on the connected Ray cluster; ``ray.init`` must have been called.
 
-    ``checked``: the result of :func:`memray.preflight.preflight` when the caller already ran it (the CLI runs it
+    ``checked``: the result of :func:`memray.job.preflight.preflight` when the caller already ran it (the CLI runs it
     before starting Ray); otherwise it runs here. Nothing is written before every check passed.
     """
     if not ray.is_initialized():
@@ -149,7 +149,7 @@ def run_audit(
     history = _previous_stats(cfg.output, so)
     claim = claim_output(cfg, so)
     run_digest = digest(result_dict(cfg))
-    # the job record (memray.results.JOB_KEYS): in every shard's and every result table's metadata
+    # the job record (memray.stats.results.JOB_KEYS): in every shard's and every result table's metadata
     meta = {"memray_version": memray_version(), "job_digest": run_digest, "job_config": result_dict(cfg)}
     meta["preprocessing"] = preprocessing_record(cfg)
     plans = checked.plans
@@ -161,7 +161,7 @@ def run_audit(
     for plan in all_plans:
         groups.setdefault(embeddings_root(cfg, plan.set_name), []).append(plan)
     for root, group in groups.items():  # sets given as images; sets given as embeddings are read where they are
-        from memray.embed import make_prepare
+        from memray.embedding.embed import make_prepare
 
         prepare = prepare or make_prepare(cfg.embed)
         done = run_embedding(cfg, group, root, meta, prepare, ekey)

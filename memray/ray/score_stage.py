@@ -7,7 +7,7 @@ Lloyd partial sums for the k-means restarts, the projection and cell partition, 
 search items answering every query set in one round; the driver merges small partial results in a fixed order.
 The statistic is therefore computed by exactly the same code as ``memray score`` (builtin ``map``), bit for bit,
 whatever the number of workers. Each finished layer is written under
-``layers/layer_<ℓ>/`` with a completion marker holding the layer's score key (:mod:`memray.resume`), so a rerun
+``layers/layer_<ℓ>/`` with a completion marker holding the layer's score key (:mod:`memray.job.resume`), so a rerun
 skips it only while the embeddings, sets and scoring settings it was made from are unchanged.
 """
 
@@ -23,13 +23,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import ray
 
-from memray import schema, storage
-from memray.curve_run import curves_frame, subset_curves
-from memray.features import FeatureSet
+from memray.fingerprint.curve_run import curves_frame, subset_curves
+from memray.io import schema, storage
+from memray.io.features import FeatureSet
+from memray.io.rows import ParquetRows
+from memray.io.rows import pieces as make_pieces
 from memray.job_config import AuditConfig
-from memray.score import ScoreInputError, ScoreResult, fit_layer, layer_tables
-from memray.stats.rows import ParquetRows
-from memray.stats.rows import pieces as make_pieces
+from memray.stats.score import ScoreInputError, ScoreResult, fit_layer, layer_tables
 from memray.stats.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,8 @@ def run_scoring(
     ``pieces``: every set's feature files ``(url, rows)`` in its global row order. Per layer the driver reads the
     test and generated sets (small) and hands the workers a handle on the training files: the fit's block steps
     and the search items read their rows themselves (:mod:`memray.stats`); one search round answers every set.
-    ``subsets``: the fingerprint subset plan (:func:`memray.curve_run.plan_subsets`), rows of each generated set.
+    ``subsets``: the fingerprint subset plan (:func:`memray.fingerprint.curve_run.plan_subsets`), rows of each
+    generated set.
     ``score_key``: digest of everything the layer tables depend on; a layer marked with another key is redone.
     ``fit_roots``: per layer, the fit workspace URL and whether to keep it (a reference) or remove it once the
     layer's tables are written (default ``<out>/fit/layer_<ℓ>``, removed).

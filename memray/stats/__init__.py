@@ -3,4 +3,8 @@
 Each step is a pure function of its inputs in storage (:mod:`memray.stats.workspace`) run through a ``mapper``
 (builtin ``map`` in process, Ray tasks in a job); partial results merge in block order, so results depend only on
 the data, ``block_rows`` and the config.
+
+The statistic itself lives here too: the per-layer space (:mod:`~memray.stats.reduce`), exact search
+(:mod:`~memray.stats.index`), C_T (:mod:`~memray.stats.ct`), scoring (:mod:`~memray.stats.score`) and its result tables
+(:mod:`~memray.stats.results`).
 """

@@ -20,10 +20,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from memray.config import CTConfig
-from memray.reduce import LayerSpace
+from memray.io.rows import Rows
 from memray.stats.fit import FitResult, fit_space
 from memray.stats.fit_store import load_fit, save_fit
-from memray.stats.rows import Rows
+from memray.stats.reduce import LayerSpace
 from memray.stats.search import search_all
 
 log = logging.getLogger(__name__)

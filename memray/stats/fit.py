@@ -3,7 +3,7 @@
 :func:`fit_space` runs, each step as one ``mapper`` item per block ``[g·B, min((g+1)·B, n))``:
 
 1. moments (:func:`memray.stats.pca.block_moments`), merged in block order -> exact PCA (or the identity,
-   :func:`memray.reduce.pca_components`);
+   :func:`memray.stats.reduce.pca_components`);
 2. projection: block g's projected rows to ``proj/block_{g:06d}`` of the workspace, returning only the block's
    share of the hash samples (:mod:`memray.stats.kmeans`) and whether all its rows equal row 0;
 3. k-means: k-means++ per restart on the gathered seeding sample, then Lloyd passes over the blocks;
@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from memray.config import CTConfig
-from memray.reduce import MIN_POINTS_PER_CELL, LayerSpace, canonical_order, numerical_rank, pca_components
 from memray.stats.kmeans import best_restart, hash_ids, hash_threshold, lloyd, seed_restarts
 from memray.stats.pca import block_moments, merge_moments, pca_from_moments
+from memray.stats.reduce import MIN_POINTS_PER_CELL, LayerSpace, canonical_order, numerical_rank, pca_components
 from memray.stats.workspace import Workspace, block_count, block_range, reduce_ordered
 
 if TYPE_CHECKING:
-    from memray.stats.rows import Rows
+    from memray.io.rows import Rows
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def fit_space(train: Rows, cfg: CTConfig, ws: Workspace, mapper: Mapper = map, l
 
 
 def _warn_rank(label: str, rank: int | None, dim: int) -> None:
-    """The rank-0 / rank-deficient warnings of :func:`memray.reduce.fit_and_project`."""
+    """The rank-0 / rank-deficient warnings of :func:`memray.stats.reduce.fit_and_project`."""
     if rank == 0:
         log.warning("%s: the training features have no variance (rank 0: every row is the same vector); "
                     "distances carry no information and C_T is NaN", label)  # fmt: skip

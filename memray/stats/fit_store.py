@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from memray.reduce import LayerSpace
 from memray.stats.fit import FitResult
+from memray.stats.reduce import LayerSpace
 
 FIT_KEY = "fit"
 

@@ -1,10 +1,10 @@
 """Exact PCA of the training set from per-block moments, merged in block order.
 
 Each global row block gives its row count, float64 mean and centred second moments (the upper triangle by BLAS
-``dsyrk`` over sub-blocks of :data:`memray.reduce.ROW_BLOCK` rows, as :func:`memray.reduce.fit_pca` does, then
-mirrored so the matrix is exactly symmetric); blocks merge pairwise with Chan et al.'s update
+``dsyrk`` over sub-blocks of :data:`memray.stats.reduce.ROW_BLOCK` rows, as :func:`memray.stats.reduce.fit_pca` does,
+then mirrored so the matrix is exactly symmetric); blocks merge pairwise with Chan et al.'s update
 (:func:`merge_moments`) through :func:`memray.stats.workspace.reduce_ordered`. The components are the top
-eigenvectors of the covariance with :func:`memray.reduce.fit_pca`'s solver, order and sign rule
+eigenvectors of the covariance with :func:`memray.stats.reduce.fit_pca`'s solver, order and sign rule
 (:func:`top_components`). A caller holds O(d² log(n/B)) floats, whatever n.
 """
 
@@ -17,10 +17,10 @@ import numpy as np
 import scipy.linalg
 import scipy.linalg.blas
 
-from memray.reduce import ROW_BLOCK
+from memray.stats.reduce import ROW_BLOCK
 
 if TYPE_CHECKING:
-    from memray.stats.rows import Rows
+    from memray.io.rows import Rows
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,7 +73,7 @@ def merge_moments(a: Moments, b: Moments) -> Moments:
 
 
 def top_components(cov: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top ``k`` eigenpairs of a symmetric (d, d) matrix (upper triangle read) as :func:`memray.reduce.fit_pca`:
+    """Top ``k`` eigenpairs of a symmetric (d, d) matrix (upper triangle read) as :func:`memray.stats.reduce.fit_pca`:
     LAPACK ``dsyevr``, decreasing eigenvalue (stable), each column's largest-|loading| entry positive.
 
     Returns:

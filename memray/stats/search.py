@@ -1,11 +1,11 @@
 """Exact in-cell nearest-neighbour search over the cell-partitioned training blocks of a workspace.
 
-The fit writes each block's rows of each cell to ``cells/cell_{c:04d}/block_{g:06d}`` (arrays ``z`` (m, k)
-float64 projected rows and ``rows`` (m,) int64 global ids, in global order). A search item is one cell and a run
-of consecutive blocks holding at most ``cfg.search_rows`` training rows; a worker loads only those rows, builds a
-flat FAISS shard (:class:`memray.index.TrainShard`) and searches the cell's queries exactly (float32 FAISS, float64
-re-rank, exhaustive proof of near-ties, see :mod:`memray.index`). The caller min-merges the items' results with
-:func:`memray.index.merge_min` (ties → smallest global id), so distances and ids depend only on the data: not on
+The fit writes each block's rows of each cell to ``cells/cell_{c:04d}/block_{g:06d}`` (arrays ``z`` (m, k) float64
+projected rows and ``rows`` (m,) int64 global ids, in global order). A search item is one cell and a run of consecutive
+blocks holding at most ``cfg.search_rows`` training rows; a worker loads only those rows, builds a flat FAISS shard
+(:class:`memray.stats.index.TrainShard`) and searches the cell's queries exactly (float32 FAISS, float64 re-rank,
+exhaustive proof of near-ties, see :mod:`memray.stats.index`). The caller min-merges the items' results with
+:func:`memray.stats.index.merge_min` (ties → smallest global id), so distances and ids depend only on the data: not on
 the grouping of blocks into items, the order in which a mapper returns them or how many workers run them.
 """
 
@@ -19,8 +19,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from memray.config import CTConfig
-from memray.index import TrainShard, merge_min, search_prepared
 from memray.stats.fit import cell_key
+from memray.stats.index import TrainShard, merge_min, search_prepared
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def run_search(
 
     Returns ``(query_rows, dist (q_c,) float64, ids (q_c,) int64 global training rows)``; distances per
     ``cfg.metric`` (Euclidean, 1 − cos, 1 − |cos|). The FAISS index is built on the task's GPU when faiss-gpu
-    sees one (:func:`memray.faiss_backend.to_gpu`).
+    sees one (:func:`memray.stats.faiss_backend.to_gpu`).
     """
     z, rows = load_item(ws, item)
     shard = TrainShard.build(z, rows, cfg.metric, item.cell, item.blocks[0])

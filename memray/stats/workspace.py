@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from memray.storage import exists, join, open_output, open_url, translate_errors
+from memray.io.storage import exists, join, open_output, open_url, translate_errors
 
 T = TypeVar("T")
 
@@ -73,7 +73,7 @@ class Workspace:
 
     Keys used by the fit: ``proj/block_{g:06d}`` (``z`` float64 (rows, k)), ``cells/cell_{c:04d}/block_{g:06d}``
     (``z`` float64 (m, k), ``rows`` int64 (m,) global ids, only when m > 0). Writes are atomic
-    (:func:`memray.storage.open_output`), so a reader never sees a partial file.
+    (:func:`memray.io.storage.open_output`), so a reader never sees a partial file.
     """
 
     root: str

@@ -19,10 +19,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from memray import storage
 from memray.config import digest, to_dict
+from memray.io import storage
+from memray.job.resume import differing_fields, embed_key, stage_configs
 from memray.job_config import AuditConfig
-from memray.resume import differing_fields, embed_key, stage_configs
 
 log = logging.getLogger(__name__)
 REFERENCE_FILE = "reference.json"

@@ -4,7 +4,7 @@ The authors refit PCA and k-means for every curve, unseeded; memray fits them on
 so every generated set of a run is measured in the same cells against the same test distances — the same
 statistic, reproducible. The work runs on the block engine (:mod:`memray.stats.engine`): the fit streams the
 training rows block by block into a workspace, and one search round per layer answers the test set and every
-generated set together. In process the training features are an :class:`~memray.stats.rows.ArrayRows` and the
+generated set together. In process the training features are an :class:`~memray.io.rows.ArrayRows` and the
 workspace a temporary local folder removed with the fit (:meth:`FittedLayer.close`).
 """
 
@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from memray import schema
 from memray.config import CTConfig
-from memray.ct import CellStats, cell_table, ct_from_cells
-from memray.features import FeatureSet
-from memray.reduce import LayerSpace
+from memray.io import schema
+from memray.io.features import FeatureSet
+from memray.io.rows import ArrayRows, Rows
+from memray.stats.ct import CellStats, cell_table, ct_from_cells
 from memray.stats.engine import EngineLayer, Neighbours, fit_layer_engine, score_sets, search_test
-from memray.stats.rows import ArrayRows, Rows
+from memray.stats.reduce import LayerSpace
 from memray.stats.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def fit_layer(
 ) -> FittedLayer:
     """Fit PCA + cells on the training features (n_T, d) over global row blocks; project and assign the test set.
 
-    ``train_x``: an array (with ``train_ids``, its sample ids) or a :class:`~memray.stats.rows.Rows` handle
+    ``train_x``: an array (with ``train_ids``, its sample ids) or a :class:`~memray.io.rows.Rows` handle
     (``train_ids`` ignored). ``ws``: the workspace the fit writes to (a :class:`~memray.stats.workspace.Workspace`
     every worker can read); default a temporary local folder, removed by :meth:`FittedLayer.close` or when the
     fit is garbage-collected. ``mapper`` runs the fit's block items and the search items (Ray tasks in a job), and

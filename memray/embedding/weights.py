@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from memray.config import EmbedConfig
-from memray.safetensors_io import (
+from memray.io.safetensors_io import (
     ST_DTYPES,
     WeightsError,
     read_safetensors_header,
@@ -108,8 +108,8 @@ def preflight_model(cfg: EmbedConfig, storage_options: dict[str, Any] | None = N
 
 
 def check_encoder(cfg: EmbedConfig, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The whole encoder pre-flight (weights, then layers and tokens): :func:`memray.embed.check_encoder`."""
-    from memray.embed import check_encoder as check  # embed imports this module: resolved at call time
+    """The whole encoder pre-flight (weights, then layers and tokens): :func:`memray.embedding.embed.check_encoder`."""
+    from memray.embedding.embed import check_encoder as check  # embed imports this module: resolved at call time
 
     return check(cfg, storage_options)
 

@@ -2,13 +2,13 @@
 
 A dataset is one URL or a list of URLs. :func:`list_units` expands it into independently readable
 :class:`Unit` s (one image file, one tar shard, one Parquet file, one ``.npz``), sorted by URL so a shard plan is
-a pure function of the input; the listing lives in :mod:`memray.listing` and is re-exported here with
+a pure function of the input; the listing lives in :mod:`memray.io.listing` and is re-exported here with
 :class:`Unit`, :class:`SourceError`, :data:`IMAGE_EXTENSIONS` and the ``KIND_*`` constants. This module reads
 the units: :func:`read_unit` yields ``(sample_id, payload)`` pairs: encoded image bytes for files, tar members and
 Parquet cells; a ``uint8`` array for ``.npz`` rows. Nothing is decoded here and nothing is dropped: an empty file
 yields ``b""`` (it becomes an error row downstream). A unit that cannot be read (missing, dangling symlink,
 permission denied, corrupt or truncated archive) raises :class:`UnitReadError` naming it, after the samples it did
-yield; a failure of the store itself (no credentials, endpoint down) raises :class:`memray.storage.StorageError`.
+yield; a failure of the store itself (no credentials, endpoint down) raises :class:`memray.io.storage.StorageError`.
 :func:`iter_samples` reads a whole dataset in process; :func:`assign_global_ids` numbers sorted sample ids.
 
 Sample ids are relative to the dataset root (the folder/prefix given, or the common folder of several URLs):
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from memray.listing import (
+from memray.io.listing import (
     IMAGE_EXTENSIONS,
     KIND_FILE,
     KIND_NPZ,
@@ -45,7 +45,7 @@ from memray.listing import (
     extension,
     list_units,
 )
-from memray.storage import StorageError, is_remote, is_storage_failure, open_url, storage_error
+from memray.io.storage import StorageError, is_remote, is_storage_failure, open_url, storage_error
 
 log = logging.getLogger(__name__)
 

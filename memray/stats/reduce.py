@@ -8,7 +8,7 @@ authors' code uses sklearn's randomized solver unseeded; distances in the PCA sp
 The numerical rank of the training covariance is recorded (``LayerSpace.rank``) and a layer whose rank is below
 the number of components is logged as degenerate: such a layer is still scored (its PCA space holds all of the
 training set's variance, as the reference's sklearn PCA does), except a layer with no variance at all (every
-training row the same vector), whose C_T is NaN (see :class:`memray.score.FittedLayer`).
+training row the same vector), whose C_T is NaN (see :class:`memray.stats.score.FittedLayer`).
 
 Cells are k-means centroids fit on all training points unless ``cfg.kmeans_sample`` is set (then a seeded
 sample): ``cfg.kmeans_nredo`` restarts (sklearn's ``n_init``), each greedy k-means++ seeding from
@@ -39,7 +39,7 @@ import scipy.linalg
 import scipy.linalg.blas
 
 from memray.config import CTConfig
-from memray.faiss_backend import faiss, faiss_scope  # faiss imported with the CPU's BLAS kernels
+from memray.stats.faiss_backend import faiss, faiss_scope  # faiss imported with the CPU's BLAS kernels
 
 log = logging.getLogger(__name__)
 

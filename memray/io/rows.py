@@ -19,9 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from memray import schema
-from memray.features import FeatureFileError, column_matrix
-from memray.storage import filesystem, is_remote, translate_errors
+from memray.io import schema
+from memray.io.features import FeatureFileError, column_matrix
+from memray.io.storage import filesystem, is_remote, translate_errors
 
 log = logging.getLogger(__name__)
 

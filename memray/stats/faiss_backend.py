@@ -1,7 +1,7 @@
 """FAISS as memray uses it: imported with the CPU's BLAS kernels, scoped thread/BLAS settings, GPU indexes.
 
-Everything FAISS-specific that is not the search logic lives here, so :mod:`memray.index` and
-:mod:`memray.reduce` share one configured ``faiss`` module. ``faiss-cpu`` and ``faiss-gpu`` provide the same
+Everything FAISS-specific that is not the search logic lives here, so :mod:`memray.stats.index` and
+:mod:`memray.stats.reduce` share one configured ``faiss`` module. ``faiss-cpu`` and ``faiss-gpu`` provide the same
 module; with ``faiss-gpu`` on a process that was given a GPU, flat indexes move to it (:func:`to_gpu`).
 """
 

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from memray import schema
-from memray.images import STATUS_SKIPPED, STATUS_UNREADABLE, STATUSES, ImageDecodeError, decode_array, decode_image
+from memray.io import schema
+from memray.io.images import STATUS_SKIPPED, STATUS_UNREADABLE, STATUSES, ImageDecodeError, decode_array, decode_image
+from memray.io.sources import Unit, UnitReadError, list_units, read_unit
 from memray.job_config import DatasetSpec
-from memray.sources import Unit, UnitReadError, list_units, read_unit
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def plan_shards(
     """Split a dataset's sorted units into shards: files in chunks of ``shard_rows``, containers one each.
 
     ``skipped``: if given, ``(url, reason)`` is appended for every listed file that is not an input (see
-    :func:`memray.sources.list_units`), for the job to report as ``skipped`` rows.
+    :func:`memray.io.sources.list_units`), for the job to report as ``skipped`` rows.
     """
     units = list_units(list(spec.urls), storage_options, image_column=spec.image_column, skipped=skipped)
     plans: list[ShardPlan] = []

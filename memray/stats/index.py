@@ -15,13 +15,12 @@ closer than every row can be on the negative side (bound from the shard's mean d
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from memray.config import METRICS, CTConfig
-from memray.faiss_backend import faiss, faiss_scope, to_gpu
+from memray.config import METRICS
+from memray.stats.faiss_backend import faiss, faiss_scope, to_gpu
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +31,6 @@ FALLBACK_BLOCK_BYTES = 32 * 1024**2  # memory bound of one block of the exhausti
 def _check_metric(metric: str) -> None:
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}: choose one of {', '.join(METRICS)}")
-
-
-def shard_ranges(n: int, shards: int) -> list[tuple[int, int]]:
-    """Split ``range(n)`` into ``shards`` contiguous ``[start, stop)`` ranges whose sizes differ by at most 1."""
-    if shards < 1:
-        raise ValueError(f"shards={shards}: need at least 1")
-    bounds = [(i * n) // shards for i in range(shards + 1)]
-    return [(bounds[i], bounds[i + 1]) for i in range(shards)]
 
 
 def prepare(x: np.ndarray, metric: str) -> np.ndarray:
@@ -269,69 +260,3 @@ def merge_min(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, n
     i = np.stack([np.asarray(p[1], np.int64) for p in parts], axis=1)
     best, best_id = _lexmin(d, i)
     return best, np.where(np.isinf(best), -1, best_id)
-
-
-@dataclass(frozen=True)
-class ShardTask:
-    """One (cell, shard) work item: everything a worker needs, picklable (no index, no closures)."""
-
-    shard: TrainShard
-    queries: np.ndarray  # (q_c, k) float64 queries of the shard's cell
-    query_rows: np.ndarray  # (q_c,) int64 positions of those queries in the full query array
-    candidates: int
-    query_batch: int
-
-
-def run_task(task: ShardTask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Search one work item -> (query_rows, distance, id)."""
-    d, i = search_prepared(task.shard, task.queries, task.candidates, task.query_batch)
-    return task.query_rows, d, i
-
-
-def build_shards(train_z, train_cells, train_ids, cfg: CTConfig) -> dict[int, list[TrainShard]]:
-    """Prepared training shards per cell: cfg.train_shards contiguous row ranges of each cell's rows."""
-    train_z = np.asarray(train_z, np.float64)
-    train_cells, train_ids = np.asarray(train_cells), np.asarray(train_ids, np.int64)
-    out: dict[int, list[TrainShard]] = {}
-    for cell in np.unique(train_cells):
-        rows = np.flatnonzero(train_cells == cell)
-        out[int(cell)] = [
-            TrainShard.build(train_z[rows[a:b]], train_ids[rows[a:b]], cfg.metric, int(cell), s)
-            for s, (a, b) in enumerate(shard_ranges(len(rows), cfg.train_shards))
-            if b > a
-        ]
-    return out
-
-
-def nearest_in_cells(
-    train_z: np.ndarray,
-    train_cells: np.ndarray,
-    train_ids: np.ndarray,
-    query_z: np.ndarray,
-    query_cells: np.ndarray,
-    cfg: CTConfig,
-    mapper: Callable[[Callable, Iterable], Iterable] = map,
-    shards: dict[int, list[TrainShard]] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Distance (q,) float64 and global id (q,) int64 of each query's nearest training row in its own cell.
-
-    ``mapper(fn, items)`` runs the (cell, shard) items and yields their results (builtin ``map`` here, a
-    Ray-task mapper in the cluster job); results are min-merged, so their order does not matter. Queries whose
-    cell holds no training row get ``(inf, -1)``. ``shards``: :func:`build_shards` of the same training rows,
-    to reuse across query sets (built here when omitted).
-    """
-    if shards is None:
-        shards = build_shards(train_z, train_cells, train_ids, cfg)
-    query_z, query_cells = np.asarray(query_z, np.float64), np.asarray(query_cells)
-    tasks = []
-    for cell in np.unique(query_cells):
-        rows = np.flatnonzero(query_cells == cell)
-        for shard in shards.get(int(cell), []):
-            if shard.metric != cfg.metric:
-                raise ValueError(f"shards were prepared for metric {shard.metric!r}, not {cfg.metric!r}")
-            tasks.append(ShardTask(shard, query_z[rows], rows, cfg.candidates, cfg.query_batch))
-    dist = np.full(len(query_z), np.inf)
-    ids = np.full(len(query_z), -1, dtype=np.int64)
-    for rows, d, i in mapper(run_task, tasks):
-        dist[rows], ids[rows] = merge_min([(dist[rows], ids[rows]), (d, i)])
-    return dist, ids

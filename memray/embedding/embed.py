@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from memray.config import EmbedConfig, to_dict
-from memray.preprocess import Preprocessor
-from memray.weights import load_model, preflight_model
+from memray.embedding.preprocess import Preprocessor
+from memray.embedding.weights import load_model, preflight_model
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def check_encoder(cfg: EmbedConfig, storage_options: dict[str, Any] | None = Non
 
     Builds the architecture on the meta device and checks what :class:`LayerEmbedder` would refuse: the timm name,
     the weights file (suffix, existence, safetensors header, names and shapes; tensor data is not read, the hub is
-    not contacted — see :func:`memray.weights.preflight_model`), a token-sequence ``forward_intermediates``,
+    not contacted — see :func:`memray.embedding.weights.preflight_model`), a token-sequence ``forward_intermediates``,
     ``layers`` against the number of blocks, a CLS token for ``cls`` pooling and a ViT stem for layer 0.
 
     Returns:
@@ -91,7 +91,7 @@ class LayerEmbedder:
 
     Args:
         cfg: model, weights, layers, pooling, norm, preprocessing preset, output dtype, batch size.
-        model: an already built timm model to use instead of :func:`memray.weights.load_model` (a deep copy is
+        model: an already built timm model to use instead of :func:`memray.embedding.weights.load_model` (a deep copy is
             taken, because unneeded trailing blocks are pruned); ``weights_info`` then describes its weights.
         device: ``None`` → ``cuda`` (the current CUDA device, as assigned by the scheduler) when available, else CPU.
         autocast: ``"bfloat16"`` (default), ``"float16"`` or ``None`` (float32); used on CUDA only, CPU runs float32.

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from memray import schema
+from memray.io import schema
 
 log = logging.getLogger(__name__)
 

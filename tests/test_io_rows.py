@@ -1,4 +1,4 @@
-"""memray.stats.rows: ArrayRows and ParquetRows read any global range and any ids exactly as the concatenated array."""
+"""memray.io.rows: ArrayRows and ParquetRows read any global range and any ids exactly as the concatenated array."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from memray.features import FeatureFileError, FeatureSet
-from memray.stats.rows import ArrayRows, ParquetRows, Piece, Rows, pieces
+from memray.io.features import FeatureFileError, FeatureSet
+from memray.io.rows import ArrayRows, ParquetRows, Piece, Rows, pieces
 
 RNG = np.random.default_rng(7)
 X = RNG.normal(size=(23, 5)).astype(np.float32)
@@ -39,7 +39,7 @@ def _write(tmp: Path, splits=SPLITS, row_group_size: int = 3, kind: str = "fixed
 
 
 def _fixed(fs: FeatureSet) -> pa.Table:
-    from memray.features import features_to_table
+    from memray.io.features import features_to_table
 
     return features_to_table(fs)
 
@@ -140,7 +140,7 @@ def test_works_on_s3(tmp_path: Path, s3_bucket: str) -> None:
 
 _PEAK = """
 import sys, numpy as np, pyarrow as pa
-from memray.stats.rows import ParquetRows, pieces
+from memray.io.rows import ParquetRows, pieces
 if sys.argv[3] == "table":  # the reference: Arrow reading the whole column
     import pyarrow.parquet as pq
     pq.read_table(sys.argv[1], columns=["layer_1"])

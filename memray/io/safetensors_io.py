@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from memray.storage import StorageError, filesystem, is_storage_failure, open_url, storage_error
+from memray.io.storage import StorageError, filesystem, is_storage_failure, open_url, storage_error
 
 SAFE_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES: frozenset[str] = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".tar"})

@@ -1,4 +1,4 @@
-"""Write a :class:`~memray.score.ScoreResult` as Parquet tables plus ``run.json``, atomically and reproducibly.
+"""Write a :class:`~memray.stats.score.ScoreResult` as Parquet tables plus ``run.json``, atomically and reproducibly.
 
 Every table carries, under ``schema.META_KEY`` in its Parquet schema metadata, the CT config, its digest, the
 memray version and the statistical choices (see :func:`method_record`). Nothing time-dependent goes into the
@@ -16,10 +16,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from memray import schema
 from memray.config import CTConfig, digest, to_dict
-from memray.score import ScoreResult
-from memray.storage import join, open_output, write_json
+from memray.io import schema
+from memray.io.storage import join, open_output, write_json
+from memray.stats.score import ScoreResult
 
 DISTRIBUTION = "memray-audit"
 

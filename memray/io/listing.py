@@ -7,7 +7,7 @@ listings skip names starting with ``.`` (``.ipynb_checkpoints``, ``.DS_Store``) 
 each one skipped is reported by name through ``list_units(..., skipped=[])``. Each unit carries its size and a
 change stamp (local mtime in ns, object ETag) from the listing, so a resumed job can tell that its inputs did not
 change. A URL that does not exist or holds nothing readable raises :class:`SourceError`; a failure of the store
-itself raises :class:`memray.storage.StorageError`. Reading units is :mod:`memray.sources`, which re-exports these
+itself raises :class:`memray.io.storage.StorageError`. Reading units is :mod:`memray.io.sources`, which re-exports these
 names.
 """
 
@@ -19,7 +19,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from memray.storage import StorageError, filesystem, is_remote, is_storage_failure, storage_error
+from memray.io.storage import StorageError, filesystem, is_remote, is_storage_failure, storage_error
 
 log = logging.getLogger(__name__)
 

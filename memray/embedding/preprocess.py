@@ -9,7 +9,7 @@ Presets:
   with the input size taken from the model actually built (so ``img_size=224`` on a DINOv2 is honoured).
 
 Inputs: ``(H, W, 3)`` RGB, ``(H, W)`` or ``(H, W, 1)`` greyscale (replicated to RGB) or ``(H, W, 4)`` RGBA
-(alpha dropped, as :func:`memray.images.decode_image` does), all uint8. The object is picklable.
+(alpha dropped, as :func:`memray.io.images.decode_image` does), all uint8. The object is picklable.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from PIL import Image
 from torchvision import transforms
 
 from memray.config import PREPROCESS_PRESETS, ConfigError, EmbedConfig
-from memray.images import ImageDecodeError, decode_array
-from memray.prepare import PaperPrepare
+from memray.embedding.prepare import PaperPrepare
+from memray.io.images import ImageDecodeError, decode_array
 
 PAPER_RESIZE_RATIO = 256 / 224  # short side before the centre crop, relative to the crop (paper: 256 → 224)
 PAPER_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)

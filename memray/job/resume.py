@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from memray import storage
 from memray.config import digest
+from memray.io import storage
 from memray.job_config import AuditConfig, result_dict
 
 log = logging.getLogger(__name__)

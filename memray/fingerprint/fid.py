@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import linalg
 
-from memray.storage import open_url
+from memray.io.storage import open_url
 
 log = logging.getLogger(__name__)
 

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from memray import schema
-from memray.features import FeatureFileError, FeatureSet, column_matrix, load_features
-from memray.listing import _stamp
-from memray.stats.rows import ParquetRows, open_parquet, pieces
-from memray.storage import filesystem, is_remote, translate_errors
+from memray.io import schema
+from memray.io.features import FeatureFileError, FeatureSet, column_matrix, load_features
+from memray.io.listing import _stamp
+from memray.io.rows import ParquetRows, open_parquet, pieces
+from memray.io.storage import filesystem, is_remote, translate_errors
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def rows_for(files: list[EmbeddingFile], layer: int, storage_options: dict[str, 
 
 
 def load_feature_input(url: str, layer: int = 1, storage_options: dict[str, Any] | None = None) -> FeatureSet:
-    """A feature file (``.npy``/``.npz``/``.parquet``, :func:`memray.features.load_features`), or a folder or glob of
+    """A feature file (``.npy``/``.npz``/``.parquet``, :func:`memray.io.features.load_features`), or a folder or glob of
     feature Parquet read through :func:`list_embedding_files` and concatenated in its order (every layer, float32)."""
     if not is_listing(url, storage_options):
         return load_features(url, layer, storage_options)

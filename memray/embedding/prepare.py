@@ -3,7 +3,7 @@
 Identical, operation for operation, to torchvision's ``Resize(r, bilinear)`` + ``CenterCrop(S)`` on a PIL image
 (the pipeline the authors used), but importable without torch: Ray's read tasks unpickle it without paying a
 torch import in every worker process. The float half (``/255``, ``(x − mean)/std``) runs with the encoder
-(:meth:`memray.preprocess.Preprocessor.finish`).
+(:meth:`memray.embedding.preprocess.Preprocessor.finish`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from memray.images import decode_array
+from memray.io.images import decode_array
 
 
 @dataclass(frozen=True)

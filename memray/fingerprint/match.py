@@ -6,7 +6,7 @@ values to 0 as the authors do; the cosine with an all-zero curve is defined as 0
 S lies in [−α, 1] and equals 1 only for identical non-zero curves.
 
 Deterministic ties everywhere: higher score first, then the lexicographically smallest label, then the
-smallest curve name. Attribution tables follow :data:`memray.schema.ATTRIBUTION_SCHEMA`.
+smallest curve name. Attribution tables follow :data:`memray.io.schema.ATTRIBUTION_SCHEMA`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from memray import schema
 from memray.config import FingerprintConfig
+from memray.io import schema
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def attribute(
         allowed: optional (q, g) boolean mask of the gallery curves each query may use (leave-one-run-out).
 
     Returns:
-        A DataFrame with :data:`~memray.schema.ATTRIBUTION_SCHEMA` columns. ``score``: best similarity (1nn),
+        A DataFrame with :data:`~memray.io.schema.ATTRIBUTION_SCHEMA` columns. ``score``: best similarity (1nn),
         vote share (knn) or similarity to the label's centroid (centroid); ``runner_up`` is the best other label
         and ``margin = score − runner_up's score``. Open set: when the best similarity to any gallery curve
         (centroid: any centroid) is below ``open_set_threshold``, ``predicted = "unknown"``, ``runner_up`` holds

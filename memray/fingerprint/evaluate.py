@@ -1,6 +1,6 @@
 """Evaluate attribution: protocols, baselines, accuracy with Wilson intervals, confusion, side-by-side table.
 
-Protocols (every curve set is one :class:`~memray.fingerprint.Gallery`):
+Protocols (every curve set is one :class:`~memray.fingerprint.match.Gallery`):
 
 - ``split``: curves marked ``gallery`` form the gallery, curves marked ``query`` are attributed.
 - ``leave-one-run-out``: every curve is a query against all curves of *other* runs (subsets of the query's own
@@ -13,7 +13,7 @@ statistics of the query's and the gallery curve's images) and **single-layer C_T
 NaN → 0 as for the curves). Their ``score`` is −distance.
 
 Files written by :func:`write_evaluation`: ``attribution.parquet`` (the curve method only,
-:data:`~memray.schema.ATTRIBUTION_SCHEMA`), ``evaluation.parquet`` (every method: ``method`` + attribution
+:data:`~memray.io.schema.ATTRIBUTION_SCHEMA`), ``evaluation.parquet`` (every method: ``method`` + attribution
 columns + ``correct``), ``accuracy.csv`` (the side-by-side table) and ``confusion.csv`` (curve method).
 """
 
@@ -30,11 +30,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.stats import norm
 
-from memray import schema
 from memray.config import FingerprintConfig
-from memray.fid import fd_matrix
-from memray.fingerprint import UNKNOWN, Gallery, GalleryError, attribute, attribute_by_distance
-from memray.storage import join, open_output
+from memray.fingerprint.fid import fd_matrix
+from memray.fingerprint.match import UNKNOWN, Gallery, GalleryError, attribute, attribute_by_distance
+from memray.io import schema
+from memray.io.storage import join, open_output
 
 PROTOCOLS: tuple[str, ...] = ("split", "leave-one-run-out")
 METHOD = "method"
@@ -120,7 +120,7 @@ def evaluate(
         curves: all labelled curves (gallery and queries).
         fcfg: the curve method (``alpha``, ``matcher``, ``k``, ``open_set_threshold``).
         protocol: ``split`` (needs ``split``, (g,) of ``gallery``/``query``) or ``leave-one-run-out``.
-        fid: run → scalar FID (FID-nearest baseline), e.g. from :func:`memray.fid.match_fid_runs`.
+        fid: run → scalar FID (FID-nearest baseline), e.g. from :func:`memray.fingerprint.fid.match_fid_runs`.
         feature_stats: curve name → ``(mu, sigma)`` of the curve's images' features (feature-FID baseline).
         single_layer: add one single-layer C_T baseline per layer.
     """
@@ -184,7 +184,7 @@ def format_table(summary: pd.DataFrame) -> str:
 
 
 def write_attribution(url: str, att: pd.DataFrame, metadata: dict[str, Any] | None = None) -> None:
-    """Write an attribution table with :data:`~memray.schema.ATTRIBUTION_SCHEMA` and JSON metadata."""
+    """Write an attribution table with :data:`~memray.io.schema.ATTRIBUTION_SCHEMA` and JSON metadata."""
     sch = schema.ATTRIBUTION_SCHEMA
     if metadata is not None:
         sch = sch.with_metadata({schema.META_KEY: json.dumps(metadata, sort_keys=True, default=str).encode()})

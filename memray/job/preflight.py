@@ -1,9 +1,9 @@
 """Checks an audit config can run, before Ray starts and before anything is written.
 
 :func:`preflight` lists every input (so a missing path fails in a second, not after Ray's start-up), checks the
-encoder and its weights without loading them (:func:`memray.weights.check_encoder`), the fingerprint subset size
-against the set sizes known from the listing, the output URL and the configs of an output folder being resumed
-(:func:`memray.resume.check_output_folder`), and a saved gallery's configs against this run's. The cluster's
+encoder and its weights without loading them (:func:`memray.embedding.weights.check_encoder`), the fingerprint subset
+size against the set sizes known from the listing, the output URL and the configs of an output folder being resumed
+(:func:`memray.job.resume.check_output_folder`), and a saved gallery's configs against this run's. The cluster's
 capacity is checked once Ray is connected (:func:`memray.ray.session.check_capacity`), still before anything is
 written.
 Every failure is a ``ValueError`` whose one-line message names the field or file and what to do.
@@ -18,10 +18,10 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from memray import schema, storage
+from memray.io import schema, storage
+from memray.io.shards import ShardPlan, plan_shards
+from memray.io.sources import KIND_FILE, KIND_NPZ, KIND_PARQUET, NPZ_KEYS, Unit
 from memray.job_config import AuditConfig, under_ray_job
-from memray.shards import ShardPlan, plan_shards
-from memray.sources import KIND_FILE, KIND_NPZ, KIND_PARQUET, NPZ_KEYS, Unit
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class Preflight:
     encoder: dict[str, Any] = field(default_factory=dict)
     known_rows: dict[str, int | None] = field(default_factory=dict)
     files: dict[str, list[Any]] = field(default_factory=dict)
-    """Sets given as precomputed embeddings: their :class:`memray.embedding_inputs.EmbeddingFile` listing."""
+    """Sets given as precomputed embeddings: their :class:`memray.io.embedding_inputs.EmbeddingFile` listing."""
     layers: dict[int, int] = field(default_factory=dict)
     """``{layer: dim}`` every embeddings set has (empty when no set is given as embeddings)."""
 
@@ -127,7 +127,7 @@ def gallery_record(url: str, storage_options: dict[str, Any] | None = None) -> d
 
 
 GALLERY_FIELDS = ("embed", "preprocessing", "ct", "fingerprint.subset_size", "fingerprint.subsets")
-_CT_IGNORED = ("seed", "train_shards", "query_batch", "candidates")
+_CT_IGNORED = ("seed", "search_rows", "query_batch", "candidates")
 
 
 def gallery_comparable(cfg: AuditConfig, preprocessing: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +149,7 @@ def gallery_comparable(cfg: AuditConfig, preprocessing: dict[str, Any]) -> dict[
 
 def check_gallery(cfg: AuditConfig, preprocessing: dict[str, Any], allow_mismatch: bool, so: dict | None) -> None:
     """Refuse a gallery whose curves were made with another encoder, preprocessing or C_T/subset config."""
-    from memray.resume import differing_fields
+    from memray.job.resume import differing_fields
 
     if cfg.fingerprint is None or not cfg.fingerprint.gallery:
         return
@@ -172,7 +172,7 @@ def check_gallery(cfg: AuditConfig, preprocessing: dict[str, Any], allow_mismatc
 
 def check_curve_files(gallery_url: str, queries_url: str, allow_mismatch: bool = False) -> None:
     """Refuse to attribute curves made with other settings than the gallery's (when both files record them)."""
-    from memray.resume import differing_fields
+    from memray.job.resume import differing_fields
 
     theirs, ours = gallery_record(gallery_url).get("job"), gallery_record(queries_url).get("job")
     if not theirs or not ours:
@@ -190,9 +190,9 @@ def check_curve_files(gallery_url: str, queries_url: str, allow_mismatch: bool =
 
 def preflight(cfg: AuditConfig, allow_gallery_mismatch: bool = False) -> Preflight:
     """Every check that needs no Ray and writes nothing; returns the plans the job will run."""
-    from memray.embedding_inputs import list_embedding_files
-    from memray.reference import check_reference
-    from memray.resume import check_output_folder
+    from memray.io.embedding_inputs import list_embedding_files
+    from memray.job.reference import check_reference
+    from memray.job.resume import check_output_folder
 
     so = dict(cfg.storage_options) or None
     check_output(cfg.output)
@@ -213,7 +213,7 @@ def preflight(cfg: AuditConfig, allow_gallery_mismatch: bool = False) -> Preflig
     layers = check_embedding_layers(files)
     encoder = {}
     if cfg.embed is not None and plans:  # images to embed (torch is imported only then)
-        from memray.weights import check_encoder
+        from memray.embedding.weights import check_encoder
 
         encoder = check_encoder(cfg.embed, so)
     if encoder and layers and {int(k): int(v) for k, v in encoder.get("dims", {}).items()} != layers:
@@ -237,7 +237,7 @@ def preflight(cfg: AuditConfig, allow_gallery_mismatch: bool = False) -> Preflig
 
 def check_embedding_layers(files: dict[str, list[Any]]) -> dict[int, int]:
     """The ``{layer: dim}`` shared by every set given as embeddings; refuses sets that disagree, naming them."""
-    from memray.embedding_inputs import embedding_layers
+    from memray.io.embedding_inputs import embedding_layers
 
     found = {name: embedding_layers(fl) for name, fl in files.items()}
     if not found:
@@ -256,6 +256,6 @@ def preprocessing_record(cfg: AuditConfig) -> dict[str, Any] | None:
     """The preprocessing record of the run's encoder (``None`` when every set is given as embeddings)."""
     if cfg.embed is None:
         return None
-    from memray.embed import describe_preprocessing
+    from memray.embedding.embed import describe_preprocessing
 
     return describe_preprocessing(cfg.embed)

@@ -1,7 +1,8 @@
 """Computing C_T-layer fingerprints from features: subset plans, per-subset curves, the fingerprint run.
 
-The per-layer fits (PCA, cells, test distances) are made once on the training set (:func:`memray.score.fit_layer`);
-one search round per layer scores every generated set, and every subset's C_T comes from those distances.
+The per-layer fits (PCA, cells, test distances) are made once on the training set
+(:func:`memray.stats.score.fit_layer`); one search round per layer scores every generated set, and every subset's C_T
+comes from those distances.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from memray import schema
 from memray.config import ConfigError, FingerprintConfig, to_dict
-from memray.ct import cell_table, ct_from_cells
-from memray.curves import normalize_curves, to_gallery, write_fingerprints, write_gallery
-from memray.evaluate import evaluate, write_attribution, write_evaluation
-from memray.features import FeatureSet
-from memray.fingerprint import Gallery, attribute
-from memray.score import FittedLayer, GenScore, Mapper
-from memray.storage import join
+from memray.fingerprint.curves import normalize_curves, to_gallery, write_fingerprints, write_gallery
+from memray.fingerprint.evaluate import evaluate, write_attribution, write_evaluation
+from memray.fingerprint.match import Gallery, attribute
+from memray.io import schema
+from memray.io.features import FeatureSet
+from memray.io.storage import join
+from memray.stats.ct import cell_table, ct_from_cells
+from memray.stats.score import FittedLayer, GenScore, Mapper
 
 log = logging.getLogger(__name__)
 GALLERY_FILE = "gallery.parquet"
@@ -78,7 +79,7 @@ def compute_curves(
     (τ = ``min_gen_per_cell`` of the layer's config), with no further search.
 
     Returns:
-        Tidy DataFrame ``gen_set, label, subset, layer, ct`` (:data:`~memray.schema.FINGERPRINTS_SCHEMA`).
+        Tidy DataFrame ``gen_set, label, subset, layer, ct`` (:data:`~memray.io.schema.FINGERPRINTS_SCHEMA`).
     """
     plan = plan if plan is not None else plan_subsets({k: len(v) for k, v in gens.items()}, fcfg)
     for name, fs in gens.items():
@@ -109,7 +110,7 @@ def subset_curves(
 ) -> list[tuple[str, str | None, int, int, float]]:
     """``(gen_set, label, subset, layer, ct)`` of every planned subset of the scored sets at ``fit``'s layer.
 
-    ``scored``: the sets' per-sample results of one search round (name -> :class:`~memray.score.GenScore`).
+    ``scored``: the sets' per-sample results of one search round (name -> :class:`~memray.stats.score.GenScore`).
     """
     test = fit.test
     rows = []
@@ -169,10 +170,10 @@ def finish_fingerprints(
     curves as ``gallery.parquet``. Attribution (``attribution.parquet``): with ``gallery`` every curve is
     attributed against it; without one, unlabelled curves are attributed against the labelled ones. When at
     least two labels are known and one has two runs, the labelled curves are also evaluated leave-one-run-out
-    under ``evaluation/`` (see :func:`memray.evaluate.write_evaluation`).
+    under ``evaluation/`` (see :func:`memray.fingerprint.evaluate.write_evaluation`).
 
     ``job``: the encoder, preprocessing and C_T/subset settings the curves depend on
-    (:func:`memray.preflight.gallery_comparable`), recorded so a later run can check a gallery is comparable.
+    (:func:`memray.job.preflight.gallery_comparable`), recorded so a later run can check a gallery is comparable.
 
     Returns:
         ``{"fingerprints", "attribution", "evaluation", "accuracy"}`` (each only when computed).

@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from memray import schema
-from memray.storage import StorageError, open_output, open_url
+from memray.io import schema
+from memray.io.storage import StorageError, open_output, open_url
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from memray import schema
-from memray.fingerprint import Gallery
-from memray.storage import open_output, open_url
+from memray.fingerprint.match import Gallery
+from memray.io import schema
+from memray.io.storage import open_output, open_url
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ def read_gallery(url: str) -> Gallery:
 
 
 def write_fingerprints(url: str, df: pd.DataFrame, metadata: dict[str, Any] | None = None) -> None:
-    """Write curves in :data:`~memray.schema.FINGERPRINTS_SCHEMA` with ``metadata`` (JSON) in the schema."""
+    """Write curves in :data:`~memray.io.schema.FINGERPRINTS_SCHEMA` with ``metadata`` (JSON) in the schema."""
     sch = _with_meta(schema.FINGERPRINTS_SCHEMA, metadata)
     table = pa.Table.from_pandas(df[[f.name for f in sch]], schema=sch, preserve_index=False)
     with open_output(url) as fh:
