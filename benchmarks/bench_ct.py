@@ -22,8 +22,8 @@ within that limit memray runs its own FAISS calls on ``memray.stats.index.FAISS_
 On a shared machine other jobs stall single layers, so the median layer time × layers is printed too.
 
 k-means restarts: the cost of memray's ``ct.kmeans_nredo`` restarts (default 10, ``--kmeans-restarts``) against a
-single restart is timed on the first layer's projected training rows (``fit_kmeans``, builtin ``map``: one
-after the other; a Ray job runs them as parallel tasks).
+single restart is timed as the first layer's whole fit (``fit_layer``, builtin ``map``: all restarts share each
+pass over the row blocks; a Ray job runs the blocks as parallel tasks).
 
 Usage: ``python benchmarks/bench_ct.py`` (full size, ~10 GB peak) or small:
 ``python benchmarks/bench_ct.py --train 5000 --test 1000 --dim 128 --layers 2 --sets 3 --ref-pairs 1``

@@ -25,6 +25,17 @@ def project(train: np.ndarray, others: list[np.ndarray], pca_dim: int | None, on
     return (train - mean) @ v, [(o - mean) @ v for o in others]
 
 
+def dense_distances(queries: np.ndarray, train: np.ndarray, metric: str) -> np.ndarray:
+    """(q, n) float64 distances by the definition (``l2``; ``1 − cos``; ``1 − |cos|``, zero vectors: cos = 0)."""
+    if metric == "l2":
+        return np.sqrt(((queries[:, None, :] - train[None, :, :]) ** 2).sum(-1))
+    nq = np.linalg.norm(queries, axis=1)[:, None]
+    nt = np.linalg.norm(train, axis=1)[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.nan_to_num((queries @ train.T) / (nq * nt))
+    return 1 - (np.abs(cos) if metric == "cosine_abs" else cos)
+
+
 def nearest_distance(queries: np.ndarray, train: np.ndarray, metric: str) -> np.ndarray:
     """Distance of each query to its nearest training row, from the full distance matrix."""
     if metric == "l2":

@@ -6,6 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
+from reference_ct import dense_distances
 
 from memray.stats.index import (
     TrainShard,
@@ -21,14 +22,7 @@ METRICS = ["l2", "cosine", "cosine_abs"]
 
 def brute_force(train, train_ids, queries, metric):
     """Exact float64 nearest neighbour by the definition, written independently of memray."""
-    if metric == "l2":
-        d = np.sqrt(((queries[:, None, :] - train[None, :, :]) ** 2).sum(-1))
-    else:
-        nq = np.linalg.norm(queries, axis=1)[:, None]
-        nt = np.linalg.norm(train, axis=1)[None, :]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cos = np.nan_to_num((queries @ train.T) / (nq * nt))
-        d = 1 - (np.abs(cos) if metric == "cosine_abs" else cos)
+    d = dense_distances(queries, train, metric)
     best = d.min(axis=1)
     ids = np.array(
         [train_ids[np.flatnonzero(np.isclose(d[r], best[r], rtol=0, atol=1e-12))].min() for r in range(len(d))]

@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import s3fs
+from archive_bytes import tar_bytes
 from PIL import Image
 from ray_helpers import audit_config, make_inputs, sample_images, write_pngs
 
@@ -56,13 +57,7 @@ def _png16(img: np.ndarray) -> bytes:
 
 
 def _tar(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return tar_bytes(members)
 
 
 def _png_rows_cut(img: np.ndarray) -> bytes:

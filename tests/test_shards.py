@@ -9,14 +9,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from archive_bytes import png_bytes, tar_bytes
 
 from memray.io import schema
 from memray.io.shards import (
@@ -36,19 +35,11 @@ from memray.job_config import DatasetSpec
 
 
 def _png(value: int, size: int = 6) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.full((size, size, 3), value, np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
+    return png_bytes(value, size)
 
 
 def _tar(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return tar_bytes(members)
 
 
 def prepare(rgb: np.ndarray) -> np.ndarray:

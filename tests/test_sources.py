@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import io
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from archive_bytes import png_bytes, tar_bytes
 
 from memray.io.sources import (
     SourceError,
@@ -27,19 +26,11 @@ pytest_plugins = ["pytester"]
 
 
 def _png(value: int, size: int = 4) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.full((size, size), value, np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
+    return png_bytes(value, size, channels=1)
 
 
 def _tar_bytes(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return tar_bytes(members)
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:

@@ -15,7 +15,7 @@ import pytest
 from memray.config import CTConfig, FieldError
 from memray.io.rows import ArrayRows
 from memray.stats.fit import FitResult, fit_space
-from memray.stats.reduce import fit_and_project
+from memray.stats.reduce import canonical_order, fit_pca
 from memray.stats.results import method_record
 from memray.stats.workspace import Workspace, temporary_workspace
 from tests.test_stats_pca import ChunkedRows
@@ -132,16 +132,24 @@ def test_cells_blocks_hold_each_blocks_rows_of_each_cell_in_global_order():
                     assert got["z"].tobytes() == proj[want - lo].tobytes()
 
 
-def test_agrees_with_fit_and_project_on_separated_clusters():
+def test_separated_clusters_give_the_exact_pca_and_the_true_cells():
     x = blobs(3, 6, 4000, 16, scale=10.0)
+    rng = np.random.default_rng(3)  # blobs' draws again: the centres, then each row's cluster
+    rng.normal(size=(6, 16))
+    labels = rng.integers(0, 6, 4000)
     cfg = CTConfig(pca_dim=8, cells=6, block_rows=1500)
     with temporary_workspace() as ws:
         fit = fit_space(ArrayRows(x), cfg, ws)
-    ref, ref_z = fit_and_project(x, cfg)
-    cos = np.abs(np.sum(fit.space.components * ref.components, axis=0))
-    assert np.max(1 - cos) < 1e-12 and fit.space.rank == ref.rank == 8 and fit.space.kmeans_points == 4000
-    np.testing.assert_allclose(fit.space.centroids, ref.centroids, rtol=0, atol=1e-4)  # the same partition
-    assert fit.train_counts.tolist() == np.bincount(ref.assign(ref_z), minlength=6).tolist()
+    mean, comps, _ = fit_pca(x, 8)  # the exact single-array PCA
+    cos = np.abs(np.sum(fit.space.components * comps, axis=0))
+    assert np.max(1 - cos) < 1e-12 and fit.space.rank == 8 and fit.space.kmeans_points == 4000
+    # the cells are the true clusters: centroid = mean of a cluster's projected rows, in canonical order
+    z = (x.astype(np.float64) - mean) @ comps
+    true = np.stack([z[labels == c].mean(axis=0) for c in range(6)]).astype(np.float32)
+    order = np.lexsort(true.T[::-1])
+    assert canonical_order(true).tobytes() == true[order].tobytes()
+    np.testing.assert_allclose(fit.space.centroids, true[order], rtol=0, atol=1e-4)
+    assert fit.train_counts.tolist() == np.bincount(labels, minlength=6)[order].tolist()
 
 
 def test_rank_and_degenerate_warnings_name_the_layer(caplog):

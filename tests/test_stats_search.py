@@ -7,12 +7,13 @@ import pickle
 
 import numpy as np
 import pytest
+from reference_ct import dense_distances
 
 from memray.config import CTConfig
-from memray.stats.fit import cell_key
-from memray.stats.reduce import fit_and_project
+from memray.io.rows import ArrayRows
+from memray.stats.fit import cell_key, fit_space
 from memray.stats.search import SearchItem, plan_search, run_search, search_all
-from memray.stats.workspace import Workspace
+from memray.stats.workspace import Workspace, temporary_workspace
 
 METRICS = ["l2", "cosine", "cosine_abs"]
 
@@ -38,14 +39,7 @@ def write_cells(ws: Workspace, z: np.ndarray, cells: np.ndarray, n_cells: int, b
 
 def brute_force(train, train_cells, queries, query_cells, metric):
     """Dense float64 distances to every training row of the query's cell; ties -> smallest id; none -> (inf, -1)."""
-    if metric == "l2":
-        d = np.sqrt(((queries[:, None, :] - train[None, :, :]) ** 2).sum(-1))
-    else:
-        nq = np.linalg.norm(queries, axis=1)[:, None]
-        nt = np.linalg.norm(train, axis=1)[None, :]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cos = np.nan_to_num((queries @ train.T) / (nq * nt))
-        d = 1 - (np.abs(cos) if metric == "cosine_abs" else cos)
+    d = dense_distances(queries, train, metric)
     d = np.where(query_cells[:, None] == train_cells[None, :], d, np.inf)
     best = d.min(axis=1)
     ids = np.array(
@@ -62,7 +56,9 @@ def data():
     centers = rng.normal(scale=6.0, size=(4, 12))
     train = (centers[rng.integers(0, 4, 700)] + rng.normal(size=(700, 12))).astype(np.float32)
     cfg = CTConfig(mode="meehan", cells=4, pca_dim=6, kmeans_nredo=2)
-    space, z = fit_and_project(train, cfg)
+    with temporary_workspace() as ws:
+        space = fit_space(ArrayRows(train), cfg, ws).space
+    z = space.project(train)
     z[650:] = z[[3, 100, 250, 400, 555] * 10]  # exact duplicates in later blocks: ties go to the smaller row
     cells = space.assign(z)
     q = space.project((centers[rng.integers(0, 4, 300)] + rng.normal(size=(300, 12))).astype(np.float32))

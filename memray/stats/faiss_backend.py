@@ -1,8 +1,9 @@
 """FAISS as memray uses it: imported with the CPU's BLAS kernels, scoped thread/BLAS settings, GPU indexes.
 
-Everything FAISS-specific that is not the search logic lives here, so :mod:`memray.stats.index` and
-:mod:`memray.stats.reduce` share one configured ``faiss`` module. ``faiss-cpu`` and ``faiss-gpu`` provide the same
-module; with ``faiss-gpu`` on a process that was given a GPU, flat indexes move to it (:func:`to_gpu`).
+Everything FAISS-specific that is not the search logic lives here, so :mod:`memray.stats.index` (its only user:
+k-means runs in numpy, :mod:`memray.stats.kmeans`) gets one configured ``faiss`` module. ``faiss-cpu`` and
+``faiss-gpu`` provide the same module; with ``faiss-gpu`` on a process that was given a GPU, flat indexes move to
+it (:func:`to_gpu`).
 """
 
 from __future__ import annotations

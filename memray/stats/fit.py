@@ -1,4 +1,4 @@
-"""Fit one layer's space (PCA + k-means cells) over the training set's global row blocks.
+"""Fit one layer's space (PCA + k-means cells) over the training set's global row blocks: memray's only fit.
 
 :func:`fit_space` runs, each step as one ``mapper`` item per block ``[g·B, min((g+1)·B, n))``:
 
@@ -173,7 +173,7 @@ def fit_space(train: Rows, cfg: CTConfig, ws: Workspace, mapper: Mapper = map, l
 
 
 def _warn_rank(label: str, rank: int | None, dim: int) -> None:
-    """The rank-0 / rank-deficient warnings of :func:`memray.stats.reduce.fit_and_project`."""
+    """Warn about a layer with no variance (rank 0) or rank below the ``dim`` components, naming it ``label``."""
     if rank == 0:
         log.warning("%s: the training features have no variance (rank 0: every row is the same vector); "
                     "distances carry no information and C_T is NaN", label)  # fmt: skip

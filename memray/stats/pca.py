@@ -17,7 +17,7 @@ import numpy as np
 import scipy.linalg
 import scipy.linalg.blas
 
-from memray.stats.reduce import ROW_BLOCK
+from memray.stats.reduce import ROW_BLOCK, top_components
 
 if TYPE_CHECKING:
     from memray.io.rows import Rows
@@ -70,23 +70,6 @@ def merge_moments(a: Moments, b: Moments) -> Moments:
     mean = a.mean + delta * (b.n / n)
     m2 = a.m2 + b.m2 + np.outer(delta, delta) * (a.n * b.n / n)
     return Moments(n, mean, m2)
-
-
-def top_components(cov: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top ``k`` eigenpairs of a symmetric (d, d) matrix (upper triangle read) as :func:`memray.stats.reduce.fit_pca`:
-    LAPACK ``dsyevr``, decreasing eigenvalue (stable), each column's largest-|loading| entry positive.
-
-    Returns:
-        components (d, k) float64 C-contiguous and eigenvalues (k,) clipped at 0.
-    """
-    d = cov.shape[0]
-    evals, evecs = scipy.linalg.eigh(cov, lower=False, subset_by_index=[d - k, d - 1], driver="evr")
-    order = np.argsort(-evals, kind="stable")
-    comps = evecs[:, order]
-    pivot = np.argmax(np.abs(comps), axis=0)
-    signs = np.sign(comps[pivot, np.arange(comps.shape[1])])
-    signs[signs == 0] = 1.0
-    return np.ascontiguousarray(comps * signs), np.maximum(evals[order], 0.0)
 
 
 def pca_from_moments(m: Moments, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

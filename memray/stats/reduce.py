@@ -1,25 +1,21 @@
-"""Per-layer embedding space for C_T: exact PCA and k-means cells, both fit on the training set T only.
+"""Per-layer embedding space for C_T and the single-array pieces of its fit; the fit itself (PCA moments and
+k-means over the training set's row blocks) is :func:`memray.stats.fit.fit_space`.
 
-PCA is exact and deterministic: the float64 covariance of T (accumulated over row blocks, so no float64 copy of T
-is made) and its top eigenvectors (LAPACK ``dsyevr``); components are sorted by decreasing variance and each
-one's sign is fixed so that its largest-|loading| entry is positive. The
-authors' code uses sklearn's randomized solver unseeded; distances in the PCA space do not depend on the signs.
-
-The numerical rank of the training covariance is recorded (``LayerSpace.rank``) and a layer whose rank is below
-the number of components is logged as degenerate: such a layer is still scored (its PCA space holds all of the
-training set's variance, as the reference's sklearn PCA does), except a layer with no variance at all (every
-training row the same vector), whose C_T is NaN (see :class:`memray.stats.score.FittedLayer`).
-
-Cells are k-means centroids fit on all training points unless ``cfg.kmeans_sample`` is set (then a seeded
-sample): ``cfg.kmeans_nredo`` restarts (sklearn's ``n_init``), each greedy k-means++ seeding from
-``default_rng([seed, restart])`` (independent streams: seeds 0 and 1 share no restart) then ``faiss.Kmeans``
-Lloyd iterations; the lowest exact objective wins, ties to the lowest restart, and cells are numbered in the
-lexicographic order of their centroids. The restarts run through the caller's ``mapper`` (Ray tasks in a job)
-and give the same centroids whatever runs them. Too few points per cell is one memray warning naming the layer,
-not FAISS' own message.
-Samples are assigned to the nearest centroid with exact float64 squared-L2 distances (ties -> the lower cell),
-so a sample's cell never depends on how many samples are assigned together (FAISS' float32 search switches to
-a BLAS formula above 20 queries, which can flip near-ties).
+- :class:`LayerSpace`: a fitted PCA (or identity) plus k-means centroids, with ``project`` and the exact
+  nearest-centroid ``assign`` (float64 squared L2, ties -> the lower cell; a sample's cell never depends on how
+  many samples are assigned together, unlike FAISS' float32 search, which switches to a BLAS formula above 20
+  queries and can flip near-ties).
+- :func:`fit_pca`: the exact PCA of one in-memory array (float64 covariance accumulated over row blocks, no float64
+  copy of T), the reference that the block PCA (:mod:`memray.stats.pca`) is tested against;
+  :func:`top_components`: the eigen-solver both use (LAPACK ``dsyevr``, components by decreasing variance, each
+  one's sign fixed so that its largest-|loading| entry is positive; the authors' code uses sklearn's randomized
+  solver unseeded, and distances in the PCA space do not depend on the signs).
+- :func:`pca_components` (how many components, or none), :func:`numerical_rank` (``LayerSpace.rank``: a layer
+  whose rank is below the number of components is logged as degenerate and still scored; one with no variance at
+  all scores NaN, see :class:`memray.stats.score.FittedLayer`) and :func:`all_rows_equal`.
+- :func:`kmeans_pp` (greedy k-means++ seeding of each restart) and :func:`canonical_order` (cells numbered in the
+  lexicographic order of their centroids), used by :mod:`memray.stats.kmeans` and :mod:`memray.stats.fit`;
+  :data:`MIN_POINTS_PER_CELL`, below which the fit warns once, naming the layer.
 
 Without PCA (``pca_dim=None``, or ``pca_only_if_larger`` and d <= ``pca_dim``) the raw vectors are used as they
 are, not centred: k-means and Euclidean distances do not change under a shift, and cosine distances are then
@@ -28,28 +24,18 @@ those of the raw embeddings (what dgm-eval does when it skips PCA).
 
 from __future__ import annotations
 
-import logging
-import math
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import scipy.linalg
 import scipy.linalg.blas
 
 from memray.config import CTConfig
-from memray.stats.faiss_backend import faiss, faiss_scope  # faiss imported with the CPU's BLAS kernels
-
-log = logging.getLogger(__name__)
 
 ASSIGN_BATCH = 8192  # rows per chunk of the exact centroid assignment (bounds memory, not results)
 ROW_BLOCK = 1024  # rows per float64 block of the covariance and the projection (memory and cache, not results)
 EPS64 = float(np.finfo(np.float64).eps)
 MIN_POINTS_PER_CELL = 39  # FAISS' min_points_per_centroid: fewer training points per cell are warned about
-FAISS_SEED_MAX = 2**31 - 1  # FAISS seeds are C ints
-
-Mapper = Callable[[Callable, Iterable], Iterable]
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,13 +124,25 @@ def fit_pca(train: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
         block = np.subtract(x[start : start + ROW_BLOCK], mean, out=buf[: len(x[start : start + ROW_BLOCK])])
         cov = scipy.linalg.blas.dsyrk(1.0, block.T, beta=1.0, c=cov, lower=0, overwrite_c=1)
     cov /= max(n - 1, 1)
+    comps, var = top_components(cov, k)
+    return mean, comps, var
+
+
+def top_components(cov: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` eigenpairs of a symmetric (d, d) matrix (upper triangle read), for :func:`fit_pca` and the block PCA:
+    LAPACK ``dsyevr``, decreasing eigenvalue (stable), each column's largest-|loading| entry positive.
+
+    Returns:
+        components (d, k) float64 C-contiguous and eigenvalues (k,) clipped at 0.
+    """
+    d = cov.shape[0]
     evals, evecs = scipy.linalg.eigh(cov, lower=False, subset_by_index=[d - k, d - 1], driver="evr")
     order = np.argsort(-evals, kind="stable")
     comps = evecs[:, order]
     pivot = np.argmax(np.abs(comps), axis=0)
     signs = np.sign(comps[pivot, np.arange(comps.shape[1])])
     signs[signs == 0] = 1.0
-    return mean, np.ascontiguousarray(comps * signs), np.maximum(evals[order], 0.0)
+    return np.ascontiguousarray(comps * signs), np.maximum(evals[order], 0.0)
 
 
 def numerical_rank(variances: np.ndarray, d: int) -> int:
@@ -196,109 +194,3 @@ def canonical_order(centroids: np.ndarray) -> np.ndarray:
     the set of centroids, so restarts that find the same partition return the same array."""
     c = np.asarray(centroids)
     return np.ascontiguousarray(c[np.lexsort(c.T[::-1])])
-
-
-def kmeans_objective(x: np.ndarray, centroids: np.ndarray) -> float:
-    """Σ over rows of ``x`` (n, k) of the squared L2 distance to the nearest centroid, in float64.
-
-    Rows go to their exact nearest centroid (:meth:`LayerSpace.assign`, centroids in :func:`canonical_order`);
-    each row's Σ_d is accumulated left to right and the total is ``math.fsum``, so the value depends only on the
-    data and the set of centroids: not on their order, the batch, BLAS threads or the process.
-    """
-    c = canonical_order(np.asarray(centroids, dtype=np.float32)).astype(np.float64)
-    space = LayerSpace(np.zeros(c.shape[1]), None, c.astype(np.float32))
-    best = np.empty(len(x))
-    for start in range(0, len(x), ASSIGN_BATCH):
-        chunk = np.asarray(x[start : start + ASSIGN_BATCH], dtype=np.float64)
-        diff = np.ascontiguousarray((chunk - c[space.assign(chunk)]).T)  # (k, rows)
-        acc = diff[0] * diff[0]
-        for row in diff[1:]:
-            acc += row * row
-        best[start : start + len(chunk)] = acc
-    return math.fsum(best.tolist())
-
-
-def kmeans_restart(data: np.ndarray, cfg: CTConfig, restart: int) -> tuple[float, np.ndarray]:
-    """One k-means restart on float32 rows (n, k): k-means++ from ``default_rng([seed, restart])``, then FAISS
-    Lloyd iterations (FAISS seed drawn from the same stream) -> (objective of the final centroids, centroids
-    (cells, k) float32 in :func:`canonical_order`)."""
-    rng = np.random.default_rng([cfg.seed, restart])
-    faiss_seed = int(rng.integers(FAISS_SEED_MAX))
-    init = kmeans_pp(data, cfg.cells, rng)
-    # min_points_per_centroid=1: FAISS prints nothing; fit_kmeans warns about small cells, naming the layer
-    km = faiss.Kmeans(
-        data.shape[1], cfg.cells, niter=cfg.kmeans_niter, nredo=1, seed=faiss_seed,
-        max_points_per_centroid=10**9, min_points_per_centroid=1, verbose=False,
-    )  # fmt: skip
-    with faiss_scope(blas=False):  # FAISS' own choice of kernels; threads as in the searches
-        km.train(data, init_centroids=init)
-    centroids = canonical_order(np.asarray(km.centroids, dtype=np.float32))
-    return kmeans_objective(data, centroids), centroids
-
-
-def fit_kmeans(
-    z: np.ndarray, cfg: CTConfig, mapper: Mapper = map, label: str = "training features"
-) -> tuple[np.ndarray, int]:
-    """Seeded k-means on projected training rows (n, k): returns centroids (cells, k) float32 and #points.
-
-    ``cfg.kmeans_nredo`` restarts (:func:`kmeans_restart`, one ``mapper`` item each: builtin ``map`` runs them
-    here, a Ray mapper as parallel tasks); the lowest objective wins, ties to the lowest restart index, so the
-    result does not depend on the mapper. FAISS' own random initialisation often merges two well-separated
-    clusters and splits another; k-means++ is what the authors' sklearn KMeans uses.
-    """
-    n = len(z)
-    if n < cfg.cells:
-        raise ValueError(f"{n} training samples cannot make {cfg.cells} cells; lower ct.cells or add training data")
-    if cfg.kmeans_sample is not None and cfg.kmeans_sample < n:
-        rows = np.sort(np.random.default_rng(cfg.seed).choice(n, size=cfg.kmeans_sample, replace=False))
-        z = z[rows]
-    if len(z) < MIN_POINTS_PER_CELL * cfg.cells:
-        log.warning(
-            "%s: k-means fits %d cells on %d training points, fewer than %d per cell (%d); the cells may be unstable",
-            label, cfg.cells, len(z), MIN_POINTS_PER_CELL, MIN_POINTS_PER_CELL * cfg.cells,
-        )  # fmt: skip
-    data = np.ascontiguousarray(z, dtype=np.float32)
-    runs = list(mapper(partial(kmeans_restart, data, cfg), range(cfg.kmeans_nredo)))
-    best = min(range(len(runs)), key=lambda i: (runs[i][0], i))
-    log.debug("%s: k-means restart %d of %d kept, objective %.6g", label, best, len(runs), runs[best][0])
-    return runs[best][1], len(data)
-
-
-def fit_layer_space(
-    train: np.ndarray, cfg: CTConfig, mapper: Mapper = map, label: str = "training features"
-) -> LayerSpace:
-    """Fit PCA (per ``cfg``) and k-means cells on one layer's training features (n, d)."""
-    return fit_and_project(train, cfg, mapper, label)[0]
-
-
-def fit_and_project(
-    train: np.ndarray, cfg: CTConfig, mapper: Mapper = map, label: str = "training features"
-) -> tuple[LayerSpace, np.ndarray]:
-    """Like :func:`fit_layer_space`, also returning the projected training rows (n, k) float64.
-
-    ``mapper`` runs the k-means restarts; ``label`` names the layer in warnings (degenerate features, few points).
-    """
-    train = np.asarray(train)
-    if train.ndim != 2 or len(train) == 0:
-        raise ValueError(f"training features must be a non-empty (n, d) array, got shape {train.shape}")
-    n, d = train.shape
-    k = pca_components(n, d, cfg)
-    if k is None:
-        mean, comps, var = np.zeros(d), None, None
-        rank = 0 if all_rows_equal(train) else None
-    else:
-        mean, comps, var = fit_pca(train, k)
-        rank = numerical_rank(var, d)
-        if rank <= 1 and all_rows_equal(train):
-            rank = 0
-    space = LayerSpace(mean, comps, np.zeros((cfg.cells, k or d), np.float32), var, 0, rank)
-    if rank == 0:
-        log.warning("%s: the training features have no variance (rank 0: every row is the same vector); "
-                    "distances carry no information and C_T is NaN", label)  # fmt: skip
-    elif space.degenerate:
-        log.warning("%s: the training features have numerical rank %d, below the %d PCA components; components "
-                    "beyond %d carry no training variance", label, rank, space.dim, rank)  # fmt: skip
-    z = space.project(train)
-    centroids, used = fit_kmeans(z, cfg, mapper, label)
-    log.debug("%s: n=%d d=%d -> k=%d, %d cells fit on %d points", label, n, d, z.shape[1], cfg.cells, used)
-    return LayerSpace(mean, comps, centroids, var, used, rank), z
