@@ -169,6 +169,17 @@ def under_ray_job() -> bool:
     return bool(os.environ.get("RAY_JOB_ID"))
 
 
+def refuse_relative_under_ray_job(key: str, value: Any) -> None:
+    """Under ``ray job submit`` refuse a relative ``output``/``reference``: the job runs in a temporary copy of the
+    working dir, where anything written there would be lost."""
+    if under_ray_job() and _is_relative(value):
+        raise ConfigError(
+            f"{key}={value!r} is relative: under `ray job submit` the job runs in a temporary copy of the "
+            "working dir, so what it writes would be lost there; give an absolute path on shared storage or an "
+            f"s3:// URL (--set {key}=...)"
+        )
+
+
 def _is_relative(path: Any) -> bool:
     """A local path (no URL scheme) that is not absolute."""
     return isinstance(path, str) and bool(path) and "://" not in path and not os.path.isabs(path)
@@ -217,13 +228,7 @@ def load_audit_config(path: str | Path, overrides: dict[str, Any] | None = None)
         raise ConfigError(f"{path}: expected a mapping of fields (train, test, generated, output, ...)")
     overrides = dict(overrides or {})
     for key in ("output", "reference"):
-        value = overrides.get(key, data.get(key))
-        if under_ray_job() and _is_relative(value):
-            raise ConfigError(
-                f"{key}={value!r} is relative: under `ray job submit` the job runs in a temporary copy of the "
-                "working dir, so what it writes would be lost there; give an absolute path on shared storage or an "
-                f"s3:// URL (--set {key}=...)"
-            )
+        refuse_relative_under_ray_job(key, overrides.get(key, data.get(key)))
     data = resolve_paths(data, Path(path).resolve().parent)
     for dotted, value in overrides.items():
         node = data

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 from memray.io import schema, storage
 from memray.io.shards import ShardPlan, plan_shards
 from memray.io.sources import KIND_FILE, KIND_NPZ, KIND_PARQUET, NPZ_KEYS, Unit
-from memray.job_config import AuditConfig, under_ray_job
+from memray.job_config import AuditConfig, refuse_relative_under_ray_job
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +42,11 @@ class Preflight:
     layers: dict[int, int] = field(default_factory=dict)
     """``{layer: dim}`` every embeddings set has (empty when no set is given as embeddings)."""
 
-
-def check_output(output: str) -> None:
-    """Refuse a relative output under ``ray job submit``: it would land in Ray's temporary working-dir copy."""
-    if under_ray_job() and not storage.is_remote(output) and not os.path.isabs(output.removeprefix("file://")):
-        raise PreflightError(
-            f"output={output!r} is relative: under `ray job submit` the job runs in a temporary copy of the working "
-            "dir, so the results would be lost there; give an absolute path on shared storage or an s3:// URL "
-            "(--output or --set output=...)"
-        )
+    def listing(self, name: str) -> list[str]:
+        """The listing digests of a set's inputs: one per shard (images) or per feature file (embeddings)."""
+        if name in self.files:
+            return [f.listing_digest() for f in self.files[name]]
+        return [p.listing_digest() for p in self.plans[name]]
 
 
 def unit_rows(unit: Unit, storage_options: dict[str, Any] | None) -> int | None:
@@ -195,7 +190,8 @@ def preflight(cfg: AuditConfig, allow_gallery_mismatch: bool = False) -> Preflig
     from memray.job.resume import check_output_folder
 
     so = dict(cfg.storage_options) or None
-    check_output(cfg.output)
+    refuse_relative_under_ray_job("output", cfg.output)  # configs built in Python, not read by load_audit_config
+    refuse_relative_under_ray_job("reference", cfg.reference)
     check_output_folder(cfg, so)  # an output folder of another embed config is refused before Ray starts
     plans: dict[str, list[ShardPlan]] = {}
     skipped: dict[str, list[tuple[str, str]]] = {}

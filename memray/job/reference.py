@@ -35,15 +35,9 @@ class ReferenceMismatchError(ValueError):
     """The reference was made from another training set or encoder; the message names the fields."""
 
 
-def _listing(checked: Any, name: str) -> list[str]:
-    if name in checked.files:
-        return [f.listing_digest() for f in checked.files[name]]
-    return [p.listing_digest() for p in checked.plans[name]]
-
-
 def record(cfg: AuditConfig, checked: Any) -> dict[str, Any]:
     """What a reference holds: the encoder's stage config and the train/test sets with their listings."""
-    sets = {role: {"name": spec.name, "listing": digest({"listing": _listing(checked, spec.name)})}
+    sets = {role: {"name": spec.name, "listing": digest({"listing": checked.listing(spec.name)})}
             for role, spec in (("train", cfg.train), ("test", cfg.test))}  # fmt: skip
     return {"embed": stage_configs(cfg)["embed"], "sets": sets}
 
@@ -94,14 +88,15 @@ def fit_key(cfg: AuditConfig, checked: Any) -> str:
     """Digest of what a layer's fit depends on: embed key, training listing and the fit settings."""
     ct = to_dict(cfg.ct)
     fit = {name: ct[name] for name in FIT_FIELDS}
-    return digest({"embed_key": embed_key(cfg), "train": _listing(checked, cfg.train.name), "fit": fit})
+    return digest({"embed_key": embed_key(cfg), "train": checked.listing(cfg.train.name), "fit": fit})
 
 
-def fit_root(cfg: AuditConfig, checked: Any, layer: int) -> tuple[str, bool]:
-    """The layer's fit workspace and whether it is kept (in a reference) or removed once the layer is scored.
+def fit_roots(cfg: AuditConfig, checked: Any, layers: list[int]) -> dict[int, tuple[str, bool]]:
+    """Each layer's fit workspace and whether it is kept (in a reference) or removed once the layer is scored.
 
     Keyed by :func:`fit_key` in the output folder too, so a run resumed after a crash mid-layer reuses a
     complete fit only when it was made from the same training rows and fit settings.
     """
     root, keep = (cfg.reference, True) if cfg.reference else (cfg.output, False)
-    return storage.join(root, "fit", fit_key(cfg, checked), f"layer_{layer}"), keep
+    key = fit_key(cfg, checked)
+    return {layer: (storage.join(root, "fit", key, f"layer_{layer}"), keep) for layer in layers}

@@ -26,9 +26,10 @@ from memray.config import digest
 from memray.fingerprint.curve_run import finish_fingerprints, plan_record, plan_subsets
 from memray.fingerprint.curves import read_gallery
 from memray.io import schema, storage
+from memray.io.images import STATUS_SKIPPED
 from memray.io.shards import ShardPlan
 from memray.job.preflight import Preflight, gallery_comparable, preflight, preprocessing_record
-from memray.job.reference import claim_reference, embeddings_root, fit_root
+from memray.job.reference import claim_reference, embeddings_root, fit_roots
 from memray.job.resume import CONFIG_FILE, ResumeMismatchError, claim_output, embed_key, stage_configs
 from memray.job_config import AuditConfig, result_dict
 from memray.ray.embed_stage import run_embedding, shard_url
@@ -38,7 +39,6 @@ from memray.stats.results import memray_version, write_results
 
 log = logging.getLogger(__name__)
 __all__ = ["CONFIG_FILE", "AuditResult", "ResumeMismatchError", "run_audit"]
-STATUS_SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,11 @@ class AuditResult:
     ct_scores: pd.DataFrame
     stats: dict[str, Any]
     attribution: pd.DataFrame | None = None
+
+
+def set_counts(read: int = 0, embedded: int = 0, reported: int = 0, skipped: int = 0) -> dict[str, int]:
+    """One set's counts as recorded in ``run.json`` (rows read = rows embedded + rows reported)."""
+    return {"rows_read": read, "rows_embedded": embedded, "rows_reported": reported, "files_skipped": skipped}
 
 
 def collect_errors(
@@ -64,15 +69,13 @@ def collect_errors(
         stats = storage.read_json(shard_url(out, plan, ".done.json"), so)
         if int(stats["rows_embedded"]):
             pieces.setdefault(plan.set_name, []).append((shard_url(out, plan, ".parquet"), int(stats["rows_embedded"])))
-        c = counts.setdefault(
-            plan.set_name, {"rows_read": 0, "rows_embedded": 0, "rows_reported": 0, "files_skipped": 0}
-        )
+        c = counts.setdefault(plan.set_name, set_counts())
         for k in ("rows_read", "rows_embedded", "rows_reported"):
             c[k] += int(stats[k])
         with storage.open_url(shard_url(out, plan, ".errors.parquet"), "rb", so) as fh:
             tables.append(pq.read_table(fh).cast(schema.ERRORS_SCHEMA))
     for name, entries in skipped.items():
-        counts.setdefault(name, {"rows_read": 0, "rows_embedded": 0, "rows_reported": 0, "files_skipped": 0})
+        counts.setdefault(name, set_counts())
         counts[name]["files_skipped"] = len(entries)
         if entries:
             cols = {
@@ -108,8 +111,7 @@ def _collect(
 
 def _score_key(ekey: str, cfg: AuditConfig, checked: Preflight) -> str:
     """Digest of what the layer tables depend on: embeddings, sets and their listings, scoring settings."""
-    listings = {name: [p.listing_digest() for p in ps] for name, ps in checked.plans.items()}
-    listings.update({name: [f.listing_digest() for f in fl] for name, fl in checked.files.items()})
+    listings = {spec.name: checked.listing(spec.name) for spec in cfg.sets}
     return digest({"embed_key": ekey, "score": stage_configs(cfg)["score"], "listings": listings})
 
 
@@ -171,7 +173,7 @@ def run_audit(
     errors, counts, pieces = _collect(groups, checked, so)
     for name, fl in checked.files.items():
         n = sum(f.n for f in fl)
-        counts[name] = {"rows_read": n, "rows_embedded": n, "rows_reported": 0, "files_skipped": 0}
+        counts[name] = set_counts(read=n, embedded=n)
         pieces[name] = [(f.url, f.n) for f in fl if f.n]
     with storage.open_output(storage.join(cfg.output, schema.ERRORS_FILE), so) as fh:
         pq.write_table(errors, fh)
@@ -188,8 +190,8 @@ def run_audit(
     sizes = {g.name: counts[g.name]["rows_embedded"] for g in cfg.generated}
     subsets = plan_subsets(sizes, cfg.fingerprint) if cfg.fingerprint else None
     skey = _score_key(ekey, cfg, checked)
-    fit_roots = {layer: fit_root(cfg, checked, layer) for layer in layers}
-    result, curves, score_stats = run_scoring(cfg, pieces, layers, cfg.output, subsets, skey, fit_roots)
+    roots = fit_roots(cfg, checked, layers)
+    result, curves, score_stats = run_scoring(cfg, pieces, layers, cfg.output, subsets, skey, roots)
     stats = {
         "started_utc": started,
         "counts": counts,
