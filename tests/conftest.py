@@ -125,8 +125,12 @@ def s3_bucket(s3_endpoint: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def ray_local() -> Iterator[object]:
+def ray_local(s3_endpoint: str) -> Iterator[object]:
     """A local Ray (2 CPUs, 512 MiB object store, no dashboard), started on first use; yields the ``ray`` module.
+
+    It depends on the session's S3 endpoint so that the endpoint's variables are in the environment before Ray
+    starts: Ray's workers keep the environment they started with, and a Ray started before the first S3 test
+    would read ``s3://`` inputs without credentials.
 
     Function-scoped so that a test which needs another Ray (``ray.cluster_utils.Cluster``) can shut this one down:
     the next test that asks for it starts a fresh one. Ray is shut down at interpreter exit. Tests using this carry
