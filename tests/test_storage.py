@@ -203,3 +203,16 @@ def test_outputs_honour_the_umask(tmp_path: Path, umask: int) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, oct(path.stat().st_mode)
     assert storage.read_json(str(tmp_path / "a.json")) == {"a": 1}
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.json", "b.bin", "sub"]  # no temporary files left
+
+
+def test_remove_deletes_a_file_or_a_folder_and_ignores_what_is_missing(tmp_path) -> None:
+    from memray.io import storage as st
+
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    (tmp_path / "d" / "e" / "x.bin").write_bytes(b"x")
+    (tmp_path / "f.bin").write_bytes(b"f")
+    st.remove(str(tmp_path / "f.bin"))
+    st.remove(str(tmp_path / "missing"))  # nothing there: nothing to do
+    assert not (tmp_path / "f.bin").exists() and (tmp_path / "d" / "e" / "x.bin").exists()
+    st.remove(str(tmp_path / "d"), recursive=True)
+    assert not (tmp_path / "d").exists()

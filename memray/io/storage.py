@@ -253,6 +253,14 @@ def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
         return fs.exists(path)
 
 
+def remove(url: str, storage_options: dict[str, Any] | None = None, recursive: bool = False) -> None:
+    """Delete a file/object (or, with ``recursive``, a folder/prefix) if it exists."""
+    with translate_errors(url, "delete"):
+        fs, path = filesystem(url, storage_options)
+        if fs.exists(path):
+            fs.rm(path, recursive=recursive)
+
+
 def write_json(url: str, obj: Any, storage_options: dict[str, Any] | None = None) -> None:
     """Write ``obj`` as indented, key-sorted JSON, atomically."""
     data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()

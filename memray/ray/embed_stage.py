@@ -137,22 +137,14 @@ def finish_shard(
                     writer.write_table(pa.concat_tables(buf))
                     buf = []
     else:
-        _remove(url, so)
+        storage.remove(url, so)
     cols = [list(c) for c in zip(*errors, strict=True)] if errors else [[]] * 4
     cols[0] = [plan.set_name] * len(errors)
     table = pa.table(dict(zip(schema.ERRORS_SCHEMA.names, cols, strict=True)), schema=schema.ERRORS_SCHEMA)
     with storage.open_output(shard_url(out, plan, ".errors.parquet"), so) as fh:
         pq.write_table(table, fh)
-    _remove(folder, so, recursive=True)
+    storage.remove(folder, so, recursive=True)
     return {"rows_embedded": n_ok, "rows_reported": len(errors)}
-
-
-def _remove(url: str, so: dict | None, recursive: bool = False) -> None:
-    """Delete a file (or a folder with ``recursive``) if it exists."""
-    with storage.translate_errors(url, "delete"):
-        fs, path = storage.filesystem(url, so)
-        if fs.exists(path):
-            fs.rm(path, recursive=recursive)
 
 
 @ray.remote

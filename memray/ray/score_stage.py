@@ -77,13 +77,6 @@ def _check_dims(train: ParquetRows, sets: dict[str, FeatureSet], layer: int) -> 
             )
 
 
-def _remove(url: str, so: dict | None) -> None:
-    """Delete a folder/prefix (the layer's fit workspace once its tables are written)."""
-    fs, path = storage.filesystem(url, so)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-
-
 def _layer_done(layer_dir: str, score_key: str, names: tuple[str, ...], so: dict | None) -> bool:
     """Whether a layer's tables exist, are readable and were made with ``score_key``."""
     marker = storage.join(layer_dir, "done.json")
@@ -151,7 +144,7 @@ def run_scoring(
                 with storage.open_output(storage.join(layer_dir, name), so) as fh:
                     res[name.removesuffix(".parquet")].to_parquet(fh, index=False)
             if not keep:
-                _remove(ws_url, so)
+                storage.remove(ws_url, so, recursive=True)  # the fit workspace, once the tables are written
             stats = {"layer": layer, "seconds": time.perf_counter() - t1, "n_train": train.n, "score_key": score_key}
             stats.update(space_dim=fitted.space.dim, train_rank=fitted.space.rank, degenerate=fitted.space.degenerate)
             storage.write_json(storage.join(layer_dir, "done.json"), stats, so)
