@@ -2,11 +2,40 @@
 
 He, Zhao, Bai, Hsieh (2024): the C_T statistic of Meehan et al. (2020) computed at every block of a Vision
 Transformer; its curve over layers detects copying and identifies the generating architecture.
+
+The Python API (imported on first use, so ``import memray`` stays light)::
+
+    memray.audit(train=..., test=..., generated={...}, output=...)   # images -> AuditResult (verdicts, report)
+    memray.score(train_x, test_x, {"name": gen_x})                   # features -> ScoreResult
+    memray.probe(config="jobs/configs/default.yaml")                 # probe sets -> per-layer sensitivity
+    memray.fetch_image("data/sample/train.npz#17")                   # a sample's image from its source
+    memray.build_report("runs/demo")                                 # (re)write report.html
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 #: The distribution's name (``memray`` on PyPI is Bloomberg's unrelated memory profiler).
 DISTRIBUTION = "memray-audit"
+
+_LAZY = {
+    "audit": "memray.api",
+    "score": "memray.api",
+    "probe": "memray.api",
+    "AuditResult": "memray.ray.pipeline",
+    "ScoreResult": "memray.stats.tables",
+    "AuditConfig": "memray.job_config",
+    "CTConfig": "memray.config",
+    "EmbedConfig": "memray.config",
+    "load_audit_config": "memray.job_config",
+    "fetch_image": "memray.io.fetch",
+    "fetch_by_id": "memray.io.fetch",
+    "build_report": "memray.report",
+}
+__all__ = ["DISTRIBUTION", "__version__", "version", *sorted(_LAZY)]
 
 
 def version() -> str:
@@ -17,3 +46,13 @@ def version() -> str:
         return importlib.metadata.version(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
         return __version__
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'memray' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

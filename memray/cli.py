@@ -1,4 +1,4 @@
-"""The ``memray`` command line: ``score``, ``embed``, ``fingerprint``, ``audit``.
+"""The ``memray`` command line: ``audit``, ``score``, ``embed``, ``fingerprint``, ``probe``, ``report``, ``fetch``.
 
 Each subcommand lives in ``memray.commands.<name>`` and exposes ``add_parser(subparsers)`` and ``run(args)``.
 Command modules import torch, timm, Ray and FAISS only inside ``run``: ``memray --help`` and
@@ -16,7 +16,7 @@ import traceback
 
 from memray import version
 
-COMMANDS: tuple[str, ...] = ("score", "embed", "fingerprint", "audit")
+COMMANDS: tuple[str, ...] = ("audit", "score", "embed", "fingerprint", "probe", "report", "fetch")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -86,6 +86,12 @@ class CTConfig:
     ``kmeans_seed_sample``: about how many training rows (a stable hash sample of the sample ids) seed the
     k-means++ restarts (all rows when there are fewer); ``search_rows``: at most this many training rows per
     search item (memory of a search task, not results).
+
+    Uncertainty and evidence: ``alpha``: level of the verdicts (Holm-corrected over layers, and over cells × layers
+    for localized copying); ``bootstrap``: resamples of the seeded bootstrap 95% interval of C_T (0 = none);
+    ``partitions``: C_T is also computed under this many seeded k-means partitions (seeds ``seed`` …
+    ``seed + partitions − 1``) and its range reported (1 = the paper's single partition); ``top_k``: nearest
+    training samples over the whole training set per generated sample and layer in ``copies.parquet`` (0 = none).
     """
 
     SECTION = "ct"
@@ -105,6 +111,10 @@ class CTConfig:
     block_rows: int = field(default=65536, metadata=at_least(1))
     kmeans_seed_sample: int = field(default=100_000, metadata=at_least(1))
     search_rows: int = field(default=262144, metadata=at_least(1))
+    alpha: float = field(default=0.05, metadata=rule("(0 < alpha < 1)", lambda v: 0 < v < 1))
+    bootstrap: int = field(default=1000, metadata=at_least(0))
+    partitions: int = field(default=1, metadata=at_least(1))
+    top_k: int = field(default=5, metadata=at_least(0))
 
     def __post_init__(self) -> None:
         if not isinstance(self.mode, str) or self.mode not in PRESETS:

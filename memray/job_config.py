@@ -27,6 +27,7 @@ from memray.config import (
     to_dict,
     validate,
 )
+from memray.probes.config import ProbesConfig
 
 
 def _urls_ok(urls: tuple[str, ...]) -> bool:
@@ -116,6 +117,8 @@ class AuditConfig:
     ``reference``: a folder or ``s3://`` prefix holding the training and test embeddings and the per-layer fits
     (PCA, cells, partitioned projected rows), written by the first audit that names it and reused by later
     audits of the same training set with the same encoder and fit settings (:mod:`memray.job.reference`).
+    ``probes``: build the memorization probe sets (transformed training images, :mod:`memray.probes`) and score
+    them as further generated sets; ``generated`` may then be empty (``memray probe``).
 
     Every field is checked on construction (types from the annotations, ranges from the field rules); errors
     name the dotted field, e.g. ``resources.actors=1.5: must be an integer >= 1``.
@@ -125,7 +128,7 @@ class AuditConfig:
 
     train: DatasetSpec
     test: DatasetSpec
-    generated: tuple[DatasetSpec, ...] = field(metadata=rule("(at least one set)", lambda v: len(v) > 0))
+    generated: tuple[DatasetSpec, ...] = field(metadata=rule("(a list of sets)", lambda v: True))
     output: str = field(metadata=NON_EMPTY)
     embed: EmbedConfig | None = None
     ct: CTConfig = field(default_factory=CTConfig)
@@ -134,9 +137,12 @@ class AuditConfig:
     max_image_pixels: int = field(default=89_478_485, metadata=at_least(1))
     storage_options: tuple[tuple[str, Any], ...] = field(default=(), metadata={"secret": True})
     reference: str | None = None
+    probes: ProbesConfig | None = None
 
     def __post_init__(self) -> None:
         validate(self)
+        if not self.generated and self.probes is None:
+            raise FieldError("generated", [], "at least one set (or a probes: section)", type(self), "generated")
         if self.embed is None and not all(s.is_embeddings for s in self.sets):
             object.__setattr__(self, "embed", EmbedConfig())  # images to embed: the default embedder
         names = [self.train.name, self.test.name, *(g.name for g in self.generated)]

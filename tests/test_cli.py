@@ -24,6 +24,9 @@ HELP_ARGVS = (
     ["fingerprint", "--help"],
     ["fingerprint", "evaluate", "--help"],
     ["fingerprint", "gallery", "--help"],
+    ["report", "--help"],
+    ["probe", "--help"],
+    ["fetch", "--help"],
     ["fingerprint", "attribute", "--help"],
     ["audit", "--help"],
 )

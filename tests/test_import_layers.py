@@ -1,4 +1,5 @@
-"""The package tree's import direction: commands → ray → job → stages (embedding, stats → fingerprint) → io → config.
+"""The package tree's import direction: commands → api → ray → job → report → stages (embedding, stats → fingerprint,
+probes) → io → config.
 
 Every ``import`` in memray/ (module level or inside a function) is read with :mod:`ast` and checked against the
 layer table below; only ``memray.ray`` may import Ray.
@@ -21,13 +22,17 @@ ALLOWED: dict[str, set[str]] = {
     "embedding": {"base", "config", "io", "embedding"},
     "stats": {"base", "config", "io", "stats"},
     "fingerprint": {"base", "config", "io", "stats", "fingerprint"},
-    "job": {"base", "config", "io", "embedding", "stats", "fingerprint", "job"},
-    "ray": {"base", "config", "io", "embedding", "stats", "fingerprint", "job", "ray"},
-    "commands": {"base", "config", "io", "embedding", "stats", "fingerprint", "job", "ray", "commands"},
+    "probes": {"base", "config", "io", "probes"},
+    "report": {"base", "config", "io", "stats", "fingerprint", "probes", "report"},
+    "job": {"base", "config", "io", "embedding", "stats", "fingerprint", "probes", "report", "job"},
+    "ray": {"base", "config", "io", "embedding", "stats", "fingerprint", "probes", "report", "job", "ray"},
+    "api": {"base", "config", "io", "embedding", "stats", "fingerprint", "probes", "report", "job", "ray", "api"},
+    "commands": {"base", "config", "io", "embedding", "stats", "fingerprint", "probes", "report", "job", "ray", "api",
+                 "commands"},  # fmt: skip
     "cli": {"base", "commands", "cli"},
     "synthetic": {"synthetic"},
 }
-CONFIG = {"memray.config", "memray.config_check", "memray.job_config"}
+CONFIG = {"memray.config", "memray.config_check", "memray.job_config", "memray.probes.config"}
 
 
 def module_name(path: Path) -> str:
@@ -45,7 +50,7 @@ def layer(module: str) -> str:
     parts = module.split(".")
     if module == "memray":
         return "base"
-    if parts[1] in ("cli", "synthetic"):
+    if parts[1] in ("cli", "synthetic", "api"):
         return parts[1]
     if parts[1] not in ALLOWED:
         raise AssertionError(f"{module} is in no layer: add it to the table in {__file__}")
@@ -91,7 +96,8 @@ def test_imports_flow_one_way() -> None:
     assert violations() == []
 
 
-@pytest.mark.parametrize("package", ["io", "embedding", "stats", "fingerprint", "job", "ray", "commands"])
+@pytest.mark.parametrize("package", ["io", "embedding", "stats", "fingerprint", "probes", "report", "job", "ray",
+                                     "commands"])  # fmt: skip
 def test_stage_packages_exist(package: str) -> None:
     assert f"memray.{package}" in MODULES
 

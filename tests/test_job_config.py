@@ -66,7 +66,7 @@ def _with(dotted: str, value):
         ("test.label", "", "test.label='': must be a string (non-empty) or null"),
         ("generated.1.urls", [""], "generated[1].urls=['']: must be a list of strings (at least one"),
         ("generated.0.image_column", 3, "generated[0].image_column=3: must be a string (non-empty) or null"),
-        ("generated", [], "generated=[]: must be a list of dataset sections (at least one set)"),
+        ("generated", [], "generated=[]: must be at least one set (or a probes: section)"),
         ("output", "", "output='': must be a string (non-empty)"),
         ("train", "s3://b/train/", "train='s3://b/train/': must be a mapping (a dataset section)"),
         ("resources", 4, "resources=4: must be a mapping (a resources section)"),

@@ -31,6 +31,12 @@ README = (ROOT / "README.md").read_text()
 DEMO = "runs/demo"
 AUDIT_SETS = ("embed.model=test_vit", "embed.model_kwargs.img_size=32", "resources.actor_num_cpus=0.5")
 AUDIT_SETS += ("resources.torch_threads=1",)
+# what the README's own audit examples run on in the tests (a tiny ViT, 32 px, fewer CPUs per actor)
+SMALL_MODEL = {
+    '"vit_tiny_patch16_224"': '"test_vit"',
+    '"embed.model_kwargs": {"img_size": 112}': '"embed.model_kwargs": {"img_size": 32}, '
+    '"resources.actor_num_cpus": 0.5',
+}
 
 
 def fenced(text: str, lang: str) -> list[str]:
@@ -108,20 +114,28 @@ PY_BLOCKS = fenced(README, "python")
 
 
 def test_readme_has_python_blocks() -> None:
-    assert len(PY_BLOCKS) >= 2 and all(DEMO in b for b in PY_BLOCKS)
+    assert len(PY_BLOCKS) >= 2 and all(DEMO in b or "memray.score(" in b for b in PY_BLOCKS)
 
 
 @pytest.mark.parametrize("index", range(len(PY_BLOCKS)), ids=[f"python-block-{i + 1}" for i in range(len(PY_BLOCKS))])
 def test_python_block_runs(index: int, demo_out: Path) -> None:
     code = "\n".join(line for line in PY_BLOCKS[index].splitlines() if "s3://" not in line)
     code = code.replace(DEMO, str(demo_out))
+    for a, b in SMALL_MODEL.items():  # a memray.audit(...) call runs on the tiny test_vit
+        code = code.replace(a, b)
     ns: dict = {}
-    for stmt in ast.parse(code).body:  # statement by statement, so a failure names its line
-        src = ast.get_source_segment(code, stmt)
-        try:
-            exec(compile(ast.Module([stmt], []), "README.md", "exec"), ns)
-        except Exception as exc:
-            raise AssertionError(f"README python block {index + 1}: {src!r} failed: {exc!r}") from exc
+    try:
+        for stmt in ast.parse(code).body:  # statement by statement, so a failure names its line
+            src = ast.get_source_segment(code, stmt)
+            try:
+                exec(compile(ast.Module([stmt], []), "README.md", "exec"), ns)
+            except Exception as exc:
+                raise AssertionError(f"README python block {index + 1}: {src!r} failed: {exc!r}") from exc
+    finally:
+        if "memray.audit(" in code:  # the local Ray it started must not outlive the block (other tests start theirs)
+            import ray
+
+            ray.shutdown()
 
 
 def test_closest_copies_snippet_ranks_one_set_one_layer(demo_out: Path) -> None:
@@ -188,6 +202,26 @@ def test_output_table_names_every_output_and_its_columns(demo_out: Path) -> None
 # ---- the shell commands ----
 
 
+def test_folder_audit_command_runs(tmp_path: Path) -> None:
+    """The README's `memray audit --train … --gen … --out …` (no config file), on the tiny ViT."""
+    (argv,) = [a for a in readme_runs(("memray", "audit")) if "--train" in a]
+    argv = redirect(argv, tmp_path)
+    argv[argv.index("--model") + 1] = "test_vit"
+    argv = [a.replace("img_size=112", "img_size=32") for a in argv]
+    argv += ["--set", "resources.actor_num_cpus=0.5", "--set", "resources.torch_threads=1", "--num-cpus", "2"]
+    argv += ["--write-config", str(tmp_path / "ran.yaml")]
+    printed = run(argv, timeout=540).stdout
+    assert "Verdict per generated set" in printed and "Report:" in printed
+    out = Path(argv[argv.index("--out") + 1])
+    verdicts = pd.read_parquet(out / "verdicts.parquet").set_index("gen_set")["verdict"]
+    assert verdicts["copier"] == "copying", verdicts
+    assert (out / "report.html").exists() and (out / "copies.parquet").exists()
+    from memray.job_config import load_audit_config
+
+    again = load_audit_config(tmp_path / "ran.yaml")  # the YAML it ran reproduces its config
+    assert again.train.urls == (str(ROOT / "data/sample/train.npz"),) and again.embed.model == "test_vit"
+
+
 def test_readme_contains_the_cheap_commands() -> None:
     score = readme_runs(("memray", "score"))
     assert any("examples/features/train.npz" in a and "--kmeans-restarts" in a for a in score), score
@@ -242,6 +276,18 @@ def test_plot_curves_writes_into_the_run_not_docs(tmp_path: Path, demo_out: Path
     svg = Path(redirect(argv, tmp_path, demo_out)[-1])
     assert svg.parent == demo_out and svg.read_text().startswith("<svg")
     assert (docs.read_bytes() if docs.exists() else None) == before
+
+
+def test_fetch_command_saves_the_sample(tmp_path: Path, demo_out: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    (argv,) = readme_runs(("memray", "fetch"))
+    argv = redirect(argv, tmp_path, demo_out)
+    run(argv)
+    saved = np.asarray(Image.open(argv[argv.index("-o") + 1]))
+    row = int(argv[argv.index("--id") + 1].rsplit("/", 1)[1])
+    np.testing.assert_array_equal(saved[:, :, 0], np.load(ROOT / "data/sample/train.npz")["images"][row])
 
 
 def test_version_and_help() -> None:

@@ -1,4 +1,8 @@
-"""``memray audit``: run the Ray audit job from a YAML config (locally or on the connected cluster)."""
+"""``memray audit``: run the Ray audit job from folders/URLs given on the command line, or from a YAML config.
+
+``memray audit --train DIR --test DIR --gen NAME=DIR [--gen ...] --out DIR`` runs the paper's defaults with no
+config file; ``--write-config FILE`` saves the YAML it ran (for ``ray job submit`` on a cluster).
+"""
 
 from __future__ import annotations
 
@@ -17,11 +21,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "audit",
         help="embed image sets on Ray and score memorization (C_T per layer)",
-        description="Run the audit job described by a YAML config. Connects to RAY_ADDRESS when set "
-        "(ray job submit), else starts a local Ray.",
+        description="Run the audit job on folders/URLs (--train/--test/--gen/--out, the paper's defaults) or as "
+        "described by a YAML config (--config). Connects to RAY_ADDRESS when set (ray job submit), else starts a "
+        "local Ray.",
     )
-    p.add_argument("--config", required=True, help="YAML file (see jobs/configs/)")
-    p.add_argument("--output", help="override the config's output URL (local folder or s3://…)")
+    p.add_argument("--config", help="YAML file (see jobs/configs/); or give --train/--test/--gen/--out instead")
+    p.add_argument("--train", metavar="DIR_OR_URL", help="training images (folder, s3:// prefix, tar/Parquet/.npz)")
+    p.add_argument("--test", metavar="DIR_OR_URL", help="held-out images from the training distribution")
+    p.add_argument(
+        "--gen", action="append", default=[], metavar="NAME=DIR_OR_URL",
+        help="a generated set (repeat for several)",
+    )  # fmt: skip
+    p.add_argument(
+        "--label", action="append", default=[], metavar="NAME=LABEL",
+        help="the model family of generated set NAME (labelled sets form the fingerprint gallery)",
+    )  # fmt: skip
+    p.add_argument("--out", "--output", dest="output", help="output folder or s3:// prefix (overrides the config's)")
+    p.add_argument("--model", help="timm model name (default vit_base_patch16_224.orig_in21k, the paper's)")
+    p.add_argument("--weights", help="local or s3:// .safetensors weights of --model (else the timm hub)")
+    p.add_argument("--random-init", action="store_true", help="random weights (no download; recorded)")
+    p.add_argument("--write-config", metavar="FILE", help="also write the config this run uses as YAML")
     p.add_argument(
         "--set",
         action="append",
@@ -53,14 +72,13 @@ def run(args: argparse.Namespace) -> int:
     """
     from memray.config import FingerprintConfig
     from memray.job.preflight import preflight
-    from memray.job_config import load_audit_config
 
     overrides = parse_key_values(args.set, "--set")
     if args.output:
         overrides["output"] = args.output
     if args.gallery:
         overrides["fingerprint.gallery"] = args.gallery
-    cfg = load_audit_config(args.config, overrides)
+    cfg = _config(args, overrides)
     if (args.fingerprint or args.gallery) and cfg.fingerprint is None:
         cfg = dataclasses.replace(cfg, fingerprint=FingerprintConfig())
     checked = preflight(cfg, args.allow_gallery_mismatch)
@@ -68,10 +86,10 @@ def run(args: argparse.Namespace) -> int:
     from memray.ray.session import init_ray
 
     init_ray(args.address, args.num_cpus)
+    if args.write_config:
+        write_config(cfg, args.write_config)
     result = run_audit(cfg, checked=checked, allow_gallery_mismatch=args.allow_gallery_mismatch)
-    table = result.ct_scores.pivot(index=schema.LAYER, columns=schema.GEN_SET, values=schema.CT)
-    print("\nC_T per layer (rows) and generated set (columns); C_T << 0 means copying:")
-    print(table.round(2).to_string())
+    print_summary(result)
     if result.attribution is not None:
         print("\nAttribution of the unlabelled generated sets (C_T-layer fingerprints, 1-NN):")
         print(result.attribution.to_string(index=False))
@@ -79,6 +97,81 @@ def run(args: argparse.Namespace) -> int:
     if reported:
         print(f"\n{reported} image(s) not embedded (failed or skipped): see {schema.ERRORS_FILE}")
     scores = storage.join(cfg.output, schema.CT_SCORES_FILE)
-    print(f"\nResults in {cfg.output} (run.json, {schema.CT_SCORES_FILE}, {schema.CT_CELLS_FILE}, ...)")
+    files = ", ".join((schema.RUN_FILE, schema.VERDICTS_FILE, schema.CT_SCORES_FILE, schema.COPIES_FILE))
+    print(f"\nResults in {cfg.output} ({files}, ...)")
     print(f"Read them with: python -c \"import pandas as pd; print(pd.read_parquet('{scores}'))\"")
+    print(f"Report: {result.report}" if result.report else "Report: not written (see the log; `memray report DIR`)")
     return 0
+
+
+def _config(args: argparse.Namespace, overrides: dict):
+    """The audit config: the YAML file with overrides, or one built from --train/--test/--gen/--out."""
+    from memray.api import audit_config_data
+    from memray.job_config import audit_config_from_dict, load_audit_config
+
+    folders = {"--train": args.train, "--test": args.test, "--gen": args.gen}
+    if args.config:
+        if any(folders.values()):
+            raise ValueError(f"give either --config or {'/'.join(folders)}/--out, not both")
+        emb = {"model": args.model, "weights": args.weights, "random_init": args.random_init or None}
+        overrides.update({f"embed.{k}": v for k, v in emb.items() if v})
+        return load_audit_config(args.config, overrides)
+    missing = [k for k, v in {**folders, "--out": args.output}.items() if not v]
+    if missing:
+        raise ValueError(f"give {', '.join(missing)} (or --config FILE)")
+    labels = parse_key_values(args.label, "--label")
+    gens = {}
+    for spec in args.gen:
+        name, sep, where = spec.partition("=")
+        if not sep or not name or not where:
+            raise ValueError(f"--gen {spec!r}: use NAME=DIR_OR_URL")
+        gens[name] = {"urls": [where], **({"label": str(labels.pop(name))} if name in labels else {})}
+    if labels:
+        raise ValueError(f"--label {sorted(labels)}: no --gen set of that name")
+    overrides.pop("output", None)
+    data = audit_config_data(args.train, args.test, gens, args.output, args.model, args.weights, args.random_init,
+                             overrides)  # fmt: skip
+    return audit_config_from_dict(data, "memray audit")
+
+
+def write_config(cfg, path: str) -> None:
+    """Write ``cfg`` as a YAML audit config (storage options left out: they may hold secrets)."""
+    import yaml
+
+    from memray.config import to_dict
+
+    data = to_dict(cfg)
+    data.pop("storage_options", None)
+    with open(path, "w") as fh:
+        yaml.safe_dump(data, fh, sort_keys=False)
+    log.info("wrote the config of this run to %s", path)
+
+
+def _cells(text: str, shown: int = 4) -> str:
+    """``"L1:c0,L1:c1,…"`` shortened to its first ``shown`` cells and a count."""
+    cells = [c for c in text.split(",") if c]
+    return ",".join(cells) if len(cells) <= shown else f"{len(cells)} cells ({','.join(cells[:shown])}, …)"
+
+
+def print_summary(result) -> None:
+    """The verdict per generated set, C_T per layer and set, and the probe sets' table and recommendation."""
+    from memray.job.probes import is_probe_set
+
+    v = result.verdicts
+    if v is not None and len(v):
+        print(f"\nVerdict per generated set (Holm-corrected over layers, alpha = {float(v[schema.ALPHA].iloc[0]):g}):")
+        for _, row in v[~v[schema.GEN_SET].map(is_probe_set)].iterrows():
+            where = f" at layers {row[schema.LAYERS]}" if row[schema.LAYERS] else ""
+            cells = f"; flagged {_cells(row[schema.FLAGGED_CELLS])}" if row[schema.FLAGGED_CELLS] else ""
+            advice = row[schema.ADVICE] and row[schema.VERDICT] != schema.VERDICT_COPYING
+            note = f"\n    note: {row[schema.ADVICE]}" if advice else ""
+            print(f"  {row[schema.GEN_SET]:<16} {row[schema.VERDICT]:<18} p_holm={row[schema.P_HOLM]:.2g}{where}"
+                  f"{cells}{note}")  # fmt: skip
+    scores = result.ct_scores[~result.ct_scores[schema.GEN_SET].map(is_probe_set)]
+    table = scores.pivot(index=schema.LAYER, columns=schema.GEN_SET, values=schema.CT)
+    print("\nC_T per layer (rows) and generated set (columns); C_T << 0 means copying:")
+    print(table.round(2).to_string())
+    if result.ct_scores[schema.GEN_SET].map(is_probe_set).any():
+        from memray.commands.probe import print_probes
+
+        print_probes(result.output, result.storage_options)

@@ -50,6 +50,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--search-rows", type=int, help="training rows per exact-search item (262144; results unchanged)")
     p.add_argument("--block-rows", type=int, help="rows per global block of the fit (65536; recorded)")
+    p.add_argument("--alpha", type=float, help="level of the verdicts (0.05)")
+    p.add_argument("--bootstrap", type=int, help="bootstrap resamples of the 95%% interval (1000; 0 = none)")
+    p.add_argument("--partitions", type=int, help="also score under N seeded k-means partitions (1)")
+    p.add_argument("--top-k", type=int, help="global nearest training samples per generated sample (5; 0 = none)")
     p.add_argument("--layer", type=int, default=1, help="layer number given to .npy files (default 1)")
     p.add_argument("--out", required=True, help="output folder or s3:// prefix")
     p.set_defaults(func=run)
@@ -78,7 +82,9 @@ def build_config(args: argparse.Namespace) -> CTConfig:
     given = {
         "cells": args.cells, "metric": args.metric, "min_gen_per_cell": args.min_gen_per_cell, "seed": args.seed,
         "search_rows": getattr(args, "search_rows", None), "block_rows": getattr(args, "block_rows", None),
-        "kmeans_nredo": getattr(args, "kmeans_restarts", None),
+        "kmeans_nredo": getattr(args, "kmeans_restarts", None), "alpha": getattr(args, "alpha", None),
+        "bootstrap": getattr(args, "bootstrap", None), "partitions": getattr(args, "partitions", None),
+        "top_k": getattr(args, "top_k", None),
     }  # fmt: skip
     flags = {k: v for k, v in given.items() if v is not None}
     if args.pca_dim is not None:
@@ -87,12 +93,19 @@ def build_config(args: argparse.Namespace) -> CTConfig:
 
 
 def summary(result: ScoreResult) -> str:
-    """A short per-set, per-layer table of C_T and kept cells."""
+    """A short per-set, per-layer table of C_T (95% interval, p) and kept cells, then the verdicts."""
     df = result.ct_scores
     width = max([len("gen_set"), *(len(s) for s in df["gen_set"])])
-    lines = [f"{'gen_set':<{width}}  {'layer':>5}  {'C_T':>9}  cells kept"]
+    lines = [f"{'gen_set':<{width}}  {'layer':>5}  {'C_T':>9}  {'95% interval':>17}  {'p':>8}  cells kept"]
     for row in df.itertuples(index=False):
-        lines.append(f"{row.gen_set:<{width}}  {row.layer:>5}  {row.ct:>9.3f}  {row.cells_kept}/{row.cells_total}")
+        ci = f"[{row.ci_low:7.2f}, {row.ci_high:7.2f}]"
+        lines.append(f"{row.gen_set:<{width}}  {row.layer:>5}  {row.ct:>9.3f}  {ci:>17}  {row.p_value:>8.2g}  "
+                     f"{row.cells_kept}/{row.cells_total}")  # fmt: skip
+    if result.verdicts is not None:
+        lines.append("verdicts (Holm over layers):")
+        for row in result.verdicts.itertuples(index=False):
+            where = f" at layers {row.layers}" if row.layers else ""
+            lines.append(f"  {row.gen_set:<{width}}  {row.verdict}  p_holm={row.p_holm:.2g}{where}")
     return "\n".join(lines)
 
 
@@ -117,5 +130,5 @@ def run(args: argparse.Namespace) -> int:
     paths = write_results(args.out, result, run_meta)
     print(summary(result))
     print("C_T < 0: generated samples closer to the training set than held-out data (copying); > 0: farther.")
-    print("wrote " + ", ".join(paths[k] for k in ("ct_scores", "ct_cells", "neighbors", "run")))
+    print("wrote " + ", ".join(paths[k] for k in ("verdicts", "ct_scores", "ct_cells", "copies", "neighbors", "run")))
     return 0

@@ -25,8 +25,8 @@ from memray.stats.ct import cell_table, ct_from_cells
 from memray.stats.score import FittedLayer, GenScore, Mapper
 
 log = logging.getLogger(__name__)
-GALLERY_FILE = "gallery.parquet"
-EVALUATION_DIR = "evaluation"
+GALLERY_FILE = schema.GALLERY_FILE
+EVALUATION_DIR = schema.EVALUATION_DIR
 
 
 def plan_subsets(gens: dict[str, int], fcfg: FingerprintConfig) -> dict[str, list[np.ndarray]]:
@@ -110,12 +110,13 @@ def subset_curves(
 ) -> list[tuple[str, str | None, int, int, float]]:
     """``(gen_set, label, subset, layer, ct)`` of every planned subset of the scored sets at ``fit``'s layer.
 
-    ``scored``: the sets' per-sample results of one search round (name -> :class:`~memray.stats.score.GenScore`).
+    ``scored``: the sets' per-sample results of one search round (name -> :class:`~memray.stats.score.GenScore`);
+    sets without a plan (probe sets) make no curve.
     """
     test = fit.test
     rows = []
     for name, g in scored.items():
-        for s, idx in enumerate(plan[name]):
+        for s, idx in enumerate(plan.get(name, [])):
             tau = fit.cfg.min_gen_per_cell
             stats = cell_table(test.dist, test.cell, g.dist[idx], g.cell[idx], fit.train_counts, tau)
             ct = ct_from_cells(stats, f"gen set {name!r} subset {s}, layer {fit.layer}")

@@ -39,9 +39,9 @@ from memray.io.storage import join, open_output
 PROTOCOLS: tuple[str, ...] = ("split", "leave-one-run-out")
 METHOD = "method"
 CORRECT = "correct"
-EVALUATION_FILE = "evaluation.parquet"
-ACCURACY_FILE = "accuracy.csv"
-CONFUSION_FILE = "confusion.csv"
+EVALUATION_FILE = schema.EVALUATION_FILE
+ACCURACY_FILE = schema.ACCURACY_FILE
+CONFUSION_FILE = schema.CONFUSION_FILE
 SUMMARY_COLUMNS = (METHOD, "correct", "total", "accuracy", "ci_low", "ci_high")
 
 

@@ -4,7 +4,9 @@ Runs the same on a laptop (``ray.init()`` starts a local Ray) and on a cluster (
 layout under ``cfg.output``::
 
     run.json                     config, digest, versions, counts, timings, nodes
-    ct_scores.parquet  ct_cells.parquet  neighbors.parquet  errors.parquet  [fingerprints.parquet]
+    ct_scores.parquet  ct_cells.parquet  verdicts.parquet  neighbors.parquet  copies.parquet  errors.parquet
+    ct_stability.parquet  [fingerprints.parquet  attribution.parquet  attribution_fid.parquet  gallery.parquet]
+    report.html                  the evidence page (memray report RUN_DIR rebuilds it)
     embeddings/<set>/shard-NNNNN.{parquet,errors.parquet,done.json}
     layers/layer_<ℓ>/{ct_scores,ct_cells,neighbors}.parquet + done.json
 """
@@ -28,12 +30,15 @@ from memray.fingerprint.curves import read_gallery
 from memray.io import schema, storage
 from memray.io.images import STATUS_SKIPPED
 from memray.io.shards import ShardPlan
+from memray.job.evidence import fid_attribution, sources_for, write_fid_attribution, write_report
 from memray.job.preflight import Preflight, gallery_comparable, preflight, preprocessing_record
+from memray.job.probes import finish_probes, is_probe_set
 from memray.job.reference import claim_reference, embeddings_root, fit_roots
 from memray.job.resume import CONFIG_FILE, ResumeMismatchError, claim_output, embed_key, stage_configs
 from memray.job_config import AuditConfig, result_dict
 from memray.ray.embed_stage import run_embedding, shard_url
-from memray.ray.score_stage import run_scoring
+from memray.ray.probe_stage import add_probe_sets
+from memray.ray.score_stage import load_queries, run_scoring
 from memray.ray.session import check_capacity, describe_nodes
 from memray.stats.results import memray_version, write_results
 
@@ -43,12 +48,26 @@ __all__ = ["CONFIG_FILE", "AuditResult", "ResumeMismatchError", "run_audit"]
 
 @dataclass(frozen=True)
 class AuditResult:
-    """Where the results are, plus the score tables and the job's stats."""
+    """Where the results are, the main tables, the verdicts and the job's stats.
+
+    ``verdicts``: one row per generated set (``copying`` / ``localized_copying`` / ``no_evidence`` /
+    ``undefined``, Holm p, layers, advice); ``report``: URL of ``report.html`` (``None`` if it failed);
+    :meth:`table` reads any other table of the run (``copies``, ``ct_cells``, ``neighbors``, ``errors``, …).
+    """
 
     output: str
     ct_scores: pd.DataFrame
     stats: dict[str, Any]
     attribution: pd.DataFrame | None = None
+    verdicts: pd.DataFrame | None = None
+    report: str | None = None
+    storage_options: dict[str, Any] | None = None
+
+    def table(self, name: str) -> pd.DataFrame:
+        """A table of the run folder by name (``copies``) or file name (``copies.parquet``)."""
+        file = name if name.endswith(".parquet") else f"{name}.parquet"
+        with storage.open_url(storage.join(self.output, file), "rb", self.storage_options) as fh:
+            return pd.read_parquet(fh)
 
 
 def set_counts(read: int = 0, embedded: int = 0, reported: int = 0, skipped: int = 0) -> dict[str, int]:
@@ -148,6 +167,9 @@ def run_audit(
     so = dict(cfg.storage_options) or None
     checked = checked or preflight(cfg, allow_gallery_mismatch)
     check_capacity(cfg.resources)
+    probe_params: dict[str, dict[str, Any]] = {}
+    if cfg.probes is not None:  # transformed training images, scored as further generated sets
+        cfg, checked, probe_params = add_probe_sets(cfg, allow_gallery_mismatch)
     history = _previous_stats(cfg.output, so)
     claim = claim_output(cfg, so)
     run_digest = digest(result_dict(cfg))
@@ -187,11 +209,12 @@ def run_audit(
         if not pieces.get(spec.name):
             raise ValueError(f"set {spec.name!r}: no image could be embedded; see {schema.ERRORS_FILE}")
     layers = sorted(checked.layers) if cfg.train.is_embeddings else _embedded_layers(pieces[cfg.train.name], so)
-    sizes = {g.name: counts[g.name]["rows_embedded"] for g in cfg.generated}
+    sizes = {g.name: counts[g.name]["rows_embedded"] for g in cfg.generated if not is_probe_set(g.name)}
     subsets = plan_subsets(sizes, cfg.fingerprint) if cfg.fingerprint else None
     skey = _score_key(ekey, cfg, checked)
     roots = fit_roots(cfg, checked, layers)
-    result, curves, score_stats = run_scoring(cfg, pieces, layers, cfg.output, subsets, skey, roots)
+    sources = sources_for(plans)
+    result, curves, score_stats = run_scoring(cfg, pieces, layers, cfg.output, subsets, skey, roots, sources)
     stats = {
         "started_utc": started,
         "counts": counts,
@@ -215,8 +238,17 @@ def run_audit(
         job = gallery_comparable(cfg, meta["preprocessing"])
         out = finish_fingerprints(curves, record, fp, cfg.ct, cfg.output, gallery, job)
         attribution = out.get("attribution")
+        if gallery is None:  # the FID-nearest baseline needs the gallery sets' features: this run's labelled sets
+            last = layers[-1]
+            gens = [g for g in cfg.generated if not is_probe_set(g.name)]
+            feats = {g.name: load_queries(g.name, pieces[g.name], last, so).layers[last] for g in gens}
+            fid = fid_attribution(feats, {g.name: g.label for g in gens})
+            if fid is not None:
+                write_fid_attribution(cfg.output, fid, last, so)
+    finish_probes(cfg, result.ct_scores, probe_params, {k: meta[k] for k in ("job_digest", "preprocessing")})
+    report = write_report(cfg.output, so)
     log.info("audit done in %.1f s; results in %s", stats["seconds"], cfg.output)
-    return AuditResult(cfg.output, result.ct_scores, stats, attribution)
+    return AuditResult(cfg.output, result.ct_scores, stats, attribution, result.verdicts, report, so)
 
 
 def _embedded_layers(pieces: list[tuple[str, int]], so: dict | None) -> list[int]:

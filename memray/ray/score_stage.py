@@ -29,12 +29,12 @@ from memray.io.features import FeatureSet
 from memray.io.rows import ParquetRows
 from memray.io.rows import pieces as make_pieces
 from memray.job_config import AuditConfig
-from memray.stats.score import ScoreInputError, ScoreResult, fit_layer, layer_tables
+from memray.stats.score import ScoreInputError, ScoreResult, fit_layer, layer_tables, partition_runs
 from memray.stats.workspace import Workspace
 
 log = logging.getLogger(__name__)
 LAYER_STATS = ("seconds", "n_train", "space_dim", "train_rank", "degenerate")  # per layer, into run.json
-TABLES = (schema.CT_SCORES_FILE, schema.CT_CELLS_FILE, schema.NEIGHBORS_FILE)
+TABLES = (schema.CT_SCORES_FILE, schema.CT_CELLS_FILE, schema.NEIGHBORS_FILE, schema.COPIES_FILE, schema.STABILITY_FILE)
 
 
 @ray.remote
@@ -103,6 +103,7 @@ def run_scoring(
     subsets: dict[str, list[np.ndarray]] | None = None,
     score_key: str = "",
     fit_roots: dict[int, tuple[str, bool]] | None = None,
+    sources: Callable[[str, np.ndarray], list[str | None]] | None = None,
 ) -> tuple[ScoreResult, pd.DataFrame | None, dict[str, Any]]:
     """Score every layer (skipping finished ones): tables, and per-subset curves when ``subsets`` is given.
 
@@ -114,6 +115,9 @@ def run_scoring(
     ``score_key``: digest of everything the layer tables depend on; a layer marked with another key is redone.
     ``fit_roots``: per layer, the fit workspace URL and whether to keep it (a reference) or remove it once the
     layer's tables are written (default ``<out>/fit/layer_<ℓ>``, removed).
+    ``sources``: ``(set name, sample ids) -> source strings`` for the copy evidence (:class:`memray.io.fetch.Locator`).
+    With ``ct.partitions > 1`` each further partition seed is fit in ``<out>/fit/partitions_layer_<ℓ>/<seed>``
+    (removed once scored).
     """
     so = dict(cfg.storage_options) or None
     mapper = RayMapper(cfg.resources.index_task_num_cpus, 1.0 if cfg.resources.faiss_gpu else 0.0)
@@ -136,7 +140,17 @@ def run_scoring(
             fitted = fit_layer(layer, train, None, test.layers[layer], cfg.ct, mapper, test.ids, ws=ws)
             warn = {name: f"gen set {name!r}, layer {layer}" for name in gens}
             scored = fitted.score_sets({n: gens[n].layers[layer] for n in sorted(gens)}, mapper, warn)  # one round
-            res = layer_tables(fitted, train.n, test, gens, scored)
+            runs = None
+            if cfg.ct.partitions > 1:
+                part_root = storage.join(out, "fit", f"partitions_layer_{layer}")
+
+                def part_ws(seed: int, root: str = part_root) -> Workspace:
+                    return Workspace(storage.join(root, str(seed)), so)
+
+                xs = {n: gens[n].layers[layer] for n in sorted(gens)}
+                runs = partition_runs(layer, train, None, test.layers[layer], xs, cfg.ct, mapper, part_ws)
+                storage.remove(part_root, so, recursive=True)
+            res = layer_tables(fitted, train.n, test, gens, scored, mapper, sources, cfg.train.name, runs)
             if fingerprints:
                 rows = subset_curves(fitted, scored, labels, subsets)
                 res["fingerprints"] = curves_frame(rows)

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from memray.config import CTConfig, digest, to_dict
 from memray.io import schema
 from memray.io.storage import join, open_output, write_json
-from memray.stats.score import ScoreResult
+from memray.stats.tables import ScoreResult
 
 DISTRIBUTION = "memray-audit"
 
@@ -68,6 +68,31 @@ def method_record(cfg: CTConfig) -> dict[str, Any]:
         "z": "(U - (n*m/2 - 0.5)) / sqrt(n*m*(n+m+1)/12), no tie correction",
         "keep_cell": f"n_gen > {cfg.min_gen_per_cell} and n_test > 0 and n_train > 0",
         "ct": "sum over kept cells of P(cell)*Z / sum of P(cell), P = share of test samples",
+        "p_value": "one-sided Phi(C_T / sd), sd = sqrt(sum w^2) / sum w over kept cells (Z_c iid N(0,1) under "
+        "no copying); a cell's p = Phi(Z_c)",
+        "bootstrap": (
+            f"{cfg.bootstrap} resamples of generated and test samples with replacement within cells (partition "
+            "fixed), percentile 95% interval; per layer seed word s = SeedSequence([seed, layer]); test resamples of "
+            "cell c from default_rng([s, 0, c]), a set's from default_rng([s, 1, crc32(gen_set), c])"
+            if cfg.bootstrap
+            else "none"
+        ),
+        "verdict": (
+            f"copying iff the Holm-adjusted (over the set's layers) C_T p < alpha={cfg.alpha}; localized copying "
+            "iff not, but a cell's Holm-adjusted (over kept cells x layers) p < alpha"
+        ),
+        "partitions": (
+            f"C_T also under k-means seeds {cfg.seed + 1}..{cfg.seed + cfg.partitions - 1} (range reported)"
+            if cfg.partitions > 1
+            else "one partition (seed above)"
+        ),
+        "copies": (
+            f"top {cfg.top_k} nearest training samples over the whole training set (projected space, same metric; "
+            "FAISS float32 candidates re-ranked in float64); test_quantile = share of test samples whose nearest "
+            "training distance is below"
+            if cfg.top_k
+            else "none"
+        ),
         "seed": cfg.seed,
     }
 
@@ -108,10 +133,10 @@ def to_table(df: pd.DataFrame, sch: pa.Schema, meta: dict[str, Any]) -> pa.Table
 def write_results(
     out_url: str, result: ScoreResult, run_meta: dict[str, Any], storage_options: dict[str, Any] | None = None
 ) -> dict[str, str]:
-    """Write ct_scores, ct_cells and neighbors Parquet files and ``run.json`` under ``out_url``.
+    """Write the result tables (ct_scores, ct_cells, neighbors, copies, ct_stability, verdicts) and ``run.json``.
 
     Returns:
-        {table name: URL} for the three tables and ``run``.
+        {table name: URL} for every table and ``run``.
     """
     if result.config is None:
         raise ValueError("this ScoreResult has no config; build it with ScoreResult.from_tables(tables, config=...)")
@@ -119,7 +144,11 @@ def write_results(
         "ct_scores": (result.ct_scores, schema.CT_SCORES_SCHEMA, schema.CT_SCORES_FILE),
         "ct_cells": (result.ct_cells, schema.CT_CELLS_SCHEMA, schema.CT_CELLS_FILE),
         "neighbors": (result.neighbors, schema.NEIGHBORS_SCHEMA, schema.NEIGHBORS_FILE),
+        "copies": (result.copies, schema.COPIES_SCHEMA, schema.COPIES_FILE),
+        "ct_stability": (result.ct_stability, schema.STABILITY_SCHEMA, schema.STABILITY_FILE),
+        "verdicts": (result.verdicts, schema.VERDICTS_SCHEMA, schema.VERDICTS_FILE),
     }
+    tables = {k: v for k, v in tables.items() if v[0] is not None}
     paths: dict[str, str] = {}
     rows: dict[str, int] = {}
     for name, (df, sch, file) in tables.items():

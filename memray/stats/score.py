@@ -10,6 +10,7 @@ workspace a temporary local folder removed with the fit (:meth:`FittedLayer.clos
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from collections.abc import Callable, Iterable
@@ -20,13 +21,16 @@ import numpy as np
 import pandas as pd
 
 from memray.config import CTConfig
-from memray.io import schema
 from memray.io.features import FeatureSet
 from memray.io.rows import ArrayRows, Rows
 from memray.stats.ct import CellStats, cell_table, ct_from_cells
 from memray.stats.engine import EngineLayer, Neighbours, fit_layer_engine, score_sets, search_test
 from memray.stats.reduce import LayerSpace
+from memray.stats.tables import TABLES, ScoreResult, layer_tables
 from memray.stats.workspace import Workspace
+
+__all__ = ["TABLES", "FittedLayer", "GenScore", "ScoreInputError", "ScoreResult", "fit_layer", "layer_tables",
+           "partition_runs", "score_features", "score_layer"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -234,102 +238,46 @@ def check_inputs(
     return layers
 
 
-# table name -> (file name, sort keys); rows keep their input order within equal keys
-TABLES: dict[str, tuple[str, list[str]]] = {
-    "ct_scores": (schema.CT_SCORES_FILE, [schema.GEN_SET, schema.LAYER]),
-    "ct_cells": (schema.CT_CELLS_FILE, [schema.GEN_SET, schema.LAYER, schema.CELL]),
-    "neighbors": (schema.NEIGHBORS_FILE, [schema.ROLE, schema.GEN_SET, schema.LAYER]),
-}
-
-
-@dataclass
-class ScoreResult:
-    """Tidy result tables (sorted deterministically) and the config that produced them.
-
-    ``ct_scores``: one row per (gen_set, layer); ``ct_cells``: per (gen_set, layer, cell); ``neighbors``: per
-    (role, gen_set, layer, sample) in input order, ``gen_set`` null for test rows.
-    """
-
-    ct_scores: pd.DataFrame
-    ct_cells: pd.DataFrame
-    neighbors: pd.DataFrame
-    config: CTConfig | None
-    layers: list[int]
-    gen_sets: list[str]
-
-    def table(self, name: str) -> pd.DataFrame:
-        """A table by name (``ct_scores``) or file name (``ct_scores.parquet``)."""
-        key = name.removesuffix(".parquet")
-        if key not in TABLES:
-            raise KeyError(f"unknown table {name!r}; one of {sorted(TABLES)}")
-        return getattr(self, key)
-
-    @classmethod
-    def from_tables(cls, tables: dict[str, pd.DataFrame], config: CTConfig | None = None) -> ScoreResult:
-        """Assemble (e.g. per-layer pieces concatenated) tables keyed by name or file name, sorting the rows."""
-        frames = {}
-        for key, (file, order) in TABLES.items():
-            df = tables.get(key, tables.get(file))
-            if df is None:
-                raise KeyError(f"table {key!r} missing; got {sorted(tables)}")
-            frames[key] = df.sort_values(order, kind="stable", na_position="first", ignore_index=True)
-        scores = frames["ct_scores"]
-        layers = sorted(int(x) for x in scores[schema.LAYER].unique())
-        return cls(**frames, config=config, layers=layers, gen_sets=sorted(scores[schema.GEN_SET].unique()))
-
-
-def _neighbor_frame(role: str, gen_set: str | None, layer: int, ids, cell, nn_ids, dist) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            schema.ROLE: role,
-            schema.GEN_SET: pd.Series([gen_set] * len(ids), dtype=object),
-            schema.SAMPLE_ID: np.asarray(ids, dtype=object).astype(str),
-            schema.LAYER: np.int32(layer),
-            schema.CELL: cell.astype(np.int32),
-            schema.NN_TRAIN_ID: nn_ids,
-            schema.NN_DISTANCE: dist,
-        }
-    )
-
-
 def score_layer(
     fitted: FittedLayer, n_train: int, test: FeatureSet, gens: dict[str, FeatureSet], mapper: Mapper = map
 ) -> dict[str, pd.DataFrame]:
-    """The three result tables of one fitted layer (unsorted pieces; :meth:`ScoreResult.from_tables` sorts).
+    """The result tables of one fitted layer (unsorted pieces; :meth:`ScoreResult.from_tables` sorts).
 
     One search round answers the test set (if not yet searched) and every generated set.
     """
     layer = fitted.layer
     labels = {name: f"gen set {name!r}, layer {layer}" for name in gens}
     scored = fitted.score_sets({name: gens[name].layers[layer] for name in sorted(gens)}, mapper, labels)
-    return layer_tables(fitted, n_train, test, gens, scored)
+    return layer_tables(fitted, n_train, test, gens, scored, mapper)
 
 
-def layer_tables(
-    fitted: FittedLayer, n_train: int, test: FeatureSet, gens: dict[str, FeatureSet], scored: dict[str, GenScore]
-) -> dict[str, pd.DataFrame]:
-    """:func:`score_layer`'s tables from already scored sets (``scored``: name -> :class:`GenScore`)."""
-    layer = fitted.layer
-    names = sorted(gens)
-    # neighbour sample ids of the test and every set resolved in one look-up
-    nns = [fitted.test_nn] + [scored[name].nn for name in names]
-    nn_ids = np.split(fitted.neighbour_ids(np.concatenate(nns)), np.cumsum([len(x) for x in nns])[:-1])
-    scores, cells = [], []
-    nbrs = [_neighbor_frame(schema.ROLE_TEST, None, layer, test.ids, fitted.test_cells, nn_ids[0], fitted.test_dist)]
-    for name, ids in zip(names, nn_ids[1:], strict=True):
-        g = scored[name]
-        st = g.cells
-        scores.append((name, layer, g.ct, n_train, len(test), len(gens[name]), int(st.kept.sum()), st.cells))
-        for c in range(st.cells):
-            cells.append((name, layer, c, st.z[c], st.n_train[c], st.n_test[c], st.n_gen[c], st.kept[c],
-                          st.status[c]))  # fmt: skip
-        nbrs.append(_neighbor_frame(schema.ROLE_GEN, name, layer, gens[name].ids, g.cell, ids, g.dist))
-        log.info("gen set %r, layer %d: C_T = %.3f (%d cells kept)", name, layer, g.ct, int(st.kept.sum()))
-    return {
-        "ct_scores": pd.DataFrame(scores, columns=schema.CT_SCORES_SCHEMA.names),
-        "ct_cells": pd.DataFrame(cells, columns=schema.CT_CELLS_SCHEMA.names),
-        "neighbors": pd.concat(nbrs, ignore_index=True),
-    }
+def partition_runs(
+    layer: int,
+    train: np.ndarray | Rows,
+    train_ids: np.ndarray | None,
+    test_x: np.ndarray,
+    gens: dict[str, np.ndarray],
+    cfg: CTConfig,
+    mapper: Mapper = map,
+    workspace: Callable[[int], Any] | None = None,
+) -> dict[str, list[tuple[int, float]]]:
+    """C_T of each generated set under the partitions of seeds ``cfg.seed + 1 … cfg.seed + cfg.partitions − 1``.
+
+    Each seed refits the cells (same PCA, other k-means++ draws) and runs one in-cell search round; ``workspace(seed)``
+    gives the fit's workspace (default: a temporary folder), removed afterwards by the caller or here.
+    """
+    out: dict[str, list[tuple[int, float]]] = {name: [] for name in gens}
+    for seed in range(cfg.seed + 1, cfg.seed + cfg.partitions):
+        sub = dataclasses.replace(cfg, seed=seed, partitions=1, bootstrap=0, top_k=0)
+        ws = workspace(seed) if workspace is not None else None
+        fitted = fit_layer(layer, train, train_ids, test_x, sub, mapper, ws=ws)
+        try:
+            scored = fitted.score_sets(gens, mapper, {n: f"gen set {n!r}, layer {layer}, seed {seed}" for n in gens})
+            for name, g in scored.items():
+                out[name].append((seed, g.ct))
+        finally:
+            fitted.close()
+    return out
 
 
 def score_features(
@@ -349,7 +297,13 @@ def score_features(
     for layer in layers:
         fitted = fit_layer(layer, train.layers[layer], train.ids, test.layers[layer], cfg, mapper, test.ids)
         try:
-            for name, df in score_layer(fitted, len(train), test, gens, mapper).items():
+            labels = {name: f"gen set {name!r}, layer {layer}" for name in gens}
+            xs = {name: gens[name].layers[layer] for name in sorted(gens)}
+            scored = fitted.score_sets(xs, mapper, labels)
+            runs = None
+            if cfg.partitions > 1:
+                runs = partition_runs(layer, train.layers[layer], train.ids, test.layers[layer], xs, cfg, mapper)
+            for name, df in layer_tables(fitted, len(train), test, gens, scored, mapper, partitions=runs).items():
                 parts[name].append(df)
         finally:
             fitted.close()

@@ -1,0 +1,148 @@
+"""memray's Python API: :func:`audit` (images in folders or buckets → verdicts, tables, report) and :func:`score`
+(feature arrays → C_T tables), the same code paths as ``memray audit`` and ``memray score``.
+
+::
+
+    import memray
+    res = memray.audit(train="data/train", test="data/test", generated={"model_a": "samples/a"},
+                       output="runs/audit", model="vit_base_patch16_224.orig_in21k", weights="vitb16.safetensors")
+    res.verdicts            # one row per generated set: copying / localized_copying / no_evidence, Holm p, layers
+    res.table("copies")     # each generated sample's nearest training images, with test_quantile and sources
+    res.report              # report.html
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_MODEL = "vit_base_patch16_224.orig_in21k"
+
+
+def _set(name: str, value: Any) -> dict[str, Any]:
+    """A dataset entry from a URL, a list of URLs or a dict (``{"urls": [...], "label": ...}``)."""
+    if isinstance(value, dict):
+        return {"name": name, **value}
+    urls = [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value]
+    return {"name": name, "urls": urls}
+
+
+def audit_config_data(
+    train: Any,
+    test: Any,
+    generated: dict[str, Any],
+    output: str,
+    model: str | None = None,
+    weights: str | None = None,
+    random_init: bool = False,
+    settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The audit config (plain data, as in a YAML file) of folders/URLs with the paper's defaults.
+
+    ``generated``: name → URL(s) or ``{"urls": [...], "label": "model family"}``; ``settings``: dotted overrides
+    (``{"ct.seed": 1, "resources.actors": 2}``). Relative local paths are relative to the current directory.
+    """
+    data: dict[str, Any] = {
+        "train": _set("train", train),
+        "test": _set("test", test),
+        "generated": [_set(n, v) for n, v in generated.items()],
+        "output": str(output),
+        "embed": {"model": model or DEFAULT_MODEL},
+    }
+    if weights:
+        data["embed"]["weights"] = str(weights)
+    if random_init:
+        data["embed"]["random_init"] = True
+    for dotted, value in (settings or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    from memray.job_config import resolve_paths
+
+    return resolve_paths(data, Path.cwd())
+
+
+def audit(
+    train: Any = None,
+    test: Any = None,
+    generated: dict[str, Any] | None = None,
+    output: str | None = None,
+    model: str | None = None,
+    weights: str | None = None,
+    random_init: bool = False,
+    settings: dict[str, Any] | None = None,
+    config: str | None = None,
+    address: str | None = None,
+    num_cpus: int | None = None,
+):
+    """Run the audit job (embed on Ray, C_T per layer, verdicts, copies, report) and return its
+    :class:`~memray.ray.pipeline.AuditResult`.
+
+    Starts a local Ray unless one is running or ``address`` / ``RAY_ADDRESS`` names a cluster. ``config``: a YAML
+    file to start from (``jobs/configs/default.yaml``); then every other argument given overrides it.
+    """
+    from memray.job.preflight import preflight
+    from memray.job_config import audit_config_from_dict, load_audit_config
+
+    if config is not None:
+        given = {"train": train, "test": test, "generated": generated, "output": output}
+        data = audit_config_data(train or "", test or "", generated or {}, output or "", model, weights, random_init)
+        overrides = {k: data[k] for k, v in given.items() if v}
+        overrides.update({f"embed.{k}": v for k, v in (("model", model), ("weights", weights)) if v})
+        if random_init:
+            overrides["embed.random_init"] = True
+        cfg = load_audit_config(config, {**overrides, **(settings or {})})
+    else:
+        missing = [
+            k for k, v in (("train", train), ("test", test), ("generated", generated), ("output", output)) if not v
+        ]
+        if missing:
+            raise ValueError(f"memray.audit: give {', '.join(missing)} (or config=PATH of an audit YAML file)")
+        data = audit_config_data(train, test, generated or {}, str(output), model, weights, random_init, settings)
+        cfg = audit_config_from_dict(data, "memray.audit")
+    checked = preflight(cfg)
+    from memray.ray.pipeline import run_audit
+    from memray.ray.session import init_ray
+
+    init_ray(address, num_cpus)
+    return run_audit(cfg, checked=checked)
+
+
+def _features(x: Any, role: str, layer: int):
+    """An array (n, d), ``{layer: array}`` or a FeatureSet → FeatureSet."""
+    from memray.io.features import FeatureSet
+
+    if isinstance(x, FeatureSet):
+        return x
+    layers = {int(k): np.asarray(v, np.float32) for k, v in x.items()} if isinstance(x, dict) else {layer: x}
+    layers = {k: np.asarray(v, np.float32) for k, v in layers.items()}
+    n = len(next(iter(layers.values())))
+    return FeatureSet(np.array([f"{role}/{i}" for i in range(n)], dtype=object), layers, role)
+
+
+def score(
+    train_features: Any,
+    test_features: Any,
+    generated: dict[str, Any],
+    mode: str = "paper",
+    layers: list[int] | None = None,
+    layer: int = 1,
+    **ct: Any,
+):
+    """C_T of every generated feature set at every layer, with p-values, CIs, verdicts and copy evidence.
+
+    Each argument is an array (n, d) (one layer, numbered ``layer``), a dict ``{layer: (n, d)}`` or a
+    :class:`~memray.io.features.FeatureSet`; ``ct`` sets :class:`~memray.config.CTConfig` fields
+    (``cells=3, seed=1, bootstrap=0, top_k=5``). Returns a :class:`~memray.stats.tables.ScoreResult`.
+    """
+    from memray.config import CTConfig
+    from memray.stats.score import score_features
+
+    cfg = CTConfig(mode=mode, **ct)
+    gens = {name: _features(x, name, layer) for name, x in generated.items()}
+    return score_features(_features(train_features, "train", layer), _features(test_features, "test", layer),
+                          gens, cfg, layers=layers)  # fmt: skip

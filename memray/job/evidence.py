@@ -1,0 +1,93 @@
+"""What an audit adds beside the score tables: sources of samples, the FID-nearest baseline, the report.
+
+- :func:`sources_for`: ``(set name, sample ids) -> source strings`` from the sets' listings (the driver holds the
+  listing only, O(units)), so ``copies.parquet`` names the file or archive member a user can open.
+- :func:`fid_attribution`: the FID-nearest baseline beside the C_T-curve attribution: each unlabelled generated
+  set is given the label of the labelled set at the smallest Fréchet distance of their last-layer features (read
+  in the driver: generated sets are the small ones). On small zoos of trained generators FID-nearest can beat the
+  curves; the report shows both and flags disagreements.
+- :func:`write_report`: ``report.html`` (:mod:`memray.report`), never failing the finished job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from memray.fingerprint.fid import fd_matrix, feature_stats
+from memray.io import schema, storage
+from memray.io.fetch import Locator
+from memray.io.shards import ShardPlan
+
+log = logging.getLogger(__name__)
+FID_ATTRIBUTION_FILE = schema.ATTRIBUTION_FID_FILE
+
+
+def sources_for(plans: dict[str, list[ShardPlan]]) -> Callable[[str, np.ndarray], list[str | None]]:
+    """A ``sources(set_name, ids)`` callable over the sets given as images (``None`` for other sets)."""
+    locators = {name: Locator(u for plan in group for u in plan.units) for name, group in plans.items()}
+
+    def sources(name: str, ids: np.ndarray) -> list[str | None]:
+        loc = locators.get(name)
+        return loc.sources(ids) if loc is not None else [None] * len(ids)
+
+    return sources
+
+
+def fid_attribution(features: dict[str, np.ndarray], labels: dict[str, str | None]) -> pd.DataFrame | None:
+    """FID-nearest attribution of the unlabelled sets among the labelled ones (schema.ATTRIBUTION_SCHEMA).
+
+    ``score`` is the Fréchet distance to the predicted label's nearest set (lower = closer), ``margin`` the
+    runner-up label's distance minus it. ``None`` when there is no labelled or no unlabelled set.
+    """
+    known = sorted(n for n in features if labels.get(n))
+    queries = sorted(n for n in features if not labels.get(n))
+    if not known or not queries or len({labels[n] for n in known}) < 1:
+        return None
+    stats = {n: feature_stats(features[n]) for n in known + queries}
+    dist = fd_matrix([stats[q] for q in queries], [stats[g] for g in known])
+    rows = []
+    for qi, q in enumerate(queries):
+        best: dict[str, float] = {}
+        for gi, g in enumerate(known):
+            lab = str(labels[g])
+            best[lab] = min(best.get(lab, np.inf), float(dist[qi, gi]))
+        ranked = sorted(best.items(), key=lambda kv: (kv[1], kv[0]))
+        runner = ranked[1] if len(ranked) > 1 else (None, np.nan)
+        rows.append((q, None, ranked[0][0], ranked[0][1], runner[0], runner[1] - ranked[0][1]))
+    return pd.DataFrame(rows, columns=schema.ATTRIBUTION_SCHEMA.names)
+
+
+def write_fid_attribution(out: str, df: pd.DataFrame, layer: int, so: dict | None) -> str:
+    """Write the FID-nearest attribution (its layer and rule in the metadata) and return its URL."""
+    meta = {"method": "FID-nearest: smallest Frechet distance of last-layer features to a labelled set", "layer": layer}
+    table = pa.Table.from_pandas(df, schema=schema.ATTRIBUTION_SCHEMA, preserve_index=False)
+    table = table.replace_schema_metadata({schema.META_KEY: json.dumps(meta, sort_keys=True).encode()})
+    url = storage.join(out, FID_ATTRIBUTION_FILE)
+    with storage.open_output(url, so) as fh:
+        pq.write_table(table, fh)
+    return url
+
+
+def write_report(out: str, so: dict | None) -> str | None:
+    """Build ``report.html`` in the run folder; a failure is logged (the tables are already written), not raised."""
+    try:
+        from memray.report import build_report
+
+        return build_report(out, so)
+    except Exception:  # the report must not lose a finished audit
+        log.exception("could not write %s in %s; rebuild it with: memray report %s", schema.REPORT_FILE, out, out)
+        return None
+
+
+def report_hint(stats: dict[str, Any]) -> str:
+    """One line on where the report is (or why it is missing)."""
+    url = stats.get("report")
+    return f"Report: {url}" if url else "Report: not written (see the log); rebuild with `memray report RUN_DIR`"

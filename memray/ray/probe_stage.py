@@ -1,0 +1,42 @@
+"""Build the probe sets on the cluster: one Ray task samples the training set and writes the probe tar files.
+
+The driver only receives the small :class:`memray.probes.build.ProbeSet` records; the images are read and written
+by the task (``<output>/probes/<probe>.tar``). The extended config is then checked like any config (its probe sets
+are listed and planned) and scored by the normal audit path.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import ray
+
+from memray.job.preflight import Preflight, preflight
+from memray.job.probes import probe_root, with_probe_sets
+from memray.job_config import AuditConfig
+from memray.probes.build import ProbeSet, build_probes
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote
+def _build(train_urls: list[str], pcfg: Any, root: str, so: dict | None, column: str | None) -> list[ProbeSet]:
+    return build_probes(train_urls, pcfg, root, so, column)
+
+
+def add_probe_sets(
+    cfg: AuditConfig, allow_gallery_mismatch: bool = False
+) -> tuple[AuditConfig, Preflight, dict[str, dict[str, Any]]]:
+    """Build ``cfg.probes``' sets (a Ray task), then the config with them as generated sets and its preflight.
+
+    Returns ``(config, preflight, {probe: params})``.
+    """
+    if cfg.probes is None or cfg.train.is_embeddings:
+        raise ValueError("probes: need the training set as images (train.urls), not precomputed embeddings")
+    so = dict(cfg.storage_options) or None
+    task = _build.options(num_cpus=min(1.0, cfg.resources.actor_num_cpus or 1.0))
+    sets = ray.get(task.remote(list(cfg.train.urls), cfg.probes, probe_root(cfg), so, cfg.train.image_column))
+    log.info("probes: %d set(s) of %d image(s) under %s", len(sets), sets[0].n if sets else 0, probe_root(cfg))
+    full = with_probe_sets(cfg, sets)
+    return full, preflight(full, allow_gallery_mismatch), {s.probe: dict(s.params) for s in sets}

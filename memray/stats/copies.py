@@ -1,0 +1,82 @@
+"""Copy evidence per generated sample: its k nearest training samples over the whole training set (one layer).
+
+What the statistic uses is the nearest training sample *within the sample's cell* (``neighbors.parquet``); for
+about one sample in ten that is not the nearest training sample overall. ``copies.parquet`` holds the global top-k
+(:mod:`memray.stats.topk`) with ``test_quantile``: the share of test samples whose global nearest-training distance
+is below this one (0.001: closer than 99.9% of fresh images). A small quantile is evidence to look at, not a
+verdict: C_T is a test of a set, and about α of fresh images sit below the α quantile by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from memray.io import schema
+from memray.stats.engine import project_queries
+from memray.stats.topk import search_topk, share_below
+
+Mapper = Callable[[Callable, Iterable], Iterable]
+
+
+def global_neighbours(
+    fitted: Any, gens: dict[str, np.ndarray], k: int, mapper: Mapper = map
+) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """One top-k round for the test set (its nearest only is kept) and every generated set (raw features (m, d)).
+
+    Returns ``(test_d1 (n_P,), {name: (dist (m, k), train rows (m, k))})``.
+    """
+    eng = fitted.engine
+    names = list(gens)
+    parts = [eng.test_z] + [project_queries(eng, np.asarray(gens[n], np.float32))[0] for n in names]
+    dist, rows = search_topk(eng.ws, eng.fit, np.concatenate(parts), k, fitted.cfg, mapper)
+    at = np.cumsum([0] + [len(p) for p in parts])
+    test_d1 = dist[: at[1], 0]
+    return test_d1, {n: (dist[at[i + 1] : at[i + 2]], rows[at[i + 1] : at[i + 2]]) for i, n in enumerate(names)}
+
+
+def copies_frame(
+    fitted: Any,
+    ids: dict[str, np.ndarray],
+    found: dict[str, tuple[np.ndarray, np.ndarray]],
+    test_d1: np.ndarray,
+    sources: Callable[[str, np.ndarray], list[str | None]] | None = None,
+    train_name: str = "train",
+) -> pd.DataFrame:
+    """``copies.parquet`` rows of one layer (schema.COPIES_SCHEMA), rank 1 = nearest.
+
+    ``ids``: set name -> sample ids of its rows; ``sources(set_name, sample_ids)`` -> their source strings
+    (:class:`memray.io.fetch.Locator`; the training set is ``train_name``), ``None`` = no sources (features
+    given as arrays).
+    """
+    frames = []
+    for name in sorted(found):
+        dist, rows = found[name]
+        m, k = dist.shape
+        ok = rows.reshape(-1) >= 0
+        flat_rows = rows.reshape(-1)[ok]
+        sid = np.repeat(np.asarray(ids[name], dtype=object).astype(str), k)[ok]
+        train_ids = fitted.neighbour_ids(flat_rows)
+        frame = pd.DataFrame(
+            {
+                schema.GEN_SET: name,
+                schema.SAMPLE_ID: sid,
+                schema.LAYER: np.int32(fitted.layer),
+                schema.RANK: np.tile(np.arange(1, k + 1, dtype=np.int32), m)[ok],
+                schema.TRAIN_ID: train_ids,
+                schema.DISTANCE: dist.reshape(-1)[ok],
+                schema.TEST_QUANTILE: share_below(test_d1, dist.reshape(-1)[ok]),
+                schema.GEN_SOURCE: None,
+                schema.TRAIN_SOURCE: None,
+            }
+        )
+        if sources is not None and len(frame):
+            frame[schema.GEN_SOURCE] = sources(name, frame[schema.SAMPLE_ID].to_numpy())
+            frame[schema.TRAIN_SOURCE] = sources(train_name, frame[schema.TRAIN_ID].to_numpy())
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame({f.name: [] for f in schema.COPIES_SCHEMA})
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,64 @@
+"""Global top-k copy evidence against a dense brute-force search in the fitted space; test_quantile by hand."""
+
+import numpy as np
+import pytest
+
+from memray.config import CTConfig
+from memray.io import schema
+from memray.stats.copies import copies_frame, global_neighbours
+from memray.stats.index import distance
+from memray.stats.score import fit_layer
+from memray.stats.topk import merge_topk, share_below
+
+
+def _data(seed=0, n=600, d=12):
+    rng = np.random.default_rng(seed)
+    train = rng.normal(size=(n, d)).astype(np.float32)
+    test = rng.normal(size=(150, d)).astype(np.float32)
+    gen = np.concatenate([train[:20] + 0.01 * rng.normal(size=(20, d)), rng.normal(size=(40, d))]).astype(np.float32)
+    return train, test, gen
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine_abs", "cosine"])
+def test_global_topk_matches_brute_force(metric):
+    train, test, gen = _data()
+    cfg = CTConfig(mode="meehan", metric=metric, cells=4, pca_dim=8, kmeans_nredo=1, search_rows=97)  # many items
+    ids = np.array([f"t{i}" for i in range(len(train))], dtype=object)
+    fitted = fit_layer(1, train, ids, test, cfg)
+    try:
+        test_d1, found = global_neighbours(fitted, {"g": gen}, 5, map)
+        tz, gz = fitted.engine.test_z, fitted.space.project(gen)
+        all_z = fitted.space.project(train)
+        for q, (dist, rows) in ((gz, found["g"]), (tz, (test_d1[:, None], None))):
+            dense = np.stack([distance(np.repeat(q[i : i + 1], len(all_z), 0), all_z, metric) for i in range(len(q))])
+            order = np.argsort(dense, axis=1, kind="stable")
+            np.testing.assert_allclose(
+                dist, np.take_along_axis(dense, order, 1)[:, : dist.shape[1]], rtol=1e-9, atol=1e-12
+            )
+            if rows is not None:
+                np.testing.assert_array_equal(rows, order[:, :5])
+        frame = copies_frame(fitted, {"g": np.array([f"g{i}" for i in range(len(gen))])}, found, test_d1)
+        assert list(frame.columns) == schema.COPIES_SCHEMA.names
+        assert len(frame) == len(gen) * 5
+        first = frame[frame[schema.RANK] == 1]
+        assert (first[schema.TRAIN_ID].iloc[:20].to_numpy() == ids[:20]).all()  # the near-copies find their source
+        assert (first[schema.TEST_QUANTILE].iloc[:20] == 0).all()  # closer than every test sample
+    finally:
+        fitted.close()
+
+
+def test_topk_pads_when_train_is_small():
+    d, i = merge_topk([(np.array([[0.5, 0.2]]), np.array([[7, 3]]))], 1, 3)
+    np.testing.assert_array_equal(i, [[3, 7, -1]])
+    assert d[0, 2] == np.inf
+
+
+def test_merge_topk_ties_go_to_the_smaller_id_in_any_order():
+    a = (np.array([[1.0, 2.0]]), np.array([[9, 4]]))
+    b = (np.array([[1.0, 0.5]]), np.array([[2, 8]]))
+    assert merge_topk([a, b], 1, 3)[1].tolist() == merge_topk([b, a], 1, 3)[1].tolist() == [[8, 2, 9]]
+
+
+def test_test_quantile_by_hand():
+    test_d1 = np.array([0.1, 0.2, 0.3, 0.4, np.inf])  # a test sample without a neighbour is left out
+    np.testing.assert_allclose(share_below(test_d1, np.array([0.05, 0.2, 0.35, 1.0])), [0.0, 0.25, 0.75, 1.0])
