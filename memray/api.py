@@ -112,6 +112,65 @@ def audit(
     return run_audit(cfg, checked=checked)
 
 
+def probe_config(
+    config: str | None = None,
+    train: Any = None,
+    test: Any = None,
+    output: str | None = None,
+    model: str | None = None,
+    weights: str | None = None,
+    random_init: bool = False,
+    probes: tuple[str, ...] | None = None,
+    n: int | None = None,
+    seed: int | None = None,
+    settings: dict[str, Any] | None = None,
+):
+    """The audit config of a probe-only run: the train/test sets and encoder, no generated set, probes on.
+
+    From ``config`` (its generated sets and fingerprints are dropped; output ``<its output>_probes`` unless
+    ``output``) or from ``train``/``test``/``output`` with the encoder arguments. ``probes``/``n``/``seed`` override
+    the config's ``probes:`` section (default: all eight probes, 500 images, seed 0).
+    """
+    import dataclasses
+
+    from memray.config import to_dict
+    from memray.job_config import audit_config_from_dict, load_audit_config
+    from memray.probes.config import ProbesConfig
+
+    if config:
+        base = load_audit_config(config, settings)
+        data = to_dict(base)
+        data.update(generated=[], fingerprint=None, output=output or base.output.rstrip("/") + "_probes")
+        data["probes"] = data.get("probes") or {}
+        cfg = audit_config_from_dict(data, str(config))
+    else:
+        given = {"train": train, "test": test, "output": output}
+        missing = [k for k, v in given.items() if not v]
+        if missing:
+            raise ValueError(f"give {', '.join(missing)} (or a config file)")
+        data = audit_config_data(train, test, {}, str(output), model, weights, random_init, settings)
+        cfg = audit_config_from_dict({**data, "generated": [], "probes": data.get("probes") or {}}, "memray probe")
+    fields = {"n": n, "seed": seed, "probes": tuple(probes) if probes else None}  # None: keep the config's
+    current = dataclasses.asdict(cfg.probes or ProbesConfig())
+    return dataclasses.replace(
+        cfg, probes=ProbesConfig(**{**current, **{k: v for k, v in fields.items() if v is not None}})
+    )
+
+
+def probe(config: str | None = None, address: str | None = None, num_cpus: int | None = None, **kwargs: Any):
+    """Build and score the probe sets (the arguments of :func:`probe_config`); returns the
+    :class:`~memray.ray.pipeline.AuditResult` (``result.table("probes")``; ``probes.json`` beside it)."""
+    from memray.job.preflight import preflight
+
+    cfg = probe_config(config, **kwargs)
+    checked = preflight(cfg)
+    from memray.ray.pipeline import run_audit
+    from memray.ray.session import init_ray
+
+    init_ray(address, num_cpus)
+    return run_audit(cfg, checked=checked)
+
+
 def _features(x: Any, role: str, layer: int):
     """An array (n, d), ``{layer: array}`` or a FeatureSet → FeatureSet."""
     from memray.io.features import FeatureSet

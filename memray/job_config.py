@@ -29,6 +29,15 @@ from memray.config import (
 )
 from memray.probes.config import ProbesConfig
 
+PROBE_SET_PREFIX = "probe_"  # generated sets named probe_<probe> are the probe sets (memray.probes.build)
+PROBES_DIR = "probes"  # under the output folder
+
+
+def probe_url(output: str, set_name: str) -> str:
+    """Where the probe set ``probe_<probe>`` is written: ``<output>/probes/<probe>.tar``."""
+    probe = set_name.removeprefix(PROBE_SET_PREFIX)
+    return f"{output.rstrip('/')}/{PROBES_DIR}/{probe}.tar"
+
 
 def _urls_ok(urls: tuple[str, ...]) -> bool:
     """Each URL non-empty (an empty list means "not given": DatasetSpec checks that one of urls/embeddings is)."""
@@ -143,6 +152,14 @@ class AuditConfig:
         validate(self)
         if not self.generated and self.probes is None:
             raise FieldError("generated", [], "at least one set (or a probes: section)", type(self), "generated")
+        if self.probes is not None and self.train.is_embeddings:
+            raise ConfigError("probes: need the training images (train.urls), not precomputed embeddings")
+        for g in self.generated:  # probe_<p> names the probe sets this job writes, nothing else
+            if g.name.startswith(PROBE_SET_PREFIX) and g.urls != (probe_url(self.output, g.name),):
+                raise ConfigError(
+                    f"generated set {g.name!r}: names starting with {PROBE_SET_PREFIX!r} are reserved for the probe "
+                    "sets memray builds (probes: section); rename the set"
+                )
         if self.embed is None and not all(s.is_embeddings for s in self.sets):
             object.__setattr__(self, "embed", EmbedConfig())  # images to embed: the default embedder
         names = [self.train.name, self.test.name, *(g.name for g in self.generated)]

@@ -62,3 +62,24 @@ def test_merge_topk_ties_go_to_the_smaller_id_in_any_order():
 def test_test_quantile_by_hand():
     test_d1 = np.array([0.1, 0.2, 0.3, 0.4, np.inf])  # a test sample without a neighbour is left out
     np.testing.assert_allclose(share_below(test_d1, np.array([0.05, 0.2, 0.35, 1.0])), [0.0, 0.25, 0.75, 1.0])
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine_abs", "cosine"])
+def test_near_duplicate_training_rows_are_ranked_exactly(metric):
+    """Many near-copies of one image at a large scale: float32 cannot order them; the exact fallback must."""
+    from memray.stats.topk import _item_topk
+
+    rng = np.random.default_rng(1)
+    base = 30 * rng.normal(size=(5000, 16))
+    dupes = base[0] + 1e-3 * rng.normal(size=(60, 16))
+    train = np.concatenate([base, dupes])
+    rows = np.arange(len(train), dtype=np.int64)[::-1].copy()  # ids need not follow positions
+    queries = base[0] + 1e-3 * rng.normal(size=(50, 16))
+    cfg = CTConfig(mode="meehan", metric=metric)
+    dense = np.stack([distance(np.repeat(q[None], len(train), 0), train, metric) for q in queries])
+    order = np.lexsort((np.broadcast_to(rows, dense.shape), dense), axis=1)[:, :5]
+    dist, ids = _item_topk(train, rows, queries, 5, cfg)
+    np.testing.assert_array_equal(ids, rows[order])
+    np.testing.assert_allclose(dist, np.take_along_axis(dense, order, 1), rtol=1e-9, atol=1e-15)
+    halves = [_item_topk(train[s], rows[s], queries, 5, cfg) for s in (slice(0, 2600), slice(2600, None))]
+    assert merge_topk(halves, len(queries), 5)[1].tolist() == ids.tolist()  # the grouping into items does not matter

@@ -109,23 +109,31 @@ def _config(args: argparse.Namespace, overrides: dict):
     from memray.api import audit_config_data
     from memray.job_config import audit_config_from_dict, load_audit_config
 
-    folders = {"--train": args.train, "--test": args.test, "--gen": args.gen}
+    folders = {"--train": args.train, "--test": args.test, "--gen": args.gen, "--label": args.label}
     if args.config:
         if any(folders.values()):
-            raise ValueError(f"give either --config or {'/'.join(folders)}/--out, not both")
+            raise ValueError(f"give either --config or {'/'.join(folders)}/--out, not both (labels: --set)")
         emb = {"model": args.model, "weights": args.weights, "random_init": args.random_init or None}
         overrides.update({f"embed.{k}": v for k, v in emb.items() if v})
         return load_audit_config(args.config, overrides)
-    missing = [k for k, v in {**folders, "--out": args.output}.items() if not v]
+    required = {"--train": args.train, "--test": args.test, "--gen": args.gen, "--out": args.output}
+    missing = [k for k, v in required.items() if not v]
     if missing:
         raise ValueError(f"give {', '.join(missing)} (or --config FILE)")
-    labels = parse_key_values(args.label, "--label")
+    labels = {}
+    for spec in args.label:  # the label is a name, kept as typed (not read as YAML: "1.10" stays "1.10")
+        name, sep, label = spec.partition("=")
+        if not sep or not name or not label:
+            raise ValueError(f"--label {spec!r}: use NAME=FAMILY")
+        labels[name] = label
     gens = {}
     for spec in args.gen:
         name, sep, where = spec.partition("=")
         if not sep or not name or not where:
             raise ValueError(f"--gen {spec!r}: use NAME=DIR_OR_URL")
-        gens[name] = {"urls": [where], **({"label": str(labels.pop(name))} if name in labels else {})}
+        if name in gens:
+            raise ValueError(f"--gen {name}=…: the name {name!r} is given twice; each generated set needs its own name")
+        gens[name] = {"urls": [where], **({"label": labels.pop(name)} if name in labels else {})}
     if labels:
         raise ValueError(f"--label {sorted(labels)}: no --gen set of that name")
     overrides.pop("output", None)

@@ -19,6 +19,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--set", dest="set_name", help="the set's name in that run (train, test or a generated set)")
     p.add_argument("--id", dest="sample_id", help="the sample id (as in the result tables)")
     p.add_argument("-o", "--out", required=True, help="PNG file to write")
+    p.add_argument("--column", help="Parquet image column / .npz key / tar image extension (default: the set's)")
     p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE", help="fsspec option")
     p.set_defaults(func=run)
 
@@ -33,13 +34,17 @@ def run(args: argparse.Namespace) -> int:
 
     so = parse_key_values(args.storage_option, "--storage-option") or None
     if args.source:
-        source, img = args.source, fetch_image(args.source, so)
+        source, img = args.source, fetch_image(args.source, so, args.column)
     elif args.run and args.set_name and args.sample_id:
         run_json = storage.read_json(storage.join(args.run, schema.RUN_FILE), so)
-        inputs = run_json.get("inputs", {})
-        if args.set_name not in inputs:
-            raise ValueError(f"set {args.set_name!r} is not in {args.run}; its sets: {sorted(inputs)}")
-        source, img = fetch_by_id(inputs[args.set_name], args.sample_id, so)
+        job = run_json.get("job_config", {})
+        specs = {s["name"]: s for s in [job.get("train"), job.get("test"), *job.get("generated", [])] if s}
+        if args.set_name not in specs:
+            raise ValueError(f"set {args.set_name!r} is not in {args.run}; its sets: {sorted(specs)}")
+        spec = specs[args.set_name]
+        if not spec.get("urls"):
+            raise ValueError(f"set {args.set_name!r} was given as embeddings: there are no images to fetch")
+        source, img = fetch_by_id(list(spec["urls"]), args.sample_id, so, args.column or spec.get("image_column"))
     else:
         raise ValueError("give a SOURCE, or --run, --set and --id")
     import os

@@ -78,10 +78,11 @@ class Locator:
 
 def parse_source(source: str) -> tuple[str, str | None]:
     """``(url, member)``: ``member`` is ``None`` for an image file, the key or row inside an archive otherwise."""
-    if SOURCE_SEP in source:
-        url, member = source.rsplit(SOURCE_SEP, 1)
-        if extension(url) in _ARCHIVES:
-            return url, member
+    at = source.find(SOURCE_SEP)
+    while at >= 0:  # the first '#' right after an archive's name (a member key may hold '#' itself)
+        if extension(source[:at]) in _ARCHIVES:
+            return source[:at], source[at + 1 :]
+        at = source.find(SOURCE_SEP, at + 1)
     return source, None
 
 

@@ -11,6 +11,7 @@ Every failure is a ``ValueError`` whose one-line message names the field or file
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import zipfile
@@ -229,6 +230,19 @@ def preflight(cfg: AuditConfig, allow_gallery_mismatch: bool = False) -> Preflig
     shown += [f"{n} {len(fl)} embedding file(s)" for n, fl in files.items()]
     log.info("preflight ok: %s", ", ".join(shown))
     return checked
+
+
+def add_sets(checked: Preflight, cfg: AuditConfig, names: list[str]) -> Preflight:
+    """``checked`` plus the shard plans of the sets ``names`` of ``cfg``: sets the job writes itself (the probe
+    sets), planned without listing the other inputs again."""
+    so = dict(cfg.storage_options) or None
+    plans, skipped, known = dict(checked.plans), dict(checked.skipped), dict(checked.known_rows)
+    for spec in cfg.sets:
+        if spec.name in names:
+            skipped[spec.name] = []
+            plans[spec.name] = plan_shards(spec, cfg.resources.shard_rows, so, skipped=skipped[spec.name])
+            known[spec.name] = set_rows(plans[spec.name], so)
+    return dataclasses.replace(checked, plans=plans, skipped=skipped, known_rows=known)
 
 
 def check_embedding_layers(files: dict[str, list[Any]]) -> dict[int, int]:

@@ -16,12 +16,11 @@ import pandas as pd
 
 from memray.config import to_dict
 from memray.io import storage
-from memray.job_config import AuditConfig, DatasetSpec
+from memray.job_config import PROBES_DIR, AuditConfig, DatasetSpec
 from memray.probes.build import SET_PREFIX, ProbeSet
 from memray.probes.summary import probe_table, recommend, write_probe_outputs
 
 log = logging.getLogger(__name__)
-PROBES_DIR = "probes"
 
 
 def probe_root(cfg: AuditConfig) -> str:

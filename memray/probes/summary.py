@@ -98,9 +98,11 @@ def _semantic(
     strict = sorted({layer for p in content for layer in detected[p]} - low_layers)
     if strict:
         names = sorted({p for p in content if set(detected[p]) & set(strict)}, key=_order)
+        per = "; ".join(f"{p} at {_fmt(sorted(set(detected[p]) & set(strict)))}" for p in names)
         return strict, (
-            f"Content-preserving probes ({', '.join(names)}) are detected at layers {_fmt(strict)}, where no "
-            "low-level probe is: read these layers for semantic copying."
+            f"Content-preserving probes are detected where no low-level probe is ({per}): read layers "
+            f"{_fmt(strict)} for semantic copying (the content kept, the pixels changed); the other layers miss "
+            "such copies."
         )
     if not low or not content:
         return [], "Without both low-level and content-preserving probes no semantic layers can be named."

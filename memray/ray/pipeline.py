@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -169,7 +170,7 @@ def run_audit(
     check_capacity(cfg.resources)
     probe_params: dict[str, dict[str, Any]] = {}
     if cfg.probes is not None:  # transformed training images, scored as further generated sets
-        cfg, checked, probe_params = add_probe_sets(cfg, allow_gallery_mismatch)
+        cfg, checked, probe_params = add_probe_sets(cfg, checked)
     history = _previous_stats(cfg.output, so)
     claim = claim_output(cfg, so)
     run_digest = digest(result_dict(cfg))
@@ -241,10 +242,13 @@ def run_audit(
         if gallery is None:  # the FID-nearest baseline needs the gallery sets' features: this run's labelled sets
             last = layers[-1]
             gens = [g for g in cfg.generated if not is_probe_set(g.name)]
-            feats = {g.name: load_queries(g.name, pieces[g.name], last, so).layers[last] for g in gens}
-            fid = fid_attribution(feats, {g.name: g.label for g in gens})
-            if fid is not None:
-                write_fid_attribution(cfg.output, fid, last, so)
+            try:  # a baseline beside the result: its failure (a set too small for a covariance) is logged
+                feats = {g.name: load_queries(g.name, pieces[g.name], last, so).layers[last] for g in gens}
+                fid = fid_attribution(feats, {g.name: g.label for g in gens})
+                if fid is not None:
+                    write_fid_attribution(cfg.output, fid, last, so)
+            except (ValueError, np.linalg.LinAlgError) as exc:
+                log.warning("FID-nearest baseline not computed: %s", exc)
     finish_probes(cfg, result.ct_scores, probe_params, {k: meta[k] for k in ("job_digest", "preprocessing")})
     report = write_report(cfg.output, so)
     log.info("audit done in %.1f s; results in %s", stats["seconds"], cfg.output)

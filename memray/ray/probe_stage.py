@@ -12,7 +12,7 @@ from typing import Any
 
 import ray
 
-from memray.job.preflight import Preflight, preflight
+from memray.job.preflight import Preflight, add_sets
 from memray.job.probes import probe_root, with_probe_sets
 from memray.job_config import AuditConfig
 from memray.probes.build import ProbeSet, build_probes
@@ -25,10 +25,9 @@ def _build(train_urls: list[str], pcfg: Any, root: str, so: dict | None, column:
     return build_probes(train_urls, pcfg, root, so, column)
 
 
-def add_probe_sets(
-    cfg: AuditConfig, allow_gallery_mismatch: bool = False
-) -> tuple[AuditConfig, Preflight, dict[str, dict[str, Any]]]:
-    """Build ``cfg.probes``' sets (a Ray task), then the config with them as generated sets and its preflight.
+def add_probe_sets(cfg: AuditConfig, checked: Preflight) -> tuple[AuditConfig, Preflight, dict[str, dict[str, Any]]]:
+    """Build ``cfg.probes``' sets (a Ray task), then the config with them as generated sets and ``checked`` with
+    their shard plans.
 
     Returns ``(config, preflight, {probe: params})``.
     """
@@ -39,4 +38,4 @@ def add_probe_sets(
     sets = ray.get(task.remote(list(cfg.train.urls), cfg.probes, probe_root(cfg), so, cfg.train.image_column))
     log.info("probes: %d set(s) of %d image(s) under %s", len(sets), sets[0].n if sets else 0, probe_root(cfg))
     full = with_probe_sets(cfg, sets)
-    return full, preflight(full, allow_gallery_mismatch), {s.probe: dict(s.params) for s in sets}
+    return full, add_sets(checked, full, [s.set_name for s in sets]), {s.probe: dict(s.params) for s in sets}

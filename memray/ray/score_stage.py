@@ -148,6 +148,7 @@ def run_scoring(
                     return Workspace(storage.join(root, str(seed)), so)
 
                 xs = {n: gens[n].layers[layer] for n in sorted(gens)}
+                storage.remove(part_root, so, recursive=True)  # never reuse a partition fit of other settings
                 runs = partition_runs(layer, train, None, test.layers[layer], xs, cfg.ct, mapper, part_ws)
                 storage.remove(part_root, so, recursive=True)
             res = layer_tables(fitted, train.n, test, gens, scored, mapper, sources, cfg.train.name, runs)

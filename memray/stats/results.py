@@ -88,7 +88,8 @@ def method_record(cfg: CTConfig) -> dict[str, Any]:
         ),
         "copies": (
             f"top {cfg.top_k} nearest training samples over the whole training set (projected space, same metric; "
-            "FAISS float32 candidates re-ranked in float64); test_quantile = share of test samples whose nearest "
+            "exact float64: FAISS float32 candidates re-ranked, exhaustive where the float32 bound does not prove "
+            "the list; ties to the smaller training row); test_quantile = share of test samples whose nearest "
             "training distance is below"
             if cfg.top_k
             else "none"

@@ -4,8 +4,10 @@ C_T measures each sample's nearest training neighbour *within its cell*; a perso
 the nearest training images overall. This search reuses the fit's cell-partitioned projected training rows
 (:mod:`memray.stats.search`): every search item (one cell, a run of blocks) answers *every* query with its k
 best rows, and the caller merges the items' lists. Per item FAISS (flat, float32) proposes ``k + candidates`` rows
-per query (for 1 − |cos| also for −q), re-ranked with exact float64 distances; the merged order is (distance, id),
-so the answer depends only on the data, not on how items are grouped or in which order a mapper returns them.
+per query (for 1 − |cos| also for −q), re-ranked with exact float64 distances; a query whose list the float32
+error bound does not prove complete (near-duplicate rows: the copies) is scanned exhaustively in float64. The merged
+order is (distance, id), so the answer depends only on the data, not on how items are grouped or in which order a
+mapper returns them.
 
 ``share_below(test_d1, d)`` (the ``test_quantile`` column): the share of test samples whose global
 nearest-training distance is below ``d``, a calibrated per-image score (0.001 = "closer to the training set than
@@ -14,33 +16,52 @@ nearest-training distance is below ``d``, a calibrated per-image score (0.001 = 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from memray.config import CTConfig
 from memray.stats.faiss_backend import faiss_scope
-from memray.stats.index import TrainShard, _scores, prepare
+from memray.stats.index import TrainShard, _scores, _tolerance, prepare
 from memray.stats.search import SearchItem, load_item, plan_search
 
 Mapper = Callable[[Callable, Iterable], Iterable]
 
 
-@dataclass(frozen=True)
-class TopkTask:
-    """A picklable work item: every query against one search item's training rows."""
-
-    ws: Any
-    item: SearchItem
-    queries: np.ndarray  # (q, k) float64 projected queries (all of the round)
-    k: int
-    cfg: CTConfig
+BATCH_BYTES = 128 * 1024**2  # memory bound of one query batch's candidate rows (float64)
+EXHAUSTIVE_BYTES = 32 * 1024**2  # memory bound of one block of the exhaustive float64 scan
 
 
-def _item_topk(z: np.ndarray, rows: np.ndarray, queries: np.ndarray, k: int, cfg: CTConfig, batch: int = 4096):
-    """(dist (q, kk), ids (q, kk)) of one item's rows, kk = min(k, rows); exact float64 among FAISS's candidates."""
+def _lex_topk(s: np.ndarray, tid: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise k smallest (score, id) pairs of (q, c) arrays, ordered by score then id."""
+    order = np.lexsort((tid, s), axis=1)[:, :kk]
+    return np.take_along_axis(s, order, axis=1), np.take_along_axis(tid, order, axis=1)
+
+
+def _exhaustive_topk(shard: TrainShard, queries: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact float64 top-kk search scores of a few queries over all of a shard's rows (blocks of rows)."""
+    n, dim = shard.train.shape
+    best_s = np.full((len(queries), 0), np.inf)
+    best_i = np.zeros((len(queries), 0), dtype=np.int64)
+    step = max(1, EXHAUSTIVE_BYTES // max(1, 8 * dim * len(queries)))
+    for lo in range(0, n, step):
+        t = shard.train[lo : lo + step]
+        s = _scores(queries[:, None, :], t[None, :, :], shard.metric, shard.norms[lo : lo + step][None, :])
+        ids = np.broadcast_to(shard.train_ids[lo : lo + step], s.shape)
+        best_s, best_i = _lex_topk(np.hstack([best_s, s]), np.hstack([best_i, ids]), kk)
+    return best_s, best_i
+
+
+def _item_topk(z: np.ndarray, rows: np.ndarray, queries: np.ndarray, k: int, cfg: CTConfig):
+    """(dist (q, kk), ids (q, kk)) of one item's rows, kk = min(k, rows): exact float64 distances.
+
+    FAISS (float32) proposes candidates; each query's k-th exact score is compared with the bound every
+    non-candidate row must exceed (the last candidate's float32 score minus the float32 error bound of
+    :func:`memray.stats.index._tolerance`); queries where it does not prove the list complete (near-duplicate
+    training rows, large norms) are searched exhaustively in float64.
+    """
     shard = TrainShard.build(z, rows, cfg.metric)
     n, q = len(rows), len(queries)
     kk = min(k, n)
@@ -49,19 +70,33 @@ def _item_topk(z: np.ndarray, rows: np.ndarray, queries: np.ndarray, k: int, cfg
     if kk == 0 or q == 0:
         return dist, ids
     c = min(k + cfg.candidates, n)
+    batch = int(max(1, min(4096, BATCH_BYTES // (2 * c * z.shape[1] * 8))))
+    doubtful: list[np.ndarray] = []
     with faiss_scope():
         for start in range(0, q, batch):
             qb = queries[start : start + batch]
             xq = prepare(qb, cfg.metric)
-            cand = shard.index().search(xq, c)[1]
-            if cfg.metric == "cosine_abs":
-                cand = np.hstack([cand, shard.index().search(-xq, c)[1]])
+            raw, cand = shard.index().search(xq, c)
+            raw = raw.astype(np.float64)
+            if cfg.metric == "l2":
+                bound = raw[:, -1]  # squared L2 of the last candidate: every other row scores at least this
+            elif cfg.metric == "cosine":
+                bound = 1.0 - raw[:, -1]
+            else:  # 1 − |cos|: candidates of q and of −q
+                raw2, cand2 = shard.index().search(-xq, c)
+                bound = 1.0 - np.maximum(raw[:, -1], raw2[:, -1].astype(np.float64))
+                cand = np.hstack([cand, cand2])
             s = _scores(qb[:, None, :], shard.train[cand], cfg.metric, shard.norms[cand])
-            tid = shard.train_ids[cand]
             s = np.where(_first_seen(cand), s, np.inf)  # a row found for q and for −q counts once
-            order = np.lexsort((tid, s), axis=1)[:, :kk]
-            dist[start : start + len(qb)] = np.take_along_axis(s, order, axis=1)
-            ids[start : start + len(qb)] = np.take_along_axis(tid, order, axis=1)
+            bs, bi = _lex_topk(s, shard.train_ids[cand], kk)
+            dist[start : start + len(qb)], ids[start : start + len(qb)] = bs, bi
+            if c < n:
+                tol = _tolerance(qb, shard.sqnorm_max, cfg.metric)
+                doubtful.append(start + np.flatnonzero(~(bs[:, -1] < bound - tol)))
+    todo = np.concatenate(doubtful) if doubtful else np.zeros(0, dtype=np.int64)
+    for lo in range(0, len(todo), 256):
+        sel = todo[lo : lo + 256]
+        dist[sel], ids[sel] = _exhaustive_topk(shard, queries[sel], kk)
     if cfg.metric == "l2":
         dist = np.sqrt(dist)
     return dist, np.where(np.isinf(dist), -1, ids)
@@ -78,10 +113,10 @@ def _first_seen(cand: np.ndarray) -> np.ndarray:
     return out
 
 
-def run_topk_task(task: TopkTask) -> tuple[np.ndarray, np.ndarray]:
+def run_topk_item(item: SearchItem, ws: Any, queries: np.ndarray, k: int, cfg: CTConfig):
     """One item's top-k lists for every query of the round."""
-    z, rows = load_item(task.ws, task.item)
-    return _item_topk(z, rows, np.asarray(task.queries, np.float64), task.k, task.cfg)
+    z, rows = load_item(ws, item)
+    return _item_topk(z, rows, np.asarray(queries, np.float64), k, cfg)
 
 
 def merge_topk(parts: Iterable[tuple[np.ndarray, np.ndarray]], q: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,8 +140,8 @@ def search_topk(
     training set has fewer than k rows. ``fit.block_cells`` plans the items (as :func:`search.plan_search`).
     """
     queries_z = np.ascontiguousarray(queries_z, np.float64)
-    tasks = [TopkTask(ws, item, queries_z, k, cfg) for item in plan_search(fit.block_cells, cfg.search_rows)]
-    return merge_topk(mapper(run_topk_task, tasks), len(queries_z), k)
+    run = functools.partial(run_topk_item, ws=ws, queries=queries_z, k=k, cfg=cfg)  # shipped once per round
+    return merge_topk(mapper(run, plan_search(fit.block_cells, cfg.search_rows)), len(queries_z), k)
 
 
 def share_below(test_d1: np.ndarray, d: np.ndarray) -> np.ndarray:
