@@ -185,8 +185,8 @@ def recommend(
             else "No layer detects a low-level or content-preserving probe"
         )
         text.append(
-            f"{which}: this encoder shows no separation between low-level and semantic copying (as a randomly "
-            "initialised ViT), so no layer is better for either; trained weights are needed to tell them apart."
+            f"{which}: the probes show no separation between this encoder's layers (a randomly initialised ViT looks "
+            "like this), so no layer reads low-level or semantic copying better than another."
         )
     else:
         semantic, why = _semantic(table, detected, layers, low, content)
