@@ -27,8 +27,20 @@ ALLOWED: dict[str, set[str]] = {
     "job": {"base", "config", "io", "embedding", "stats", "fingerprint", "probes", "report", "job"},
     "ray": {"base", "config", "io", "embedding", "stats", "fingerprint", "probes", "report", "job", "ray"},
     "api": {"base", "config", "io", "embedding", "stats", "fingerprint", "probes", "report", "job", "ray", "api"},
-    "commands": {"base", "config", "io", "embedding", "stats", "fingerprint", "probes", "report", "job", "ray", "api",
-                 "commands"},  # fmt: skip
+    "commands": {
+        "base",
+        "config",
+        "io",
+        "embedding",
+        "stats",
+        "fingerprint",
+        "probes",
+        "report",
+        "job",
+        "ray",
+        "api",
+        "commands",
+    },
     "cli": {"base", "commands", "cli"},
     "synthetic": {"synthetic"},
 }

@@ -290,6 +290,14 @@ def test_fetch_command_saves_the_sample(tmp_path: Path, demo_out: Path) -> None:
     np.testing.assert_array_equal(saved[:, :, 0], np.load(ROOT / "data/sample/train.npz")["images"][row])
 
 
+def test_report_command_rebuilds_the_page(tmp_path: Path, demo_out: Path) -> None:
+    (argv,) = readme_runs(("memray", "report"))
+    (demo_out / "report.html").unlink()
+    printed = run(redirect(argv, tmp_path, demo_out)).stdout
+    page = (demo_out / "report.html").read_text()
+    assert str(demo_out / "report.html") in printed and 'id="verdict"' in page and 'id="probes"' in page
+
+
 def test_version_and_help() -> None:
     from memray import version
 
