@@ -31,6 +31,7 @@ test: setup lint
 
 bench: setup
 	$(BIN)/python benchmarks/bench_ct.py
+	$(BIN)/python benchmarks/bench_evidence.py
 	$(BIN)/python benchmarks/bench_embed.py
 	$(BIN)/python benchmarks/bench_pipeline.py
 

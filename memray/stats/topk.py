@@ -70,7 +70,7 @@ def _item_topk(z: np.ndarray, rows: np.ndarray, queries: np.ndarray, k: int, cfg
     if kk == 0 or q == 0:
         return dist, ids
     c = min(k + cfg.candidates, n)
-    batch = int(max(1, min(4096, BATCH_BYTES // (2 * c * z.shape[1] * 8))))
+    batch = int(max(1, min(4096, BATCH_BYTES // (2 * c * 8 * 4))))
     doubtful: list[np.ndarray] = []
     with faiss_scope():
         for start in range(0, q, batch):
@@ -79,19 +79,26 @@ def _item_topk(z: np.ndarray, rows: np.ndarray, queries: np.ndarray, k: int, cfg
             raw, cand = shard.index().search(xq, c)
             raw = raw.astype(np.float64)
             if cfg.metric == "l2":
-                bound = raw[:, -1]  # squared L2 of the last candidate: every other row scores at least this
+                approx, bound = raw, raw[:, -1]  # squared L2: every non-candidate row scores at least bound
             elif cfg.metric == "cosine":
-                bound = 1.0 - raw[:, -1]
-            else:  # 1 − |cos|: candidates of q and of −q
+                approx, bound = 1.0 - raw, 1.0 - raw[:, -1]
+            else:  # 1 − |cos|: candidates of q and of −q (PCA-centred rows: both signs occur)
                 raw2, cand2 = shard.index().search(-xq, c)
-                bound = 1.0 - np.maximum(raw[:, -1], raw2[:, -1].astype(np.float64))
-                cand = np.hstack([cand, cand2])
-            s = _scores(qb[:, None, :], shard.train[cand], cfg.metric, shard.norms[cand])
-            s = np.where(_first_seen(cand), s, np.inf)  # a row found for q and for −q counts once
-            bs, bi = _lex_topk(s, shard.train_ids[cand], kk)
+                raw = np.hstack([raw, raw2.astype(np.float64)])
+                approx, bound = 1.0 - np.abs(raw), 1.0 - np.maximum(raw[:, c - 1], raw[:, -1])
+                cand = np.hstack([cand, cand2])  # |q̂·t̂| is the same in both lists
+            tol = _tolerance(qb, shard.sqnorm_max, cfg.metric)
+            first = _first_seen(cand)  # a row found for q and for −q counts once
+            approx = np.where(first, approx, np.inf)
+            kth = np.partition(approx, kk - 1, axis=1)[:, kk - 1]
+            # only candidates within 2·tol of the k-th float32 score can make the exact top k: re-rank those
+            rr, cc = np.nonzero(first & (approx <= (kth + 2.0 * tol)[:, None]))
+            t = cand[rr, cc]
+            exact = np.full(cand.shape, np.inf)
+            exact[rr, cc] = _scores(qb[rr], shard.train[t], cfg.metric, shard.norms[t])
+            bs, bi = _lex_topk(exact, shard.train_ids[cand], kk)
             dist[start : start + len(qb)], ids[start : start + len(qb)] = bs, bi
             if c < n:
-                tol = _tolerance(qb, shard.sqnorm_max, cfg.metric)
                 doubtful.append(start + np.flatnonzero(~(bs[:, -1] < bound - tol)))
     todo = np.concatenate(doubtful) if doubtful else np.zeros(0, dtype=np.int64)
     for lo in range(0, len(todo), 256):
