@@ -35,17 +35,24 @@ _LAZY = {
     "fetch_by_id": "memray.io.fetch",
     "build_report": "memray.report",
 }
-__all__ = ["DISTRIBUTION", "__version__", "version", *sorted(_LAZY)]
+__all__ = ["DISTRIBUTION", "__version__", "installed_version", "version", *sorted(_LAZY)]
 
 
-def version() -> str:
-    """The installed ``memray-audit`` distribution's version, else :data:`__version__` (an uninstalled tree)."""
+def installed_version() -> str:
+    """The installed ``memray-audit`` distribution's version, ``"unknown"`` from a source tree not installed (what
+    result files record: no version is claimed for code that was not installed)."""
     import importlib.metadata
 
     try:
         return importlib.metadata.version(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
-        return __version__
+        return "unknown"
+
+
+def version() -> str:
+    """The installed ``memray-audit`` distribution's version, else :data:`__version__` (an uninstalled tree)."""
+    found = installed_version()
+    return __version__ if found == "unknown" else found
 
 
 def __getattr__(name: str) -> Any:

@@ -183,13 +183,15 @@ def format_table(summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_attribution(url: str, att: pd.DataFrame, metadata: dict[str, Any] | None = None) -> None:
+def write_attribution(
+    url: str, att: pd.DataFrame, metadata: dict[str, Any] | None = None, storage_options: dict[str, Any] | None = None
+) -> None:
     """Write an attribution table with :data:`~memray.io.schema.ATTRIBUTION_SCHEMA` and JSON metadata."""
     sch = schema.ATTRIBUTION_SCHEMA
     if metadata is not None:
         sch = sch.with_metadata({schema.META_KEY: json.dumps(metadata, sort_keys=True, default=str).encode()})
     table = pa.Table.from_pandas(att[[f.name for f in schema.ATTRIBUTION_SCHEMA]], schema=sch, preserve_index=False)
-    with open_output(url) as fh:
+    with open_output(url, storage_options) as fh:
         pq.write_table(table, fh)
 
 

@@ -11,16 +11,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from memray.fingerprint.evaluate import write_attribution
 from memray.fingerprint.fid import fd_matrix, feature_stats
 from memray.io import schema, storage
 from memray.io.fetch import Locator
@@ -68,11 +66,8 @@ def fid_attribution(features: dict[str, np.ndarray], labels: dict[str, str | Non
 def write_fid_attribution(out: str, df: pd.DataFrame, layer: int, so: dict | None) -> str:
     """Write the FID-nearest attribution (its layer and rule in the metadata) and return its URL."""
     meta = {"method": "FID-nearest: smallest Frechet distance of last-layer features to a labelled set", "layer": layer}
-    table = pa.Table.from_pandas(df, schema=schema.ATTRIBUTION_SCHEMA, preserve_index=False)
-    table = table.replace_schema_metadata({schema.META_KEY: json.dumps(meta, sort_keys=True).encode()})
     url = storage.join(out, FID_ATTRIBUTION_FILE)
-    with storage.open_output(url, so) as fh:
-        pq.write_table(table, fh)
+    write_attribution(url, df, meta, so)
     return url
 
 

@@ -24,7 +24,6 @@ randomly initialised ViT: flat curves) and no semantic layers are named.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 from typing import Any
@@ -34,6 +33,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from memray import installed_version
 from memray.io import schema
 from memray.io.storage import join, open_output, write_json
 from memray.probes.config import PROBE_DEFAULTS, PROBE_NAMES
@@ -209,13 +209,6 @@ def recommend(
     }
 
 
-def _version() -> str:
-    try:
-        return importlib.metadata.version("memray-audit")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def write_probe_outputs(
     table: pd.DataFrame,
     summary: dict[str, Any],
@@ -229,7 +222,7 @@ def write_probe_outputs(
     """
     meta = {
         "table": "probes",
-        "memray_version": _version(),
+        "memray_version": installed_version(),
         "alpha": summary["alpha"],
         "probe_sets": {p: {k: v[k] for k in ("set", "params", "n")} for p, v in summary["probes"].items()},
         **(metadata or {}),

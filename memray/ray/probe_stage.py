@@ -31,8 +31,6 @@ def add_probe_sets(cfg: AuditConfig, checked: Preflight) -> tuple[AuditConfig, P
 
     Returns ``(config, preflight, {probe: params})``.
     """
-    if cfg.probes is None or cfg.train.is_embeddings:
-        raise ValueError("probes: need the training set as images (train.urls), not precomputed embeddings")
     so = dict(cfg.storage_options) or None
     task = _build.options(num_cpus=min(1.0, cfg.resources.actor_num_cpus or 1.0))
     sets = ray.get(task.remote(list(cfg.train.urls), cfg.probes, probe_root(cfg), so, cfg.train.image_column))

@@ -139,7 +139,8 @@ def run_scoring(
             ws = Workspace(ws_url, so)
             fitted = fit_layer(layer, train, None, test.layers[layer], cfg.ct, mapper, test.ids, ws=ws)
             warn = {name: f"gen set {name!r}, layer {layer}" for name in gens}
-            scored = fitted.score_sets({n: gens[n].layers[layer] for n in sorted(gens)}, mapper, warn)  # one round
+            xs = {n: gens[n].layers[layer] for n in sorted(gens)}
+            scored = fitted.score_sets(xs, mapper, warn)  # one round
             runs = None
             if cfg.ct.partitions > 1:
                 part_root = storage.join(out, "fit", f"partitions_layer_{layer}")
@@ -147,7 +148,6 @@ def run_scoring(
                 def part_ws(seed: int, root: str = part_root) -> Workspace:
                     return Workspace(storage.join(root, str(seed)), so)
 
-                xs = {n: gens[n].layers[layer] for n in sorted(gens)}
                 storage.remove(part_root, so, recursive=True)  # never reuse a partition fit of other settings
                 runs = partition_runs(layer, train, None, test.layers[layer], xs, cfg.ct, mapper, part_ws)
                 storage.remove(part_root, so, recursive=True)

@@ -56,6 +56,11 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def u_to_z(u, n: int, m: int):
+    """``(U − (n·m/2 − 0.5)) / sqrt(n·m·(n+m+1)/12)``: the reference's z of U (a float or an array of them)."""
+    return (u - (n * m / 2.0 - 0.5)) / math.sqrt(n * m * (n + m + 1) / 12.0)
+
+
 def mann_whitney_z(gen_d: np.ndarray, test_d: np.ndarray) -> float:
     """Z of the Mann-Whitney U of generated vs test distances; negative when generated samples are closer.
 
@@ -70,7 +75,7 @@ def mann_whitney_z(gen_d: np.ndarray, test_d: np.ndarray) -> float:
         return math.nan
     ranks = average_ranks(np.concatenate([test_d, gen_d]))
     u = float(ranks[n:].sum()) - m * (m + 1) / 2.0
-    return (u - (n * m / 2.0 - 0.5)) / math.sqrt(n * m * (n + m + 1) / 12.0)
+    return u_to_z(u, n, m)
 
 
 def cell_table(

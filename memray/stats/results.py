@@ -8,7 +8,6 @@ metadata (inputs, timestamp…) and per-table row counts.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 from typing import Any
 
@@ -16,20 +15,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from memray import installed_version
 from memray.config import CTConfig, digest, to_dict
 from memray.io import schema
 from memray.io.storage import join, open_output, write_json
 from memray.stats.tables import ScoreResult
 
-DISTRIBUTION = "memray-audit"
-
 
 def memray_version() -> str:
     """Installed version of the memray distribution (``"unknown"`` when run from a source tree not installed)."""
-    try:
-        return importlib.metadata.version(DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    return installed_version()
 
 
 def method_record(cfg: CTConfig) -> dict[str, Any]:

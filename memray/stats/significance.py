@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy.special import ndtr
 
-from memray.stats.ct import CellStats, cell_table
+from memray.stats.ct import CellStats, cell_table, u_to_z
 
 # (rng, n, reps) -> (reps, n) int indices into n samples: one resample per row
 Draw = Callable[[np.random.Generator, int, int], np.ndarray]
@@ -139,8 +139,7 @@ def bootstrap_replicates(
                 j = draw(rng_g, m, b)
                 at = pos[j] + base
                 u2 = (2 * less[at] + h[at] * eq[j]).sum(axis=1)  # 2·U, exact integers
-                u = u2 / 2.0
-                zs[name][r0 : r0 + b, col[name][c]] = (u - (n * m / 2.0 - 0.5)) / math.sqrt(n * m * (n + m + 1) / 12.0)
+                zs[name][r0 : r0 + b, col[name][c]] = u_to_z(u2 / 2.0, n, m)
     out = {}
     for name, st in stats.items():
         if not st.kept.any():

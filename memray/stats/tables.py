@@ -20,7 +20,7 @@ import pandas as pd
 from memray.config import CTConfig
 from memray.io import schema
 from memray.stats.copies import copies_frame, global_neighbours
-from memray.stats.significance import bootstrap_ct, cell_p_values, ct_p_value
+from memray.stats.significance import bootstrap_ct, cell_p_values, ct_p_value_from_cells
 from memray.stats.verdict import add_significance, verdict_table
 
 log = logging.getLogger(__name__)
@@ -154,8 +154,7 @@ def layer_tables(
     for name, ids in zip(names, nn_ids[1:], strict=True):
         g = scored[name]
         st = g.cells
-        share = st.n_test / max(int(st.n_test.sum()), 1)
-        p = float("nan") if np.isnan(g.ct) else ct_p_value(st.z[st.kept], share[st.kept])
+        p = float("nan") if np.isnan(g.ct) else ct_p_value_from_cells(st)
         lo, hi = cis.get(name, (float("nan"), float("nan")))
         runs = [(int(cfg.seed), g.ct), *(partitions or {}).get(name, [])]
         stab += [(name, layer, s, ct) for s, ct in runs] if len(runs) > 1 else []
