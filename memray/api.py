@@ -199,7 +199,7 @@ def score(
     (``cells=3, seed=1, bootstrap=0, top_k=5``). Returns a :class:`~memray.stats.tables.ScoreResult`.
     """
     from memray.config import CTConfig
-    from memray.stats.score import score_features
+    from memray.stats.layers import score_features
 
     cfg = CTConfig(mode=mode, **ct)
     gens = {name: _features(x, name, layer) for name, x in generated.items()}

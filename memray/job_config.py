@@ -172,6 +172,11 @@ class AuditConfig:
         """Every set: train, test, then the generated sets in order."""
         return (self.train, self.test, *self.generated)
 
+    @property
+    def storage(self) -> dict[str, Any] | None:
+        """The fsspec/s3fs options of every storage call (``None`` when there are none)."""
+        return dict(self.storage_options) or None
+
 
 # Dotted fields holding local paths: relative ones are resolved against the config file's folder (in the file)
 # or the current directory (overrides from the command line). ``generated[].urls``/``embeddings`` are resolved too.

@@ -25,9 +25,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import numpy as np  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from memray.synthetic import gmm_sample, kde_sample  # noqa: E402
+from synthetic import gmm_sample, kde_sample  # noqa: E402  (scripts/synthetic.py, beside this script)
 
 DEFAULT_SOURCE = "/usr/share/datasets/fashion-mnist"
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "data" / "sample"

@@ -30,6 +30,8 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 logging.getLogger("werkzeug").setLevel(logging.ERROR)
+# The data builders' generators (scripts/synthetic.py) are tested here too; they are not part of the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",

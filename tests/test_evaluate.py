@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import synthetic
 from scipy.stats import binomtest
 
-from memray import synthetic
 from memray.cli import main
 from memray.config import CTConfig, FingerprintConfig
 from memray.fingerprint.curve_run import compute_curves, curves_to_gallery, plan_subsets
@@ -141,7 +141,7 @@ def test_cli_gallery_then_attribute(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def _synthetic_runs(seed: int = 0) -> tuple[dict, dict, dict[str, FeatureSet], dict[str, str]]:
     """8×8 'images' from 10 blocky prototypes, a fixed random 4-block residual tanh encoder (48-d), and three
-    generator families × 3 runs of 1,000 images from memray.synthetic: KDE (bandwidths 0.4/0.5/0.6), a 10-component
+    generator families × 3 runs of 1,000 images from scripts/synthetic.py: KDE (bandwidths 0.4/0.5/0.6), a 10-component
     Gaussian mixture in 16 PCA dims, and training images shifted by up to 2 px."""
     rng = np.random.default_rng(seed)
     protos = np.kron(rng.normal(size=(10, 4, 4)), np.ones((2, 2)))

@@ -42,7 +42,6 @@ ALLOWED: dict[str, set[str]] = {
         "commands",
     },
     "cli": {"base", "commands", "cli"},
-    "synthetic": {"synthetic"},
 }
 CONFIG = {"memray.config", "memray.config_check", "memray.job_config", "memray.probes.config"}
 
@@ -62,7 +61,7 @@ def layer(module: str) -> str:
     parts = module.split(".")
     if module == "memray":
         return "base"
-    if parts[1] in ("cli", "synthetic", "api"):
+    if parts[1] in ("cli", "api"):
         return parts[1]
     if parts[1] not in ALLOWED:
         raise AssertionError(f"{module} is in no layer: add it to the table in {__file__}")

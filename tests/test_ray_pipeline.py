@@ -24,8 +24,9 @@ from memray.io import schema
 from memray.io.features import FeatureSet
 from memray.io.shards import STATUS_OK, plan_shards, read_shard
 from memray.ray.pipeline import ResumeMismatchError, run_audit
+from memray.stats.layers import score_features
 from memray.stats.results import JOB_KEYS, write_results
-from memray.stats.score import fit_layer, score_features
+from memray.stats.score import fit_layer
 
 REPO = Path(__file__).resolve().parents[1]
 

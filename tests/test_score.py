@@ -16,8 +16,9 @@ from memray.config import CTConfig
 from memray.io import schema
 from memray.io.features import FeatureSet
 from memray.stats.kmeans import lloyd_stats
+from memray.stats.layers import score_features
 from memray.stats.results import write_results
-from memray.stats.score import ScoreInputError, ScoreResult, _finite, fit_layer, score_features
+from memray.stats.score import ScoreInputError, ScoreResult, _finite, fit_layer
 from tests.reference_ct import reference_ct
 
 

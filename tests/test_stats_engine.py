@@ -15,7 +15,8 @@ from memray.io.features import FeatureSet
 from memray.io.rows import ArrayRows
 from memray.stats import search
 from memray.stats.engine import fit_layer_engine, score_sets, search_test
-from memray.stats.score import fit_layer, score_features, score_layer
+from memray.stats.layers import score_features
+from memray.stats.score import fit_layer, score_layer
 from memray.stats.workspace import Workspace
 
 

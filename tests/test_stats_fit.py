@@ -15,7 +15,8 @@ import pytest
 from memray.config import CTConfig, FieldError
 from memray.io.rows import ArrayRows
 from memray.stats.fit import FitResult, fit_space
-from memray.stats.reduce import canonical_order, fit_pca
+from memray.stats.kmeans import canonical_order
+from memray.stats.pca import fit_pca
 from memray.stats.results import method_record
 from memray.stats.workspace import Workspace, temporary_workspace
 from tests.test_stats_pca import ChunkedRows

@@ -17,14 +17,16 @@ from memray.stats.kmeans import (
     LloydPartial,
     assign_all,
     best_restart,
+    canonical_order,
     exact_parts,
     hash_threshold,
+    kmeans_pp,
     lloyd,
     lloyd_update,
     restart_rng,
     stable_hash,
 )
-from memray.stats.reduce import LayerSpace, canonical_order, kmeans_pp
+from memray.stats.space import LayerSpace
 from memray.stats.workspace import Workspace
 from tests.test_stats_pca import tree
 

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from memray.io.rows import ArrayRows
-from memray.stats.pca import Moments, block_moments, merge_moments, moments_of, pca_from_moments
-from memray.stats.reduce import fit_pca
+from memray.stats.pca import Moments, block_moments, fit_pca, merge_moments, moments_of, pca_from_moments
 from memray.stats.workspace import block_count, block_range, reduce_ordered
 
 

@@ -11,8 +11,8 @@ import pytest
 from memray.config import CTConfig
 from memray.io import schema
 from memray.io.features import FeatureSet
+from memray.stats.layers import score_features
 from memray.stats.results import write_results
-from memray.stats.score import score_features
 
 
 def _sets(seed: int = 0):

@@ -13,7 +13,7 @@ from scipy.stats import binom, kstest
 from memray.config import CTConfig
 from memray.io import schema
 from memray.io.features import FeatureSet
-from memray.stats.score import score_features
+from memray.stats.layers import score_features
 from memray.stats.verdict import add_significance, needed_generated, sample_size_advice, verdict_table
 
 NAN = math.nan

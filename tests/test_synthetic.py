@@ -1,4 +1,4 @@
-"""memray.synthetic (seeding, shapes, one property per generator), its EM against scikit-learn, the bundled sample."""
+"""scripts/synthetic.py (seeding, shapes, one property per generator), its EM against scikit-learn, the bundled sample."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from memray.synthetic import augment_copies, fit_gmm, gmm_sample, kde_sample, sample_gmm
+from synthetic import augment_copies, fit_gmm, gmm_sample, kde_sample, sample_gmm
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"

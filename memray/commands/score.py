@@ -112,8 +112,8 @@ def summary(result: ScoreResult) -> str:
 def run(args: argparse.Namespace) -> int:
     """Load the features, score every generated set at every layer, write the tables, print a summary."""
     from memray.io.embedding_inputs import load_feature_input as load_features
+    from memray.stats.layers import score_features
     from memray.stats.results import write_results
-    from memray.stats.score import score_features
 
     cfg = build_config(args)
     gen_files = parse_gen(args.gen)

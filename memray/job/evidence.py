@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -80,9 +79,3 @@ def write_report(out: str, so: dict | None) -> str | None:
     except Exception:  # the report must not lose a finished audit
         log.exception("could not write %s in %s; rebuild it with: memray report %s", schema.REPORT_FILE, out, out)
         return None
-
-
-def report_hint(stats: dict[str, Any]) -> str:
-    """One line on where the report is (or why it is missing)."""
-    url = stats.get("report")
-    return f"Report: {url}" if url else "Report: not written (see the log); rebuild with `memray report RUN_DIR`"

@@ -25,23 +25,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from memray import installed_version
 from memray.config import digest
 from memray.fingerprint.curve_run import finish_fingerprints, plan_record, plan_subsets
 from memray.fingerprint.curves import read_gallery
 from memray.io import schema, storage
 from memray.io.images import STATUS_SKIPPED
+from memray.io.rows import load_queries
 from memray.io.shards import ShardPlan
 from memray.job.evidence import fid_attribution, sources_for, write_fid_attribution, write_report
 from memray.job.preflight import Preflight, gallery_comparable, preflight, preprocessing_record
 from memray.job.probes import finish_probes, is_probe_set
 from memray.job.reference import claim_reference, embeddings_root, fit_roots
 from memray.job.resume import CONFIG_FILE, ResumeMismatchError, claim_output, embed_key, stage_configs
+from memray.job.score import run_scoring
 from memray.job_config import AuditConfig, result_dict
 from memray.ray.embed_stage import run_embedding, shard_url
 from memray.ray.probe_stage import add_probe_sets
-from memray.ray.score_stage import load_queries, run_scoring
+from memray.ray.score_stage import RayMapper
 from memray.ray.session import check_capacity, describe_nodes
-from memray.stats.results import memray_version, write_results
+from memray.stats.results import write_results
 
 log = logging.getLogger(__name__)
 __all__ = ["CONFIG_FILE", "AuditResult", "ResumeMismatchError", "run_audit"]
@@ -175,7 +178,7 @@ def run_audit(
     claim = claim_output(cfg, so)
     run_digest = digest(result_dict(cfg))
     # the job record (memray.stats.results.JOB_KEYS): in every shard's and every result table's metadata
-    meta = {"memray_version": memray_version(), "job_digest": run_digest, "job_config": result_dict(cfg)}
+    meta = {"memray_version": installed_version(), "job_digest": run_digest, "job_config": result_dict(cfg)}
     meta["preprocessing"] = preprocessing_record(cfg)
     plans = checked.plans
     all_plans = [p for s in cfg.sets for p in plans.get(s.name, [])]
@@ -215,7 +218,8 @@ def run_audit(
     skey = _score_key(ekey, cfg, checked)
     roots = fit_roots(cfg, checked, layers)
     sources = sources_for(plans)
-    result, curves, score_stats = run_scoring(cfg, pieces, layers, cfg.output, subsets, skey, roots, sources)
+    mapper = RayMapper(cfg.resources.index_task_num_cpus, 1.0 if cfg.resources.faiss_gpu else 0.0)
+    result, curves, score_stats = run_scoring(cfg, pieces, layers, mapper, subsets, skey, roots, sources)
     stats = {
         "started_utc": started,
         "counts": counts,

@@ -9,17 +9,16 @@ verdict: C_T is a test of a set, and about α of fresh images sit below the α q
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from memray.io import schema
+from memray.stats import Mapper
 from memray.stats.engine import project_queries
 from memray.stats.topk import search_topk, share_below
-
-Mapper = Callable[[Callable, Iterable], Iterable]
 
 
 def global_neighbours(

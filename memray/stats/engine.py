@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -21,14 +20,13 @@ import numpy as np
 
 from memray.config import CTConfig
 from memray.io.rows import Rows
+from memray.stats import Mapper
 from memray.stats.fit import FitResult, fit_space
 from memray.stats.fit_store import load_fit, save_fit
-from memray.stats.reduce import LayerSpace
 from memray.stats.search import search_all
+from memray.stats.space import LayerSpace
 
 log = logging.getLogger(__name__)
-
-Mapper = Callable[[Callable, Iterable], Iterable]
 
 
 class Neighbours(NamedTuple):

@@ -3,7 +3,7 @@
 :func:`fit_space` runs, each step as one ``mapper`` item per block ``[g·B, min((g+1)·B, n))``:
 
 1. moments (:func:`memray.stats.pca.block_moments`), merged in block order -> exact PCA (or the identity,
-   :func:`memray.stats.reduce.pca_components`);
+   :func:`memray.stats.pca.pca_components`);
 2. projection: block g's projected rows to ``proj/block_{g:06d}`` of the workspace, returning only the block's
    share of the hash samples (:mod:`memray.stats.kmeans`) and whether all its rows equal row 0;
 3. k-means: k-means++ per restart on the gathered seeding sample, then Lloyd passes over the blocks;
@@ -18,7 +18,6 @@ O(d² log(n/B) + sample + n_blocks·cells); the result depends on the data, ``bl
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
@@ -26,17 +25,16 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from memray.config import CTConfig
-from memray.stats.kmeans import best_restart, hash_ids, hash_threshold, lloyd, seed_restarts
-from memray.stats.pca import block_moments, merge_moments, pca_from_moments
-from memray.stats.reduce import MIN_POINTS_PER_CELL, LayerSpace, canonical_order, numerical_rank, pca_components
+from memray.stats import Mapper
+from memray.stats.kmeans import best_restart, canonical_order, hash_ids, hash_threshold, lloyd, seed_restarts
+from memray.stats.pca import block_moments, merge_moments, numerical_rank, pca_components, pca_from_moments
+from memray.stats.space import MIN_POINTS_PER_CELL, LayerSpace
 from memray.stats.workspace import Workspace, block_count, block_range, reduce_ordered
 
 if TYPE_CHECKING:
     from memray.io.rows import Rows
 
 log = logging.getLogger(__name__)
-
-Mapper = Callable[[Callable, Iterable], Iterable]
 
 
 @dataclass(frozen=True, eq=False)

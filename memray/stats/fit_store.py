@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from memray.stats.fit import FitResult
-from memray.stats.reduce import LayerSpace
+from memray.stats.space import LayerSpace
 
 FIT_KEY = "fit"
 

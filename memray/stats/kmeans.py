@@ -3,12 +3,12 @@
 Seeding sample: the rows whose stable hash ``blake2b(f"{seed}\\0{sample_id}", digest_size=8)`` (read as a
 little-endian uint64 h) satisfies ``h · n < s · 2⁶⁴`` with ``s = cfg.kmeans_seed_sample`` (every row when
 ``s >= n``): about s rows, chosen by sample id alone, so the same rows whatever the files, blocks or workers (and
-the same rows at every layer). Restart r seeds greedy k-means++ (:func:`memray.stats.reduce.kmeans_pp`) on that sample
+the same rows at every layer). Restart r seeds greedy k-means++ (:func:`kmeans_pp`) on that sample
 from ``default_rng([seed, r])``. With ``cfg.kmeans_sample`` set, Lloyd runs on the hash sample of that size
 (which contains the seeding sample when it is larger) instead of all rows.
 
 Lloyd: every iteration is one pass over the blocks (:func:`lloyd_partial`, one mapper item per block) that assigns
-each row to the exact nearest centroid of every restart (:meth:`memray.stats.reduce.LayerSpace.assign`, float64, ties to
+each row to the exact nearest centroid of every restart (:meth:`memray.stats.space.LayerSpace.assign`, float64, ties to
 the lower cell) and returns per-cell float64 sums, counts and the objective's exact parts; partials merge in block
 order (:func:`memray.stats.workspace.reduce_ordered`). Update: centroid = sum / count in float64, **an empty cell
 keeps its previous centroid**. The objective (Σ squared distance to the nearest centroid, each row's Σ over
@@ -19,19 +19,19 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from memray.stats.reduce import ASSIGN_BATCH, EPS64, kmeans_pp
+from memray.stats import Mapper
+from memray.stats.pca import EPS64
+from memray.stats.space import ASSIGN_BATCH
 from memray.stats.workspace import reduce_ordered
 
 if TYPE_CHECKING:
     from memray.stats.workspace import Workspace
-
-Mapper = Callable[[Callable, Iterable], Iterable]
 
 
 def stable_hash(seed: int, sample_id: str) -> int:
@@ -107,7 +107,7 @@ def cell_sums(z: np.ndarray, labels: np.ndarray, cells: int) -> tuple[np.ndarray
 def assign_all(z: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Nearest centroid of each row of ``z`` (m, k) for every restart's centroids (R, cells, k) -> (m, R) int64.
 
-    :meth:`memray.stats.reduce.LayerSpace.assign` for all restarts at once (one matrix product per row chunk): the BLAS
+    :meth:`memray.stats.space.LayerSpace.assign` for all restarts at once (one matrix product per row chunk): the BLAS
     expansion decides rows whose two nearest centroids are farther apart than its error bound, the rest get the
     direct Σ(z − c)² (ties -> lower cell), so each column equals ``LayerSpace(…, centroids[r]).assign(z)``.
     """
@@ -195,7 +195,7 @@ def restart_rng(seed: int, restart: int) -> np.random.Generator:
 
 def seed_restarts(sample: np.ndarray, cells: int, seed: int, restarts: int) -> np.ndarray:
     """k-means++ initial centroids (R, cells, k) float64 on the seeding sample (m, k): restart r from
-    ``default_rng([seed, r])`` (:func:`memray.stats.reduce.kmeans_pp`, whose float32 result is widened).
+    ``default_rng([seed, r])`` (:func:`kmeans_pp`, whose float32 result is widened).
 
     Each stream first skips one draw (:func:`restart_rng`), the FAISS seed that memray 0.1's in-process k-means
     took there, so the initial centroids, and hence the cells and every C_T, stay what they were."""
@@ -232,3 +232,35 @@ def lloyd(
 def best_restart(objectives: list[float]) -> int:
     """Index of the lowest objective, ties to the lowest restart."""
     return min(range(len(objectives)), key=lambda r: (objectives[r], r))
+
+
+def kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii; sklearn's 2 + ln k trials per centre) -> (k, d) float32."""
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    sq = np.einsum("ij,ij->i", x, x)
+
+    def sqdist(rows: np.ndarray) -> np.ndarray:  # (n, len(rows)) squared distances to the rows' points
+        return np.maximum(sq[:, None] - 2.0 * (x @ x[rows].T) + sq[rows][None, :], 0.0)
+
+    chosen = [int(rng.integers(n))]
+    d2 = sqdist(np.array(chosen))[:, 0]
+    trials = 2 + int(np.log(k))
+    for _ in range(1, k):
+        total = d2.sum()
+        if total > 0:
+            cand = np.minimum(np.searchsorted(np.cumsum(d2), rng.random(trials) * total), n - 1)
+        else:  # every point already coincides with a centre
+            cand = rng.integers(n, size=trials)
+        nd = np.minimum(d2[:, None], sqdist(cand))
+        best = int(np.argmin(nd.sum(axis=0)))
+        chosen.append(int(cand[best]))
+        d2 = nd[:, best]
+    return x[chosen].astype(np.float32)
+
+
+def canonical_order(centroids: np.ndarray) -> np.ndarray:
+    """Centroids (cells, k) sorted lexicographically (first coordinate first): cell numbers then depend only on
+    the set of centroids, so restarts that find the same partition return the same array."""
+    c = np.asarray(centroids)
+    return np.ascontiguousarray(c[np.lexsort(c.T[::-1])])

@@ -22,11 +22,6 @@ from memray.io.storage import join, open_output, write_json
 from memray.stats.tables import ScoreResult
 
 
-def memray_version() -> str:
-    """Installed version of the memray distribution (``"unknown"`` when run from a source tree not installed)."""
-    return installed_version()
-
-
 def method_record(cfg: CTConfig) -> dict[str, Any]:
     """The statistical choices behind a C_T result, spelled out beside the numbers.
 
@@ -104,7 +99,7 @@ def table_metadata(cfg: CTConfig, table: str, job: dict[str, Any] | None = None)
         "table": table,
         "config": to_dict(cfg),
         "config_digest": digest(cfg),
-        "memray_version": memray_version(),
+        "memray_version": installed_version(),
         "method": method_record(cfg),
     }
     if job:
@@ -158,7 +153,7 @@ def write_results(
         **run_meta,
         "config": to_dict(result.config),
         "config_digest": digest(result.config),
-        "memray_version": memray_version(),
+        "memray_version": installed_version(),
         "method": method_record(result.config),
         "layers": result.layers,
         "gen_sets": result.gen_sets,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,18 +23,17 @@ import pandas as pd
 from memray.config import CTConfig
 from memray.io.features import FeatureSet
 from memray.io.rows import ArrayRows, Rows
+from memray.stats import Mapper
 from memray.stats.ct import CellStats, cell_table, ct_from_cells
 from memray.stats.engine import EngineLayer, Neighbours, fit_layer_engine, score_sets, search_test
-from memray.stats.reduce import LayerSpace
+from memray.stats.space import LayerSpace
 from memray.stats.tables import TABLES, ScoreResult, layer_tables
 from memray.stats.workspace import Workspace
 
-__all__ = ["TABLES", "FittedLayer", "GenScore", "ScoreInputError", "ScoreResult", "fit_layer", "layer_tables",
-           "partition_runs", "score_features", "score_layer"]  # fmt: skip
+__all__ = ["TABLES", "FittedLayer", "GenScore", "ScoreInputError", "ScoreResult", "check_dims", "fit_layer",
+           "layer_tables", "partition_runs", "score_layer"]  # fmt: skip
 
 log = logging.getLogger(__name__)
-
-Mapper = Callable[[Callable, Iterable], Iterable]
 
 
 @dataclass
@@ -193,49 +192,14 @@ class ScoreInputError(ValueError):
     """Feature sets that cannot be scored; the message names the file and what to do."""
 
 
-def _name(fs: FeatureSet, role: str) -> str:
-    return f"{role} features {fs.source!r}" if fs.source else f"{role} features"
-
-
-def check_inputs(
-    train: FeatureSet, test: FeatureSet, gens: dict[str, FeatureSet], cfg: CTConfig, layers: list[int] | None
-) -> list[int]:
-    """Validate the sets (non-empty, same layers and dims, finite values, enough training rows) -> layers."""
-    if not gens:
-        raise ScoreInputError("no generated set given; pass at least one (e.g. --gen NAME=FILE)")
-    sets = [("train", train), ("test", test)] + [(f"generated set {k!r}", v) for k, v in gens.items()]
-    layers = sorted(train.layers) if layers is None else sorted({int(x) for x in layers})
-    if not layers:
-        raise ScoreInputError(f"{_name(train, 'train')}: no layer to score")
-    for role, fs in sets:
-        if len(fs) == 0:
-            raise ScoreInputError(f"{_name(fs, role)}: the set is empty; give a file with at least one sample")
-        missing = [x for x in layers if x not in fs.layers]
-        if missing:
+def check_dims(train_dim: int, sets: dict[str, np.ndarray], layer: int) -> None:
+    """Refuse features (label -> (n, d) array of layer ``layer``) not ``train_dim`` wide, naming them and the fix."""
+    for label, x in sets.items():
+        if x.shape[1] != train_dim:
             raise ScoreInputError(
-                f"{_name(fs, role)}: layer(s) {missing} missing (it has {sorted(fs.layers)}); every set must hold "
-                f"the layers being scored {layers}"
+                f"{label}: layer {layer} has dimension {x.shape[1]} but the training features have {train_dim}; "
+                "all sets must come from the same encoder and layer"
             )
-        for layer in layers:
-            x = fs.layers[layer]
-            if x.shape[1] != train.layers[layer].shape[1]:
-                raise ScoreInputError(
-                    f"{_name(fs, role)}: layer {layer} has dimension {x.shape[1]} but the training features have "
-                    f"{train.layers[layer].shape[1]}; all sets must come from the same encoder and layer"
-                )
-            bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-            if len(bad):
-                shown = ", ".join(str(fs.ids[i]) for i in bad[:10]) + (", …" if len(bad) > 10 else "")
-                raise ScoreInputError(
-                    f"{_name(fs, role)}: layer {layer} has NaN/inf values in {len(bad)} row(s) (sample ids: {shown}); "
-                    "drop or fix these rows and rerun"
-                )
-    if len(train) < cfg.cells:
-        raise ScoreInputError(
-            f"{_name(train, 'train')}: {len(train)} training samples cannot make ct.cells={cfg.cells} cells; "
-            "lower --cells or give more training samples"
-        )
-    return layers
 
 
 def score_layer(
@@ -278,33 +242,3 @@ def partition_runs(
         finally:
             fitted.close()
     return out
-
-
-def score_features(
-    train: FeatureSet,
-    test: FeatureSet,
-    gens: dict[str, FeatureSet],
-    cfg: CTConfig,
-    mapper: Mapper = map,
-    layers: list[int] | None = None,
-) -> ScoreResult:
-    """C_T of every generated set at every layer (default: all layers of the training set).
-
-    Per layer: one fit over the training rows (a temporary workspace, removed afterwards) and one search round.
-    """
-    layers = check_inputs(train, test, gens, cfg, layers)
-    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
-    for layer in layers:
-        fitted = fit_layer(layer, train.layers[layer], train.ids, test.layers[layer], cfg, mapper, test.ids)
-        try:
-            labels = {name: f"gen set {name!r}, layer {layer}" for name in gens}
-            xs = {name: gens[name].layers[layer] for name in sorted(gens)}
-            scored = fitted.score_sets(xs, mapper, labels)
-            runs = None
-            if cfg.partitions > 1:
-                runs = partition_runs(layer, train.layers[layer], train.ids, test.layers[layer], xs, cfg, mapper)
-            for name, df in layer_tables(fitted, len(train), test, gens, scored, mapper, partitions=runs).items():
-                parts[name].append(df)
-        finally:
-            fitted.close()
-    return ScoreResult.from_tables({name: pd.concat(dfs, ignore_index=True) for name, dfs in parts.items()}, cfg)

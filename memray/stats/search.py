@@ -12,19 +12,17 @@ the grouping of blocks into items, the order in which a mapper returns them or h
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from memray.config import CTConfig
+from memray.stats import Mapper
 from memray.stats.fit import cell_key
 from memray.stats.index import TrainShard, merge_min, search_prepared
 
 log = logging.getLogger(__name__)
-
-Mapper = Callable[[Callable, Iterable], Iterable]
 
 
 class Store(Protocol):

@@ -10,7 +10,7 @@ Holm-adjusted p-values and one verdict per generated set.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +19,13 @@ import pandas as pd
 
 from memray.config import CTConfig
 from memray.io import schema
+from memray.stats import Mapper
 from memray.stats.copies import copies_frame, global_neighbours
 from memray.stats.significance import bootstrap_ct, cell_p_values, ct_p_value_from_cells
 from memray.stats.verdict import add_significance, verdict_table
 
 log = logging.getLogger(__name__)
 
-Mapper = Callable[[Callable, Iterable], Iterable]
 Sources = Callable[[str, np.ndarray], list[str | None]]
 
 # table name -> (file name, sort keys); rows keep their input order within equal keys

@@ -17,18 +17,16 @@ nearest-training distance is below ``d``, a calibrated per-image score (0.001 = 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
 from memray.config import CTConfig
+from memray.stats import Mapper
 from memray.stats.faiss_backend import faiss_scope
 from memray.stats.index import TrainShard, _scores, _tolerance, prepare
 from memray.stats.search import SearchItem, load_item, plan_search
-
-Mapper = Callable[[Callable, Iterable], Iterable]
-
 
 BATCH_BYTES = 128 * 1024**2  # memory bound of one query batch's candidate rows (float64)
 EXHAUSTIVE_BYTES = 32 * 1024**2  # memory bound of one block of the exhaustive float64 scan

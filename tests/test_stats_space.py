@@ -13,8 +13,18 @@ import pytest
 from memray.config import CTConfig
 from memray.io.rows import ArrayRows
 from memray.stats.fit import FitResult, fit_space
-from memray.stats.kmeans import LloydPartial, best_restart, lloyd, lloyd_stats, merge_lloyd, seed_restarts
-from memray.stats.reduce import ROW_BLOCK, LayerSpace, canonical_order, kmeans_pp
+from memray.stats.kmeans import (
+    LloydPartial,
+    best_restart,
+    canonical_order,
+    kmeans_pp,
+    lloyd,
+    lloyd_stats,
+    merge_lloyd,
+    seed_restarts,
+)
+from memray.stats.pca import ROW_BLOCK
+from memray.stats.space import LayerSpace
 from memray.stats.workspace import block_count, block_range, temporary_workspace
 
 
