@@ -1,4 +1,4 @@
-"""scripts/synthetic.py (seeding, shapes, one property per generator), its EM against scikit-learn, the bundled sample."""
+"""scripts/synthetic.py (seeding, shapes, one property per generator), its EM against scikit-learn, the sample."""
 
 from __future__ import annotations
 

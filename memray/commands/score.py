@@ -111,7 +111,9 @@ def summary(result: ScoreResult) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Load the features, score every generated set at every layer, write the tables, print a summary."""
+    from memray.config import to_dict
     from memray.io.embedding_inputs import load_feature_input as load_features
+    from memray.job.score import TABLES, FolderSink, features_key
     from memray.stats.layers import score_features
     from memray.stats.results import write_results
 
@@ -120,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
     train = load_features(args.train, layer=args.layer)
     test = load_features(args.test, layer=args.layer)
     gens = {name: load_features(path, layer=args.layer) for name, path in gen_files.items()}
-    result = score_features(train, test, gens, cfg)
+    sets = {"train": train, "test": test, **{f"gen/{k}": v for k, v in gens.items()}}
+    sink = FolderSink(args.out, features_key(to_dict(cfg), sets), TABLES, None)  # a rerun skips finished layers
+    result = score_features(train, test, gens, cfg, sink=sink)
     run_meta = {
         "command": "score",
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

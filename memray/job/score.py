@@ -10,6 +10,7 @@ while the embeddings, sets and scoring settings it was made from are unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -19,8 +20,10 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from memray.config import digest
 from memray.fingerprint.curve_run import curves_frame, subset_curves
 from memray.io import schema, storage
+from memray.io.features import FeatureSet
 from memray.io.rows import load_queries, set_rows
 from memray.job_config import AuditConfig
 from memray.stats import Mapper
@@ -33,6 +36,23 @@ log = logging.getLogger(__name__)
 LAYER_STATS = ("seconds", "n_train", "space_dim", "train_rank", "degenerate")  # per layer, into run.json
 TABLES = (schema.CT_SCORES_FILE, schema.CT_CELLS_FILE, schema.NEIGHBORS_FILE, schema.COPIES_FILE, schema.STABILITY_FILE)
 MARKER = "done.json"
+
+
+def features_key(ct: dict[str, Any], sets: dict[str, FeatureSet]) -> str:
+    """Score key of ``memray score``: the C_T config and the content of every set (sample ids, every layer's bytes).
+
+    Content, not file names: a file rewritten in place changes the key, so a rerun re-scores instead of reusing
+    layers made from other features. Costs one SHA-256 pass over the features (~1 s per GB).
+    """
+    parts = {}
+    for name, fs in sorted(sets.items()):
+        h = hashlib.sha256("\0".join(map(str, fs.ids)).encode())
+        for layer in sorted(fs.layers):
+            x = np.ascontiguousarray(fs.layers[layer])
+            h.update(f"|{layer}|{x.dtype.str}|{x.shape}|".encode())
+            h.update(memoryview(x).cast("B"))
+        parts[name] = h.hexdigest()
+    return digest({"ct": ct, "sets": parts})
 
 
 class FileSource:
