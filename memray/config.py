@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
@@ -208,6 +210,28 @@ class FingerprintConfig:
 
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential")
 
+STORAGE_OP_TIMEOUT = "op_timeout_s"
+"""memray's own key in ``storage_options`` (not passed to fsspec): the deadline in seconds of one object-store call
+per 64 MiB it moves (:mod:`memray.io.filesystems`)."""
+
+
+def storage_op_timeout(storage_options: Mapping[str, Any] | None) -> float | None:
+    """``storage_options["op_timeout_s"]`` as a float, ``None`` when not set.
+
+    Raises:
+        FieldError: not a finite number > 0 (``storage_options.op_timeout_s='abc': must be a finite number > 0 …``).
+    """
+    if not storage_options or STORAGE_OP_TIMEOUT not in storage_options:
+        return None
+    value = storage_options[STORAGE_OP_TIMEOUT]
+    if not (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
+        raise FieldError(
+            f"storage_options.{STORAGE_OP_TIMEOUT}",
+            value,
+            "a finite number > 0 (seconds one object-store call may take per 64 MiB it moves)",
+        )
+    return float(value)
+
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-ready dict of a (nested) config dataclass or dict; tuples become lists; secrets redacted."""
@@ -241,6 +265,7 @@ __all__ = [
     "POOLINGS",
     "PREPROCESS_PRESETS",
     "PRESETS",
+    "STORAGE_OP_TIMEOUT",
     "CTConfig",
     "ConfigError",
     "EmbedConfig",
@@ -254,6 +279,7 @@ __all__ = [
     "field",
     "from_dict",
     "rule",
+    "storage_op_timeout",
     "to_dict",
     "validate",
     "with_overrides",

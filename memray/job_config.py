@@ -24,6 +24,7 @@ from memray.config import (
     fail,
     from_dict,
     rule,
+    storage_op_timeout,
     to_dict,
     validate,
 )
@@ -150,6 +151,7 @@ class AuditConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        storage_op_timeout(dict(self.storage_options))
         if not self.generated and self.probes is None:
             raise FieldError("generated", [], "at least one set (or a probes: section)", type(self), "generated")
         if self.probes is not None and self.train.is_embeddings:

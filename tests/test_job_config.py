@@ -71,6 +71,8 @@ def _with(dotted: str, value):
         ("train", "s3://b/train/", "train='s3://b/train/': must be a mapping (a dataset section)"),
         ("resources", 4, "resources=4: must be a mapping (a resources section)"),
         ("storage_options", ["anon"], "storage_options='<redacted>': must be a mapping of names to values"),
+        ("storage_options.op_timeout_s", 0, "storage_options.op_timeout_s=0: must be a finite number > 0 (seconds"),
+        ("storage_options.op_timeout_s", "5m", "storage_options.op_timeout_s='5m': must be a finite number > 0"),
         ("resources.actorz", 1, "resources: unknown field(s) ['actorz']"),
     ],
 )

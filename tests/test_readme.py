@@ -317,3 +317,9 @@ def test_storage_defaults_in_the_readme_are_the_code_s() -> None:
     text = README
     assert f"{storage.S3_CONNECT_TIMEOUT_S} s to connect, {storage.S3_READ_TIMEOUT_S} s to wait" in text
     assert f"{storage.S3_MAX_ATTEMPTS}\n  botocore attempts" in text or f"{storage.S3_MAX_ATTEMPTS} botocore" in text
+    from memray.io import filesystems
+
+    assert f"`storage_options.op_timeout_s` (default {filesystems.OP_TIMEOUT_S:g}) seconds for every 64 MiB" in text
+    assert filesystems.DEADLINE_BYTES == 64 * 2**20 and filesystems.LIST_PAGE_KEYS == 1000
+    assert f"| `storage_options.op_timeout_s` | {filesystems.OP_TIMEOUT_S:g} |" in text
+    assert f"with its count logged every {filesystems.LIST_PROGRESS_S:g} s" in text

@@ -28,7 +28,7 @@ from memray.io import schema
 from memray.io.features import FeatureFileError, FeatureSet, column_matrix, load_features
 from memray.io.listing import _stamp
 from memray.io.rows import ParquetRows, open_parquet, pieces
-from memray.io.storage import filesystem, is_remote, translate_errors
+from memray.io.storage import is_remote, store, translate_errors
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,8 @@ def is_listing(url: str, storage_options: dict[str, Any] | None = None) -> bool:
     with translate_errors(url, "list"):
         if not is_remote(url):
             return os.path.isdir(str(url).removeprefix("file://"))
-        fs, path = filesystem(url, storage_options)
-        return fs.isdir(path)
+        st = store(url, storage_options)
+        return st.isdir(st.path)
 
 
 def _is_feature_name(path: str) -> bool:
@@ -85,20 +85,18 @@ def _is_feature_name(path: str) -> bool:
 
 def _expand(url: str, storage_options: dict[str, Any] | None) -> list[tuple[str, int | None, str]]:
     """[(full url, size, stamp)] of the feature files one URL names (a file, a folder searched recursively, a glob)."""
-    fs, path = filesystem(url, storage_options)
+    st = store(url, storage_options)
+    fs, path = st.fs, st.path
     remote = is_remote(url)
     if remote:
         fs.invalidate_cache()
     full = (lambda p: fs.unstrip_protocol(p)) if remote else (lambda p: p)
-    if _GLOB.search(path):
-        found = fs.glob(path, detail=True)
-    elif fs.isdir(path):
-        found = fs.find(path, detail=True)
-    elif fs.isfile(path):
+    found = st.call("glob", path, detail=True) if _GLOB.search(path) else st.find(path)
+    if found is None and st.call("isfile", path, action="list"):
         if not path.endswith(".parquet") or path.endswith(ERRORS_SUFFIX):
             raise EmbeddingInputError(f"{url}: not a feature Parquet file (sample_id + layer_<n> columns)")
-        return [(full(path), *_stamp(path, fs.info(path), remote))]
-    else:
+        return [(full(path), *_stamp(path, st.call("info", path, action="list"), remote))]
+    if found is None:
         raise EmbeddingInputError(f"{url}: no such file, folder, bucket or prefix")
     glob = _GLOB.search(path)
     root = path[: glob.start()].rsplit("/", 1)[0] if glob else path
@@ -113,7 +111,7 @@ def _expand(url: str, storage_options: dict[str, Any] | None) -> list[tuple[str,
         if shard:
             parent = posixpath.dirname(p)
             if parent not in folders:  # the shard's folder: from this listing, or listed once (globs)
-                folders[parent] = set(found) if not glob else set(fs.ls(parent, detail=False))
+                folders[parent] = set(found) if not glob else set(st.call("ls", parent, detail=False))
             names = folders[parent]
             if any(n.endswith(DONE_SUFFIX) for n in names) and p[: -len(".parquet")] + DONE_SUFFIX not in names:
                 raise EmbeddingInputError(

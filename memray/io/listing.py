@@ -6,9 +6,10 @@ root (the folder/prefix given, or the common folder of several URLs) that sample
 listings skip names starting with ``.`` (``.ipynb_checkpoints``, ``.DS_Store``) and files of other extensions;
 each one skipped is reported by name through ``list_units(..., skipped=[])``. Each unit carries its size and a
 change stamp (local mtime in ns, object ETag) from the listing, so a resumed job can tell that its inputs did not
-change. A URL that does not exist or holds nothing readable raises :class:`SourceError`; a failure of the store
-itself raises :class:`memray.io.storage.StorageError`. Reading units is :mod:`memray.io.sources`, which re-exports these
-names.
+change. An object-store prefix is listed page by page, each page within the storage deadline, with its count
+logged while a long listing runs (:meth:`memray.io.filesystems.Store.find`). A URL that does not exist or holds
+nothing readable raises :class:`SourceError`; a failure of the store itself (or one past its deadline) raises
+:class:`memray.io.storage.StorageError`. Reading units is :mod:`memray.io.sources`, which re-exports these names.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from memray.io.storage import StorageError, filesystem, is_remote, is_storage_failure, storage_error
+from memray.config import ConfigError
+from memray.io.storage import StorageError, is_remote, is_storage_failure, storage_error, store
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +154,8 @@ def _expand(
         SourceError: it does not exist or holds nothing readable. StorageError: the store cannot be listed.
     """
     try:
-        fs, path = filesystem(url, storage_options)
-        path = path.rstrip("/") or path
+        st = store(url, storage_options)
+        fs, path = st.fs, st.path.rstrip("/") or st.path
         remote = is_remote(url)
 
         def full(p: str) -> str:
@@ -161,8 +163,10 @@ def _expand(
 
         if remote:
             fs.invalidate_cache(path)  # listings must reflect the store now, not an earlier call in this process
-        if fs.isdir(path):
-            listing = fs.find(path, detail=True) if remote else {p: {} for p in _walk_local(path, skipped)}
+            listing = st.find(path)  # page by page, each page within the deadline
+        else:
+            listing = {p: {} for p in _walk_local(path, skipped)} if fs.isdir(path) else None
+        if listing is not None:
             found = []
             for p in sorted(listing):
                 if any(seg.startswith(".") for seg in p[len(path) :].split("/")):
@@ -178,12 +182,13 @@ def _expand(
                     f"{url}: no image ({', '.join(sorted(IMAGE_EXTENSIONS))}), .tar, .parquet or .npz files here"
                 )
             return full(path), found
-        if fs.isfile(path):
+        if st.call("isfile", path, action="list"):
             kind = _kind_of(path)
             if kind is None:
                 raise SourceError(f"{url}: not an image, .tar, .parquet or .npz file (judged by its extension)")
-            return full(posixpath.dirname(path)), [(kind, full(path), *_stamp(path, fs.info(path), remote))]
-    except (SourceError, StorageError):
+            info = st.call("info", path, action="list")
+            return full(posixpath.dirname(path)), [(kind, full(path), *_stamp(path, info, remote))]
+    except (SourceError, StorageError, ConfigError):
         raise
     except FileNotFoundError as e:
         raise SourceError(f"{url}: no such file, folder, bucket or prefix ({e})") from e

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from memray.io import schema
 from memray.io.features import FeatureFileError, FeatureSet, column_matrix
-from memray.io.storage import filesystem, is_remote, translate_errors
+from memray.io.storage import is_remote, open_url, translate_errors
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,7 @@ def open_parquet(url: str, storage_options: dict[str, Any] | None = None) -> IO[
     """Open a local or remote Parquet file for random access (remote: bounded read-ahead blocks)."""
     if not is_remote(url):
         return open(str(url).removeprefix("file://"), "rb")
-    fs, path = filesystem(url, storage_options)
-    return fs.open(path, "rb", block_size=REMOTE_BLOCK_BYTES)
+    return open_url(url, "rb", storage_options, block_size=REMOTE_BLOCK_BYTES)
 
 
 @dataclass(frozen=True, eq=False)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from memray.io.storage import StorageError, filesystem, is_storage_failure, open_url, storage_error
+from memray.io.storage import StorageError, is_storage_failure, open_url, storage_error, store
 
 SAFE_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES: frozenset[str] = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".tar"})
@@ -79,12 +79,12 @@ def read_safetensors_header(url: str, storage_options: dict[str, Any] | None = N
     _check_suffix(url)
     bad = f"{url}: not a safetensors file, or cut off"
     with _reading(url):
-        fs, path = filesystem(url, storage_options)
-        size = int(fs.size(path))
-        n = int.from_bytes(fs.cat_file(path, start=0, end=8), "little") if size >= 8 else 0
+        st = store(url, storage_options)
+        size = int(st.call("size", st.path, action="read"))
+        n = int.from_bytes(st.call("cat_file", st.path, start=0, end=8), "little") if size >= 8 else 0
         if not 2 <= n <= MAX_HEADER_BYTES or 8 + n > size:
             raise WeightsError(f"{bad} (header length {n}, file size {size} bytes); {_CONVERT_HINT}")
-        raw = fs.cat_file(path, start=8, end=8 + n)
+        raw = st.call("cat_file", st.path, start=8, end=8 + n, nbytes=n)
     try:
         header = json.loads(raw)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError

@@ -25,7 +25,7 @@ from PIL import Image
 from memray.config import to_dict
 from memray.io.images import ImageDecodeError, decode_array, decode_image
 from memray.io.sources import UnitReadError, list_units, read_unit
-from memray.io.storage import filesystem, join, open_output, read_json, write_json
+from memray.io.storage import join, open_output, read_json, store, write_json
 from memray.probes.config import ProbesConfig
 from memray.probes.transforms import PROBES
 
@@ -167,9 +167,9 @@ def _write_tar(probe: str, samples: list[tuple[str, np.ndarray]], cfg: ProbesCon
 
 
 def _size(url: str, so: Any) -> int | None:
-    fs, path = filesystem(url, so)
+    st = store(url, so)
     try:
-        return int(fs.size(path))
+        return int(st.call("size", st.path))
     except FileNotFoundError:
         return None
 
