@@ -105,11 +105,7 @@ def audit(
         data = audit_config_data(train, test, generated or {}, str(output), model, weights, random_init, settings)
         cfg = audit_config_from_dict(data, "memray.audit")
     checked = preflight(cfg)
-    from memray.ray.pipeline import run_audit
-    from memray.ray.session import init_ray
-
-    init_ray(address, num_cpus)
-    return run_audit(cfg, checked=checked)
+    return _run(cfg, checked, address, num_cpus)
 
 
 def probe_config(
@@ -164,11 +160,19 @@ def probe(config: str | None = None, address: str | None = None, num_cpus: int |
 
     cfg = probe_config(config, **kwargs)
     checked = preflight(cfg)
-    from memray.ray.pipeline import run_audit
-    from memray.ray.session import init_ray
+    return _run(cfg, checked, address, num_cpus)
 
-    init_ray(address, num_cpus)
-    return run_audit(cfg, checked=checked)
+
+def _run(cfg: Any, checked: Any, address: str | None, num_cpus: int | None):
+    """Claim the output (refused at once if another run writes it), start or join Ray, run the audit."""
+    from memray.job.claims import audit_claims
+
+    with audit_claims(cfg, checked) as claims:
+        from memray.ray.pipeline import run_audit
+        from memray.ray.session import init_ray
+
+        init_ray(address, num_cpus)
+        return run_audit(cfg, checked=checked, claims=claims)
 
 
 def _features(x: Any, role: str, layer: int):

@@ -32,6 +32,8 @@ from memray.probes.config import ProbesConfig
 
 PROBE_SET_PREFIX = "probe_"  # generated sets named probe_<probe> are the probe sets (memray.probes.build)
 PROBES_DIR = "probes"  # under the output folder
+CLAIM_LEASE_S = 300.0
+"""Default lease of the claims on the output folder and a reference being built (:mod:`memray.io.claim`)."""
 
 
 def probe_url(output: str, set_name: str) -> str:
@@ -129,6 +131,9 @@ class AuditConfig:
     audits of the same training set with the same encoder and fit settings (:mod:`memray.job.reference`).
     ``probes``: build the memorization probe sets (transformed training images, :mod:`memray.probes`) and score
     them as further generated sets; ``generated`` may then be empty (``memray probe``).
+    ``claim_lease_s``: the run claims its output folder (and a reference it builds) with a lease of this many
+    seconds, renewed every third of it; a claim not renewed for this long is taken over by the next run
+    (:mod:`memray.io.claim`). Not part of the result digest.
 
     Every field is checked on construction (types from the annotations, ranges from the field rules); errors
     name the dotted field, e.g. ``resources.actors=1.5: must be an integer >= 1``.
@@ -148,6 +153,7 @@ class AuditConfig:
     storage_options: tuple[tuple[str, Any], ...] = field(default=(), metadata={"secret": True})
     reference: str | None = None
     probes: ProbesConfig | None = None
+    claim_lease_s: float = field(default=CLAIM_LEASE_S, metadata=at_least(5))
 
     def __post_init__(self) -> None:
         validate(self)
@@ -296,6 +302,7 @@ def result_dict(cfg: AuditConfig) -> dict[str, Any]:
     out.pop("output", None)
     out.pop("reference", None)  # where embeddings and fits are kept, not what they are
     out.pop("storage_options", None)
+    out.pop("claim_lease_s", None)  # how long a claim on the output lasts, not what is written there
     for name in LAYOUT_ONLY_RESOURCES:
         out["resources"].pop(name, None)
     return out

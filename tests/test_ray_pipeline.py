@@ -118,6 +118,7 @@ def test_killed_job_resumes_to_identical_tables(tmp_path: Path) -> None:
 
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "took over the claim of" in rerun.stderr and "is gone" in rerun.stderr  # the killed run's claim
     # output hygiene: a progress line per finished shard; no Ray actor-restart noise, no FAISS warnings
     assert "rows/s, ETA" in rerun.stderr and "shards (" in rerun.stderr
     assert "constructor arguments in the object store" not in rerun.stderr

@@ -6,6 +6,7 @@ whose scoring worker was killed, as one audit of everything, and as the same aud
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -16,8 +17,9 @@ import pytest
 from ray_helpers import audit_config, make_inputs
 
 from memray.io import schema
+from memray.io.claim import CLAIM_FILE
 from memray.job.preflight import preflight
-from memray.job.reference import ReferenceMismatchError
+from memray.job.reference import ReferenceMismatchError, fit_key
 from memray.ray.pipeline import run_audit
 
 TABLES = (schema.CT_SCORES_FILE, schema.CT_CELLS_FILE, schema.NEIGHBORS_FILE)
@@ -90,8 +92,10 @@ def test_reference_reuse_and_embeddings_inputs_equal_one_audit_of_everything(ray
 
     first = audit_config(inputs, str(tmp_path / "x"), reference=str(ref), **BLOCKS)
     first = type(first)(**{**first.__dict__, "generated": first.generated[:1]})  # only "copy"
-    run_audit(first)
+    built = run_audit(first)
     assert (ref / "reference.json").exists() and list((ref / "embeddings" / "train").glob("*.done.json"))
+    assert built.stats["claims"]["reference"]["role"] == "built"  # claimed while written, then marked finished
+    assert list(json.loads((ref / "reference.json").read_text())["fits"]) == [fit_key(first, preflight(first))]
     assert not (tmp_path / "x" / "embeddings" / "train").exists()  # the training embeddings live in the reference
     fits = sorted(ref.glob("fit/*/layer_*/fit.npz"))
     assert len(fits) == 6
@@ -101,6 +105,8 @@ def test_reference_reuse_and_embeddings_inputs_equal_one_audit_of_everything(ray
     second = type(second)(**{**second.__dict__, "generated": second.generated[1:]})  # only "real"
     res = run_audit(second)
     assert res.stats["embed"]["rows"] == 90  # only the new generated set was embedded
+    assert res.stats["claims"]["reference"] == {"role": "read"}  # a finished reference is read without a claim
+    assert not list(tmp_path.glob(f"*/{CLAIM_FILE}"))  # every claim released
     assert [p.stat().st_mtime_ns for p in fits] == stamps  # every layer's fit was reused, not refit
     _assert_same(_tables(tmp_path / "x", "copy"), _tables(tmp_path / "all", "copy"))
     _assert_same(_tables(tmp_path / "y", "real"), _tables(tmp_path / "all", "real"))

@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     """Check the config, start or join Ray, run the job; print a per-set, per-layer C_T table and the paths.
 
     Every check that needs no Ray (inputs listed, encoder and weights, sizes, output, gallery) runs before Ray
-    starts; nothing is written to the output folder before all checks passed.
+    starts; nothing is written to the output folder before all checks passed. The output folder (and a reference
+    being built) is then claimed (:mod:`memray.job.claims`): a second run into it is refused at once.
     """
     from memray.config import FingerprintConfig
     from memray.job.preflight import preflight
@@ -82,13 +83,16 @@ def run(args: argparse.Namespace) -> int:
     if (args.fingerprint or args.gallery) and cfg.fingerprint is None:
         cfg = dataclasses.replace(cfg, fingerprint=FingerprintConfig())
     checked = preflight(cfg, args.allow_gallery_mismatch)
-    from memray.ray.pipeline import run_audit  # Ray is imported only once the config passed its checks
-    from memray.ray.session import init_ray
+    from memray.job.claims import audit_claims
 
-    init_ray(args.address, args.num_cpus)
-    if args.write_config:
-        write_config(cfg, args.write_config)
-    result = run_audit(cfg, checked=checked, allow_gallery_mismatch=args.allow_gallery_mismatch)
+    with audit_claims(cfg, checked) as claims:  # a second run into the same output is refused here, before Ray
+        from memray.ray.pipeline import run_audit  # Ray is imported only once the config passed its checks
+        from memray.ray.session import init_ray
+
+        init_ray(args.address, args.num_cpus)
+        if args.write_config:
+            write_config(cfg, args.write_config)
+        result = run_audit(cfg, checked=checked, allow_gallery_mismatch=args.allow_gallery_mismatch, claims=claims)
     print_summary(result)
     if result.attribution is not None:
         print("\nAttribution of the unlabelled generated sets (C_T-layer fingerprints, 1-NN):")

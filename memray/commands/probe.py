@@ -54,11 +54,14 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = probe_config(args)
     checked = preflight(cfg)
-    from memray.ray.pipeline import run_audit
-    from memray.ray.session import init_ray
+    from memray.job.claims import audit_claims
 
-    init_ray(args.address, args.num_cpus)
-    result = run_audit(cfg, checked=checked)
+    with audit_claims(cfg, checked) as claims:  # refused here, before Ray, when another run writes the output
+        from memray.ray.pipeline import run_audit
+        from memray.ray.session import init_ray
+
+        init_ray(args.address, args.num_cpus)
+        result = run_audit(cfg, checked=checked, claims=claims)
     print_probes(cfg.output, dict(cfg.storage_options) or None)
     print(f"\nResults in {cfg.output} ({schema.PROBES_FILE}, {schema.PROBES_SUMMARY_FILE}, ...)")
     if result.report:

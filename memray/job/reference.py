@@ -12,10 +12,15 @@ shards are written under ``<reference>/embeddings/<set>/`` instead of the output
   settings (τ, metric, fingerprint settings, generated sets) are free to change;
 - is refused, naming the differing fields (old → new), when the encoder config or the listings differ: a
   reference describes one training set seen through one encoder.
+
+``reference.json`` lists under ``fits`` the fit keys whose layers are all written. An audit whose fit key is listed
+only reads the reference and needs no claim on it; any other audit writes to it (embeddings, fits) and claims it
+first (:mod:`memray.job.claims`), so a second audit building the same reference is refused at once.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
@@ -26,6 +31,7 @@ from memray.job_config import AuditConfig
 
 log = logging.getLogger(__name__)
 REFERENCE_FILE = "reference.json"
+FITS = "fits"  # reference.json: {fit key: {"layers": [...], "finished": ISO time}} of every complete fit
 FIT_FIELDS = ("pca_dim", "pca_only_if_larger", "cells", "seed", "kmeans_niter", "kmeans_nredo", "kmeans_sample",
               "kmeans_seed_sample", "block_rows")  # fmt: skip
 """CT config fields the per-layer fit depends on (the search and the statistic do not change it)."""
@@ -75,6 +81,28 @@ def claim_reference(cfg: AuditConfig, checked: Any) -> bool:
     elif existed:
         log.info("reference %s: reusing its embeddings and fits", cfg.reference)
     return existed
+
+
+def reference_finished(cfg: AuditConfig, key: str) -> bool:
+    """Whether ``cfg.reference`` holds a complete fit of ``key`` (and so its embeddings): this audit only reads it."""
+    if not cfg.reference:
+        return False
+    url = storage.join(cfg.reference, REFERENCE_FILE)
+    so = dict(cfg.storage_options) or None
+    try:
+        return key in (storage.read_json(url, so).get(FITS) or {})
+    except FileNotFoundError:
+        return False
+
+
+def mark_fit_finished(cfg: AuditConfig, key: str, layers: list[int]) -> None:
+    """Record in ``reference.json`` that every layer's fit of ``key`` is written (call while holding its claim)."""
+    so = dict(cfg.storage_options) or None
+    url = storage.join(str(cfg.reference), REFERENCE_FILE)
+    data = storage.read_json(url, so)
+    finished = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    data[FITS] = {**(data.get(FITS) or {}), key: {"layers": sorted(layers), "finished": finished}}
+    storage.write_json(url, data, so)
 
 
 def embeddings_root(cfg: AuditConfig, set_name: str) -> str:

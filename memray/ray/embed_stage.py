@@ -273,16 +273,25 @@ class _Assembly:
 
 
 def run_embedding(
-    cfg: AuditConfig, plans: list[ShardPlan], out: str, meta: dict[str, Any], prepare: Any, embed_key: str = ""
+    cfg: AuditConfig,
+    plans: list[ShardPlan],
+    out: str,
+    meta: dict[str, Any],
+    prepare: Any,
+    embed_key: str = "",
+    before_writing: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Embed every shard of ``plans`` not already done (:func:`shard_done`).
 
-    Returns rows read, seconds, the node ids of the actors and ``driver_bytes``: the Arrow bytes of the records the
-    driver received (no features travel through it).
+    ``before_writing``: called once before the first write, when some shard is to be done (claims a reference that
+    was only to be read). Returns rows read, seconds, the node ids of the actors and ``driver_bytes``: the Arrow
+    bytes of the records the driver received (no features travel through it).
     """
     so = dict(cfg.storage_options) or None
     todo = [p for p in plans if not shard_done(out, p, embed_key, so)]
     log.info("embed: %d of %d shards to do (%d already done)", len(todo), len(plans), len(plans) - len(todo))
+    if todo and before_writing is not None:
+        before_writing()
     t0 = time.perf_counter()
     res = cfg.resources
     asm = _Assembly(todo, out, meta, so, {"embed_key": embed_key}, res.read_num_cpus)

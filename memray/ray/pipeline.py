@@ -33,10 +33,11 @@ from memray.io import schema, storage
 from memray.io.images import STATUS_SKIPPED
 from memray.io.rows import load_queries
 from memray.io.shards import ShardPlan
+from memray.job.claims import AuditClaims, audit_claims
 from memray.job.evidence import fid_attribution, sources_for, write_fid_attribution, write_report
 from memray.job.preflight import Preflight, gallery_comparable, preflight, preprocessing_record
 from memray.job.probes import finish_probes, is_probe_set
-from memray.job.reference import claim_reference, embeddings_root, fit_roots
+from memray.job.reference import claim_reference, embeddings_root, fit_roots, mark_fit_finished
 from memray.job.resume import CONFIG_FILE, ResumeMismatchError, claim_output, embed_key, stage_configs
 from memray.job.score import run_scoring
 from memray.job_config import AuditConfig, result_dict
@@ -158,18 +159,31 @@ def run_audit(
     prepare: Any | None = None,
     checked: Preflight | None = None,
     allow_gallery_mismatch: bool = False,
+    claims: AuditClaims | None = None,
 ) -> AuditResult:
     """Run (or resume) the whole audit on the connected Ray cluster; ``ray.init`` must have been called.
 
     ``checked``: the result of :func:`memray.job.preflight.preflight` when the caller already ran it (the CLI runs it
-    before starting Ray); otherwise it runs here. Nothing is written before every check passed.
+    before starting Ray); otherwise it runs here. Nothing is written before every check passed. ``claims``: the
+    output (and reference) claims when the caller holds them already (:func:`memray.job.claims.audit_claims`, taken
+    by the CLI before Ray starts); otherwise they are taken here and released at the end.
     """
     if not ray.is_initialized():
         raise RuntimeError("call ray.init() first (jobs/audit.py does this for you)")
     t0 = time.perf_counter()
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    so = dict(cfg.storage_options) or None
     checked = checked or preflight(cfg, allow_gallery_mismatch)
+    if claims is not None:
+        return _run_audit(cfg, prepare, checked, claims, t0, started)
+    with audit_claims(cfg, checked) as held:
+        return _run_audit(cfg, prepare, checked, held, t0, started)
+
+
+def _run_audit(
+    cfg: AuditConfig, prepare: Any | None, checked: Preflight, claims: AuditClaims, t0: float, started: str
+) -> AuditResult:
+    """:func:`run_audit` once its claims are held."""
+    so = dict(cfg.storage_options) or None
     check_capacity(cfg.resources)
     probe_params: dict[str, dict[str, Any]] = {}
     if cfg.probes is not None:  # transformed training images, scored as further generated sets
@@ -192,7 +206,8 @@ def run_audit(
         from memray.embedding.embed import make_prepare
 
         prepare = prepare or make_prepare(cfg.embed)
-        done = run_embedding(cfg, group, root, meta, prepare, ekey)
+        write_reference = claims.claim_reference if cfg.reference and root == cfg.reference else None
+        done = run_embedding(cfg, group, root, meta, prepare, ekey, write_reference)
         for key, value in done.items():  # counts and times add up; node ids are a union
             old = embed_stats.get(key, [] if key == "nodes" else 0)
             embed_stats[key] = sorted(set(old) | set(value)) if key == "nodes" else old + value
@@ -220,6 +235,9 @@ def run_audit(
     sources = sources_for(plans)
     mapper = RayMapper(cfg.resources.index_task_num_cpus, 1.0 if cfg.resources.faiss_gpu else 0.0)
     result, curves, score_stats = run_scoring(cfg, pieces, layers, mapper, subsets, skey, roots, sources)
+    claims.check()
+    if claims.reference is not None and claims.fit_key is not None:  # built here: later audits only read it
+        mark_fit_finished(cfg, claims.fit_key, layers)
     stats = {
         "started_utc": started,
         "counts": counts,
@@ -230,6 +248,7 @@ def run_audit(
         "nodes": describe_nodes(set(embed_stats["nodes"]) | set(score_stats["nodes"])),
         "resumed": claim["resumed"],
         "history": history,
+        "claims": claims.record(),
     }
     run_meta = {**meta, "stats": stats, "inputs": {s.name: list(s.urls or s.embeddings) for s in cfg.sets}}
     run_meta["labels"] = {g.name: g.label for g in cfg.generated}
