@@ -34,13 +34,13 @@ def floats(text: str) -> tuple[float, ...]:
 
 def add_encoder_input_flags(p: argparse.ArgumentParser) -> None:
     """``--pooling``, ``--mean``, ``--std``, ``--resize``, ``--crop``: the ``embed`` fields of the same names."""
-    p.add_argument("--pooling", choices=POOLINGS, help="cls, mean of patch tokens, or auto (cls where the model "
-                   "has a class token, else mean); default cls")  # fmt: skip
+    auto = "cls, mean of patch tokens, or auto (cls where the model has a class token, else mean); default: cls"
+    p.add_argument("--pooling", choices=POOLINGS, help=auto)
     p.add_argument("--mean", type=floats, metavar="M[,M,M]", help="per-channel normalisation mean (over the preset's)")
     p.add_argument("--std", type=floats, metavar="S[,S,S]", help="per-channel normalisation std (over the preset's)")
     p.add_argument("--resize", type=int, metavar="PX", help="short side before the centre crop (over the preset's)")
-    p.add_argument("--crop", type=int, metavar="PX", help="side of the centre crop fed to the encoder (default: the "
-                   "size the model is built for)")  # fmt: skip
+    crop = "side of the centre crop fed to the encoder (default: the size the model is built for)"
+    p.add_argument("--crop", type=int, metavar="PX", help=crop)
 
 
 def encoder_input_settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -351,7 +351,7 @@ def _check_token_model(model: torch.nn.Module, name: str) -> None:
 
 
 def _require_cls(model: torch.nn.Module, name: str) -> None:
-    if getattr(model, "cls_token", None) is None or int(getattr(model, "num_prefix_tokens", 0)) < 1:
+    if not has_cls_token(model):
         raise EmbedError(
             f"{name} has no CLS token (num_prefix_tokens={getattr(model, 'num_prefix_tokens', 0)}, "
             f"global_pool={getattr(model, 'global_pool', None)!r}); use pooling 'mean' (mean of patch tokens) or "

@@ -40,8 +40,11 @@ PAPER_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
 PAPER_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
 DEFAULT_INPUT_SIZE: tuple[int, int] = (224, 224)
 CHANNELS: tuple[int, ...] = (1, 3)  # greyscale or RGB input
-INPUT_TEXT = {3: "uint8 RGB; greyscale replicated to RGB; alpha dropped", 1: "uint8 greyscale (RGB → L: 0.299 R + "
-              "0.587 G + 0.114 B, Pillow's convert('L'); greyscale images kept exactly); alpha dropped"}  # fmt: skip
+INPUT_TEXT: dict[int, str] = {  # how images reach the encoder, by its input channels (recorded)
+    3: "uint8 RGB; greyscale replicated to RGB; alpha dropped",
+    1: "uint8 greyscale (RGB → L: 0.299 R + 0.587 G + 0.114 B, Pillow's convert('L'); greyscale images kept "
+    "exactly); alpha dropped",
+}
 
 
 class Preprocessor:
@@ -107,8 +110,8 @@ class Preprocessor:
         channels = checked_channels(model, name, mean=mean, std=std)
         size = (crop, crop) if crop else model_input_size(model)
         if resize is not None and resize < min(size):
-            raise FieldError("embed.resize", resize, f"an integer >= the crop {min(size)} (embed.crop or the input "
-                             f"size of {name}): the crop is cut from the resized image")  # fmt: skip
+            why = f"(embed.crop or the input size of {name}): the crop is cut from the resized image"
+            raise FieldError("embed.resize", resize, f"an integer >= the crop {min(size)} {why}")
         if preset == "paper":
             return cls.paper(size, channels, mean=mean, std=std, resize=resize)
         data = resolve_model_data_config(model, args={"input_size": (channels, *size)})
@@ -294,8 +297,8 @@ def checked_channels(
     for key, value in (("mean", mean), ("std", std)):
         if value is not None and len(value) != channels:
             kind = "greyscale, in_chans=1" if channels == 1 else "RGB"
-            raise FieldError(f"embed.{key}", list(value), f"{channels} value(s), one per input channel of {name} "
-                             f"({kind})")  # fmt: skip
+            allowed = f"{channels} value(s), one per input channel of {name} ({kind})"
+            raise FieldError(f"embed.{key}", list(value), allowed)
     return channels
 
 
