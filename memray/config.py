@@ -44,7 +44,7 @@ Metric = Literal["cosine_abs", "cosine", "l2"]
 Mode = Literal["paper", "meehan", "dgm-eval"]
 METRICS: tuple[str, ...] = get_args(Metric)
 MODES: tuple[str, ...] = get_args(Mode)
-POOLINGS: tuple[str, ...] = ("cls", "mean")
+POOLINGS: tuple[str, ...] = ("cls", "mean", "auto")
 Preprocess = Literal["paper", "model"]
 PREPROCESS_PRESETS: tuple[str, ...] = get_args(Preprocess)
 
@@ -148,13 +148,22 @@ def _pooling_ok(v: tuple[str, ...]) -> bool:
     return len(v) > 0 and set(v) <= set(POOLINGS) and len(set(v)) == len(v)
 
 
+def _std_ok(v: tuple[float, ...]) -> bool:
+    return len(v) > 0 and min(v) > 0
+
+
 @dataclass(frozen=True)
 class EmbedConfig:
     """Settings of the per-layer ViT embedder.
 
     ``layers``: ``"all"`` or a tuple of block numbers (layer ℓ = output of block ℓ, 1…L; 0 = patch embedding).
     ``weights``: a local path or fsspec URL of a ``.safetensors`` file; ``None`` resolves the timm name through
-    the model hub. ``random_init`` must be explicit and is recorded.
+    the model hub. ``random_init`` must be explicit and is recorded. ``pooling``: ``cls`` (token 0), ``mean`` (of
+    the patch tokens) or ``auto`` (``cls`` where the model has a class token, else ``mean``; recorded as resolved).
+
+    The encoder's input: ``preprocess`` names a preset (``paper`` or the model's timm data config); ``mean``,
+    ``std`` (one value per input channel of the model), ``resize`` (the short side before the crop) and ``crop``
+    (the square side fed to the encoder), when set, override the preset's values. ``None`` = the preset's.
     """
 
     SECTION = "embed"
@@ -170,6 +179,10 @@ class EmbedConfig:
     )
     norm: bool = False
     preprocess: Preprocess = "paper"
+    mean: tuple[float, ...] | None = field(default=None, metadata=NON_EMPTY)
+    std: tuple[float, ...] | None = field(default=None, metadata=rule("(non-empty, every value > 0)", _std_ok))
+    resize: int | None = field(default=None, metadata=at_least(1))
+    crop: int | None = field(default=None, metadata=at_least(1))
     dtype: Literal["float32", "float16"] = "float32"
     batch_size: int = field(default=64, metadata=at_least(1))
     model_kwargs: tuple[tuple[str, Any], ...] = ()
@@ -178,6 +191,10 @@ class EmbedConfig:
         validate(self)
         if self.random_init and self.weights:
             raise fail(self, "random_init", "false when embed.weights is given (give either weights or random_init)")
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise fail(self, "std", f"one value per channel, as many as embed.mean ({len(self.mean)})")
+        if self.resize is not None and self.crop is not None and self.resize < self.crop:
+            raise fail(self, "resize", f"an integer >= embed.crop ({self.crop}): the crop is cut from the resized one")
 
 
 @dataclass(frozen=True)

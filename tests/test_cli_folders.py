@@ -31,6 +31,21 @@ def test_folders_build_the_paper_defaults_with_labels_kept_as_typed() -> None:
     assert cfg.train.urls == (str(S / "train.npz"),)
 
 
+def test_encoder_input_flags_set_the_embed_fields(tmp_path: Path) -> None:
+    flags = ["--pooling", "auto", "--mean", "0.5", "--std", "0.25", "--resize", "72", "--crop", "64"]
+    cfg = _cfg([*BASE, "--gen", f"a={S / 'gmm_k20.npz'}", *flags])
+    e = cfg.embed
+    assert (e.pooling, e.mean, e.std, e.resize, e.crop) == (("auto",), (0.5,), (0.25,), 72, 64)
+    (tmp_path / "c.yaml").write_text(
+        f"train: {{name: train, urls: [{S / 'train.npz'}]}}\ntest: {{name: test, urls: [{S / 'test.npz'}]}}\n"
+        f"generated: [{{name: a, urls: [{S / 'gmm_k20.npz'}]}}]\noutput: /tmp/x\nembed: {{mean: [0.1, 0.2, 0.3]}}\n"
+    )
+    from_file = _cfg(["audit", "--config", str(tmp_path / "c.yaml"), "--std", "0.3,0.2,0.1"])
+    assert from_file.embed.mean == (0.1, 0.2, 0.3) and from_file.embed.std == (0.3, 0.2, 0.1)
+    with pytest.raises(SystemExit):
+        _cfg([*BASE, "--mean", "0.5,x"])
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

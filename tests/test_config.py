@@ -131,6 +131,17 @@ def test_score_cli_flags_become_overrides_of_the_mode():
         (EmbedConfig, {"batch_size": 0}, "embed.batch_size=0: must be an integer >= 1"),
         (EmbedConfig, {"model_kwargs": [1, 2]}, "embed.model_kwargs=[1, 2]: must be a mapping of names to values"),
         (EmbedConfig, {"weights": "w.safetensors", "random_init": True}, "embed.random_init=True: must be false"),
+        (EmbedConfig, {"pooling": ["auto", "max"]}, "from cls, mean, auto, no repeats"),
+        (EmbedConfig, {"mean": []}, "embed.mean=[]: must be a list of numbers (non-empty) or null"),
+        (
+            EmbedConfig,
+            {"std": [0.5, 0.0, 0.5]},
+            "embed.std=[0.5, 0.0, 0.5]: must be a list of numbers (non-empty, every",
+        ),
+        (EmbedConfig, {"mean": ["a"]}, "embed.mean=['a']: must be a list of numbers"),
+        (EmbedConfig, {"mean": [0.5, 0.5, 0.5], "std": [0.5]}, "embed.std=(0.5,): must be one value per channel, as"),
+        (EmbedConfig, {"crop": 0}, "embed.crop=0: must be an integer >= 1 or null"),
+        (EmbedConfig, {"resize": 200, "crop": 224}, "embed.resize=200: must be an integer >= embed.crop (224)"),
         (FingerprintConfig, {"subset_size": 0}, "fingerprint.subset_size=0: must be an integer >= 1"),
         (FingerprintConfig, {"subsets": "random"}, "fingerprint.subsets='random': must be one of disjoint, bootstrap"),
         (FingerprintConfig, {"n_subsets": 0}, "fingerprint.n_subsets=0: must be an integer >= 1 or null"),
@@ -165,3 +176,6 @@ def test_values_are_normalised_to_their_annotated_types():
     assert type(ct.cells) is int and type(ct.seed) is int and ct == CTConfig(cells=4, seed=2)
     emb = from_dict(EmbedConfig, {"pooling": "mean", "layers": [3, 1], "model_kwargs": {"b": 1, "a": [2, 3]}})
     assert emb.pooling == ("mean",) and emb.layers == (3, 1) and emb.model_kwargs == (("a", [2, 3]), ("b", 1))
+    own = from_dict(EmbedConfig, {"pooling": "auto", "mean": 0.5, "std": [1], "resize": 64, "crop": 56})
+    assert own.pooling == ("auto",) and own.mean == (0.5,) and own.std == (1.0,) and type(own.std[0]) is float
+    assert (own.resize, own.crop) == (64, 56) and EmbedConfig().mean is None and EmbedConfig().crop is None

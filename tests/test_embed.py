@@ -163,7 +163,7 @@ def test_prepared_uint8_path_equals_float_path(images: np.ndarray) -> None:
     assert emb.dims == {1: 64, 4: 64}
     for layer in (1, 4):
         np.testing.assert_array_equal(via_uint8[layer], via_float[layer])
-    assert describe_preprocessing(cfg) == emb.preprocessor.describe()
+    assert describe_preprocessing(cfg) == {**emb.preprocessor.describe(), "pooling": ["cls"]}
     with pytest.raises(ValueError, match="expected uint8"):
         emb.embed_prepared(prepared[:, :, :16])
 

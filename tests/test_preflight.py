@@ -48,6 +48,16 @@ def test_subset_size_larger_than_a_generated_set_is_refused(tmp_path: Path) -> N
         preflight(cfg)
 
 
+def test_an_encoder_input_the_model_cannot_take_fails_before_writing(tmp_path: Path) -> None:
+    from memray.embedding.embed import EmbedError
+
+    fixed = {"img_size": 32, "dynamic_img_size": False}  # test_vit takes any size unless built otherwise
+    cfg = audit_config(make_inputs(tmp_path / "in"), str(tmp_path / "out"), embed__model_kwargs=fixed, embed__crop=48)
+    with pytest.raises(EmbedError, match=r"^test_vit does not take the 3x48x48 input [^\n]*embed\.crop[^\n]*$"):
+        preflight(cfg)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     ("resources", "total", "match"),
     [

@@ -14,9 +14,9 @@ import timm
 import torch
 from safetensors.torch import save, save_file
 
-from memray.config import EmbedConfig
+from memray.config import ConfigError, EmbedConfig
 from memray.embedding import weights
-from memray.embedding.embed import EmbedError, LayerEmbedder, check_encoder
+from memray.embedding.embed import EmbedError, LayerEmbedder, check_encoder, check_input
 from memray.embedding.weights import WeightsError, load_model
 from memray.io.storage import filesystem, open_output
 
@@ -185,3 +185,25 @@ def test_s3_weights_check_reads_only_the_header(s3_endpoint: str, s3_bucket: str
         assert proxy.received - header_read >= len(data)
     finally:
         proxy.close()
+
+
+def test_an_input_the_model_cannot_take_is_one_line_before_anything_runs() -> None:
+    with pytest.raises(EmbedError) as info:  # a fixed-size model given another crop
+        check_encoder(cfg(crop=48))
+    text = str(info.value)
+    assert "\n" not in text and text.startswith(f"{NAME} does not take the 3x48x48 input (channels x height x width)")
+    assert "built for 32x32, 3 channel(s): leave embed.crop (--crop) unset, or build the model for the crop" in text
+    grey = cfg(model_kwargs={**MICRO, "in_chans": 1})  # a greyscale encoder is fed greyscale: the check passes
+    assert check_encoder(grey)["input_size"] == [1, 32, 32] and check_encoder(cfg())["input_size"] == [3, 32, 32]
+    with pytest.raises(EmbedError, match=r"does not take the 3x32x32 input .*Given groups=1|Invalid channel"):
+        check_input(weights.preflight_model(grey)[0], grey, (3, 32, 32))  # what RGB input into it would do
+    with pytest.raises(ConfigError, match=r"^embed\.mean=\[0\.5, 0\.5, 0\.5\]: must be 1 value\(s\)"):
+        check_encoder(cfg(model_kwargs={**MICRO, "in_chans": 1}, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
+
+
+def test_pooling_auto_resolves_in_the_check() -> None:
+    no_cls = {**MICRO, "class_token": False, "global_pool": "avg"}
+    assert check_encoder(cfg(model_kwargs=no_cls, pooling=("auto",)))["pooling"] == ["mean"]
+    assert check_encoder(cfg(pooling=("auto", "mean")))["pooling"] == ["cls", "mean"]
+    with pytest.raises(EmbedError, match=r"no CLS token .*use pooling 'mean' \(mean of patch tokens\) or 'auto'"):
+        check_encoder(cfg(model_kwargs=no_cls))

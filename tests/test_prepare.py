@@ -38,6 +38,18 @@ def test_equals_torchvision_pil_pipeline(shape: tuple[int, ...], resize: int, cr
     np.testing.assert_array_equal(got, torchvision_reference(img, resize, crop))
 
 
+@pytest.mark.parametrize("shape", [(50, 40, 3), (28, 28), (30, 60, 4)])
+def test_one_channel_is_pil_luma_then_the_same_pipeline(shape: tuple[int, ...]) -> None:
+    img = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    got = PaperPrepare(37, (32, 32), channels=1)(img)
+    pipeline = transforms.Compose([transforms.Resize(37), transforms.CenterCrop(32)])
+    want = np.asarray(pipeline(Image.fromarray(img).convert("RGB").convert("L")))[None]
+    assert got.dtype == np.uint8 and got.shape == (1, 32, 32)
+    np.testing.assert_array_equal(got, want)
+    if len(shape) == 2:  # a greyscale image keeps its values: the RGB replication converts back exactly
+        np.testing.assert_array_equal(got, PaperPrepare(37, (32, 32))(img)[:1])
+
+
 def test_picklable_and_torch_free() -> None:
     prep = pickle.loads(pickle.dumps(PaperPrepare(128, (112, 112))))
     assert prep == PaperPrepare(128, (112, 112))

@@ -98,3 +98,65 @@ def test_input_size_follows_the_built_model() -> None:
     assert from_cfg.input_size == (3, 112, 112) and from_cfg.params["resize_short_side"] == 128
     with pytest.raises(ConfigError, match="unknown timm model"):
         Preprocessor.from_config(EmbedConfig(model="no_such_vit"))
+
+
+def test_a_dynamic_size_model_gets_the_size_it_is_built_for() -> None:
+    """DINOv3 (an Eva with dynamic_img_size=True) was fed timm's pretrained 256 px whatever img_size said."""
+    name = "vit_small_patch16_dinov3.lvd1689m"
+    assert Preprocessor.from_config(EmbedConfig(model=name, model_kwargs={"img_size": 112})).input_size == (3, 112, 112)
+    assert Preprocessor.from_config(EmbedConfig(model=name)).input_size == (3, 256, 256)  # timm's default
+    with torch.device("meta"):
+        dino2 = timm.create_model("vit_small_patch14_dinov2.lvd142m", dynamic_img_size=True, img_size=224)
+    assert model_input_size(dino2) == (224, 224)
+
+
+def test_explicit_fields_override_the_model_preset() -> None:
+    model = timm.create_model("vit_small_patch16_224.augreg_in21k", pretrained=False, img_size=64, depth=1)
+    mean, std = (0.3, 0.4, 0.5), (0.2, 0.25, 0.3)
+    pre = Preprocessor.for_model("model", model, mean=mean, std=std, resize=80)
+    by_hand = transforms.Compose(
+        [
+            transforms.Resize(80, interpolation=transforms.InterpolationMode.BICUBIC),  # the model's interpolation
+            transforms.CenterCrop(64),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+    img = rgb(300, 260, 5)
+    torch.testing.assert_close(pre([img]), by_hand(Image.fromarray(img)).unsqueeze(0), atol=1e-6, rtol=0)
+    assert pre.describe()["mean"] == list(mean) and pre.describe()["interpolation"] == "bicubic"
+    crop = Preprocessor.for_model("paper", timm.create_model("test_vit", dynamic_img_size=True), crop=48)
+    assert crop.input_size == (3, 48, 48) and crop.params["resize_short_side"] == 55
+
+
+def test_crop_pct_gives_exactly_the_resize_asked_for() -> None:
+    import math
+
+    from memray.embedding.preprocess import crop_pct_for
+
+    for crop in range(1, 300):
+        for resize in range(crop, 2 * crop + 3):
+            assert math.floor(crop / crop_pct_for(crop, resize)) == resize, (crop, resize)
+
+
+def test_greyscale_model_preset_and_channel_mismatches() -> None:
+    model = timm.create_model("vit_small_patch14_dinov2.lvd142m", pretrained=False, img_size=56, depth=1, in_chans=1)
+    pre = Preprocessor.for_model("model", model)
+    timm_mean, timm_std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]  # ImageNet's, per RGB channel
+    assert pre.params["mean"] == pytest.approx([sum(timm_mean) / 3]) and pre.describe()["channels"] == 1
+    assert pre.params["std"] == pytest.approx([sum(timm_std) / 3])
+    img = rgb(70, 90, 6)
+    luma = Image.fromarray(img).convert("L")
+    stages = create_transform(**{**resolve_model_data_config(model), "input_size": (1, 56, 56)}).transforms[:-2]
+    want = transforms.Compose(
+        [*stages, transforms.ToTensor(), transforms.Normalize(pre.params["mean"], pre.params["std"])]
+    )
+    torch.testing.assert_close(pre([img]), want(luma).unsqueeze(0), atol=1e-6, rtol=0)
+    with pytest.raises(ConfigError, match=r"^embed\.mean=\[0\.5, 0\.5, 0\.5\]: must be 1 value\(s\), one per input"):
+        Preprocessor.for_model("paper", model, mean=(0.5, 0.5, 0.5))
+    with pytest.raises(ConfigError, match=r"^embed\.std=\[0\.5\]: must be 3 value\(s\), one per input channel of"):
+        Preprocessor.for_model("paper", timm.create_model("test_vit"), std=(0.5,))
+    with pytest.raises(ConfigError, match="takes 4-channel input; memray feeds RGB"):
+        Preprocessor.for_model("paper", timm.create_model("test_vit", in_chans=4))
+    with pytest.raises(ConfigError, match=r"^embed\.resize=40: must be an integer >= the crop 56"):
+        Preprocessor.for_model("paper", model, resize=40)

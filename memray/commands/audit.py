@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import logging
 
-from memray.commands import parse_key_values
+from memray.commands import add_encoder_input_flags, encoder_input_settings, parse_key_values
 from memray.io import schema, storage
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="timm model name (default vit_base_patch16_224.orig_in21k, the paper's)")
     p.add_argument("--weights", help="local or s3:// .safetensors weights of --model (else the timm hub)")
     p.add_argument("--random-init", action="store_true", help="random weights (no download; recorded)")
+    add_encoder_input_flags(p)
     p.add_argument("--write-config", metavar="FILE", help="also write the config this run uses as YAML")
     p.add_argument(
         "--set",
@@ -113,6 +114,7 @@ def _config(args: argparse.Namespace, overrides: dict):
     from memray.api import audit_config_data
     from memray.job_config import audit_config_from_dict, load_audit_config
 
+    overrides.update({f"embed.{k}": v for k, v in encoder_input_settings(args).items()})  # --pooling, --mean, …
     folders = {"--train": args.train, "--test": args.test, "--gen": args.gen, "--label": args.label}
     if args.config:
         if any(folders.values()):

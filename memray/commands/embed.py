@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from memray.commands import parse_key_values
+from memray.commands import add_encoder_input_flags, encoder_input_settings, parse_key_values
 from memray.config import EmbedConfig, digest, to_dict
 from memray.io import schema
 from memray.io.features import FeatureSet, write_features
@@ -62,10 +62,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--weights", help="local path or URL of a .safetensors file (default: the model hub)")
     src.add_argument("--random-init", action="store_true", help="untrained encoder (a baseline; recorded)")
-    p.add_argument("--pooling", choices=["cls", "mean"], default="cls", help="token pooling (default: cls)")
     p.add_argument("--layers", default="all", help="'all' (blocks 1…L) or comma-separated numbers, 0 = patch embed")
     p.add_argument("--norm", action="store_true", help="apply the model's final LayerNorm to every layer")
     p.add_argument("--preprocess", choices=["paper", "model"], default="paper", help="default: paper (256→224, 0.5)")
+    add_encoder_input_flags(p)
     p.add_argument("--batch-size", type=int, default=EmbedConfig.batch_size, help="images per forward pass")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored embedding dtype")
     p.add_argument("--num-threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -102,13 +102,13 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         weights=args.weights,
         random_init=args.random_init,
-        pooling=(args.pooling,),
         layers=parse_layers(args.layers),
         norm=args.norm,
         preprocess=args.preprocess,
         dtype=args.dtype,
         batch_size=args.batch_size,
         model_kwargs=parse_key_values(args.model_kwarg, "--model-kwarg"),
+        **encoder_input_settings(args),
     )
     set_name = PurePosixPath(str(args.images).rstrip("/")).stem
     plans = plan_shards(DatasetSpec(name=set_name, urls=(str(args.images),)), shard_rows=SHARD_ROWS)

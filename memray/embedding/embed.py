@@ -5,7 +5,8 @@ asked for, is the input to block 1: patch embedding + prefix tokens + position e
 CLIP models have). With ``norm=True`` the model's final LayerNorm is applied to every layer, 0 included.
 
 Pooling: ``cls`` is token 0 of the sequence (the class token; the paper's choice); ``mean`` averages the patch
-tokens only, excluding every prefix token (class, distillation and register tokens).
+tokens only, excluding every prefix token (class, distillation and register tokens); ``auto`` is ``cls`` where the
+model has a class token and ``mean`` where it has none (SigLIP, ``class_token=False`` models), recorded as resolved.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from memray.config import EmbedConfig, to_dict
-from memray.embedding.preprocess import Preprocessor
+from memray.embedding.preprocess import Preprocessor, meta_model, model_channels, model_input_size
 from memray.embedding.weights import load_model, preflight_model
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,13 @@ def check_encoder(cfg: EmbedConfig, storage_options: dict[str, Any] | None = Non
     Builds the architecture on the meta device and checks what :class:`LayerEmbedder` would refuse: the timm name,
     the weights file (suffix, existence, safetensors header, names and shapes; tensor data is not read, the hub is
     not contacted — see :func:`memray.embedding.weights.preflight_model`), a token-sequence ``forward_intermediates``,
-    ``layers`` against the number of blocks, a CLS token for ``cls`` pooling and a ViT stem for layer 0.
+    ``layers`` against the number of blocks, a CLS token for ``cls`` pooling, a ViT stem for layer 0, the input
+    fields against the model's channels, and a forward pass on the meta device of the ``(1, C, H, W)`` input the
+    preprocessing makes (so a channel or size mismatch fails here, in one line, not in the embedding actors).
 
     Returns:
-        ``{"model", "architecture", "num_blocks", "layers": resolved, "dims": {ℓ: D}, "weights": record}``.
+        ``{"model", "architecture", "num_blocks", "layers": resolved, "dims": {ℓ: D}, "pooling": resolved,
+        "input_size": [C, H, W], "weights": record}``.
 
     Raises:
         WeightsError, EmbedError: ``ValueError`` subclasses whose one-line message names the field or file.
@@ -75,6 +79,8 @@ def check_encoder(cfg: EmbedConfig, storage_options: dict[str, Any] | None = Non
         _require_cls(model, cfg.model)
     if 0 in layers:
         _require_stem(model, cfg.model)
+    input_size = Preprocessor.for_config(cfg, model).input_size
+    check_input(model, cfg, input_size)
     dim = _embed_dim(model)
     return {
         "model": cfg.model,
@@ -82,8 +88,52 @@ def check_encoder(cfg: EmbedConfig, storage_options: dict[str, Any] | None = Non
         "num_blocks": num_blocks,
         "layers": list(layers),
         "dims": {layer: dim for layer in layers},
+        "pooling": list(resolve_pooling(model, cfg.pooling)),
+        "input_size": list(input_size),
         "weights": weights,
     }
+
+
+def check_input(model: torch.nn.Module, cfg: EmbedConfig, input_size: tuple[int, int, int]) -> None:
+    """Run ``model`` (on the meta device: shapes only) on a ``(1, *input_size)`` batch, as the embedder will.
+
+    Raises:
+        EmbedError: one line naming the model, the input fed and what to set, when the model refuses it.
+    """
+    x = torch.empty((1, *input_size), device="meta")
+    try:
+        with torch.device("meta"):
+            model.forward_intermediates(
+                x, indices=[len(model.blocks) - 1], return_prefix_tokens=True, output_fmt="NLC", intermediates_only=True
+            )
+    except Exception as exc:  # what the model raises is model-specific (AssertionError, RuntimeError, …)
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, NotImplementedError) or "meta" in text.lower():  # a meta-device gap, not the input
+            log.info("%s: the input check needs real tensors (%s); the model's first batch checks it", cfg.model, text)
+            return
+        c, h, w = input_size
+        size = model_input_size(model)
+        built = f"{size[0]}x{size[1]}, {model_channels(model)} channel(s)"
+        advice = (
+            f"leave embed.crop (--crop) unset, or build the model for the crop (model_kwargs img_size={h})"
+            if (h, w) != size
+            else "check model_kwargs (img_size, patch_size, in_chans)"
+        )
+        raise EmbedError(
+            f"{cfg.model} does not take the {c}x{h}x{w} input (channels x height x width) memray feeds it "
+            f"({type(exc).__name__}: {text}); the model is built for {built}: {advice}"
+        ) from exc
+
+
+def resolve_pooling(model: torch.nn.Module, pooling: Sequence[str]) -> tuple[str, ...]:
+    """``pooling`` with ``auto`` resolved: ``cls`` when the model has a class token, else ``mean``."""
+    auto = "cls" if has_cls_token(model) else "mean"
+    return tuple(auto if p == "auto" else p for p in pooling)
+
+
+def has_cls_token(model: torch.nn.Module) -> bool:
+    """Whether token 0 of the model's sequence is a class token (a ``cls_token`` and at least one prefix token)."""
+    return getattr(model, "cls_token", None) is not None and int(getattr(model, "num_prefix_tokens", 0)) >= 1
 
 
 class LayerEmbedder:
@@ -128,7 +178,8 @@ class LayerEmbedder:
             _require_cls(model, cfg.model)
         if 0 in self.resolved_layers:
             _require_stem(model, cfg.model)
-        self.preprocessor = Preprocessor.for_model(cfg.preprocess, model)
+        self.preprocessor = Preprocessor.for_config(cfg, model)
+        self.pooling = resolve_pooling(model, cfg.pooling)  # cfg.pooling with ``auto`` resolved
         self._block_indices = [layer - 1 for layer in self.resolved_layers if layer > 0]
         model.prune_intermediate_layers(self._block_indices or [0], prune_norm=not cfg.norm, prune_head=True)
         self.device = torch.device(device) if device is not None else _default_device()
@@ -166,12 +217,13 @@ class LayerEmbedder:
         """Pooled embeddings of one preprocessed batch.
 
         Args:
-            x: float32 ``(B, 3, H, W)`` as produced by :attr:`preprocessor`, or uint8 ``(B, 3, H, W)`` from
+            x: float32 ``(B, C, H, W)`` as produced by :attr:`preprocessor`, or uint8 ``(B, C, H, W)`` from
                 :meth:`Preprocessor.prepare` (normalised on the device: 4× less to transfer).
 
         Returns:
-            ``{pooling: {ℓ: (B, D) array}}`` for every configured pooling (``"cls"``/``"mean"``) and every layer of
-            :attr:`resolved_layers`, dtype ``cfg.dtype`` (float32 by default).
+            ``{pooling: {ℓ: (B, D) array}}`` for every configured pooling (``"cls"``/``"mean"``/``"auto"``, keyed as
+            configured; ``auto`` as resolved in :attr:`pooling`) and every layer of :attr:`resolved_layers`, dtype
+            ``cfg.dtype`` (float32 by default).
         """
         with torch.inference_mode():
             x = x.to(self.device, non_blocking=True)
@@ -184,9 +236,9 @@ class LayerEmbedder:
             ):
                 seqs = self._sequences(x)
             result: dict[str, dict[int, np.ndarray]] = {}
-            for pooling in self.cfg.pooling:
+            for pooling, how in zip(self.cfg.pooling, self.pooling, strict=True):
                 pooled = [
-                    prefix[:, 0].float() if pooling == "cls" else patches.float().mean(dim=1)
+                    prefix[:, 0].float() if how == "cls" else patches.float().mean(dim=1)
                     for patches, prefix in (seqs[layer] for layer in self.resolved_layers)
                 ]
                 stacked = torch.stack(pooled)  # (layers, B, D) float32
@@ -205,7 +257,7 @@ class LayerEmbedder:
         return self.embed_batch(x)[self.cfg.pooling[0]]
 
     def embed_prepared(self, prepared: np.ndarray) -> dict[int, np.ndarray]:
-        """``{ℓ: (N, D)}`` for uint8 ``(N, 3, H, W)`` outputs of :meth:`Preprocessor.prepare` (single pooling),
+        """``{ℓ: (N, D)}`` for uint8 ``(N, C, H, W)`` outputs of :meth:`Preprocessor.prepare` (single pooling),
         run in chunks of ``cfg.batch_size``."""
         if len(self.cfg.pooling) != 1:
             raise EmbedError(f"embed_prepared() needs exactly one pooling, config has {self.cfg.pooling}")
@@ -247,6 +299,7 @@ class LayerEmbedder:
             "weights": self.weights_info,
             "random_init": self.cfg.random_init,
             "pooling": list(self.cfg.pooling),
+            "pooling_resolved": list(self.pooling),
             "layers": list(self.resolved_layers),
             "num_blocks": self.num_blocks,
             "num_prefix_tokens": self.num_prefix_tokens,
@@ -263,7 +316,8 @@ class LayerEmbedder:
 
 
 def make_prepare(cfg: EmbedConfig) -> Callable[[np.ndarray], np.ndarray]:
-    """The picklable CPU half of ``cfg``'s preprocessing: ``(H, W, 3)`` uint8 RGB → uint8 ``(3, S, S)``.
+    """The picklable CPU half of ``cfg``'s preprocessing: ``(H, W, 3)`` uint8 RGB → uint8 ``(C, S, S)`` (C: the
+    model's input channels).
 
     Pair it with :meth:`LayerEmbedder.embed_prepared` (or ``embed_batch`` on uint8), which finishes the
     normalisation on the device. Built without weights (see :meth:`Preprocessor.from_config`).
@@ -273,8 +327,10 @@ def make_prepare(cfg: EmbedConfig) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def describe_preprocessing(cfg: EmbedConfig) -> dict[str, Any]:
-    """The record of ``cfg``'s preprocessing (:meth:`Preprocessor.describe`), without loading weights."""
-    return Preprocessor.from_config(cfg).describe()
+    """The record of ``cfg``'s preprocessing (:meth:`Preprocessor.describe`) and its pooling as resolved
+    (``auto`` → ``cls``/``mean``), without loading weights (the architecture is built on the meta device)."""
+    model = meta_model(cfg)
+    return {**Preprocessor.for_config(cfg, model).describe(), "pooling": list(resolve_pooling(model, cfg.pooling))}
 
 
 def _embed_dim(model: torch.nn.Module) -> int:
@@ -295,10 +351,11 @@ def _check_token_model(model: torch.nn.Module, name: str) -> None:
 
 
 def _require_cls(model: torch.nn.Module, name: str) -> None:
-    if getattr(model, "cls_token", None) is None or int(getattr(model, "num_prefix_tokens", 0)) < 1:
+    if not has_cls_token(model):
         raise EmbedError(
             f"{name} has no CLS token (num_prefix_tokens={getattr(model, 'num_prefix_tokens', 0)}, "
-            f"global_pool={getattr(model, 'global_pool', None)!r}); use pooling 'mean' (mean of patch tokens)"
+            f"global_pool={getattr(model, 'global_pool', None)!r}); use pooling 'mean' (mean of patch tokens) or "
+            "'auto' (embed.pooling / --pooling)"
         )
 
 

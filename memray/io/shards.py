@@ -124,7 +124,7 @@ def iter_shard(
 
     Args:
         plan: the shard.
-        prepare: callable mapping an (H, W, 3) uint8 RGB image to the encoder's uint8 (3, S, S) input.
+        prepare: callable mapping an (H, W, 3) uint8 RGB image to the encoder's uint8 (C, S, S) input.
         max_pixels: decompression-bomb limit; larger images become ``too_large`` rows.
         storage_options: fsspec options for remote URLs.
 
