@@ -8,7 +8,7 @@ markers; ``.errors.parquet`` files are not features) or any table of ``sample_id
 Listing reads footers only (plus, for variable-size list columns, the first row to learn the dimension). The files
 are in natural order of their URLs (digit runs compare as numbers, so ``shard-100000`` follows ``shard-99999``);
 the set's global row order is the files in that order, rows in file order. Sample ids must be unique within a
-set (:func:`check_unique_ids`): the copy evidence names training rows by them.
+set (:func:`check_embedding_ids`): the copy evidence names training rows by them.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ ERRORS_SUFFIX = ".errors.parquet"
 DONE_SUFFIX = ".done.json"
 _GLOB = re.compile(r"[*?\[]")
 _SHARD = re.compile(r"^(shard-\d+)\.parquet$")
-IDS_BATCH = 65536  # sample ids read at a time by check_unique_ids
+IDS_BATCH = 65536  # sample ids read at a time by check_embedding_ids
 DUPLICATES_SHOWN = 5
 
 
@@ -207,7 +207,9 @@ def _id_batches(files: list[EmbeddingFile], storage_options: dict[str, Any] | No
                 yield f.url, batch.column(0).cast(pa.string()).to_numpy(zero_copy_only=False)
 
 
-def check_unique_ids(files: list[EmbeddingFile], set_name: str, storage_options: dict[str, Any] | None = None) -> None:
+def check_embedding_ids(
+    files: list[EmbeddingFile], set_name: str, storage_options: dict[str, Any] | None = None
+) -> None:
     """Refuse a set whose files repeat a ``sample_id`` (within or across files), naming the first few.
 
     Reads the id column once and keeps a 64-bit hash per row (8 bytes a row); only ids whose hash repeats are read

@@ -212,7 +212,7 @@ def check_curve_files(gallery_url: str, queries_url: str, allow_mismatch: bool =
 
 def preflight(cfg: AuditConfig, allow_gallery_mismatch: bool = False) -> Preflight:
     """Every check that needs no Ray and writes nothing; returns the plans the job will run."""
-    from memray.io.embedding_inputs import check_unique_ids, list_embedding_files
+    from memray.io.embedding_inputs import check_embedding_ids, list_embedding_files
     from memray.job.reference import check_reference
     from memray.job.resume import check_output_folder, planned_weights
 
@@ -229,7 +229,7 @@ def preflight(cfg: AuditConfig, allow_gallery_mismatch: bool = False) -> Preflig
             files[spec.name] = list_embedding_files(list(spec.embeddings), so)
             if not files[spec.name]:
                 raise PreflightError(f"set {spec.name!r}: no feature Parquet under {', '.join(spec.embeddings)}")
-            check_unique_ids(files[spec.name], spec.name, so)
+            check_embedding_ids(files[spec.name], spec.name, so)
             continue
         plans[spec.name] = plan_shards(spec, cfg.resources.shard_rows, so, skipped=skipped[spec.name])
         root = plans[spec.name][0].units[0].root.rstrip("/") + "/"  # skipped files get ids like the others'
