@@ -42,6 +42,14 @@ def probe_url(output: str, set_name: str) -> str:
     return f"{output.rstrip('/')}/{PROBES_DIR}/{probe}.tar"
 
 
+NAME_RULE = "(a folder name: non-empty, not '.' or '..', without '/' or '\\')"
+
+
+def _name_ok(name: str) -> bool:
+    """A set name that is one path segment: ``embeddings/<name>/`` must stay inside the output folder."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
+
+
 def _urls_ok(urls: tuple[str, ...]) -> bool:
     """Each URL non-empty (an empty list means "not given": DatasetSpec checks that one of urls/embeddings is)."""
     return all(urls)
@@ -62,7 +70,7 @@ class DatasetSpec:
 
     SECTION = "dataset"
 
-    name: str = field(metadata=rule("(non-empty, without '/')", lambda v: bool(v) and "/" not in v))
+    name: str = field(metadata=rule(NAME_RULE, _name_ok))
     urls: tuple[str, ...] = field(default=(), metadata=rule("(at least one, each non-empty)", _urls_ok))
     label: str | None = field(default=None, metadata=NON_EMPTY)
     image_column: str | None = field(default=None, metadata=NON_EMPTY)

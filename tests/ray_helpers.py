@@ -78,3 +78,28 @@ def audit_config(inputs: dict[str, str], output: str, **overrides: Any) -> Audit
             node = node.setdefault(key, {})
         node[leaf] = value
     return audit_config_from_dict(data)
+
+
+HUB_REPO = "timm/test_vit.r160_in1k"  # the hub repository of timm's test_vit (its pretrained_cfg's hf_hub_id)
+
+
+def save_weights(path: Path, seed: int) -> str:
+    """Write a ``test_vit`` (32 px) checkpoint with seeded random weights (head included) as safetensors."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = timm.create_model("test_vit", pretrained=False, img_size=32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return str(path)
+
+
+def fake_hub_cache(cache: Path, revision: str, seed: int) -> str:
+    """A model-hub cache (``HF_HUB_CACHE`` layout) whose ``main`` of :data:`HUB_REPO` is ``revision``, holding a
+    seeded ``test_vit`` checkpoint; returns the snapshot's weights file. Offline timm loads it like a download."""
+    repo = cache / f"models--{HUB_REPO.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return save_weights(repo / "snapshots" / revision / "model.safetensors", seed)

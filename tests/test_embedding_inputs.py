@@ -17,6 +17,7 @@ from memray.config import ConfigError, EmbedConfig, to_dict
 from memray.io import schema
 from memray.io.embedding_inputs import (
     EmbeddingInputError,
+    check_embedding_ids,
     embedding_layers,
     list_embedding_files,
     listing_digest,
@@ -212,3 +213,21 @@ def test_score_command_on_a_folder_and_a_glob_equals_single_files(tmp_path: Path
     rc = main(["score", "--train", str(whole["train"]), "--test", str(whole["test"]), "--gen", str(gdir / "*"),
                "--out", str(tmp_path / "o")])  # fmt: skip
     assert rc == 2  # a glob's set must be named
+
+
+def test_repeated_sample_ids_are_found_within_and_across_files(tmp_path: Path, monkeypatch) -> None:
+    x = np.zeros((4, 2), np.float32)
+    write_features(str(tmp_path / "a.parquet"), FeatureSet(np.array(["p", "q", "r", "p"], dtype=object), {1: x}))
+    write_features(str(tmp_path / "b.parquet"), FeatureSet(np.array(["s", "q", "t", "u"], dtype=object), {1: x}))
+    files = list_embedding_files(str(tmp_path))
+    with pytest.raises(EmbeddingInputError) as info:
+        check_embedding_ids(files, "train")
+    text = str(info.value)
+    assert text.startswith("set 'train': 2 sample id(s) occur more than once") and "['p', 'q']" in text
+    assert f"('p' in {tmp_path / 'a.parquet'})" in text and "\n" not in text
+    check_embedding_ids(files[1:], "train")  # b alone repeats nothing
+
+    monkeypatch.setattr(pd.util, "hash_array", lambda ids: np.zeros(len(ids), np.uint64))  # every hash collides
+    check_embedding_ids(files[1:], "train")  # ids are compared as strings before anything is refused
+    with pytest.raises(EmbeddingInputError, match=r"2 sample id\(s\) occur more than once .*, e\.g\. \['p', 'q'\]"):
+        check_embedding_ids(files, "train")

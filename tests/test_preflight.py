@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from ray_helpers import audit_config, make_inputs
+from ray_helpers import audit_config, make_inputs, save_weights
 
 from memray.config import to_dict
 from memray.fingerprint.curves import write_gallery
@@ -144,3 +144,57 @@ def test_output_folder_of_another_embed_config_is_refused_before_ray(tmp_path: P
     with pytest.raises(ResumeMismatchError, match=r"embed\.norm: False → True"):
         preflight(audit_config(inputs, str(tmp_path / "out"), embed__norm=True))
     preflight(audit_config(inputs, str(tmp_path / "out"), ct__cells=5))  # scoring changes are fine
+
+
+def test_gallery_made_with_other_weights_at_the_same_path_is_refused(tmp_path: Path) -> None:
+    from memray.embedding.embed import describe_preprocessing
+    from memray.job.resume import planned_weights
+
+    inputs = make_inputs(tmp_path / "in")
+    weights = save_weights(tmp_path / "w" / "encoder.safetensors", seed=1)
+    fp = {"subset_size": 45}
+    made = audit_config(inputs, str(tmp_path / "a"), fingerprint=fp, embed__weights=weights, embed__random_init=False)
+    gallery = Gallery(np.array(["g1"]), np.array(["kde"], dtype=object), np.zeros((1, 6)), [1, 2, 3, 4, 5, 6],
+                      np.array(["g1"]))  # fmt: skip
+    url = str(tmp_path / "gallery.parquet")
+    job = gallery_comparable(made, describe_preprocessing(made.embed), planned_weights(made, None))
+    write_gallery(url, gallery, {"job": job})
+    ours = audit_config(inputs, str(tmp_path / "b"), fingerprint={**fp, "gallery": url}, embed__weights=weights,
+                        embed__random_init=False)  # fmt: skip
+    preflight(ours)  # the same checkpoint: comparable
+    moved = tmp_path / "elsewhere" / "encoder.safetensors"
+    moved.parent.mkdir()
+    moved.write_bytes(Path(weights).read_bytes())
+    preflight(audit_config(inputs, str(tmp_path / "c"), fingerprint={**fp, "gallery": url}, embed__weights=str(moved),
+                           embed__random_init=False))  # fmt: skip  # the same bytes elsewhere: comparable
+    old = job["embed"]["weights_digest"]["sha256"]
+    save_weights(Path(weights), seed=2)  # another checkpoint at the same path
+    with pytest.raises(PreflightError, match=rf"embed\.weights_digest\.sha256: '{old}' → '[0-9a-f]{{64}}'"):
+        preflight(ours)
+
+
+@pytest.mark.parametrize("role", ["train", "test", "generated"])
+def test_repeated_sample_ids_of_an_embeddings_set_are_refused_naming_them(tmp_path: Path, role: str) -> None:
+    from memray.io.embedding_inputs import EmbeddingInputError
+    from memray.io.features import FeatureSet, write_features
+
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    sets = {}
+    for name in ("train", "test", "copy"):
+        ids = np.array([f"{name}_{i:03d}" for i in range(40)], dtype=object)
+        if name == {"generated": "copy"}.get(role, role):  # rows 20-25 repeat rows 0-5 (another file), 30 repeats 31
+            ids[20:26], ids[30] = ids[0:6], ids[31]
+        (tmp_path / name).mkdir()
+        write_features(str(tmp_path / name / "a.parquet"), FeatureSet(ids[:20], {1: x[:20]}))
+        write_features(str(tmp_path / name / "b.parquet"), FeatureSet(ids[20:], {1: x[20:]}))
+        sets[name] = {"name": name, "embeddings": [str(tmp_path / name)]}
+    unused = dict.fromkeys(("train", "test", "copy", "real"), "unused")
+    cfg = audit_config(unused, str(tmp_path / "out"), train=sets["train"], test=sets["test"],
+                       generated=[sets["copy"]], embed=None)  # fmt: skip
+    with pytest.raises(EmbeddingInputError) as info:
+        preflight(cfg)
+    name = {"generated": "copy"}.get(role, role)
+    text = str(info.value)
+    assert "\n" not in text and text.startswith(f"set {name!r}: 7 sample id(s) occur more than once")
+    shown = [f"{name}_{i:03d}" for i in (0, 1, 2, 3, 4)]
+    assert str(shown) in text and "a.parquet and " in text and "b.parquet" in text

@@ -1,17 +1,23 @@
-"""Resume on a real local Ray: inputs that changed, scoring settings that changed, damaged shards, run history."""
+"""Resume on a real local Ray: inputs, weights and scoring settings that changed, damaged shards, run history."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
-from ray_helpers import audit_config, sample_images, write_npz, write_pngs
+from ray_helpers import HUB_REPO, audit_config, fake_hub_cache, sample_images, save_weights, write_npz, write_pngs
+from test_ray_pipeline import in_process_features
 
+from memray.cli import _user_message
 from memray.io import schema
+from memray.job.preflight import preflight
 from memray.job.resume import ResumeMismatchError
 from memray.ray.pipeline import run_audit
+from memray.stats.score import score_features
 
 TABLES = (schema.CT_SCORES_FILE, schema.CT_CELLS_FILE, schema.NEIGHBORS_FILE)
 
@@ -100,3 +106,83 @@ def test_scoring_changes_rescore_damaged_shards_are_redone_and_history_is_kept(r
 
     with pytest.raises(ResumeMismatchError, match=r"embed\.pooling: \['cls'\] → \['mean'\]"):
         run_audit(_cfg(inputs, out, embed__pooling=["mean"]))
+
+
+def _weights_cfg(inputs: dict[str, str], out: Path, weights: str, **kw):
+    return _cfg(inputs, out, embed__weights=weights, embed__random_init=False, **kw)
+
+
+def _sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.mark.timeout(600)
+def test_weights_replaced_in_place_are_embedded_again(ray_local, tmp_path: Path) -> None:
+    """Another checkpoint at the same path: the second run into the same folder embeds every set again and equals
+    the in-process audit with the new weights; a file replaced while a job runs fails it in one line."""
+    inputs = _inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    weights = save_weights(tmp_path / "w" / "encoder.safetensors", seed=1)
+    cfg = _weights_cfg(inputs, out, weights)
+    run_audit(cfg)
+    first = pd.read_parquet(out / schema.CT_SCORES_FILE)
+
+    save_weights(Path(weights), seed=2)  # a retrained checkpoint written over the old one
+    second = run_audit(cfg)
+    assert second.stats["embed"]["rows"] == 160 + 100 + 90 + 60  # every set embedded again, none reused
+    sets = {s.name: in_process_features(cfg, s) for s in cfg.sets}
+    expected = score_features(sets["train"], sets["test"], {g.name: sets[g.name] for g in cfg.generated}, cfg.ct)
+    got = pd.read_parquet(out / schema.CT_SCORES_FILE)
+    pd.testing.assert_frame_equal(got, expected.ct_scores, check_dtype=False, atol=1e-9, rtol=0)
+    assert not np.allclose(got[schema.CT], first[schema.CT])  # the new weights do give other numbers
+    verdicts = pd.read_parquet(out / schema.VERDICTS_FILE)
+    assert verdicts[schema.VERDICT].tolist() == expected.verdicts[schema.VERDICT].tolist()
+    new = _sha256(weights)
+    run = json.loads((out / schema.RUN_FILE).read_text())
+    assert run["weights"]["sha256"] == new and run["weights"]["url"] == weights
+    for marker in out.glob("embeddings/*/*.done.json"):
+        assert json.loads(marker.read_text())["weights"]["sha256"] == new
+
+    checked = preflight(_weights_cfg(inputs, tmp_path / "mid", weights))  # planned with the current file …
+    save_weights(Path(weights), seed=3)  # … replaced before the actors load it
+    with pytest.raises(ValueError) as info:
+        run_audit(_weights_cfg(inputs, tmp_path / "mid", weights), checked=checked)
+    message = _user_message(info.value)
+    assert "\n" not in message and weights in message and "changed while the job ran" in message
+    assert f"sha256 {new[:12]}… when the job started, sha256 {_sha256(weights)[:12]}…" in message
+    assert not list((tmp_path / "mid").glob("embeddings/*/*.done.json"))  # nothing embedded with either file
+
+
+@pytest.mark.timeout(600)
+def test_hub_weights_are_known_by_their_state_digest(tmp_path: Path) -> None:
+    """Hub weights (an offline hub cache, given to a Ray of its own): the markers record hub id, revision and
+    state-dict digest; when the hub's ``main`` moves to another checkpoint, the rerun embeds everything again."""
+    import ray
+
+    cache = tmp_path / "hub"
+    fake_hub_cache(cache, "a" * 40, seed=1)
+    if ray.is_initialized():
+        ray.shutdown()  # the shared Ray's workers do not see this hub cache; the next test starts a fresh one
+    ray.init(address="local", num_cpus=2, object_store_memory=512 * 1024**2, include_dashboard=False,
+             log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}})  # fmt: skip
+    try:
+        inputs = _inputs(tmp_path / "in")
+        out = tmp_path / "out"
+        cfg = _cfg(inputs, out, embed__random_init=False)  # neither weights nor random_init: the model hub
+        run_audit(cfg)
+        marker = json.loads(next(out.glob("embeddings/train/*.done.json")).read_text())["weights"]
+        assert marker["source"] == "hub" and marker["hf_hub_id"] == HUB_REPO and marker["revision"] == "a" * 40
+
+        new_file = fake_hub_cache(cache, "b" * 40, seed=2)  # the hub's main now holds another checkpoint
+        second = run_audit(cfg)
+        assert second.stats["embed"]["rows"] == 160 + 100 + 90 + 60  # every set embedded again
+        run = json.loads((out / schema.RUN_FILE).read_text())["weights"]
+        assert run["revision"] == "b" * 40 and run["state_sha256"] != marker["state_sha256"]
+        as_file = _weights_cfg(inputs, tmp_path / "unused", new_file)  # the same tensors, read from the file
+        sets = {s.name: in_process_features(as_file, s) for s in as_file.sets}
+        expected = score_features(sets["train"], sets["test"], {g.name: sets[g.name] for g in cfg.generated}, cfg.ct)
+        got = pd.read_parquet(out / schema.CT_SCORES_FILE)
+        pd.testing.assert_frame_equal(got, expected.ct_scores, check_dtype=False, atol=1e-9, rtol=0)
+    finally:
+        ray.shutdown()

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 from ray_helpers import audit_config
 
-from memray.job.resume import CONFIG_FILE, ResumeMismatchError, claim_output, differing_fields, embed_key, flatten
+from memray.config import digest
+from memray.job.resume import (
+    CONFIG_FILE,
+    ResumeMismatchError,
+    claim_output,
+    differing_fields,
+    embed_key,
+    flatten,
+    stage_configs,
+)
 
 INPUTS = {"train": "/data/t", "test": "/data/p", "copy": "/data/c", "real": "/data/r"}
 
@@ -38,3 +47,26 @@ def test_claim_output_rescores_on_scoring_changes_and_refuses_embed_changes(tmp_
         claim_output(audit_config(INPUTS, str(out), embed__model="vit_tiny_patch16_224"), None)
     stamp = json.loads((out / CONFIG_FILE).read_text())
     assert stamp["stages"]["score"]["ct"]["cells"] == 5  # the refused config did not overwrite the stamp
+
+
+def test_embed_key_follows_the_weights_content_not_their_path() -> None:
+    base = audit_config(INPUTS, "/out")
+    legacy = digest(stage_configs(base)["embed"])  # the key of earlier versions: config only
+    assert embed_key(base) == embed_key(base, {"source": "random_init"}) == legacy  # random init: unchanged keys
+    file_cfg = audit_config(INPUTS, "/out", embed__weights="/w/enc.safetensors", embed__random_init=False)
+    a, b = ({"source": "file", "url": "/w/enc.safetensors", "sha256": h * 64, "bytes": 1} for h in "ab")
+    assert embed_key(file_cfg, a) != embed_key(file_cfg, b)  # same path, other bytes: other embeddings
+    assert embed_key(file_cfg, a) == embed_key(file_cfg, {**a, "bytes": 2, "etag": "x"})  # only the digest counts
+    hub_cfg = audit_config(INPUTS, "/out", embed__random_init=False)
+    h1, h2 = ({"source": "hub", "hf_hub_id": "timm/t", "state_sha256": h * 64} for h in "cd")
+    assert embed_key(hub_cfg, h1) != embed_key(hub_cfg, h2)
+
+
+def test_claim_output_records_the_weights(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cfg = audit_config(INPUTS, str(out), embed__weights="/w/enc.safetensors", embed__random_init=False)
+    a = {"source": "file", "url": "/w/enc.safetensors", "sha256": "a" * 64, "bytes": 1}
+    claim_output(cfg, None, a)
+    assert json.loads((out / CONFIG_FILE).read_text())["weights"] == a
+    again = claim_output(cfg, None, {**a, "sha256": "b" * 64})  # replaced at the same path: resumed, re-embedded
+    assert again["resumed"] and json.loads((out / CONFIG_FILE).read_text())["weights"]["sha256"] == "b" * 64

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import timm
 import torch
+from ray_helpers import HUB_REPO, fake_hub_cache
 from safetensors.torch import load_file, save, save_file
 
 from memray.config import EmbedConfig
 from memray.embedding.embed import LayerEmbedder
-from memray.embedding.weights import INIT_SEED, WeightsError, create_model, load_model
+from memray.embedding.weights import INIT_SEED, WeightsError, create_model, load_model, state_digest
 from memray.io.storage import open_output
 
 MICRO = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}
@@ -179,3 +180,56 @@ def test_random_init_has_no_head_and_keeps_timms_seeded_weights() -> None:
     own = model.state_dict()
     assert model.num_classes == 0 and set(own) == set(ref) - {"head.weight", "head.bias"}
     assert all(torch.equal(v, ref[k]) for k, v in own.items())
+
+
+def test_state_digest_follows_the_tensors() -> None:
+    a, b = trained_like_model(seed=1), trained_like_model(seed=1)
+    assert state_digest(a) == state_digest(b) and len(state_digest(a)) == 64
+    with torch.no_grad():
+        b.blocks[0].mlp.fc1.bias[0] += 1e-6  # one value of one tensor
+    assert state_digest(b) != state_digest(a)
+    assert state_digest(a.half()) != state_digest(trained_like_model(seed=1))  # the dtype is part of it
+
+
+def test_weights_digest_is_sha256_and_size_streamed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from memray.io import safetensors_io
+
+    path = tmp_path / "model.safetensors"
+    save_file(trained_like_model().state_dict(), str(path))
+    monkeypatch.setattr(safetensors_io, "DIGEST_CHUNK", 1000)  # many chunks: the digest of the whole file still
+    got = safetensors_io.weights_digest(str(path))
+    assert got == {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
+    with pytest.raises(WeightsError, match=r"\.pth checkpoints are pickles"):
+        safetensors_io.weights_digest(str(tmp_path / "model.pth"))
+
+
+@pytest.mark.timeout(120)
+def test_s3_weights_digest_adds_the_etag(s3_bucket: str) -> None:
+    from memray.io.safetensors_io import weights_digest
+
+    url = f"s3://{s3_bucket}/w/model.safetensors"
+    data = save(trained_like_model().state_dict())
+    with open_output(url) as fh:
+        fh.write(data)
+    got = weights_digest(url)
+    assert got["sha256"] == hashlib.sha256(data).hexdigest() and got["bytes"] == len(data) and got["etag"]
+
+
+def test_hub_weights_record_revision_and_state_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An offline hub cache: the record names hub id, cached revision and the state digest; a pin holds a revision."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    file_a = fake_hub_cache(tmp_path, "a" * 40, seed=1)
+    hub = EmbedConfig(model="test_vit", model_kwargs={"img_size": 32})
+    model, info = load_model(hub)
+    assert (info["source"], info["hf_hub_id"], info["revision"]) == ("hub", HUB_REPO, "a" * 40)
+    from_file, _ = load_model(EmbedConfig(model="test_vit", weights=file_a, model_kwargs={"img_size": 32}))
+    assert info["state_sha256"] == state_digest(model) == state_digest(from_file)  # the same tensors
+
+    fake_hub_cache(tmp_path, "b" * 40, seed=2)  # main moves to another checkpoint
+    _, moved = load_model(hub)
+    assert moved["revision"] == "b" * 40 and moved["state_sha256"] != info["state_sha256"]
+    overlay = {"pretrained_cfg_overlay": {"hf_hub_id": f"{HUB_REPO}@{'a' * 40}"}}
+    _, pinned = load_model(EmbedConfig(model="test_vit", model_kwargs={"img_size": 32, **overlay}))
+    assert pinned["revision"] == "a" * 40 and pinned["state_sha256"] == info["state_sha256"]

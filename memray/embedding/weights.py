@@ -7,7 +7,9 @@ outside and unpickling it can run arbitrary code. Every model comes with a prove
 memray never runs a classifier head: every model is built without one (timm's default model, then
 ``reset_classifier(0)``, unless ``model_kwargs`` set ``num_classes``), so checkpoints with or without head tensors
 load. :func:`preflight_model` checks the name, the weights file's safetensors header and its fit to the
-architecture (built on the meta device) without reading the tensors.
+architecture (built on the meta device) without reading the tensors. Hub weights are recorded by what was loaded:
+the hub id, the revision found in the hub cache and :func:`state_digest` of the state dict
+(:mod:`memray.embedding.identity`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hashlib
 import logging
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,7 +52,8 @@ def load_model(
       ``pretrained=False``, the file's tensors are loaded with ``strict=True`` (see :func:`fit_state`: head tensors
       are dropped, timm's ``checkpoint_filter_fn`` is applied when keys or shapes differ); the file's SHA-256 is
       recorded.
-    - neither weights nor ``random_init``: ``timm.create_model(name, pretrained=True)`` through the model hub.
+    - neither weights nor ``random_init``: ``timm.create_model(name, pretrained=True)`` through the model hub; the
+      hub id, the cached revision (when the hub cache holds the file) and :func:`state_digest` are recorded.
     - ``cfg.random_init``: untrained weights from a fixed seed (:data:`INIT_SEED`); a warning is logged.
 
     Returns:
@@ -77,8 +81,37 @@ def load_model(
         model = _from_hub(cfg)
         pcfg = getattr(model, "pretrained_cfg", {}) or {}
         info = {"source": "hub", "hf_hub_id": pcfg.get("hf_hub_id"), "tag": pcfg.get("tag"), "url": pcfg.get("url")}
+        info.update(revision=_hub_revision(pcfg), state_sha256=state_digest(model))
     info["timm_version"] = timm.__version__
     return model.eval(), info
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """SHA-256 over the state dict: every entry's name, dtype, shape and bytes, in name order (64 hex chars)."""
+    sha = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        sha.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        sha.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return sha.hexdigest()
+
+
+def _hub_revision(pcfg: Mapping[str, Any]) -> str | None:
+    """The commit of the hub cache snapshot holding the model's weights file (``None`` when not found there)."""
+    hub_id = pcfg.get("hf_hub_id")
+    if not hub_id:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    repo, _, revision = str(hub_id).partition("@")
+    names = [pcfg.get("hf_hub_filename")] if pcfg.get("hf_hub_filename") else []
+    for name in [*names, "model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin"]:
+        path = try_to_load_from_cache(repo, name, revision=revision or None)
+        if isinstance(path, str):  # .../snapshots/<commit>/<name>
+            return Path(path).parent.name
+    return None
 
 
 def preflight_model(cfg: EmbedConfig, storage_options: dict[str, Any] | None = None) -> tuple[torch.nn.Module, dict]:

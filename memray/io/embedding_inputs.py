@@ -7,7 +7,8 @@ markers; ``.errors.parquet`` files are not features) or any table of ``sample_id
 
 Listing reads footers only (plus, for variable-size list columns, the first row to learn the dimension). The files
 are in natural order of their URLs (digit runs compare as numbers, so ``shard-100000`` follows ``shard-99999``);
-the set's global row order is the files in that order, rows in file order.
+the set's global row order is the files in that order, rows in file order. Sample ids must be unique within a
+set (:func:`check_embedding_ids`): the copy evidence names training rows by them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from memray.io import schema
@@ -36,6 +38,8 @@ ERRORS_SUFFIX = ".errors.parquet"
 DONE_SUFFIX = ".done.json"
 _GLOB = re.compile(r"[*?\[]")
 _SHARD = re.compile(r"^(shard-\d+)\.parquet$")
+IDS_BATCH = 65536  # sample ids read at a time by check_embedding_ids
+DUPLICATES_SHOWN = 5
 
 
 class EmbeddingInputError(FeatureFileError):
@@ -191,6 +195,49 @@ def embedding_layers(files: list[EmbeddingFile]) -> dict[int, int]:
                     "one embedder"
                 )
     return {ell: ref[ell][0] for ell in sorted(ref)}
+
+
+def _id_batches(files: list[EmbeddingFile], storage_options: dict[str, Any] | None) -> Any:
+    """``(url, ids)`` per batch of :data:`IDS_BATCH` rows: the ``sample_id`` column only, as an object array of str."""
+    for f in files:
+        with translate_errors(f.url, "read"), open_parquet(f.url, storage_options) as fh:
+            for batch in pq.ParquetFile(fh).iter_batches(batch_size=IDS_BATCH, columns=[schema.SAMPLE_ID]):
+                yield f.url, batch.column(0).cast(pa.string()).to_numpy(zero_copy_only=False)
+
+
+def check_embedding_ids(
+    files: list[EmbeddingFile], set_name: str, storage_options: dict[str, Any] | None = None
+) -> None:
+    """Refuse a set whose files repeat a ``sample_id`` (within or across files), naming the first few.
+
+    Reads the id column once and keeps a 64-bit hash per row (8 bytes a row); only ids whose hash repeats are read
+    again and compared as strings.
+
+    Raises:
+        EmbeddingInputError: one line naming the set, the first :data:`DUPLICATES_SHOWN` repeated ids and where the
+            first one occurs.
+    """
+    import pandas as pd  # hash_array: a vectorised 64-bit hash of strings
+
+    parts = [pd.util.hash_array(ids) for _, ids in _id_batches(files, storage_options)]
+    hashes = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
+    suspects = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+    if not suspects.size:
+        return
+    first: dict[str, str] = {}
+    repeated: dict[str, list[str]] = {}  # id -> the files it occurs in, in order (insertion order: first repeat first)
+    for url, ids in _id_batches(files, storage_options):
+        for sid in ids[np.isin(pd.util.hash_array(ids), suspects)]:
+            if sid in first:
+                repeated.setdefault(sid, [first[sid]]).append(url)
+            first.setdefault(sid, url)
+    if repeated:
+        shown = list(repeated)[:DUPLICATES_SHOWN]
+        where = " and ".join(sorted(set(repeated[shown[0]]), key=natural_key))
+        raise EmbeddingInputError(
+            f"set {set_name!r}: {len(repeated)} sample id(s) occur more than once in its embeddings, e.g. {shown} "
+            f"({shown[0]!r} in {where}); give every row its own sample_id (results name rows by it)"
+        )
 
 
 def rows_for(files: list[EmbeddingFile], layer: int, storage_options: dict[str, Any] | None = None) -> ParquetRows:

@@ -1,13 +1,15 @@
 """Reading ``.safetensors`` weights files, local or from object storage, never unpickling anything.
 
 :func:`read_safetensors_header` reads only the 8-byte length and the JSON header (two ranged reads), so a
-multi-GB checkpoint on ``s3://`` can be checked in milliseconds; :func:`read_weights` reads the whole file.
+multi-GB checkpoint on ``s3://`` can be checked in milliseconds; :func:`read_weights` reads the whole file;
+:func:`weights_digest` streams it once through SHA-256 (the weights' identity, in bounded memory).
 Pickle checkpoints (``.pth``, ``.bin``, …) are refused by name before any byte is read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import PurePosixPath
@@ -24,6 +26,7 @@ _CONVERT_HINT = (
     "sd = torch.load('IN.pth', map_location='cpu', weights_only=True); "
     "st.save_file(sd.get('model', sd), 'OUT.safetensors')\""
 )
+DIGEST_CHUNK = 8 * 1024**2  # bytes read at a time by weights_digest
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
 #: safetensors dtype names → torch dtypes (others get float32 stand-ins in the shape-only check).
 ST_DTYPES: dict[str, torch.dtype] = {
@@ -65,6 +68,28 @@ def read_weights(url: str, storage_options: dict[str, Any] | None = None) -> byt
     _check_suffix(url)
     with _reading(url), open_url(url, "rb", storage_options) as fh:
         return fh.read()
+
+
+def weights_digest(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a weights file is, by content: its SHA-256 and size, read once in chunks of :data:`DIGEST_CHUNK` bytes.
+
+    Returns:
+        ``{"sha256": 64 hex chars, "bytes": size}``, plus ``"etag"`` for an object in a store that reports one.
+    """
+    _check_suffix(url)
+    sha, size = hashlib.sha256(), 0
+    with _reading(url):
+        st = store(url, storage_options)
+        info = st.call("info", st.path)
+        with open_url(url, "rb", storage_options) as fh:
+            while chunk := fh.read(DIGEST_CHUNK):
+                sha.update(chunk)
+                size += len(chunk)
+    out: dict[str, Any] = {"sha256": sha.hexdigest(), "bytes": size}
+    etag = info.get("ETag", info.get("etag"))
+    if etag:
+        out["etag"] = str(etag).strip('"')
+    return out
 
 
 def read_safetensors_header(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:

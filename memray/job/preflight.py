@@ -1,11 +1,13 @@
 """Checks an audit config can run, before Ray starts and before anything is written.
 
 :func:`preflight` lists every input (so a missing path fails in a second, not after Ray's start-up), checks the
-encoder and its weights without loading them (:func:`memray.embedding.weights.check_encoder`), the fingerprint subset
-size against the set sizes known from the listing, the output URL and the configs of an output folder being resumed
-(:func:`memray.job.resume.check_output_folder`), and a saved gallery's configs against this run's. The cluster's
-capacity is checked once Ray is connected (:func:`memray.ray.session.check_capacity`), still before anything is
-written.
+encoder and its weights without loading them (:func:`memray.embedding.weights.check_encoder`), then streams a weights
+file once through SHA-256 (:func:`memray.job.resume.planned_weights`: the weights' identity, which keys the
+embeddings and which every embedding worker checks against the bytes it loads), the sample ids of sets given as
+embeddings (unique), the fingerprint subset size against the set sizes known from the listing, the output URL and the
+configs of an output folder being resumed (:func:`memray.job.resume.check_output_folder`), and a saved gallery's
+configs and weights against this run's. The cluster's capacity is checked once Ray is connected
+(:func:`memray.ray.session.check_capacity`), still before anything is written.
 Every failure is a ``ValueError`` whose one-line message names the field or file and what to do.
 """
 
@@ -18,6 +20,7 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
+from memray.embedding.identity import weights_identity
 from memray.io import schema, storage
 from memray.io.shards import ShardPlan, plan_shards
 from memray.io.sources import KIND_FILE, KIND_NPZ, KIND_PARQUET, NPZ_KEYS, Unit
@@ -42,6 +45,11 @@ class Preflight:
     """Sets given as precomputed embeddings: their :class:`memray.io.embedding_inputs.EmbeddingFile` listing."""
     layers: dict[int, int] = field(default_factory=dict)
     """``{layer: dim}`` every embeddings set has (empty when no set is given as embeddings)."""
+    weights: dict[str, Any] = field(default_factory=dict)
+    """The weights the job embeds with (:func:`memray.job.resume.planned_weights`; empty when nothing is embedded):
+    ``source`` and, for a file, ``url``, ``sha256``, ``bytes``; hub weights are resolved when the job starts
+    (``hf_hub_id``, ``revision``, ``state_sha256``). Its identity (:func:`memray.embedding.identity.weights_identity`)
+    keys the embeddings."""
 
     def listing(self, name: str) -> list[str]:
         """The listing digests of a set's inputs: one per shard (images) or per feature file (embeddings)."""
@@ -126,26 +134,42 @@ GALLERY_FIELDS = ("embed", "preprocessing", "ct", "fingerprint.subset_size", "fi
 _CT_IGNORED = ("seed", "search_rows", "query_batch", "candidates")
 
 
-def gallery_comparable(cfg: AuditConfig, preprocessing: dict[str, Any]) -> dict[str, Any]:
-    """The parts of this run's config that a gallery's curves must share to be comparable."""
+def gallery_comparable(
+    cfg: AuditConfig, preprocessing: dict[str, Any], weights: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The parts of this run's config that a gallery's curves must share to be comparable.
+
+    ``weights``: the job's weights record; its identity is stored as ``embed.weights_digest`` (file SHA-256 or hub
+    state-dict digest), so curves made with another checkpoint at the same path are not comparable.
+    """
     from memray.config import to_dict
 
     ct = {k: v for k, v in to_dict(cfg.ct).items() if k not in _CT_IGNORED}
     fp = cfg.fingerprint
+    embed = None
+    if cfg.embed is not None:
+        # the weights' location may differ between machines; their content, the model, init and tokens may not
+        embed = {k: v for k, v in to_dict(cfg.embed).items() if k not in ("batch_size", "weights")}
+        if weights_identity(weights):
+            embed["weights_digest"] = weights_identity(weights)
     return {
-        # the weights' location may differ between machines; the model, init and token choices may not
-        "embed": None
-        if cfg.embed is None
-        else {k: v for k, v in to_dict(cfg.embed).items() if k not in ("batch_size", "weights")},
+        "embed": embed,
         "preprocessing": preprocessing,
         "ct": ct,
         "fingerprint": {"subset_size": fp.subset_size if fp else None, "subsets": fp.subsets if fp else None},
     }
 
 
-def check_gallery(cfg: AuditConfig, preprocessing: dict[str, Any], allow_mismatch: bool, so: dict | None) -> None:
-    """Refuse a gallery whose curves were made with another encoder, preprocessing or C_T/subset config."""
-    from memray.job.resume import differing_fields
+def check_gallery(
+    cfg: AuditConfig,
+    preprocessing: dict[str, Any],
+    allow_mismatch: bool,
+    so: dict | None,
+    weights: dict[str, Any] | None = None,
+) -> None:
+    """Refuse a gallery whose curves were made with another encoder (weights digest included), preprocessing or
+    C_T/subset config. Hub weights not yet resolved (``{"source": "hub"}``) are compared once the job resolved them."""
+    from memray.job.resume import differing_fields, weights_pending
 
     if cfg.fingerprint is None or not cfg.fingerprint.gallery:
         return
@@ -154,9 +178,11 @@ def check_gallery(cfg: AuditConfig, preprocessing: dict[str, Any], allow_mismatc
     if not rec.get("job"):
         log.warning("%s: the gallery does not record its encoder and C_T config; it cannot be checked", url)
         return
-    ours = json.loads(json.dumps(gallery_comparable(cfg, preprocessing), default=str))  # as stored
-    theirs = rec["job"]
-    diff = differing_fields({k: theirs.get(k) for k in ours}, ours)
+    ours = json.loads(json.dumps(gallery_comparable(cfg, preprocessing, weights), default=str))  # as stored
+    theirs = {k: rec["job"].get(k) for k in ours}
+    if weights_pending(weights) and isinstance(theirs.get("embed"), dict):
+        theirs["embed"] = {k: v for k, v in theirs["embed"].items() if k != "weights_digest"}
+    diff = differing_fields(theirs, ours)
     if diff and not allow_mismatch:
         raise PreflightError(
             f"fingerprint.gallery={url} was made with other settings ({'; '.join(diff)}): its curves are not "
@@ -186,9 +212,9 @@ def check_curve_files(gallery_url: str, queries_url: str, allow_mismatch: bool =
 
 def preflight(cfg: AuditConfig, allow_gallery_mismatch: bool = False) -> Preflight:
     """Every check that needs no Ray and writes nothing; returns the plans the job will run."""
-    from memray.io.embedding_inputs import list_embedding_files
+    from memray.io.embedding_inputs import check_embedding_ids, list_embedding_files
     from memray.job.reference import check_reference
-    from memray.job.resume import check_output_folder
+    from memray.job.resume import check_output_folder, planned_weights
 
     so = dict(cfg.storage_options) or None
     refuse_relative_under_ray_job("output", cfg.output)  # configs built in Python, not read by load_audit_config
@@ -203,16 +229,18 @@ def preflight(cfg: AuditConfig, allow_gallery_mismatch: bool = False) -> Preflig
             files[spec.name] = list_embedding_files(list(spec.embeddings), so)
             if not files[spec.name]:
                 raise PreflightError(f"set {spec.name!r}: no feature Parquet under {', '.join(spec.embeddings)}")
+            check_embedding_ids(files[spec.name], spec.name, so)
             continue
         plans[spec.name] = plan_shards(spec, cfg.resources.shard_rows, so, skipped=skipped[spec.name])
         root = plans[spec.name][0].units[0].root.rstrip("/") + "/"  # skipped files get ids like the others'
         skipped[spec.name] = [(u.removeprefix(root), why) for u, why in skipped[spec.name]]
     layers = check_embedding_layers(files)
-    encoder = {}
+    encoder, weights = {}, {}
     if cfg.embed is not None and plans:  # images to embed (torch is imported only then)
         from memray.embedding.weights import check_encoder
 
         encoder = check_encoder(cfg.embed, so)
+        weights = planned_weights(cfg, so)
     if encoder and layers and {int(k): int(v) for k, v in encoder.get("dims", {}).items()} != layers:
         raise PreflightError(
             f"the embeddings sets have layers {layers} ({{layer: dim}}) but embed.model {cfg.embed.model!r} with "
@@ -221,8 +249,8 @@ def preflight(cfg: AuditConfig, allow_gallery_mismatch: bool = False) -> Preflig
     known = {name: set_rows(p, so) for name, p in plans.items()}
     known.update({name: sum(f.n for f in fl) for name, fl in files.items()})
     check_subset_size(cfg, known)
-    check_gallery(cfg, preprocessing_record(cfg), allow_gallery_mismatch, so)
-    checked = Preflight(plans, skipped, encoder, known, files, layers)
+    check_gallery(cfg, preprocessing_record(cfg), allow_gallery_mismatch, so, weights)
+    checked = Preflight(plans, skipped, encoder, known, files, layers, weights)
     check_reference(cfg, checked)  # a reference made from other sets or another encoder is refused here
     shown = [
         f"{n} {len(p)} shard(s)" + (f", {len(skipped[n])} skipped" if skipped[n] else "") for n, p in plans.items()

@@ -6,12 +6,16 @@ shards are written under ``<reference>/embeddings/<set>/`` instead of the output
 (moments → PCA, k-means cells, the partitioned projected training rows; :mod:`memray.stats`) under
 ``<reference>/fit/<fit key>/layer_<ℓ>/``. A later audit naming the same reference:
 
-- reuses the embeddings when the encoder config and the train/test listings match (``reference.json``);
-- reuses a layer's fit when its fit key matches: the embed key, the training listing and the fit settings
+- reuses the embeddings when the encoder config, the weights' identity (a file's SHA-256, or the hub state-dict
+  digest: :mod:`memray.embedding.identity`) and the train/test listings match (``reference.json``);
+- reuses a layer's fit when its fit key matches: the embed key (weights identity included), the training listing
+  and the fit settings
   (``ct.pca_dim``, ``pca_only_if_larger``, ``cells``, ``seed``, ``kmeans_*``, ``block_rows``); scoring-only
   settings (τ, metric, fingerprint settings, generated sets) are free to change;
-- is refused, naming the differing fields (old → new), when the encoder config or the listings differ: a
-  reference describes one training set seen through one encoder.
+- is refused, naming the differing fields (old → new), when the encoder config or the listings differ, and naming
+  the weights file (or hub id) and its old → new digest when the weights at the same path changed: a reference
+  describes one training set seen through one encoder. A reference made before weights digests were recorded
+  holds ``(not recorded)``: with file or hub weights it is refused, as its weights cannot be told apart.
 
 ``reference.json`` lists under ``fits`` the fit keys whose layers are all written. An audit whose fit key is listed
 only reads the reference and needs no claim on it; any other audit writes to it (embeddings, fits) and claims it
@@ -25,8 +29,9 @@ import logging
 from typing import Any
 
 from memray.config import digest, to_dict
+from memray.embedding.identity import describe_weights, show_identity, weights_identity
 from memray.io import storage
-from memray.job.resume import differing_fields, embed_key, stage_configs
+from memray.job.resume import differing_fields, embed_key, stage_configs, weights_pending
 from memray.job_config import AuditConfig
 
 log = logging.getLogger(__name__)
@@ -42,10 +47,11 @@ class ReferenceMismatchError(ValueError):
 
 
 def record(cfg: AuditConfig, checked: Any) -> dict[str, Any]:
-    """What a reference holds: the encoder's stage config and the train/test sets with their listings."""
+    """What a reference holds: the encoder's stage config, the weights' identity and the train/test sets with their
+    listings."""
     sets = {role: {"name": spec.name, "listing": digest({"listing": checked.listing(spec.name)})}
             for role, spec in (("train", cfg.train), ("test", cfg.test))}  # fmt: skip
-    return {"embed": stage_configs(cfg)["embed"], "sets": sets}
+    return {"embed": stage_configs(cfg)["embed"], "weights": weights_identity(checked.weights), "sets": sets}
 
 
 def check_reference(cfg: AuditConfig, checked: Any) -> bool:
@@ -62,7 +68,11 @@ def check_reference(cfg: AuditConfig, checked: Any) -> bool:
         return False
     old = storage.read_json(url, so)
     ours = record(cfg, checked)
+    weights = ours.pop("weights")
     diff = differing_fields({k: old.get(k) for k in ours}, ours)
+    if old.get("weights") != weights and not weights_pending(checked.weights):  # hub: checked once resolved
+        change = f"{show_identity(old.get('weights'))} → {show_identity(weights)}"
+        diff.append(f"{describe_weights(checked.weights)}: {change}")
     if diff:
         raise ReferenceMismatchError(
             f"reference={cfg.reference} holds another training/test set or encoder ({'; '.join(diff)}): give a new "
@@ -116,7 +126,8 @@ def fit_key(cfg: AuditConfig, checked: Any) -> str:
     """Digest of what a layer's fit depends on: embed key, training listing and the fit settings."""
     ct = to_dict(cfg.ct)
     fit = {name: ct[name] for name in FIT_FIELDS}
-    return digest({"embed_key": embed_key(cfg), "train": checked.listing(cfg.train.name), "fit": fit})
+    ekey = embed_key(cfg, checked.weights)
+    return digest({"embed_key": ekey, "train": checked.listing(cfg.train.name), "fit": fit})
 
 
 def fit_roots(cfg: AuditConfig, checked: Any, layers: list[int]) -> dict[int, tuple[str, bool]]:

@@ -5,6 +5,11 @@ Stages and their keys:
 - **embed** (the shard files under ``embeddings/``): the embed config, ``max_image_pixels`` and
   ``resources.shard_rows``. A change here invalidates every embedding: the rerun is refused, naming the fields,
   because silently re-embedding a large set into the same folder would throw hours of GPU work away.
+- **the weights' content**: the weights are known by what they are, not by their path (:func:`planned_weights`,
+  :mod:`memray.embedding.identity`): a file's SHA-256 (streamed once by the preflight), or the digest of the state
+  dict the hub gave (resolved when the job starts). It is part of the embed key (:func:`embed_key`), so weights
+  replaced at the same path make every shard, fit and layer of the folder be computed again; ``random_init``
+  weights follow from the config and add nothing (their keys are those of earlier versions).
 - **each embedding shard**: the embed key plus the shard's listing (file names, sizes, mtimes/ETags); a
   shard whose listing changed is embedded again.
 - **score** (``layers/layer_<ℓ>/``): the embed key, the C_T config, the fingerprint config and set labels
@@ -20,6 +25,14 @@ import logging
 from typing import Any
 
 from memray.config import digest
+from memray.embedding.identity import (
+    SOURCE_FILE,
+    SOURCE_HUB,
+    SOURCE_RANDOM,
+    describe_weights,
+    show_identity,
+    weights_identity,
+)
 from memray.io import storage
 from memray.job_config import AuditConfig, result_dict
 
@@ -49,9 +62,32 @@ def stage_configs(cfg: AuditConfig) -> dict[str, dict[str, Any]]:
     return {"embed": embed, "score": score}
 
 
-def embed_key(cfg: AuditConfig) -> str:
-    """Digest of what every embedding shard depends on besides its own listing."""
-    return digest(stage_configs(cfg)["embed"])
+def embed_key(cfg: AuditConfig, weights: dict[str, Any] | None = None) -> str:
+    """Digest of what every embedding shard depends on besides its own listing: the embed stage config and the
+    identity of ``weights`` (the job's weights record; none for random-init weights)."""
+    identity = weights_identity(weights)
+    embed = stage_configs(cfg)["embed"]
+    return digest(embed if identity is None else {"embed": embed, "weights": identity})
+
+
+def planned_weights(cfg: AuditConfig, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """The weights record the job plans with: a file's SHA-256 and size (streamed once, bounded memory; plus the
+    ETag on object storage); ``{"source": "hub"}`` until the job resolves it; ``{"source": "random_init"}``."""
+    from memray.io.safetensors_io import weights_digest
+
+    emb = cfg.embed
+    if emb is None:
+        return {}
+    if emb.weights:
+        record = {"source": SOURCE_FILE, "url": emb.weights, **weights_digest(emb.weights, storage_options)}
+        log.info("weights %s: %s (%d bytes)", emb.weights, show_identity(weights_identity(record)), record["bytes"])
+        return record
+    return {"source": SOURCE_RANDOM if emb.random_init else SOURCE_HUB}
+
+
+def weights_pending(weights: dict[str, Any] | None) -> bool:
+    """Hub weights whose digest the job has not resolved yet (preflight does not contact the hub)."""
+    return (weights or {}).get("source") == SOURCE_HUB and weights_identity(weights) is None
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -110,8 +146,11 @@ def check_output_folder(cfg: AuditConfig, storage_options: dict[str, Any] | None
     return old
 
 
-def claim_output(cfg: AuditConfig, storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    """Compare the output folder's stamp with this config, then write this config's stamp.
+def claim_output(
+    cfg: AuditConfig, storage_options: dict[str, Any] | None, weights: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Compare the output folder's stamp with this config, then write this config's stamp (and ``weights``, the
+    job's weights record; weights changed at the same path are logged: the embeddings are made again).
 
     Returns ``{"resumed": bool, "rescore": [changed scoring fields]}``.
 
@@ -120,11 +159,15 @@ def claim_output(cfg: AuditConfig, storage_options: dict[str, Any] | None) -> di
     """
     stages = stage_configs(cfg)
     url = storage.join(cfg.output, CONFIG_FILE)
-    stamp = {"digest": digest(result_dict(cfg)), "stages": stages, "config": result_dict(cfg)}
+    stamp = {"digest": digest(result_dict(cfg)), "stages": stages, "config": result_dict(cfg), "weights": weights or {}}
     out: dict[str, Any] = {"resumed": False, "rescore": []}
     old = check_output_folder(cfg, storage_options)
     if old is not None:
         out["resumed"] = True
+        before = weights_identity(storage.read_json(url, storage_options).get("weights"))
+        if before is not None and before != weights_identity(weights):
+            log.warning("%s changed (%s → %s): everything is embedded and scored again", describe_weights(weights),
+                        show_identity(before), show_identity(weights_identity(weights)))  # fmt: skip
         if old.get("score") is not None:
             out["rescore"] = differing_fields({"score": old["score"]}, {"score": stages["score"]})
         if out["rescore"]:

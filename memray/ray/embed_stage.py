@@ -8,7 +8,12 @@ counts, part name, the range's error rows). Once a shard's ranges tile ``[0, sha
 task (:func:`finish_shard`) that streams the parts in row order into the shard's feature Parquet
 (``embeddings/<set>/shard-NNNNN.parquet``), writes its error rows (``…errors.parquet``) and deletes the parts;
 the driver then writes, last, the small JSON completion marker (``…done.json``) holding the shard's counts, the
-embed key and the shard's input listing (names, sizes, mtimes/ETags).
+embed key, the weights record (file SHA-256, or hub id, revision and state-dict digest) and the shard's input
+listing (names, sizes, mtimes/ETags).
+
+Every actor checks the weights it loaded against the job's weights record (:func:`resolve_weights`, from the
+preflight for a file): a file replaced while the job runs, or a node whose hub cache holds another revision, fails
+the job in one line instead of mixing two encoders in one output.
 
 Parts are concatenated, not kept: readers keep one file per shard, and a large shard stays one object on object
 storage instead of one per actor batch, for one more read and write of the features, spread over the workers. A
@@ -34,7 +39,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from memray.config import EmbedConfig, to_dict
+from memray.config import EmbedConfig, from_dict, to_dict
+from memray.embedding.identity import SOURCE_HUB, WeightsChangedError, weights_identity, weights_mismatch
 from memray.io import schema, storage
 from memray.io.features import FeatureSet, features_to_table, parquet_options
 from memray.io.shards import IMAGE, ROW, SHARD, SHARD_ROWS, STATUS_OK, RowRanges, ShardPlan, contiguous_runs, iter_shard
@@ -44,6 +50,7 @@ from memray.ray.session import started_local
 log = logging.getLogger(__name__)
 NODE = "node_id"
 FIRST, LAST, N_OK, PART, ERRORS = "first", "last", "n_ok", "part", "errors"  # columns of the actors' records
+WEIGHTS_ERROR = "weights_error"  # "" unless the actor loaded other weights than the job's (then nothing is embedded)
 ROW_GROUP_BYTES = 128 * 1024**2  # parts are merged into row groups of about this size
 
 
@@ -58,32 +65,43 @@ def parts_url(out: str, set_name: str, shard: int) -> str:
 
 
 class EmbedActor:
-    """Loads the encoder once per actor; embeds a batch of prepared images and writes its part files.
+    """Loads the encoder once per actor, checks it has the job's weights (``expected_weights``), embeds a batch of
+    prepared images and writes its part files.
 
     Returns one record per (shard, contiguous row range) of the batch: ``set, shard, first, last, n_ok, shard_rows,
-    part, errors, node_id``; ``shard_rows`` is the shard's row count on the range holding its last row, else
-    :data:`~memray.io.shards.ROWS_UNKNOWN`; ``part`` is ``""`` when no row of the range embedded; ``errors`` is JSON
-    ``[[row, sample_id, status, error], …]``.
+    part, errors, node_id, weights_error``; ``shard_rows`` is the shard's row count on the range holding its last row,
+    else :data:`~memray.io.shards.ROWS_UNKNOWN`; ``part`` is ``""`` when no row of the range embedded; ``errors`` is
+    JSON ``[[row, sample_id, status, error], …]``. An actor whose weights are not the job's embeds and writes nothing
+    and says why in ``weights_error`` (a record, not an exception: Ray hands an actor's exception to the driver as a
+    traceback, not as the error), which the driver raises as :class:`WeightsChangedError`: one line.
     """
 
     def __init__(
-        self, embed_cfg: dict[str, Any], num_threads: int | None, out: str, storage_options: dict | None = None
+        self,
+        embed_cfg: dict[str, Any],
+        num_threads: int | None,
+        out: str,
+        storage_options: dict | None = None,
+        expected_weights: dict[str, Any] | None = None,
     ) -> None:
-        from memray.config import from_dict
         from memray.embedding.embed import LayerEmbedder
 
         cfg = from_dict(EmbedConfig, embed_cfg, "embed")
         self.embedder = LayerEmbedder(cfg, num_threads=num_threads, storage_options=storage_options)
         self.node = ray.get_runtime_context().get_node_id()
+        who = f"the embedding actor on node {self.node}"
+        self.weights_error = weights_mismatch(self.embedder.weights_info, expected_weights, who)
         self.out, self.so = out, storage_options
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ok = batch[schema.STATUS] == STATUS_OK
+        ok = (batch[schema.STATUS] == STATUS_OK) & (not self.weights_error)
         feats = self.embedder.embed_prepared(batch[IMAGE][ok]) if ok.any() else {}
         at = np.cumsum(ok) - 1  # position of each ok row of the batch in ``feats``
         records = [self._write(batch, idx, ok[idx], {k: v[at[idx[ok[idx]]]] for k, v in feats.items()})
                    for idx in contiguous_runs(batch)]  # fmt: skip
-        return {k: np.array([r[k] for r in records]) for k in records[0]}
+        return {k: np.array([r[k] for r in records]) for k in records[0]} | {
+            WEIGHTS_ERROR: np.array([self.weights_error] * len(records))
+        }
 
     def _write(self, batch: dict[str, np.ndarray], idx: np.ndarray, ok: np.ndarray, layers: dict) -> dict[str, Any]:
         set_name, shard = str(batch[schema.SET][idx[0]]), int(batch[SHARD][idx[0]])
@@ -161,6 +179,28 @@ def _read_fn(
     return read
 
 
+def _load_record(embed_cfg: dict[str, Any], so: dict | None) -> dict[str, Any]:
+    from memray.embedding.weights import load_model
+
+    return load_model(from_dict(EmbedConfig, embed_cfg, "embed"), so)[1]
+
+
+def resolve_weights(cfg: AuditConfig, planned: dict[str, Any]) -> dict[str, Any]:
+    """The weights record the actors must load: ``planned`` (the preflight's), except hub weights, which preflight
+    cannot see: one task placed like an embedding actor loads the model and returns its record (hub id, revision,
+    state-dict digest), against which every actor then checks its own."""
+    if planned.get("source") != SOURCE_HUB or weights_identity(planned) is not None:
+        return planned
+    res, so = cfg.resources, dict(cfg.storage_options) or None
+    task = ray.remote(_load_record).options(
+        num_cpus=res.actor_num_cpus, num_gpus=res.actor_num_gpus, resources=dict(res.actor_resources) or None
+    )
+    record = ray.get(task.remote(to_dict(cfg.embed), so))
+    log.info("hub weights %s (revision %s): state_sha256 %s", record.get("hf_hub_id"), record.get("revision"),
+             record.get("state_sha256"))  # fmt: skip
+    return record
+
+
 def shard_done(out: str, plan: ShardPlan, embed_key: str, so: dict | None) -> bool:
     """Whether a shard's outputs are complete and were made from its current listing with this embed config."""
     marker = shard_url(out, plan, ".done.json")
@@ -226,6 +266,9 @@ class _Assembly:
     def add(self, records: pa.Table) -> None:
         """Take one batch of actor records; start the tasks of the shards they complete."""
         self.driver_bytes += records.nbytes
+        failed = [e for e in records.column(WEIGHTS_ERROR).to_pylist() if e]
+        if failed:  # nothing of that actor was written; the shards other actors finished keep their markers
+            raise WeightsChangedError(failed[0])
         for rec in records.to_pylist():
             key = (rec[schema.SET], rec[SHARD])
             self.nodes.add(rec[NODE])
@@ -280,8 +323,10 @@ def run_embedding(
     prepare: Any,
     embed_key: str = "",
     before_writing: Callable[[], Any] | None = None,
+    weights: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Embed every shard of ``plans`` not already done (:func:`shard_done`).
+    """Embed every shard of ``plans`` not already done (:func:`shard_done`); ``weights``: the job's weights record
+    (:func:`resolve_weights`), which every actor checks and every marker records (its identity is in ``embed_key``).
 
     ``before_writing``: called once before the first write, when some shard is to be done (claims a reference that
     was only to be read). Returns rows read, seconds, the node ids of the actors and ``driver_bytes``: the Arrow
@@ -294,7 +339,8 @@ def run_embedding(
         before_writing()
     t0 = time.perf_counter()
     res = cfg.resources
-    asm = _Assembly(todo, out, meta, so, {"embed_key": embed_key}, res.read_num_cpus)
+    marker = {"embed_key": embed_key, **({"weights": weights} if weights else {})}
+    asm = _Assembly(todo, out, meta, so, marker, res.read_num_cpus)
     if todo:
         ds = ray.data.from_items([{"plan": p.to_json()} for p in todo], override_num_blocks=len(todo))
         ds = ds.flat_map(_read_fn(prepare, cfg.max_image_pixels, so), num_cpus=res.read_num_cpus)
@@ -307,6 +353,7 @@ def run_embedding(
                     "num_threads": res.torch_threads,
                     "out": out,
                     "storage_options": so,
+                    "expected_weights": weights,
                 },
                 compute=ray.data.ActorPoolStrategy(size=res.actors),
                 num_cpus=res.actor_num_cpus,

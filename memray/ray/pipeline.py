@@ -3,7 +3,7 @@
 Runs the same on a laptop (``ray.init()`` starts a local Ray) and on a cluster (``ray job submit``). Output
 layout under ``cfg.output``::
 
-    run.json                     config, digest, versions, counts, timings, nodes
+    run.json                     config, digest, weights (file SHA-256 or hub state digest), versions, counts, nodes
     ct_scores.parquet  ct_cells.parquet  verdicts.parquet  neighbors.parquet  copies.parquet  errors.parquet
     ct_stability.parquet  [fingerprints.parquet  attribution.parquet  attribution_fid.parquet  gallery.parquet]
     report.html                  the evidence page (memray report RUN_DIR rebuilds it)
@@ -13,6 +13,7 @@ layout under ``cfg.output``::
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -35,13 +36,20 @@ from memray.io.rows import load_queries
 from memray.io.shards import ShardPlan
 from memray.job.claims import AuditClaims, audit_claims
 from memray.job.evidence import fid_attribution, sources_for, write_fid_attribution, write_report
-from memray.job.preflight import Preflight, gallery_comparable, preflight, preprocessing_record
+from memray.job.preflight import Preflight, check_gallery, gallery_comparable, preflight, preprocessing_record
 from memray.job.probes import finish_probes, is_probe_set
-from memray.job.reference import claim_reference, embeddings_root, fit_roots, mark_fit_finished
-from memray.job.resume import CONFIG_FILE, ResumeMismatchError, claim_output, embed_key, stage_configs
+from memray.job.reference import check_reference, claim_reference, embeddings_root, fit_roots, mark_fit_finished
+from memray.job.resume import (
+    CONFIG_FILE,
+    ResumeMismatchError,
+    claim_output,
+    embed_key,
+    stage_configs,
+    weights_pending,
+)
 from memray.job.score import run_scoring
 from memray.job_config import AuditConfig, result_dict
-from memray.ray.embed_stage import run_embedding, shard_url
+from memray.ray.embed_stage import resolve_weights, run_embedding, shard_url
 from memray.ray.probe_stage import add_probe_sets
 from memray.ray.score_stage import RayMapper
 from memray.ray.session import check_capacity, describe_nodes
@@ -174,13 +182,19 @@ def run_audit(
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     checked = checked or preflight(cfg, allow_gallery_mismatch)
     if claims is not None:
-        return _run_audit(cfg, prepare, checked, claims, t0, started)
+        return _run_audit(cfg, prepare, checked, claims, t0, started, allow_gallery_mismatch)
     with audit_claims(cfg, checked) as held:
-        return _run_audit(cfg, prepare, checked, held, t0, started)
+        return _run_audit(cfg, prepare, checked, held, t0, started, allow_gallery_mismatch)
 
 
 def _run_audit(
-    cfg: AuditConfig, prepare: Any | None, checked: Preflight, claims: AuditClaims, t0: float, started: str
+    cfg: AuditConfig,
+    prepare: Any | None,
+    checked: Preflight,
+    claims: AuditClaims,
+    t0: float,
+    started: str,
+    allow_gallery_mismatch: bool,
 ) -> AuditResult:
     """:func:`run_audit` once its claims are held."""
     so = dict(cfg.storage_options) or None
@@ -188,15 +202,17 @@ def _run_audit(
     probe_params: dict[str, dict[str, Any]] = {}
     if cfg.probes is not None:  # transformed training images, scored as further generated sets
         cfg, checked, probe_params = add_probe_sets(cfg, checked)
+    checked = _resolve_weights(cfg, checked, allow_gallery_mismatch)
     history = _previous_stats(cfg.output, so)
-    claim = claim_output(cfg, so)
+    claim = claim_output(cfg, so, checked.weights)
     run_digest = digest(result_dict(cfg))
     # the job record (memray.stats.results.JOB_KEYS): in every shard's and every result table's metadata
     meta = {"memray_version": installed_version(), "job_digest": run_digest, "job_config": result_dict(cfg)}
     meta["preprocessing"] = preprocessing_record(cfg)
+    meta["weights"] = checked.weights
     plans = checked.plans
     all_plans = [p for s in cfg.sets for p in plans.get(s.name, [])]
-    ekey = embed_key(cfg)
+    ekey = embed_key(cfg, checked.weights)
     claim_reference(cfg, checked)
     embed_stats = {"rows": 0, "seconds": 0.0, "nodes": []}
     groups: dict[str, list[ShardPlan]] = {}  # embedding root (the output, or the reference) -> its shards
@@ -207,7 +223,7 @@ def _run_audit(
 
         prepare = prepare or make_prepare(cfg.embed)
         write_reference = claims.claim_reference if cfg.reference and root == cfg.reference else None
-        done = run_embedding(cfg, group, root, meta, prepare, ekey, write_reference)
+        done = run_embedding(cfg, group, root, meta, prepare, ekey, write_reference, checked.weights)
         for key, value in done.items():  # counts and times add up; node ids are a union
             old = embed_stats.get(key, [] if key == "nodes" else 0)
             embed_stats[key] = sorted(set(old) | set(value)) if key == "nodes" else old + value
@@ -259,7 +275,7 @@ def _run_audit(
         fp = cfg.fingerprint
         gallery = read_gallery(fp.gallery) if fp.gallery else None
         record = plan_record(subsets, sizes)
-        job = gallery_comparable(cfg, meta["preprocessing"])
+        job = gallery_comparable(cfg, meta["preprocessing"], checked.weights)
         out = finish_fingerprints(curves, record, fp, cfg.ct, cfg.output, gallery, job)
         attribution = out.get("attribution")
         if gallery is None:  # the FID-nearest baseline needs the gallery sets' features: this run's labelled sets
@@ -276,6 +292,18 @@ def _run_audit(
     report = write_report(cfg.output, so)
     log.info("audit done in %.1f s; results in %s", stats["seconds"], cfg.output)
     return AuditResult(cfg.output, result.ct_scores, stats, attribution, result.verdicts, report, so)
+
+
+def _resolve_weights(cfg: AuditConfig, checked: Preflight, allow_gallery_mismatch: bool) -> Preflight:
+    """``checked`` with hub weights resolved (:func:`memray.ray.embed_stage.resolve_weights`), and the gallery and
+    reference checked against their digest before anything is written."""
+    if not checked.plans or not weights_pending(checked.weights):
+        return checked
+    checked = dataclasses.replace(checked, weights=resolve_weights(cfg, checked.weights))
+    check_gallery(cfg, preprocessing_record(cfg), allow_gallery_mismatch, dict(cfg.storage_options) or None,
+                  checked.weights)  # fmt: skip
+    check_reference(cfg, checked)
+    return checked
 
 
 def _embedded_layers(pieces: list[tuple[str, int]], so: dict | None) -> list[int]:
