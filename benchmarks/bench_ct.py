@@ -43,7 +43,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from memray.config import CTConfig
+from memray.stats.config import CTConfig
 from memray.stats.score import fit_layer
 
 LATENT, CLUSTERS = 32, 20

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import timm
 import torch
 
-from memray.config import EmbedConfig
+from memray.embedding.config import EmbedConfig
 from memray.embedding.embed import LayerEmbedder
 
 

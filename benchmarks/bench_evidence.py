@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_ct import make_layer
 
-from memray.config import CTConfig
+from memray.stats.config import CTConfig
 from memray.stats.copies import global_neighbours
 from memray.stats.score import fit_layer
 from memray.stats.significance import bootstrap_ct

@@ -25,10 +25,10 @@ import numpy as np
 import ray
 from PIL import Image
 
-from memray.config import EmbedConfig
+from memray.embedding.config import EmbedConfig
 from memray.embedding.embed import LayerEmbedder, make_prepare
 from memray.io.images import decode_image
-from memray.job_config import audit_config_from_dict
+from memray.job.config import audit_config_from_dict
 from memray.ray.pipeline import run_audit
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"

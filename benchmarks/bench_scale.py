@@ -99,7 +99,7 @@ def run_one(sets: dict[str, str], out: str, num_cpus: int) -> dict[str, float]:
     import psutil
     import ray
 
-    from memray.job_config import audit_config_from_dict
+    from memray.job.config import audit_config_from_dict
     from memray.ray.pipeline import run_audit
 
     cfg = audit_config_from_dict(

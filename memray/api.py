@@ -61,7 +61,7 @@ def audit_config_data(
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
-    from memray.job_config import resolve_paths
+    from memray.job.config import resolve_paths
 
     return resolve_paths(data, Path.cwd())
 
@@ -85,8 +85,8 @@ def audit(
     Starts a local Ray unless one is running or ``address`` / ``RAY_ADDRESS`` names a cluster. ``config``: a YAML
     file to start from (``jobs/configs/default.yaml``); then every other argument given overrides it.
     """
+    from memray.job.config import audit_config_from_dict, load_audit_config
     from memray.job.preflight import preflight
-    from memray.job_config import audit_config_from_dict, load_audit_config
 
     if config is not None:
         given = {"train": train, "test": test, "generated": generated, "output": output}
@@ -130,7 +130,7 @@ def probe_config(
     import dataclasses
 
     from memray.config import to_dict
-    from memray.job_config import audit_config_from_dict, load_audit_config
+    from memray.job.config import audit_config_from_dict, load_audit_config
     from memray.probes.config import ProbesConfig
 
     if config:
@@ -202,7 +202,7 @@ def score(
     :class:`~memray.io.features.FeatureSet`; ``ct`` sets :class:`~memray.config.CTConfig` fields
     (``cells=3, seed=1, bootstrap=0, top_k=5``). Returns a :class:`~memray.stats.tables.ScoreResult`.
     """
-    from memray.config import CTConfig
+    from memray.stats.config import CTConfig
     from memray.stats.layers import score_features
 
     cfg = CTConfig(mode=mode, **ct)

@@ -1,19 +1,14 @@
-"""Frozen, typed configuration for every stage, with YAML/dict round trips and a stable digest.
+"""Generic checking of frozen config dataclasses: field rules, type checks against annotations, ``from_dict``.
 
-Every result memray writes carries the config that made it (Parquet schema metadata and ``run.json``), so a
-number can always be traced to its statistical choices: cells, metric, PCA dims, seeds, τ, model, layers,
-preprocessing.
-
-Every field is checked when a config is made (directly, by ``dataclasses.replace`` or from YAML through
-:func:`from_dict`): its type against the annotation (``int``, ``float``, ``bool``, ``str``, ``Literal``,
-``X | None``, tuples, nested configs; ``bool`` is not an int, an int is fine for a float, a list becomes a tuple, a
-mapping of names becomes sorted pairs) and its range against the field's rule (``field(metadata=at_least(1))``).
-A bad value raises :class:`FieldError` with one line naming the dotted field: ``resources.actors=1.5: must be an
-integer >= 1``.
-
-The generic machinery (field rules, :func:`validate`, :func:`from_dict`, :class:`FieldError`) lives in
-:mod:`memray.config_check` and is re-exported here; this module holds the stage configs, their presets and the
-dict/digest round trips.
+A config class declares each field's range as metadata (``field(metadata=at_least(1))``, :func:`rule`,
+:data:`NON_EMPTY`) and calls :func:`validate` in ``__post_init__``; cross-field checks raise :func:`fail`.
+:func:`validate` checks every value against its annotation (``int``, ``float``, ``bool``, ``str``, ``Literal``,
+``X | None``, tuples, nested configs) and normalises it (a list becomes a tuple, a mapping of names becomes sorted
+pairs, a YAML int becomes a float); :func:`from_dict` builds a config from plain data (YAML) and names the dotted
+field of a bad value. Nothing here knows the stage configs: each stage keeps its own beside its code
+(``stats/config.py``: :class:`CTConfig`; ``embedding/config.py``; ``fingerprint/config.py``; ``io/config.py``:
+:class:`DatasetSpec`; ``probes/config.py``; ``job/config.py``: :class:`AuditConfig` and YAML loading).
+:func:`to_dict` and :func:`digest` give every config's JSON record and short stable digest.
 """
 
 from __future__ import annotations
@@ -22,232 +17,202 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal, get_args
+import numbers
+import types
+from collections.abc import Callable
+from dataclasses import fields, replace
+from functools import cache
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from memray.config_check import (
-    NON_EMPTY,
-    ConfigError,
-    FieldError,
-    T,
-    above,
-    at_least,
-    describe,
-    fail,
-    from_dict,
-    rule,
-    validate,
-)
-
-Metric = Literal["cosine_abs", "cosine", "l2"]
-Mode = Literal["paper", "meehan", "dgm-eval"]
-METRICS: tuple[str, ...] = get_args(Metric)
-MODES: tuple[str, ...] = get_args(Mode)
-POOLINGS: tuple[str, ...] = ("cls", "mean", "auto")
-Preprocess = Literal["paper", "model"]
-PREPROCESS_PRESETS: tuple[str, ...] = get_args(Preprocess)
+T = TypeVar("T")
 
 
-class _FromMode:
-    """Default of a mode-governed :class:`CTConfig` field: the value of the mode's preset."""
-
-    def __repr__(self) -> str:
-        return "FROM_MODE"
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the field and what to do."""
 
 
-FROM_MODE: Any = _FromMode()
+class FieldError(ConfigError):
+    """One field's value is not allowed; the message is one line: ``path=value: must be <allowed>``.
 
-# The presets (``ct.mode``) and the fields they govern. ``kmeans_nredo`` is the number of k-means++ restarts
-# (sklearn's ``n_init``, FAISS' ``nredo``): every reference implementation fits its cells with
-# ``KMeans(n_init=10)``.
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"metric": "cosine_abs", "cells": 10, "pca_dim": 64, "pca_only_if_larger": False, "kmeans_nredo": 10},
-    "meehan": {"metric": "l2", "cells": 10, "pca_dim": 64, "pca_only_if_larger": False, "kmeans_nredo": 10},
-    "dgm-eval": {"metric": "l2", "cells": 3, "pca_dim": 64, "pca_only_if_larger": True, "kmeans_nredo": 10},
-}
-MODE_FIELDS: tuple[str, ...] = tuple(PRESETS["paper"])
-
-
-@dataclass(frozen=True)
-class CTConfig:
-    """Settings of the C_T statistic (Meehan et al. 2020 as used by He et al. 2024).
-
-    ``mode`` names a preset (:data:`PRESETS`) of the fields in :data:`MODE_FIELDS` (metric, cells, PCA,
-    k-means restarts); a field left at its default takes the preset's value, a field given explicitly overrides
-    it (:meth:`overrides` lists them). ``CTConfig(mode="meehan")``, ``CTConfig.preset("meehan")`` and YAML
-    ``{mode: meehan}`` are the same config.
-
-    ``min_gen_per_cell``: a cell is kept iff it holds *more than* this many generated samples; with m generated
-    samples this is τ·m for the paper's τ = 20/m. ``kmeans_nredo``: k-means++ restarts, the lowest objective
-    kept (ties: the first). ``candidates``: FAISS top-k per shard that are re-ranked with exact float64
-    distances, so results do not depend on sharding or batching.
-
-    The fit and the search run over global row blocks of the training set (:mod:`memray.stats`): ``block_rows``
-    rows per block (results depend on it, never on how the rows are split into files or how many workers run);
-    ``kmeans_seed_sample``: about how many training rows (a stable hash sample of the sample ids) seed the
-    k-means++ restarts (all rows when there are fewer); ``search_rows``: at most this many training rows per
-    search item (memory of a search task, not results).
-
-    Uncertainty and evidence: ``alpha``: level of the verdicts (Holm-corrected over layers, and over cells × layers
-    for localized copying); ``bootstrap``: resamples of the seeded bootstrap 95% interval of C_T (0 = none);
-    ``partitions``: C_T is also computed under this many seeded k-means partitions (seeds ``seed`` …
-    ``seed + partitions − 1``) and its range reported (1 = the paper's single partition); ``top_k``: nearest
-    training samples over the whole training set per generated sample and layer in ``copies.parquet`` (0 = none).
+    ``owner``: the config class whose check raised it, ``name``: the field's path inside that class, so
+    :func:`from_dict` can restate it under the section being read (``train.name``, ``generated[1].urls``).
     """
 
-    SECTION = "ct"
-
-    mode: Mode = "paper"
-    metric: Metric = FROM_MODE
-    cells: int = field(default=FROM_MODE, metadata=at_least(1))
-    pca_dim: int | None = field(default=FROM_MODE, metadata=at_least(1))
-    pca_only_if_larger: bool = FROM_MODE
-    min_gen_per_cell: int = field(default=20, metadata=at_least(0))
-    seed: int = field(default=0, metadata=at_least(0))
-    kmeans_niter: int = field(default=20, metadata=at_least(1))
-    kmeans_nredo: int = field(default=FROM_MODE, metadata=at_least(1))
-    kmeans_sample: int | None = field(default=None, metadata=at_least(1))
-    query_batch: int = field(default=4096, metadata=at_least(1))
-    candidates: int = field(default=8, metadata=at_least(1))
-    block_rows: int = field(default=65536, metadata=at_least(1))
-    kmeans_seed_sample: int = field(default=100_000, metadata=at_least(1))
-    search_rows: int = field(default=262144, metadata=at_least(1))
-    alpha: float = field(default=0.05, metadata=rule("(0 < alpha < 1)", lambda v: 0 < v < 1))
-    bootstrap: int = field(default=1000, metadata=at_least(0))
-    partitions: int = field(default=1, metadata=at_least(1))
-    top_k: int = field(default=5, metadata=at_least(0))
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.mode, str) or self.mode not in PRESETS:
-            raise fail(self, "mode", describe(Mode))
-        for name, value in PRESETS[self.mode].items():
-            if getattr(self, name) is FROM_MODE:
-                object.__setattr__(self, name, value)
-        validate(self)
-        if self.kmeans_sample is not None and self.kmeans_sample < self.cells:
-            raise fail(self, "kmeans_sample", f"null (all points) or an integer >= ct.cells ({self.cells})")
-        if self.kmeans_seed_sample < self.cells:
-            raise fail(self, "kmeans_seed_sample", f"an integer >= ct.cells ({self.cells})")
-
-    @classmethod
-    def preset(cls, mode: str = "paper", **overrides: Any) -> CTConfig:
-        """The ``mode`` preset with the non-``None`` ``overrides`` applied (same as ``CTConfig(mode=mode, ...)``)."""
-        return cls(mode=mode, **{k: v for k, v in overrides.items() if v is not None})
-
-    def overrides(self) -> dict[str, Any]:
-        """The mode-governed fields whose value differs from the mode's preset: ``{"cells": 3}``."""
-        return {k: getattr(self, k) for k, v in PRESETS[self.mode].items() if getattr(self, k) != v}
+    def __init__(self, path: str, value: Any, allowed: str, owner: type | None = None, name: str = "") -> None:
+        self.path, self.value, self.allowed, self.owner, self.name = path, value, allowed, owner, name or path
+        super().__init__(f"{path}={value!r}: must be {allowed}")
 
 
-def _layers_ok(v: Any) -> bool:
-    return v == "all" or (len(v) > 0 and min(v) >= 0 and len(set(v)) == len(v))
+# ---- declarative checks: field(metadata=...) rules, applied with the annotation's type check by validate() ----
 
 
-def _pooling_ok(v: tuple[str, ...]) -> bool:
-    return len(v) > 0 and set(v) <= set(POOLINGS) and len(set(v)) == len(v)
+def rule(text: str, ok: Callable[[Any], bool]) -> dict[str, Any]:
+    """Field metadata: the (non-null) value must satisfy ``ok``; ``text`` says what is allowed."""
+    return {"rule": (text, ok)}
 
 
-def _std_ok(v: tuple[float, ...]) -> bool:
-    return len(v) > 0 and min(v) > 0
+def at_least(lo: float) -> dict[str, Any]:
+    """The value must be >= ``lo``."""
+    return rule(f">= {lo}", lambda v: v >= lo)
 
 
-@dataclass(frozen=True)
-class EmbedConfig:
-    """Settings of the per-layer ViT embedder.
+def above(lo: float) -> dict[str, Any]:
+    """The value must be > ``lo``."""
+    return rule(f"> {lo}", lambda v: v > lo)
 
-    ``layers``: ``"all"`` or a tuple of block numbers (layer ℓ = output of block ℓ, 1…L; 0 = patch embedding).
-    ``weights``: a local path or fsspec URL of a ``.safetensors`` file; ``None`` resolves the timm name through
-    the model hub. ``random_init`` must be explicit and is recorded. ``pooling``: ``cls`` (token 0), ``mean`` (of
-    the patch tokens) or ``auto`` (``cls`` where the model has a class token, else ``mean``; recorded as resolved).
 
-    The encoder's input: ``preprocess`` names a preset (``paper`` or the model's timm data config); ``mean``,
-    ``std`` (one value per input channel of the model), ``resize`` (the short side before the crop) and ``crop``
-    (the square side fed to the encoder), when set, override the preset's values. ``None`` = the preset's.
+NON_EMPTY = rule("(non-empty)", lambda v: len(v) > 0)
+
+
+class _Mismatch(Exception):
+    """The value does not have the annotated type (internal to validate)."""
+
+
+_PLURAL = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+
+
+def _arms(tp: Any) -> tuple[Any, ...] | None:
+    return get_args(tp) if get_origin(tp) in (Union, types.UnionType) else None
+
+
+def describe(tp: Any, text: str = "") -> str:
+    """What the annotation ``tp`` (plus the rule ``text``) allows, in words: ``an integer >= 1 or null``."""
+    tail = f" {text}" if text else ""
+    if (arms := _arms(tp)) is not None:
+        words = [describe(a, text) for a in arms if a is not type(None)]
+        return " or ".join(words + (["null"] if type(None) in arms else []))
+    if get_origin(tp) is Literal:
+        args = get_args(tp)
+        return repr(args[0]) if len(args) == 1 else "one of " + ", ".join(str(a) for a in args)
+    if get_origin(tp) is tuple:
+        item = get_args(tp)[0]
+        if get_origin(item) is tuple:
+            return f"a mapping of names to values{tail}"
+        plural = f"{getattr(item, 'SECTION', '') or 'config'} sections" if dataclasses.is_dataclass(item) else None
+        return f"a list of {plural or _PLURAL.get(item, 'entries')}{tail}"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping (a {getattr(tp, 'SECTION', '') or tp.__name__} section)"
+    words = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+    return words.get(tp, "anything") + ("" if tp is bool else tail)
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """``value`` as the annotation ``tp`` wants it (list -> tuple, mapping -> sorted pairs or a nested config,
+    YAML int -> float), or raise :class:`_Mismatch`. ``bool`` is not an int; a scalar is a one-element list."""
+    if tp is Any:
+        return value
+    if (arms := _arms(tp)) is not None:
+        if value is None and type(None) in arms:
+            return None
+        for arm in (a for a in arms if a is not type(None)):
+            try:
+                return _coerce(value, arm, path)
+            except _Mismatch:
+                pass
+        raise _Mismatch
+    if get_origin(tp) is Literal:
+        if any(type(value) is type(a) and value == a for a in get_args(tp)):
+            return value
+        raise _Mismatch
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if tp is float and isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    if tp is str and isinstance(value, str):
+        return value
+    if get_origin(tp) is tuple:
+        return _coerce_tuple(value, get_args(tp), path)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if isinstance(value, dict):
+            return from_dict(tp, value, path)
+    raise _Mismatch
+
+
+def _coerce_tuple(value: Any, args: tuple[Any, ...], path: str) -> tuple[Any, ...]:
+    pairs = get_origin(args[0]) is tuple
+    if pairs and isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise _Mismatch
+        value = sorted(value.items())
+    elif not isinstance(value, (list, tuple)):
+        if pairs or value is None:
+            raise _Mismatch
+        value = [value]
+    if len(args) == 2 and args[1] is Ellipsis:
+        item = args[0]
+        return tuple(_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value))
+    if len(value) != len(args):
+        raise _Mismatch
+    return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def validate(cfg: Any) -> None:
+    """Check (and normalise in place) every field of a frozen config against its annotation and its rule.
+
+    Raises :class:`FieldError` naming ``<SECTION>.<field>``, the value and what is allowed.
     """
-
-    SECTION = "embed"
-
-    model: str = field(default="vit_base_patch16_224.orig_in21k", metadata=NON_EMPTY)
-    weights: str | None = field(default=None, metadata=NON_EMPTY)
-    random_init: bool = False
-    pooling: tuple[str, ...] = field(
-        default=("cls",), metadata=rule(f"(non-empty, from {', '.join(POOLINGS)}, no repeats)", _pooling_ok)
-    )
-    layers: Literal["all"] | tuple[int, ...] = field(
-        default="all", metadata=rule("(block numbers >= 0, non-empty, no repeats)", _layers_ok)
-    )
-    norm: bool = False
-    preprocess: Preprocess = "paper"
-    mean: tuple[float, ...] | None = field(default=None, metadata=NON_EMPTY)
-    std: tuple[float, ...] | None = field(default=None, metadata=rule("(non-empty, every value > 0)", _std_ok))
-    resize: int | None = field(default=None, metadata=at_least(1))
-    crop: int | None = field(default=None, metadata=at_least(1))
-    dtype: Literal["float32", "float16"] = "float32"
-    batch_size: int = field(default=64, metadata=at_least(1))
-    model_kwargs: tuple[tuple[str, Any], ...] = ()
-
-    def __post_init__(self) -> None:
-        validate(self)
-        if self.random_init and self.weights:
-            raise fail(self, "random_init", "false when embed.weights is given (give either weights or random_init)")
-        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
-            raise fail(self, "std", f"one value per channel, as many as embed.mean ({len(self.mean)})")
-        if self.resize is not None and self.crop is not None and self.resize < self.crop:
-            raise fail(self, "resize", f"an integer >= embed.crop ({self.crop}): the crop is cut from the resized one")
+    cls, section = type(cfg), getattr(type(cfg), "SECTION", "")
+    hints = _hints(cls)
+    for f in fields(cfg):
+        value, path = getattr(cfg, f.name), f"{section}.{f.name}" if section else f.name
+        text, ok = f.metadata.get("rule", ("", None))
+        shown = "<redacted>" if f.metadata.get("secret") else value
+        try:
+            new = _coerce(value, hints[f.name], path)
+        except _Mismatch:
+            raise FieldError(path, shown, describe(hints[f.name], text), cls, f.name) from None
+        if ok is not None and new is not None and not ok(new):
+            raise FieldError(path, shown, describe(hints[f.name], text), cls, f.name)
+        if new is not value:
+            object.__setattr__(cfg, f.name, new)
 
 
-@dataclass(frozen=True)
-class FingerprintConfig:
-    """Settings of C_T-layer fingerprints and their attribution.
+def fail(cfg: Any, name: str, allowed: str) -> FieldError:
+    """A :class:`FieldError` for field ``name`` of ``cfg`` (cross-field checks in ``__post_init__``)."""
+    section = getattr(type(cfg), "SECTION", "")
+    return FieldError(f"{section}.{name}" if section else name, getattr(cfg, name), allowed, type(cfg), name)
 
-    ``subset_size``: images per curve (the paper's 500). ``subsets``: ``"disjoint"`` splits each generated set into
-    ``n_subsets`` disjoint chunks; ``"bootstrap"`` draws ``n_subsets`` seeded samples with replacement.
-    ``alpha``: weight of cosine in the similarity ``α·cos + (1−α)/(1+‖a−b‖)``. ``open_set_threshold``: queries
-    whose best similarity is below it are attributed to ``unknown`` (``None`` = closed set). ``gallery``: URL
-    of a saved gallery (``gallery.parquet`` of an earlier run) to attribute against; ``None`` = the labelled
-    generated sets of this run.
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, where: str | None = None) -> T:
+    """Build a frozen config from plain data (YAML, ``to_dict``), checking every value's type and range.
+
+    ``where``: the dotted path of ``data`` in the whole config (default: the class's section, e.g. ``ct``).
+    Unknown keys, missing required fields and bad values raise :class:`ConfigError` naming the dotted field.
     """
-
-    SECTION = "fingerprint"
-
-    subset_size: int = field(default=500, metadata=at_least(1))
-    subsets: Literal["disjoint", "bootstrap"] = "disjoint"
-    n_subsets: int | None = field(default=None, metadata=at_least(1))
-    seed: int = field(default=0, metadata=at_least(0))
-    alpha: float = field(default=0.5, metadata=rule("in [0, 1]", lambda v: 0.0 <= v <= 1.0))
-    matcher: Literal["1nn", "knn", "centroid"] = "1nn"
-    k: int = field(default=3, metadata=at_least(1))
-    open_set_threshold: float | None = None
-    gallery: str | None = field(default=None, metadata=NON_EMPTY)
-
-    def __post_init__(self) -> None:
-        validate(self)
+    where = getattr(cls, "SECTION", "") if where is None else where
+    if data is not None and not isinstance(data, dict):
+        raise FieldError(where or cls.__name__, data, describe(cls))
+    data = dict(data or {})
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{where or cls.__name__}: unknown field(s) {unknown}; known: {sorted(names)}")
+    required = [
+        f.name
+        for f in fields(cls)  # type: ignore[arg-type]
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in data
+    ]
+    if required:
+        raise ConfigError(f"{where or cls.__name__}: missing required field(s) {required}")
+    try:
+        return cls(**data)
+    except FieldError as exc:
+        if exc.owner is not cls:  # raised (and placed) by a nested section
+            raise
+        path = f"{where}.{exc.name}" if where else exc.name
+        raise FieldError(path, exc.value, exc.allowed) from None
 
 
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential")
-
-STORAGE_OP_TIMEOUT = "op_timeout_s"
-"""memray's own key in ``storage_options`` (not passed to fsspec): the deadline in seconds of one object-store call
-per 64 MiB it moves (:mod:`memray.io.filesystems`)."""
-
-
-def storage_op_timeout(storage_options: Mapping[str, Any] | None) -> float | None:
-    """``storage_options["op_timeout_s"]`` as a float, ``None`` when not set.
-
-    Raises:
-        FieldError: not a finite number > 0 (``storage_options.op_timeout_s='abc': must be a finite number > 0 …``).
-    """
-    if not storage_options or STORAGE_OP_TIMEOUT not in storage_options:
-        return None
-    value = storage_options[STORAGE_OP_TIMEOUT]
-    if not (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
-        raise FieldError(
-            f"storage_options.{STORAGE_OP_TIMEOUT}",
-            value,
-            "a finite number > 0 (seconds one object-store call may take per 64 MiB it moves)",
-        )
-    return float(value)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -271,33 +236,3 @@ def digest(cfg: Any) -> str:
 def with_overrides(cfg: T, **overrides: Any) -> T:
     """Return ``cfg`` with the non-``None`` overrides applied (CLI flags over YAML)."""
     return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[type-var]
-
-
-__all__ = [
-    "FROM_MODE",
-    "METRICS",
-    "MODES",
-    "MODE_FIELDS",
-    "NON_EMPTY",
-    "POOLINGS",
-    "PREPROCESS_PRESETS",
-    "PRESETS",
-    "STORAGE_OP_TIMEOUT",
-    "CTConfig",
-    "ConfigError",
-    "EmbedConfig",
-    "FieldError",
-    "FingerprintConfig",
-    "above",
-    "at_least",
-    "describe",
-    "digest",
-    "fail",
-    "field",
-    "from_dict",
-    "rule",
-    "storage_op_timeout",
-    "to_dict",
-    "validate",
-    "with_overrides",
-]

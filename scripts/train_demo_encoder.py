@@ -252,7 +252,7 @@ def write(out: Path, state: dict[str, torch.Tensor], record: dict[str, Any], sou
 
 def layer1_cls(folder: Path, images: np.ndarray) -> np.ndarray:
     """Layer-1 CLS embeddings ``(N, D)`` of raw uint8 images through memray's own loader and embedder."""
-    from memray.config import EmbedConfig
+    from memray.embedding.config import EmbedConfig
     from memray.embedding.embed import LayerEmbedder
 
     spec = json.loads((folder / RECORD_FILE).read_text())["embed_config"]

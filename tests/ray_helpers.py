@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from memray.job_config import AuditConfig, audit_config_from_dict
+from memray.job.config import AuditConfig, audit_config_from_dict
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 

@@ -18,19 +18,22 @@ from ray_helpers import audit_config
 from memray.config import ConfigError, digest, to_dict
 from memray.io.claim import CLAIM_FILE, ClaimHeldError
 from memray.job.claims import audit_claims
+from memray.job.config import result_dict
 from memray.job.reference import FITS, REFERENCE_FILE, fit_key
-from memray.job_config import result_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 S = ROOT / "data" / "sample"
 INPUTS = {"train": "/data/t", "test": "/data/p", "copy": "/data/c", "real": "/data/r"}
-CHECKED = types.SimpleNamespace(listing=lambda name: [f"{name}/0.png"])  # the preflight's listings, for fit keys
+# the preflight's listings and (random-init) weights, for fit keys
+CHECKED = types.SimpleNamespace(
+    listing=lambda name: [f"{name}/0.png"], weights=None
+)  # the preflight's listings, for fit keys
 AUDIT = """
 import json, sys, types
 from memray.job.claims import audit_claims
-from memray.job_config import audit_config_from_dict
+from memray.job.config import audit_config_from_dict
 cfg = audit_config_from_dict(json.loads(sys.argv[1]))
-checked = types.SimpleNamespace(listing=lambda name: [f"{name}/0.png"])
+checked = types.SimpleNamespace(listing=lambda name: [f"{name}/0.png"], weights=None)
 with audit_claims(cfg, checked) as claims:
     print(json.dumps(claims.record()), flush=True)
     sys.stdin.readline()

@@ -11,7 +11,7 @@ from memray.cli import build_parser, main
 from memray.commands.audit import _config
 from memray.commands.probe import probe_config
 from memray.config import ConfigError
-from memray.job_config import audit_config_from_dict
+from memray.job.config import audit_config_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 S = ROOT / "data" / "sample"

@@ -9,19 +9,10 @@ import numpy as np
 import pytest
 
 from memray.commands.score import build_config
-from memray.config import (
-    MODE_FIELDS,
-    MODES,
-    PRESETS,
-    ConfigError,
-    CTConfig,
-    EmbedConfig,
-    FingerprintConfig,
-    digest,
-    from_dict,
-    to_dict,
-    with_overrides,
-)
+from memray.config import ConfigError, digest, from_dict, to_dict, with_overrides
+from memray.embedding.config import EmbedConfig
+from memray.fingerprint.config import FingerprintConfig
+from memray.stats.config import MODE_FIELDS, MODES, PRESETS, CTConfig
 from memray.stats.results import method_record
 
 

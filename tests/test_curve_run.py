@@ -10,11 +10,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from memray.config import ConfigError, CTConfig, FingerprintConfig
+from memray.config import ConfigError
+from memray.fingerprint.config import FingerprintConfig
 from memray.fingerprint.curve_run import compute_curves, fingerprint_run, plan_subsets
 from memray.fingerprint.curves import read_curves, to_gallery
 from memray.io import schema
 from memray.io.features import FeatureSet
+from memray.stats.config import CTConfig
 from memray.stats.score import fit_layer
 
 

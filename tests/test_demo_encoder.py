@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from memray.config import EmbedConfig
+from memray.embedding.config import EmbedConfig
 from memray.embedding.embed import LayerEmbedder
 from memray.embedding.preprocess import Preprocessor
 from memray.embedding.weights import load_model

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from memray.config import EmbedConfig
+from memray.embedding.config import EmbedConfig
 from memray.embedding.embed import EmbedError, LayerEmbedder, describe_preprocessing, make_prepare, resolve_layers
 from memray.embedding.weights import create_model
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from memray.config import EmbedConfig
+from memray.embedding.config import EmbedConfig
 from memray.embedding.embed import LayerEmbedder, describe_preprocessing, make_prepare
 from memray.embedding.weights import create_model
 

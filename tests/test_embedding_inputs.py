@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from memray.cli import main
-from memray.config import ConfigError, EmbedConfig, to_dict
+from memray.config import ConfigError, to_dict
+from memray.embedding.config import EmbedConfig
 from memray.io import schema
 from memray.io.embedding_inputs import (
     EmbeddingInputError,
@@ -25,7 +26,7 @@ from memray.io.embedding_inputs import (
     rows_for,
 )
 from memray.io.features import FeatureSet, write_features
-from memray.job_config import AuditConfig, audit_config_from_dict, load_audit_config
+from memray.job.config import AuditConfig, audit_config_from_dict, load_audit_config
 
 RNG = np.random.default_rng(3)
 

@@ -13,7 +13,7 @@ import synthetic
 from scipy.stats import binomtest
 
 from memray.cli import main
-from memray.config import CTConfig, FingerprintConfig
+from memray.fingerprint.config import FingerprintConfig
 from memray.fingerprint.curve_run import compute_curves, curves_to_gallery, plan_subsets
 from memray.fingerprint.curves import read_curves, to_gallery
 from memray.fingerprint.evaluate import (
@@ -28,6 +28,7 @@ from memray.fingerprint.fid import feature_stats, match_fid_runs, read_fid_table
 from memray.fingerprint.match import UNKNOWN, Gallery, GalleryError
 from memray.io import schema
 from memray.io.features import FeatureSet
+from memray.stats.config import CTConfig
 from memray.stats.score import fit_layer
 
 DATA = Path(__file__).parent / "data" / "layerchoice"

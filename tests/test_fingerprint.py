@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import memray.fingerprint.match as fp
-from memray.config import FingerprintConfig
+from memray.fingerprint.config import FingerprintConfig
 from memray.fingerprint.match import (
     UNKNOWN,
     Gallery,

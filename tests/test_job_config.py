@@ -9,13 +9,8 @@ import pytest
 import yaml
 
 from memray.config import ConfigError, to_dict
-from memray.job_config import (
-    AuditConfig,
-    DatasetSpec,
-    ResourcesConfig,
-    audit_config_from_dict,
-    load_audit_config,
-)
+from memray.io.config import DatasetSpec
+from memray.job.config import AuditConfig, ResourcesConfig, audit_config_from_dict, load_audit_config
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = {

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from memray.config import ConfigError
-from memray.job_config import load_audit_config
+from memray.job.config import load_audit_config
 
 CONFIG = {
     "train": {"name": "train", "urls": ["data/train"]},

@@ -17,8 +17,8 @@ from memray.config import to_dict
 from memray.fingerprint.curves import write_gallery
 from memray.fingerprint.match import Gallery
 from memray.io.sources import SourceError
+from memray.job.config import ResourcesConfig
 from memray.job.preflight import PreflightError, gallery_comparable, preflight, set_rows
-from memray.job_config import ResourcesConfig
 from memray.ray.session import CapacityError, check_capacity
 
 REPO = Path(__file__).resolve().parents[1]

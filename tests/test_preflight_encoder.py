@@ -14,8 +14,9 @@ import timm
 import torch
 from safetensors.torch import save, save_file
 
-from memray.config import ConfigError, EmbedConfig
+from memray.config import ConfigError
 from memray.embedding import weights
+from memray.embedding.config import EmbedConfig
 from memray.embedding.embed import EmbedError, LayerEmbedder, check_encoder, check_input
 from memray.embedding.weights import WeightsError, load_model
 from memray.io.storage import filesystem, open_output

@@ -12,7 +12,8 @@ from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 from torchvision import transforms
 
-from memray.config import ConfigError, EmbedConfig
+from memray.config import ConfigError
+from memray.embedding.config import EmbedConfig
 from memray.embedding.preprocess import Preprocessor, model_input_size
 
 

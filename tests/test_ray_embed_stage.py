@@ -12,9 +12,9 @@ from ray_helpers import audit_config, make_inputs
 
 from memray.embedding.embed import LayerEmbedder, make_prepare
 from memray.io import schema
+from memray.io.config import DatasetSpec
 from memray.io.features import FeatureSet, table_to_features, write_features
 from memray.io.shards import STATUS_OK, ShardPlan, plan_shards, read_shard
-from memray.job_config import DatasetSpec
 from memray.ray.embed_stage import finish_shard, parts_url, run_embedding, shard_url
 
 MARKER_KEYS = {"rows_read", "rows_embedded", "rows_reported", "embed_key", "listing_digest", "listing"}

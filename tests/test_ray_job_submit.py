@@ -33,7 +33,7 @@ from ray_helpers import audit_config, make_inputs
 
 from memray.config import digest, to_dict
 from memray.io import schema
-from memray.job_config import load_audit_config, result_dict
+from memray.job.config import load_audit_config, result_dict
 
 REPO = Path(__file__).resolve().parents[1]
 RAY_CLI = Path(sys.executable).with_name("ray")  # the venv's `ray`, beside the interpreter running the tests

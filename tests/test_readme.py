@@ -216,7 +216,7 @@ def test_folder_audit_command_runs(tmp_path: Path) -> None:
     verdicts = pd.read_parquet(out / "verdicts.parquet").set_index("gen_set")["verdict"]
     assert verdicts["copier"] == "copying", verdicts
     assert (out / "report.html").exists() and (out / "copies.parquet").exists()
-    from memray.job_config import load_audit_config
+    from memray.job.config import load_audit_config
 
     again = load_audit_config(tmp_path / "ran.yaml")  # the YAML it ran reproduces its config
     assert again.train.urls == (str(ROOT / "data/sample/train.npz"),) and again.embed.model == "test_vit"

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from memray.cli import main
-from memray.config import CTConfig
 from memray.io import schema
 from memray.io.features import FeatureSet
+from memray.stats.config import CTConfig
 from memray.stats.kmeans import lloyd_stats
 from memray.stats.layers import score_features
 from memray.stats.results import write_results

@@ -18,6 +18,7 @@ import pytest
 from archive_bytes import png_bytes, tar_bytes
 
 from memray.io import schema
+from memray.io.config import DatasetSpec
 from memray.io.shards import (
     ROW_STATUSES,
     ROWS_UNKNOWN,
@@ -31,7 +32,6 @@ from memray.io.shards import (
     plan_shards,
     read_shard,
 )
-from memray.job_config import DatasetSpec
 
 
 def _png(value: int, size: int = 6) -> bytes:
@@ -197,7 +197,7 @@ def test_every_listed_file_is_a_unit_or_skipped(tmp_path: Path) -> None:
 
 _LIST_SKIPPED = """
 import json, sys
-from memray.job_config import DatasetSpec
+from memray.io.config import DatasetSpec
 from memray.io.shards import plan_shards
 skipped = []
 plans = plan_shards(DatasetSpec(name="train", urls=(sys.argv[1],)), shard_rows=10, skipped=skipped)

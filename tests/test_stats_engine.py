@@ -9,11 +9,12 @@ import tempfile
 import numpy as np
 import pytest
 
-from memray.config import CTConfig, FingerprintConfig
+from memray.fingerprint.config import FingerprintConfig
 from memray.fingerprint.curve_run import compute_curves, plan_subsets
 from memray.io.features import FeatureSet
 from memray.io.rows import ArrayRows
 from memray.stats import search
+from memray.stats.config import CTConfig
 from memray.stats.engine import fit_layer_engine, score_sets, search_test
 from memray.stats.layers import score_features
 from memray.stats.score import fit_layer, score_layer

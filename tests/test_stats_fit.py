@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memray.config import CTConfig, FieldError
+from memray.config import FieldError
 from memray.io.rows import ArrayRows
+from memray.stats.config import CTConfig
 from memray.stats.fit import FitResult, fit_space
 from memray.stats.kmeans import canonical_order
 from memray.stats.pca import fit_pca

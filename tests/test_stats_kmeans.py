@@ -10,8 +10,8 @@ import tempfile
 import numpy as np
 import pytest
 
-from memray.config import CTConfig
 from memray.io.rows import ArrayRows
+from memray.stats.config import CTConfig
 from memray.stats.fit import fit_space
 from memray.stats.kmeans import (
     LloydPartial,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from reference_ct import dense_distances
 
-from memray.config import CTConfig
 from memray.io.rows import ArrayRows
+from memray.stats.config import CTConfig
 from memray.stats.fit import cell_key, fit_space
 from memray.stats.search import SearchItem, plan_search, run_search, search_all
 from memray.stats.workspace import Workspace, temporary_workspace

@@ -8,9 +8,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from memray.config import CTConfig
 from memray.io import schema
 from memray.io.features import FeatureSet
+from memray.stats.config import CTConfig
 from memray.stats.layers import score_features
 from memray.stats.results import write_results
 

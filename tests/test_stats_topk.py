@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from memray.config import CTConfig
 from memray.io import schema
+from memray.stats.config import CTConfig
 from memray.stats.copies import copies_frame, global_neighbours
 from memray.stats.index import distance
 from memray.stats.score import fit_layer

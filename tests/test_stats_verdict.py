@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 from scipy.stats import binom, kstest
 
-from memray.config import CTConfig
 from memray.io import schema
 from memray.io.features import FeatureSet
+from memray.stats.config import CTConfig
 from memray.stats.layers import score_features
 from memray.stats.verdict import add_significance, needed_generated, sample_size_advice, verdict_table
 

@@ -13,7 +13,7 @@ import torch
 from ray_helpers import HUB_REPO, fake_hub_cache
 from safetensors.torch import load_file, save, save_file
 
-from memray.config import EmbedConfig
+from memray.embedding.config import EmbedConfig
 from memray.embedding.embed import LayerEmbedder
 from memray.embedding.weights import INIT_SEED, WeightsError, create_model, load_model, state_digest
 from memray.io.storage import open_output

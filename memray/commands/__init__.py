@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from memray.config import POOLINGS
+from memray.embedding.config import POOLINGS
 
 INPUT_FIELDS = ("pooling", "mean", "std", "resize", "crop")
 """``embed`` fields with a flag of their own in ``memray embed`` and ``memray audit`` (same names)."""

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     starts; nothing is written to the output folder before all checks passed. The output folder (and a reference
     being built) is then claimed (:mod:`memray.job.claims`): a second run into it is refused at once.
     """
-    from memray.config import FingerprintConfig
+    from memray.fingerprint.config import FingerprintConfig
     from memray.job.preflight import preflight
 
     overrides = parse_key_values(args.set, "--set")
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 def _config(args: argparse.Namespace, overrides: dict):
     """The audit config: the YAML file with overrides, or one built from --train/--test/--gen/--out."""
     from memray.api import audit_config_data
-    from memray.job_config import audit_config_from_dict, load_audit_config
+    from memray.job.config import audit_config_from_dict, load_audit_config
 
     overrides.update({f"embed.{k}": v for k, v in encoder_input_settings(args).items()})  # --pooling, --mean, …
     folders = {"--train": args.train, "--test": args.test, "--gen": args.gen, "--label": args.label}

@@ -26,13 +26,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from memray.commands import add_encoder_input_flags, encoder_input_settings, parse_key_values
-from memray.config import EmbedConfig, digest, to_dict
+from memray.config import digest, to_dict
+from memray.embedding.config import EmbedConfig
 from memray.io import schema
+from memray.io.config import DatasetSpec
 from memray.io.features import FeatureSet, write_features
 from memray.io.images import DEFAULT_MAX_PIXELS
 from memray.io.shards import IMAGE, STATUS_OK, ShardPlan, plan_shards, read_shard
 from memray.io.storage import open_output
-from memray.job_config import DatasetSpec
 
 if TYPE_CHECKING:
     from memray.embedding.embed import LayerEmbedder

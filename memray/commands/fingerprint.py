@@ -21,7 +21,8 @@ import argparse
 
 import numpy as np
 
-from memray.config import FingerprintConfig, to_dict, with_overrides
+from memray.config import to_dict, with_overrides
+from memray.fingerprint.config import FingerprintConfig
 from memray.io import schema
 from memray.io.storage import join
 

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
         init_ray(args.address, args.num_cpus)
         result = run_audit(cfg, checked=checked, claims=claims)
-    print_probes(cfg.output, dict(cfg.storage_options) or None)
+    print_probes(cfg.output, cfg.storage)
     print(f"\nResults in {cfg.output} ({schema.PROBES_FILE}, {schema.PROBES_SUMMARY_FILE}, ...)")
     if result.report:
         print(f"Report: {result.report}")

@@ -8,7 +8,7 @@ import datetime as dt
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from memray.config import METRICS, MODES, CTConfig
+from memray.stats.config import METRICS, MODES, CTConfig
 
 if TYPE_CHECKING:  # the engine (numpy, scipy, faiss) is imported by run(), not by `memray --help`
     from memray.stats.score import ScoreResult

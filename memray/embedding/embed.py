@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from memray.config import EmbedConfig, to_dict
+from memray.config import to_dict
+from memray.embedding.config import EmbedConfig
 from memray.embedding.preprocess import Preprocessor, meta_model, model_channels, model_input_size
 from memray.embedding.weights import load_model, preflight_model
 

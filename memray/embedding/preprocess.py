@@ -31,7 +31,8 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from memray.config import PREPROCESS_PRESETS, ConfigError, EmbedConfig, FieldError
+from memray.config import ConfigError, FieldError
+from memray.embedding.config import PREPROCESS_PRESETS, EmbedConfig
 from memray.embedding.prepare import PaperPrepare
 from memray.io.images import ImageDecodeError, decode_array
 

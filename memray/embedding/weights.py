@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from memray.config import EmbedConfig
+from memray.embedding.config import EmbedConfig
 from memray.io.safetensors_io import (
     ST_DTYPES,
     WeightsError,

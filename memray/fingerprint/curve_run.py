@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from memray.config import ConfigError, FingerprintConfig, to_dict
+from memray.config import ConfigError, to_dict
+from memray.fingerprint.config import FingerprintConfig
 from memray.fingerprint.curves import normalize_curves, to_gallery, write_fingerprints, write_gallery
 from memray.fingerprint.evaluate import evaluate, write_attribution, write_evaluation
 from memray.fingerprint.match import Gallery, attribute

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.stats import norm
 
-from memray.config import FingerprintConfig
+from memray.fingerprint.config import FingerprintConfig
 from memray.fingerprint.fid import fd_matrix
 from memray.fingerprint.match import UNKNOWN, Gallery, GalleryError, attribute, attribute_by_distance
 from memray.io import schema

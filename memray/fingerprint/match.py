@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from memray.config import FingerprintConfig
+from memray.fingerprint.config import FingerprintConfig
 from memray.io import schema
 
 log = logging.getLogger(__name__)

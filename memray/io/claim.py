@@ -32,7 +32,7 @@ from typing import Any
 
 from memray.io import storage
 from memray.io.claim_store import CLAIM_FILE, ListedStore, NoConditionalWrites, claim_store
-from memray.job_config import CLAIM_LEASE_S as DEFAULT_LEASE_S
+from memray.io.config import CLAIM_LEASE_S as DEFAULT_LEASE_S
 
 log = logging.getLogger(__name__)
 ACQUIRE_TRIES = 5

@@ -32,7 +32,7 @@ import fsspec
 from fsspec.asyn import AsyncFileSystem, sync
 from fsspec.spec import AbstractBufferedFile
 
-from memray.config import STORAGE_OP_TIMEOUT, storage_op_timeout
+from memray.io.config import STORAGE_OP_TIMEOUT, storage_op_timeout
 from memray.io.storage_errors import deadline_error, is_remote
 
 log = logging.getLogger(__name__)

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from memray.io import schema
+from memray.io.config import DatasetSpec
 from memray.io.images import STATUS_SKIPPED, STATUS_UNREADABLE, STATUSES, ImageDecodeError, decode_array, decode_image
 from memray.io.sources import Unit, UnitReadError, list_units, read_unit
-from memray.job_config import DatasetSpec
 
 log = logging.getLogger(__name__)
 

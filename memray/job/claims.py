@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from memray.io.claim import Claim, acquire
+from memray.job.config import AuditConfig
 from memray.job.reference import fit_key, reference_finished
-from memray.job_config import AuditConfig
 
 log = logging.getLogger(__name__)
 OUTPUT_ADVICE = "wait, use another --out"
@@ -57,7 +57,7 @@ class AuditClaims:
 
 
 def _claim(cfg: AuditConfig, folder: str, reference: bool) -> Claim:
-    so = dict(cfg.storage_options) or None
+    so = cfg.storage
     if reference:
         return acquire(folder, cfg.claim_lease_s, so, "memray audit (reference)", "reference ", "built",
                        REFERENCE_ADVICE)  # fmt: skip

@@ -24,7 +24,7 @@ from memray.embedding.identity import weights_identity
 from memray.io import schema, storage
 from memray.io.shards import ShardPlan, plan_shards
 from memray.io.sources import KIND_FILE, KIND_NPZ, KIND_PARQUET, NPZ_KEYS, Unit
-from memray.job_config import AuditConfig, refuse_relative_under_ray_job
+from memray.job.config import AuditConfig, refuse_relative_under_ray_job
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def preflight(cfg: AuditConfig, allow_gallery_mismatch: bool = False) -> Preflig
     from memray.job.reference import check_reference
     from memray.job.resume import check_output_folder, planned_weights
 
-    so = dict(cfg.storage_options) or None
+    so = cfg.storage
     refuse_relative_under_ray_job("output", cfg.output)  # configs built in Python, not read by load_audit_config
     refuse_relative_under_ray_job("reference", cfg.reference)
     check_output_folder(cfg, so)  # an output folder of another embed config is refused before Ray starts
@@ -263,7 +263,7 @@ def preflight(cfg: AuditConfig, allow_gallery_mismatch: bool = False) -> Preflig
 def add_sets(checked: Preflight, cfg: AuditConfig, names: list[str]) -> Preflight:
     """``checked`` plus the shard plans of the sets ``names`` of ``cfg``: sets the job writes itself (the probe
     sets), planned without listing the other inputs again."""
-    so = dict(cfg.storage_options) or None
+    so = cfg.storage
     plans, skipped, known = dict(checked.plans), dict(checked.skipped), dict(checked.known_rows)
     for spec in cfg.sets:
         if spec.name in names:

@@ -16,8 +16,10 @@ import pandas as pd
 
 from memray.config import to_dict
 from memray.io import storage
-from memray.job_config import PROBES_DIR, AuditConfig, DatasetSpec
-from memray.probes.build import SET_PREFIX, ProbeSet
+from memray.io.config import DatasetSpec
+from memray.job.config import PROBES_DIR, AuditConfig
+from memray.probes.build import ProbeSet
+from memray.probes.config import PROBE_SET_PREFIX
 from memray.probes.summary import probe_table, recommend, write_probe_outputs
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ def probe_root(cfg: AuditConfig) -> str:
 
 def is_probe_set(name: str) -> bool:
     """Whether a generated set is a probe set (``probe_<probe>``)."""
-    return name.startswith(SET_PREFIX)
+    return name.startswith(PROBE_SET_PREFIX)
 
 
 def with_probe_sets(cfg: AuditConfig, sets: list[ProbeSet]) -> AuditConfig:
@@ -42,7 +44,7 @@ def with_probe_sets(cfg: AuditConfig, sets: list[ProbeSet]) -> AuditConfig:
 
 def probe_names(cfg: AuditConfig) -> dict[str, str]:
     """Generated-set name → probe name, for the probe sets of ``cfg``."""
-    return {g.name: g.name.removeprefix(SET_PREFIX) for g in cfg.generated if is_probe_set(g.name)}
+    return {g.name: g.name.removeprefix(PROBE_SET_PREFIX) for g in cfg.generated if is_probe_set(g.name)}
 
 
 def finish_probes(
@@ -52,7 +54,7 @@ def finish_probes(
     sets = probe_names(cfg)
     if not sets:
         return None
-    so = dict(cfg.storage_options) or None
+    so = cfg.storage
     table = probe_table(ct_scores, sets)
     summary = recommend(table, ct_scores, sets, cfg.ct.alpha, params)
     record = to_dict(cfg.probes) if cfg.probes is not None else None

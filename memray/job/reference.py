@@ -31,8 +31,8 @@ from typing import Any
 from memray.config import digest, to_dict
 from memray.embedding.identity import describe_weights, show_identity, weights_identity
 from memray.io import storage
+from memray.job.config import AuditConfig
 from memray.job.resume import differing_fields, embed_key, stage_configs, weights_pending
-from memray.job_config import AuditConfig
 
 log = logging.getLogger(__name__)
 REFERENCE_FILE = "reference.json"
@@ -62,7 +62,7 @@ def check_reference(cfg: AuditConfig, checked: Any) -> bool:
     """
     if not cfg.reference:
         return False
-    so = dict(cfg.storage_options) or None
+    so = cfg.storage
     url = storage.join(cfg.reference, REFERENCE_FILE)
     if not storage.exists(url, so):
         return False
@@ -85,7 +85,7 @@ def claim_reference(cfg: AuditConfig, checked: Any) -> bool:
     """Write the reference's record if it is new; returns whether it existed (checked as above)."""
     existed = check_reference(cfg, checked)
     if cfg.reference and not existed:
-        so = dict(cfg.storage_options) or None
+        so = cfg.storage
         storage.write_json(storage.join(cfg.reference, REFERENCE_FILE), record(cfg, checked), so)
         log.info("reference %s: new; the train/test embeddings and fits are kept there", cfg.reference)
     elif existed:
@@ -98,7 +98,7 @@ def reference_finished(cfg: AuditConfig, key: str) -> bool:
     if not cfg.reference:
         return False
     url = storage.join(cfg.reference, REFERENCE_FILE)
-    so = dict(cfg.storage_options) or None
+    so = cfg.storage
     try:
         return key in (storage.read_json(url, so).get(FITS) or {})
     except FileNotFoundError:
@@ -107,7 +107,7 @@ def reference_finished(cfg: AuditConfig, key: str) -> bool:
 
 def mark_fit_finished(cfg: AuditConfig, key: str, layers: list[int]) -> None:
     """Record in ``reference.json`` that every layer's fit of ``key`` is written (call while holding its claim)."""
-    so = dict(cfg.storage_options) or None
+    so = cfg.storage
     url = storage.join(str(cfg.reference), REFERENCE_FILE)
     data = storage.read_json(url, so)
     finished = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

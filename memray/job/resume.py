@@ -34,7 +34,7 @@ from memray.embedding.identity import (
     weights_identity,
 )
 from memray.io import storage
-from memray.job_config import AuditConfig, result_dict
+from memray.job.config import AuditConfig, result_dict
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"

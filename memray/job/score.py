@@ -25,7 +25,7 @@ from memray.fingerprint.curve_run import curves_frame, subset_curves
 from memray.io import schema, storage
 from memray.io.features import FeatureSet
 from memray.io.rows import load_queries, set_rows
-from memray.job_config import AuditConfig
+from memray.job.config import AuditConfig
 from memray.stats import Mapper
 from memray.stats.layers import Extra, LayerSets, score_layers
 from memray.stats.score import ScoreResult

@@ -26,14 +26,13 @@ from memray.config import to_dict
 from memray.io.images import ImageDecodeError, decode_array, decode_image
 from memray.io.sources import UnitReadError, list_units, read_unit
 from memray.io.storage import join, open_output, read_json, store, write_json
-from memray.probes.config import ProbesConfig
+from memray.probes.config import PROBE_SET_PREFIX, ProbesConfig
 from memray.probes.transforms import PROBES
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1  # bump whenever a transform's output changes for the same parameters: old tars are rebuilt
-SET_PREFIX = "probe_"
 POOL_FACTOR = 4  # sample_training reads whole units until it has seen at least POOL_FACTOR·n samples
 SEED_RULE = "image i of probe p: numpy.random.default_rng([seed, zlib.crc32(p.encode()), i])"
 
@@ -51,7 +50,7 @@ class ProbeSet:
 
 def set_name(probe: str) -> str:
     """The generated-set name of a probe: ``probe_<probe>``."""
-    return SET_PREFIX + probe
+    return PROBE_SET_PREFIX + probe
 
 
 def sample_training(

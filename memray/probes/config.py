@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from memray.config_check import at_least, rule, validate
+from memray.config import at_least, rule, validate
 
 PROBE_DEFAULTS: dict[str, dict[str, Any]] = {
     "rotated": {"max_angle": 30.0},  # degrees, uniform in ±max_angle
@@ -20,6 +20,8 @@ PROBE_DEFAULTS: dict[str, dict[str, Any]] = {
 """Probe name → the parameters it is built with, in build and report order (the transforms:
 :data:`memray.probes.transforms.PROBES`). Kept here, free of image code, so job configs can import this module."""
 PROBE_NAMES: tuple[str, ...] = tuple(PROBE_DEFAULTS)
+PROBE_SET_PREFIX = "probe_"
+"""Generated sets named ``probe_<probe>`` are the probe sets memray builds (the name is reserved for them)."""
 
 
 def _probes_ok(v: tuple[str, ...]) -> bool:

@@ -39,12 +39,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from memray.config import EmbedConfig, from_dict, to_dict
+from memray.config import from_dict, to_dict
+from memray.embedding.config import EmbedConfig
 from memray.embedding.identity import SOURCE_HUB, WeightsChangedError, weights_identity, weights_mismatch
 from memray.io import schema, storage
 from memray.io.features import FeatureSet, features_to_table, parquet_options
 from memray.io.shards import IMAGE, ROW, SHARD, SHARD_ROWS, STATUS_OK, RowRanges, ShardPlan, contiguous_runs, iter_shard
-from memray.job_config import AuditConfig
+from memray.job.config import AuditConfig
 from memray.ray.session import started_local
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ def resolve_weights(cfg: AuditConfig, planned: dict[str, Any]) -> dict[str, Any]
     state-dict digest), against which every actor then checks its own."""
     if planned.get("source") != SOURCE_HUB or weights_identity(planned) is not None:
         return planned
-    res, so = cfg.resources, dict(cfg.storage_options) or None
+    res, so = cfg.resources, cfg.storage
     task = ray.remote(_load_record).options(
         num_cpus=res.actor_num_cpus, num_gpus=res.actor_num_gpus, resources=dict(res.actor_resources) or None
     )
@@ -332,7 +333,7 @@ def run_embedding(
     was only to be read). Returns rows read, seconds, the node ids of the actors and ``driver_bytes``: the Arrow
     bytes of the records the driver received (no features travel through it).
     """
-    so = dict(cfg.storage_options) or None
+    so = cfg.storage
     todo = [p for p in plans if not shard_done(out, p, embed_key, so)]
     log.info("embed: %d of %d shards to do (%d already done)", len(todo), len(plans), len(plans) - len(todo))
     if todo and before_writing is not None:

@@ -35,6 +35,7 @@ from memray.io.images import STATUS_SKIPPED
 from memray.io.rows import load_queries
 from memray.io.shards import ShardPlan
 from memray.job.claims import AuditClaims, audit_claims
+from memray.job.config import AuditConfig, result_dict
 from memray.job.evidence import fid_attribution, sources_for, write_fid_attribution, write_report
 from memray.job.preflight import Preflight, check_gallery, gallery_comparable, preflight, preprocessing_record
 from memray.job.probes import finish_probes, is_probe_set
@@ -48,7 +49,6 @@ from memray.job.resume import (
     weights_pending,
 )
 from memray.job.score import run_scoring
-from memray.job_config import AuditConfig, result_dict
 from memray.ray.embed_stage import resolve_weights, run_embedding, shard_url
 from memray.ray.probe_stage import add_probe_sets
 from memray.ray.score_stage import RayMapper
@@ -197,7 +197,7 @@ def _run_audit(
     allow_gallery_mismatch: bool,
 ) -> AuditResult:
     """:func:`run_audit` once its claims are held."""
-    so = dict(cfg.storage_options) or None
+    so = cfg.storage
     check_capacity(cfg.resources)
     probe_params: dict[str, dict[str, Any]] = {}
     if cfg.probes is not None:  # transformed training images, scored as further generated sets
@@ -300,7 +300,7 @@ def _resolve_weights(cfg: AuditConfig, checked: Preflight, allow_gallery_mismatc
     if not checked.plans or not weights_pending(checked.weights):
         return checked
     checked = dataclasses.replace(checked, weights=resolve_weights(cfg, checked.weights))
-    check_gallery(cfg, preprocessing_record(cfg), allow_gallery_mismatch, dict(cfg.storage_options) or None,
+    check_gallery(cfg, preprocessing_record(cfg), allow_gallery_mismatch, cfg.storage,
                   checked.weights)  # fmt: skip
     check_reference(cfg, checked)
     return checked

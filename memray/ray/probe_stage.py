@@ -12,9 +12,9 @@ from typing import Any
 
 import ray
 
+from memray.job.config import AuditConfig
 from memray.job.preflight import Preflight, add_sets
 from memray.job.probes import probe_root, with_probe_sets
-from memray.job_config import AuditConfig
 from memray.probes.build import ProbeSet, build_probes
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def add_probe_sets(cfg: AuditConfig, checked: Preflight) -> tuple[AuditConfig, P
 
     Returns ``(config, preflight, {probe: params})``.
     """
-    so = dict(cfg.storage_options) or None
+    so = cfg.storage
     task = _build.options(num_cpus=min(1.0, cfg.resources.actor_num_cpus or 1.0))
     sets = ray.get(task.remote(list(cfg.train.urls), cfg.probes, probe_root(cfg), so, cfg.train.image_column))
     log.info("probes: %d set(s) of %d image(s) under %s", len(sets), sets[0].n if sets else 0, probe_root(cfg))

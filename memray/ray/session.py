@@ -12,7 +12,7 @@ from typing import Any
 
 import ray
 
-from memray.job_config import ResourcesConfig
+from memray.job.config import ResourcesConfig
 
 log = logging.getLogger(__name__)
 _STARTED_LOCAL = {"value": False}

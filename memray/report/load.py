@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from memray.io import schema
 from memray.io.storage import StorageError, exists, join, open_url, read_json
+from memray.probes.config import PROBE_SET_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,6 @@ EVALUATION_DIR = schema.EVALUATION_DIR
 EVALUATION_FILE = schema.EVALUATION_FILE
 ACCURACY_FILE = schema.ACCURACY_FILE
 CONFUSION_FILE = schema.CONFUSION_FILE
-PROBE_PREFIX = "probe_"  # generated sets named probe_* are probe sets (shown in the probes section only)
 NEIGHBOR_COLUMNS = (schema.ROLE, schema.GEN_SET, schema.LAYER, schema.NN_DISTANCE)
 
 _GALLERY_SCHEMA = pa.schema(
@@ -90,7 +90,7 @@ class RunData:
 
 def is_probe(name: str) -> bool:
     """Whether ``name`` is a probe set (``probe_*``)."""
-    return str(name).startswith(PROBE_PREFIX)
+    return str(name).startswith(PROBE_SET_PREFIX)  # probe sets: shown in the probes section only
 
 
 def conform(df: pd.DataFrame, sch: pa.Schema) -> pd.DataFrame:

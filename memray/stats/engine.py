@@ -18,9 +18,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from memray.config import CTConfig
 from memray.io.rows import Rows
 from memray.stats import Mapper
+from memray.stats.config import CTConfig
 from memray.stats.fit import FitResult, fit_space
 from memray.stats.fit_store import load_fit, save_fit
 from memray.stats.search import search_all

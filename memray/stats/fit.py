@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from memray.config import CTConfig
 from memray.stats import Mapper
+from memray.stats.config import CTConfig
 from memray.stats.kmeans import best_restart, canonical_order, hash_ids, hash_threshold, lloyd, seed_restarts
 from memray.stats.pca import block_moments, merge_moments, numerical_rank, pca_components, pca_from_moments
 from memray.stats.space import MIN_POINTS_PER_CELL, LayerSpace

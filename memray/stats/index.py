@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from memray.config import METRICS
+from memray.stats.config import METRICS
 from memray.stats.faiss_backend import faiss, faiss_scope, to_gpu
 
 log = logging.getLogger(__name__)

@@ -18,10 +18,10 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import pandas as pd
 
-from memray.config import CTConfig
 from memray.io.features import FeatureSet
 from memray.io.rows import ArrayRows, Rows
 from memray.stats import Mapper
+from memray.stats.config import CTConfig
 from memray.stats.score import (
     FittedLayer,
     GenScore,

@@ -25,7 +25,7 @@ import numpy as np
 import scipy.linalg
 import scipy.linalg.blas
 
-from memray.config import CTConfig
+from memray.stats.config import CTConfig
 
 ROW_BLOCK = 1024  # rows per float64 block of the covariance and the projection (memory and cache, not results)
 EPS64 = float(np.finfo(np.float64).eps)

@@ -16,9 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from memray import installed_version
-from memray.config import CTConfig, digest, to_dict
+from memray.config import digest, to_dict
 from memray.io import schema
 from memray.io.storage import join, open_output, write_json
+from memray.stats.config import CTConfig
 from memray.stats.tables import ScoreResult
 
 

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from memray.config import CTConfig
 from memray.io.features import FeatureSet
 from memray.io.rows import ArrayRows, Rows
 from memray.stats import Mapper
+from memray.stats.config import CTConfig
 from memray.stats.ct import CellStats, cell_table, ct_from_cells
 from memray.stats.engine import EngineLayer, Neighbours, fit_layer_engine, score_sets, search_test
 from memray.stats.space import LayerSpace

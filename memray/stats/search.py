@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from memray.config import CTConfig
 from memray.stats import Mapper
+from memray.stats.config import CTConfig
 from memray.stats.fit import cell_key
 from memray.stats.index import TrainShard, merge_min, search_prepared
 

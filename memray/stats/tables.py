@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from memray.config import CTConfig
 from memray.io import schema
 from memray.stats import Mapper
+from memray.stats.config import CTConfig
 from memray.stats.copies import copies_frame, global_neighbours
 from memray.stats.significance import bootstrap_ct, cell_p_values, ct_p_value_from_cells
 from memray.stats.verdict import add_significance, verdict_table

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from memray.config import CTConfig
 from memray.stats import Mapper
+from memray.stats.config import CTConfig
 from memray.stats.faiss_backend import faiss_scope
 from memray.stats.index import TrainShard, _scores, _tolerance, prepare
 from memray.stats.search import SearchItem, load_item, plan_search

@@ -12,28 +12,14 @@ from typing import Any
 
 import yaml
 
-from memray.config import (
-    NON_EMPTY,
-    ConfigError,
-    CTConfig,
-    EmbedConfig,
-    FieldError,
-    FingerprintConfig,
-    above,
-    at_least,
-    fail,
-    from_dict,
-    rule,
-    storage_op_timeout,
-    to_dict,
-    validate,
-)
-from memray.probes.config import ProbesConfig
+from memray.config import NON_EMPTY, ConfigError, FieldError, above, at_least, from_dict, rule, to_dict, validate
+from memray.embedding.config import EmbedConfig
+from memray.fingerprint.config import FingerprintConfig
+from memray.io.config import CLAIM_LEASE_S, DatasetSpec, storage_op_timeout
+from memray.probes.config import PROBE_SET_PREFIX, ProbesConfig
+from memray.stats.config import CTConfig
 
-PROBE_SET_PREFIX = "probe_"  # generated sets named probe_<probe> are the probe sets (memray.probes.build)
 PROBES_DIR = "probes"  # under the output folder
-CLAIM_LEASE_S = 300.0
-"""Default lease of the claims on the output folder and a reference being built (:mod:`memray.io.claim`)."""
 
 
 def probe_url(output: str, set_name: str) -> str:
@@ -42,57 +28,8 @@ def probe_url(output: str, set_name: str) -> str:
     return f"{output.rstrip('/')}/{PROBES_DIR}/{probe}.tar"
 
 
-NAME_RULE = "(a folder name: non-empty, not '.' or '..', without '/' or '\\')"
-
-
-def _name_ok(name: str) -> bool:
-    """A set name that is one path segment: ``embeddings/<name>/`` must stay inside the output folder."""
-    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
-
-
-def _urls_ok(urls: tuple[str, ...]) -> bool:
-    """Each URL non-empty (an empty list means "not given": DatasetSpec checks that one of urls/embeddings is)."""
-    return all(urls)
-
-
 def _amounts_ok(pairs: tuple[tuple[str, float], ...]) -> bool:
     return all(name and amount >= 0 for name, amount in pairs)
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One set: images (``urls``: local folders, ``s3://`` prefixes, tar shards, Parquet, ``.npz``) or precomputed
-    embeddings (``embeddings``: feature Parquet files, folders or globs, see :mod:`memray.io.embedding_inputs`).
-
-    Exactly one of ``urls`` / ``embeddings`` is given. ``label``: the model/architecture that produced a generated
-    set (used as a fingerprint gallery label).
-    """
-
-    SECTION = "dataset"
-
-    name: str = field(metadata=rule(NAME_RULE, _name_ok))
-    urls: tuple[str, ...] = field(default=(), metadata=rule("(at least one, each non-empty)", _urls_ok))
-    label: str | None = field(default=None, metadata=NON_EMPTY)
-    image_column: str | None = field(default=None, metadata=NON_EMPTY)
-    embeddings: tuple[str, ...] = field(default=(), metadata=rule("(at least one, each non-empty)", _urls_ok))
-
-    def __post_init__(self) -> None:
-        given = self.urls  # as given (a list from YAML), for the message
-        validate(self)
-        if not self.urls and not self.embeddings:
-            allowed = ("a list of strings (at least one, each non-empty), or give embeddings: [URL, …] (precomputed "
-                       "feature Parquet files, folders or globs) instead")  # fmt: skip
-            raise FieldError(f"{self.SECTION}.urls", given, allowed, type(self), "urls")
-        if self.urls and self.embeddings:
-            raise fail(self, "embeddings", "empty when urls is given: a set is images (urls) or precomputed "
-                       "embeddings (embeddings), not both")  # fmt: skip
-        if self.embeddings and self.image_column is not None:
-            raise fail(self, "image_column", "null when the set is given as embeddings (there are no images)")
-
-    @property
-    def is_embeddings(self) -> bool:
-        """Whether this set is given as precomputed embeddings (no images to read or embed)."""
-        return bool(self.embeddings)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,36 @@
+"""Settings of C_T-layer fingerprints and their attribution (:class:`FingerprintConfig`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from memray.config import NON_EMPTY, at_least, rule, validate
+
+
+@dataclass(frozen=True)
+class FingerprintConfig:
+    """Settings of C_T-layer fingerprints and their attribution.
+
+    ``subset_size``: images per curve (the paper's 500). ``subsets``: ``"disjoint"`` splits each generated set into
+    ``n_subsets`` disjoint chunks; ``"bootstrap"`` draws ``n_subsets`` seeded samples with replacement.
+    ``alpha``: weight of cosine in the similarity ``α·cos + (1−α)/(1+‖a−b‖)``. ``open_set_threshold``: queries
+    whose best similarity is below it are attributed to ``unknown`` (``None`` = closed set). ``gallery``: URL
+    of a saved gallery (``gallery.parquet`` of an earlier run) to attribute against; ``None`` = the labelled
+    generated sets of this run.
+    """
+
+    SECTION = "fingerprint"
+
+    subset_size: int = field(default=500, metadata=at_least(1))
+    subsets: Literal["disjoint", "bootstrap"] = "disjoint"
+    n_subsets: int | None = field(default=None, metadata=at_least(1))
+    seed: int = field(default=0, metadata=at_least(0))
+    alpha: float = field(default=0.5, metadata=rule("in [0, 1]", lambda v: 0.0 <= v <= 1.0))
+    matcher: Literal["1nn", "knn", "centroid"] = "1nn"
+    k: int = field(default=3, metadata=at_least(1))
+    open_set_threshold: float | None = None
+    gallery: str | None = field(default=None, metadata=NON_EMPTY)
+
+    def __post_init__(self) -> None:
+        validate(self)
