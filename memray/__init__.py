@@ -25,7 +25,7 @@ _LAZY = {
     "audit": "memray.api",
     "score": "memray.api",
     "probe": "memray.api",
-    "AuditResult": "memray.ray.pipeline",
+    "AuditResult": "memray.job.result",
     "ScoreResult": "memray.stats.tables",
     "AuditConfig": "memray.job_config",
     "CTConfig": "memray.config",

@@ -80,13 +80,12 @@ def audit(
     num_cpus: int | None = None,
 ):
     """Run the audit job (embed on Ray, C_T per layer, verdicts, copies, report) and return its
-    :class:`~memray.ray.pipeline.AuditResult`.
+    :class:`~memray.job.result.AuditResult`.
 
     Starts a local Ray unless one is running or ``address`` / ``RAY_ADDRESS`` names a cluster. ``config``: a YAML
     file to start from (``jobs/configs/default.yaml``); then every other argument given overrides it.
     """
     from memray.job.config import audit_config_from_dict, load_audit_config
-    from memray.job.preflight import preflight
 
     if config is not None:
         given = {"train": train, "test": test, "generated": generated, "output": output}
@@ -104,8 +103,7 @@ def audit(
             raise ValueError(f"memray.audit: give {', '.join(missing)} (or config=PATH of an audit YAML file)")
         data = audit_config_data(train, test, generated or {}, str(output), model, weights, random_init, settings)
         cfg = audit_config_from_dict(data, "memray.audit")
-    checked = preflight(cfg)
-    return _run(cfg, checked, address, num_cpus)
+    return _run(cfg, address, num_cpus)
 
 
 def probe_config(
@@ -155,24 +153,17 @@ def probe_config(
 
 def probe(config: str | None = None, address: str | None = None, num_cpus: int | None = None, **kwargs: Any):
     """Build and score the probe sets (the arguments of :func:`probe_config`); returns the
-    :class:`~memray.ray.pipeline.AuditResult` (``result.table("probes")``; ``probes.json`` beside it)."""
-    from memray.job.preflight import preflight
-
+    :class:`~memray.job.result.AuditResult` (``result.table("probes")``; ``probes.json`` beside it)."""
     cfg = probe_config(config, **kwargs)
-    checked = preflight(cfg)
-    return _run(cfg, checked, address, num_cpus)
+    return _run(cfg, address, num_cpus)
 
 
-def _run(cfg: Any, checked: Any, address: str | None, num_cpus: int | None):
-    """Claim the output (refused at once if another run writes it), start or join Ray, run the audit."""
-    from memray.job.claims import audit_claims
+def _run(cfg: Any, address: str | None, num_cpus: int | None):
+    """Check, claim the output (refused at once if another run writes it), start or join Ray, run the audit."""
+    from memray.job.run import run_job
+    from memray.ray.runner import RayRunner
 
-    with audit_claims(cfg, checked) as claims:
-        from memray.ray.pipeline import run_audit
-        from memray.ray.session import init_ray
-
-        init_ray(address, num_cpus)
-        return run_audit(cfg, checked=checked, claims=claims)
+    return run_job(cfg, RayRunner(address, num_cpus))
 
 
 def _features(x: Any, role: str, layer: int):

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     being built) is then claimed (:mod:`memray.job.claims`): a second run into it is refused at once.
     """
     from memray.fingerprint.config import FingerprintConfig
-    from memray.job.preflight import preflight
+    from memray.job.run import run_job
 
     overrides = parse_key_values(args.set, "--set")
     if args.output:
@@ -83,17 +83,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = _config(args, overrides)
     if (args.fingerprint or args.gallery) and cfg.fingerprint is None:
         cfg = dataclasses.replace(cfg, fingerprint=FingerprintConfig())
-    checked = preflight(cfg, args.allow_gallery_mismatch)
-    from memray.job.claims import audit_claims
+    from memray.ray.runner import RayRunner  # imports no Ray until the runner starts, after the checks
 
-    with audit_claims(cfg, checked) as claims:  # a second run into the same output is refused here, before Ray
-        from memray.ray.pipeline import run_audit  # Ray is imported only once the config passed its checks
-        from memray.ray.session import init_ray
-
-        init_ray(args.address, args.num_cpus)
+    def on_started() -> None:
         if args.write_config:
             write_config(cfg, args.write_config)
-        result = run_audit(cfg, checked=checked, allow_gallery_mismatch=args.allow_gallery_mismatch, claims=claims)
+
+    result = run_job(cfg, RayRunner(args.address, args.num_cpus), args.allow_gallery_mismatch, on_started)
     print_summary(result)
     if result.attribution is not None:
         print("\nAttribution of the unlabelled generated sets (C_T-layer fingerprints, 1-NN):")

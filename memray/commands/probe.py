@@ -50,18 +50,11 @@ def probe_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     """Build and score the probe sets; print the per-probe C_T table and the recommendation."""
     from memray.io import schema
-    from memray.job.preflight import preflight
+    from memray.job.run import run_job
+    from memray.ray.runner import RayRunner
 
     cfg = probe_config(args)
-    checked = preflight(cfg)
-    from memray.job.claims import audit_claims
-
-    with audit_claims(cfg, checked) as claims:  # refused here, before Ray, when another run writes the output
-        from memray.ray.pipeline import run_audit
-        from memray.ray.session import init_ray
-
-        init_ray(args.address, args.num_cpus)
-        result = run_audit(cfg, checked=checked, claims=claims)
+    result = run_job(cfg, RayRunner(args.address, args.num_cpus))
     print_probes(cfg.output, cfg.storage)
     print(f"\nResults in {cfg.output} ({schema.PROBES_FILE}, {schema.PROBES_SUMMARY_FILE}, ...)")
     if result.report:

@@ -17,11 +17,9 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
@@ -40,6 +38,7 @@ from memray.job.evidence import fid_attribution, sources_for, write_fid_attribut
 from memray.job.preflight import Preflight, check_gallery, gallery_comparable, preflight, preprocessing_record
 from memray.job.probes import finish_probes, is_probe_set
 from memray.job.reference import check_reference, claim_reference, embeddings_root, fit_roots, mark_fit_finished
+from memray.job.result import AuditResult
 from memray.job.resume import (
     CONFIG_FILE,
     ResumeMismatchError,
@@ -57,30 +56,6 @@ from memray.stats.results import write_results
 
 log = logging.getLogger(__name__)
 __all__ = ["CONFIG_FILE", "AuditResult", "ResumeMismatchError", "run_audit"]
-
-
-@dataclass(frozen=True)
-class AuditResult:
-    """Where the results are, the main tables, the verdicts and the job's stats.
-
-    ``verdicts``: one row per generated set (``copying`` / ``localized_copying`` / ``no_evidence`` /
-    ``undefined``, Holm p, layers, advice); ``report``: URL of ``report.html`` (``None`` if it failed);
-    :meth:`table` reads any other table of the run (``copies``, ``ct_cells``, ``neighbors``, ``errors``, …).
-    """
-
-    output: str
-    ct_scores: pd.DataFrame
-    stats: dict[str, Any]
-    attribution: pd.DataFrame | None = None
-    verdicts: pd.DataFrame | None = None
-    report: str | None = None
-    storage_options: dict[str, Any] | None = None
-
-    def table(self, name: str) -> pd.DataFrame:
-        """A table of the run folder by name (``copies``) or file name (``copies.parquet``)."""
-        file = name if name.endswith(".parquet") else f"{name}.parquet"
-        with storage.open_url(storage.join(self.output, file), "rb", self.storage_options) as fh:
-            return pd.read_parquet(fh)
 
 
 def set_counts(read: int = 0, embedded: int = 0, reported: int = 0, skipped: int = 0) -> dict[str, int]:
