@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import io
 import json
@@ -41,6 +42,12 @@ _CREDENTIAL_HINT = (
     "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) where the job runs, or storage_options key/secret"
 )
 _REFUSED_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
+DISK_FULL_ERRNOS: dict[int, str] = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for this file system",
+}
+"""Errors of a local write refused by the disk, with the cause in a few words; :func:`open_output` names its URL."""
 
 
 class StorageError(ValueError):
@@ -159,6 +166,10 @@ def _classify(exc: BaseException, remote: bool) -> tuple[str, str, bool]:
         return "invalid bucket or key", "check the URL", False
     if names & {"BotoCoreError", "ClientError"}:
         return "storage client error", "check AWS_ENDPOINT_URL, the credentials and the storage_options", True
+    if getattr(exc, "errno", None) in DISK_FULL_ERRNOS:
+        return DISK_FULL_ERRNOS[exc.errno], "free space (or quota) on that disk, or write the output elsewhere", False
+    if getattr(exc, "errno", None) == errno.EROFS:
+        return "read-only file system", "write the output elsewhere", False
     return "I/O error", "check the path, the free space and the permissions", False
 
 
@@ -212,7 +223,8 @@ def open_output(url: str, storage_options: dict[str, Any] | None = None) -> Iter
     """Write ``url`` atomically: the object/file appears only when the ``with`` block succeeds.
 
     Raises:
-        StorageError: the file/object cannot be created or committed (errors of the ``with`` block pass as is).
+        StorageError: the file/object cannot be created or committed, or the disk refused the bytes written in the
+            block (full, over quota: :data:`DISK_FULL_ERRNOS`); other errors of the ``with`` block pass as is.
     """
     if is_remote(url):
         buf = io.BytesIO()
@@ -230,9 +242,11 @@ def open_output(url: str, storage_options: dict[str, Any] | None = None) -> Iter
             yield fh
         with translate_errors(url, "write"):
             os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:  # no other file's write raises these here
+            raise storage_error(url, "write", exc) from exc
         raise
 
 

@@ -26,9 +26,11 @@ import ray
 from memray.fingerprint.curve_run import curves_frame, subset_curves
 from memray.io import schema, storage
 from memray.io.features import FeatureSet
+from memray.io.finite import check_finite
 from memray.io.rows import ParquetRows
 from memray.io.rows import pieces as make_pieces
 from memray.job_config import AuditConfig
+from memray.ray.errors import settle
 from memray.stats.score import ScoreInputError, ScoreResult, fit_layer, layer_tables, partition_runs
 from memray.stats.workspace import Workspace
 
@@ -51,7 +53,12 @@ class RayMapper:
 
     def __call__(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
         fn_ref = ray.put(fn)
-        results = ray.get([self.remote.remote(fn_ref, item) for item in items])
+        refs = [self.remote.remote(fn_ref, item) for item in items]
+        try:
+            results = ray.get(refs)
+        except Exception:
+            settle(refs)  # the other items' failures are not printed as unhandled errors
+            raise
         self.nodes.update(node for node, _ in results)
         return [r for _, r in results]
 
@@ -107,7 +114,8 @@ def run_scoring(
 ) -> tuple[ScoreResult, pd.DataFrame | None, dict[str, Any]]:
     """Score every layer (skipping finished ones): tables, and per-subset curves when ``subsets`` is given.
 
-    ``pieces``: every set's feature files ``(url, rows)`` in its global row order. Per layer the driver reads the
+    ``pieces``: every set's feature files ``(url, rows)`` in its global row order; first, every layer still to score
+    is checked for NaN/inf values in every set (:func:`memray.io.finite.check_finite`). Per layer the driver reads the
     test and generated sets (small) and hands the workers a handle on the training files: the fit's block steps
     and the search items read their rows themselves (:mod:`memray.stats`); one search round answers every set.
     ``subsets``: the fingerprint subset plan (:func:`memray.fingerprint.curve_run.plan_subsets`), rows of each
@@ -127,9 +135,11 @@ def run_scoring(
     labels = {g.name: g.label for g in cfg.generated}
     t0 = time.perf_counter()
     per_layer: dict[str, dict[str, Any]] = {}
+    todo = [x for x in layers if not _layer_done(storage.join(out, "layers", f"layer_{x}"), score_key, names, so)]
+    check_finite(pieces, todo, so, mapper)  # NaN/inf in any set is refused before any layer is scored
     for layer in layers:
         layer_dir = storage.join(out, "layers", f"layer_{layer}")
-        if not _layer_done(layer_dir, score_key, names, so):
+        if layer in todo:
             t1 = time.perf_counter()
             train = set_rows(pieces[cfg.train.name], layer, so)  # a handle: the workers read their blocks
             test = load_queries(cfg.test.name, pieces[cfg.test.name], layer, so)
