@@ -2,13 +2,15 @@
 
 Each subcommand lives in ``memray.commands.<name>`` and exposes ``add_parser(subparsers)`` and ``run(args)``.
 Command modules import torch, timm, Ray and FAISS only inside ``run``: ``memray --help`` and
-``memray <cmd> --help`` load none of them. User errors (``ValueError``, ``FileNotFoundError``) print one line
-``memray <cmd>: error: …`` and exit 2; Ctrl-C exits 130 with one line; ``-v`` shows the traceback instead.
+``memray <cmd> --help`` load none of them. User errors (``ValueError``, ``FileNotFoundError``, a full disk or a
+read-only file system, also when raised in a Ray task or actor) print one line ``memray <cmd>: error: …`` and exit 2;
+Ctrl-C exits 130 with one line; ``-v`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -17,6 +19,8 @@ import traceback
 from memray import version
 
 COMMANDS: tuple[str, ...] = ("audit", "score", "embed", "fingerprint", "probe", "report", "fetch")
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+"""OS errors about the disk, not the program: a user error like a bad argument."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,22 +56,44 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"memray {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as exc:  # user errors: one clear line, no traceback
-        if args.verbose:
+    except Exception as exc:
+        user = user_error(exc)
+        if user is None or args.verbose:  # a bug (or -v): the traceback
             raise
-        print(f"memray {args.command}: error: {_user_message(exc)}", file=sys.stderr)
+        prefix = f"memray {args.command}: "
+        print(f"{prefix}error: {_user_message(user).removeprefix(prefix)}", file=sys.stderr)  # one line
         return 2
 
 
-def _user_message(exc: BaseException) -> str:
-    """The one-line message of a user error, also when it was raised inside a Ray task or actor.
+def user_error(exc: BaseException) -> BaseException | None:
+    """The user error behind ``exc`` (itself, or what a Ray task or actor raised), or ``None`` for a bug.
 
-    Ray re-raises a task's exception as a subclass of both its own error and the original type, whose text is
-    the remote traceback; the original exception is its ``cause``.
+    User errors: ``ValueError``, ``FileNotFoundError``, an ``OSError`` of :data:`DISK_ERRNOS` and Ray's
+    ``OutOfDiskError`` (its object store cannot spill to a full disk).
     """
+    exc = _original(exc)
+    if isinstance(exc, ValueError | FileNotFoundError) or type(exc).__name__ == "OutOfDiskError":
+        return exc
+    return exc if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS else None
+
+
+def _original(exc: BaseException) -> BaseException:
+    """What a Ray task or actor raised: Ray re-raises it as a subclass of both its own error and the original type,
+    whose text is the remote traceback; the original exception is its ``cause``."""
     cause = getattr(exc, "cause", None)
     while isinstance(cause, BaseException) and cause is not exc:
         exc, cause = cause, getattr(cause, "cause", None)
+    return exc
+
+
+def _user_message(exc: BaseException) -> str:
+    """The one-line message of a user error (see :func:`user_error`)."""
+    exc = _original(exc)
+    if type(exc).__name__ == "OutOfDiskError":  # Ray's own text spans several lines
+        return (
+            "a Ray node's disk is fuller than Ray's threshold (95% by default), so Ray cannot store objects: free "
+            "space on it (df), or start Ray with its --temp-dir on a larger disk"
+        )
     return str(exc).strip() or type(exc).__name__
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from full_disk import fill_disk, needs_dev_full
 
 from memray.cli import build_parser, main
 
@@ -192,3 +193,44 @@ def test_user_error_raised_in_a_ray_task_prints_its_own_message() -> None:
     wrapped = wrapped.as_instanceof_cause()
     assert isinstance(wrapped, ValueError) and "pid=" in str(wrapped)  # the remote context, not the message
     assert _user_message(wrapped) == "s3://bucket/x: cannot connect; check AWS_ENDPOINT_URL"
+
+
+@needs_dev_full
+def test_a_full_disk_is_one_line_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 60), ("test", 30), ("gen", 30)):
+        np.save(tmp_path / f"{name}.npy", rng.normal(size=(n, 8)).astype(np.float32))
+    out = tmp_path / "full" / "run"
+    fill_disk(monkeypatch, out)
+    argv = ["score", "--train", str(tmp_path / "train.npy"), "--test", str(tmp_path / "test.npy"), "--gen",
+            str(tmp_path / "gen.npy"), "--cells", "2", "--bootstrap", "0", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert re.fullmatch(rf"memray score: error: {re.escape(str(out))}/\S+\.\w+: cannot write: no space left on device "
+                        r"\(OSError: \[Errno 28\] No space left on device\); .*", err[0]), err[0]  # fmt: skip
+
+
+def test_user_errors_behind_ray_wrappers_and_disk_errors_are_recognised() -> None:
+    import errno
+
+    from ray.exceptions import OutOfDiskError, RayTaskError
+
+    from memray.cli import _user_message, user_error
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/out/x.parquet")
+    wrapped = RayTaskError("fn", "Traceback …", full).as_instanceof_cause()
+    assert user_error(full) is full and user_error(wrapped) is full
+    assert user_error(RayTaskError("fn", "Traceback …", KeyError("k")).as_instanceof_cause()) is None
+    assert user_error(OSError(errno.EIO, "Input/output error")) is None  # not the disk's capacity: a traceback
+    ray_full = RayTaskError("fn", "Traceback …", OutOfDiskError()).as_instanceof_cause()
+    assert isinstance(user_error(ray_full), OutOfDiskError)
+    assert "\n" not in _user_message(ray_full) and "disk" in _user_message(ray_full)
+
+
+def test_the_command_prefix_is_printed_once(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["audit", "--train", "t", "--test", "p", "--gen", "g=q", "--out", "o", "--set", "max_image_pixels=-1"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == "memray audit: error: max_image_pixels=-1: must be an integer >= 1"

@@ -113,6 +113,19 @@ def test_pillow_bomb_error_and_warning_become_too_large() -> None:
         assert status_of(png_header_only(10_000, 9_000)) == "too_large"
 
 
+def test_max_pixels_above_pillows_own_limit_decides(monkeypatch: pytest.MonkeyPatch) -> None:
+    header = png_header_only(13_500, 13_500)  # 182,250,000 pixels: above twice Pillow's limit (178,956,970)
+    assert status_of(header) == "too_large"
+    assert status_of(header, max_pixels=200_000_000) == "truncated"  # let through, then decoded until its data ends
+    assert Image.MAX_IMAGE_PIXELS == DEFAULT_MAX_PIXELS  # restored
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # a process that lowered Pillow's limit
+    data = encode(Image.new("L", (120, 100)), "PNG")
+    assert decode_image(data, max_pixels=12_000).shape == (100, 120, 3)
+    with pytest.warns(Image.DecompressionBombWarning):  # Pillow warns at the limit memray gave it; memray refuses
+        assert status_of(data, max_pixels=11_999) == "too_large"
+    assert Image.MAX_IMAGE_PIXELS == 1_000
+
+
 def test_decode_array_channels_and_refusals(rgb: np.ndarray) -> None:
     grey = rgb[:, :, 1]
     np.testing.assert_array_equal(decode_array(grey), np.repeat(grey[:, :, None], 3, 2))

@@ -42,6 +42,27 @@ def test_preflight_fails_on_a_missing_input_before_writing(tmp_path: Path) -> No
     assert not (tmp_path / "out").exists()
 
 
+def test_a_set_holding_no_sample_is_refused_naming_its_files(tmp_path: Path) -> None:
+    import dataclasses
+
+    from memray.io.config import DatasetSpec
+    from memray.io.features import FeatureSet, write_features
+
+    inputs = make_inputs(tmp_path / "in")
+    empty_npz = tmp_path / "in" / "none.npz"
+    np.savez(empty_npz, images=np.zeros((0, 28, 28), np.uint8))
+    with pytest.raises(PreflightError, match=rf"^set 'real': its inputs hold 0 images \({empty_npz}\); give at least"):
+        preflight(audit_config({**inputs, "real": str(empty_npz)}, str(tmp_path / "out")))
+    empty = tmp_path / "emb" / "e.parquet"
+    write_features(str(empty), FeatureSet(np.array([], dtype=object), {1: np.zeros((0, 4), np.float32)}))
+    cfg = audit_config(inputs, str(tmp_path / "out"))
+    cfg = dataclasses.replace(cfg, generated=(DatasetSpec(name="g", embeddings=(str(empty),)),), embed=None,
+                              train=DatasetSpec(name="train", embeddings=(str(empty),)))  # fmt: skip
+    with pytest.raises(PreflightError, match=rf"^set 'train': its inputs hold 0 embedding rows \({empty}\)"):
+        preflight(dataclasses.replace(cfg, test=DatasetSpec(name="test", embeddings=(str(empty),))))
+    assert not (tmp_path / "out").exists()
+
+
 def test_subset_size_larger_than_a_generated_set_is_refused(tmp_path: Path) -> None:
     cfg = audit_config(make_inputs(tmp_path / "in"), str(tmp_path / "out"), fingerprint={"subset_size": 100})
     with pytest.raises(PreflightError, match=r"subset_size=100 .*copy \(90\), real \(90\)"):

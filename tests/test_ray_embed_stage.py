@@ -17,7 +17,7 @@ from memray.io.features import FeatureSet, table_to_features, write_features
 from memray.io.shards import STATUS_OK, ShardPlan, plan_shards, read_shard
 from memray.ray.embed_stage import finish_shard, parts_url, run_embedding, shard_url
 
-MARKER_KEYS = {"rows_read", "rows_embedded", "rows_reported", "embed_key", "listing_digest", "listing"}
+MARKER_KEYS = {"rows_read", "rows_embedded", "rows_reported", "embed_key", "listing_digest", "listing", "nonfinite"}
 
 
 def _layer_encodings(path: Path) -> dict[str, tuple[set[str], str]]:
@@ -64,6 +64,7 @@ def test_actors_write_complete_shards_and_the_driver_gets_no_features(ray_local,
     for plan in plans:
         marker = json.loads(Path(shard_url(out, plan, ".done.json")).read_text())
         assert set(marker) == MARKER_KEYS and marker["embed_key"] == "k1"
+        assert marker["nonfinite"] == {}  # every embedding finite
         assert marker["listing_digest"] == plan.listing_digest() and marker["listing"] == plan.listing()
         rows = read_shard(plan, prepare, 10**8)
         ok = [r for r in rows if r[schema.STATUS] == STATUS_OK]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,13 +16,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from ray_helpers import audit_config, make_inputs
+from ray_helpers import audit_config, make_inputs, sample_images, write_npz
 
 from memray.config import to_dict
 from memray.embedding.embed import LayerEmbedder, make_prepare
 from memray.fingerprint.curve_run import compute_curves
 from memray.io import schema
-from memray.io.features import FeatureSet
+from memray.io.config import DatasetSpec
+from memray.io.features import FeatureSet, write_features
+from memray.io.finite import NonFiniteError
 from memray.io.shards import STATUS_OK, plan_shards, read_shard
 from memray.ray.pipeline import ResumeMismatchError, run_audit
 from memray.stats.layers import score_features
@@ -134,3 +137,73 @@ def test_killed_job_resumes_to_identical_tables(tmp_path: Path) -> None:
     assert clean.returncode == 0, clean.stderr[-3000:]
     for name in (schema.CT_SCORES_FILE, schema.CT_CELLS_FILE, schema.NEIGHBORS_FILE):
         assert (out / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
+
+
+def _features(path: Path, prefix: str, n: int, bad: dict[int, list[int]], value: float) -> str:
+    rng = np.random.default_rng(n)
+    layers = {ell: rng.normal(size=(n, 8)).astype(np.float32) for ell in (1, 2, 3)}
+    for ell, rows in bad.items():
+        layers[ell][rows, 0] = value
+    write_features(str(path), FeatureSet(np.array([f"{prefix}{i}" for i in range(n)], dtype=object), layers))
+    return str(path)
+
+
+@pytest.mark.timeout(300)
+def test_nan_embeddings_of_any_set_are_refused_before_any_layer_is_scored(ray_local, tmp_path: Path) -> None:
+    train = _features(tmp_path / "train.parquet", "t", 60, {3: [5, 17]}, np.nan)  # layer 3 only: 1 and 2 are fine
+    test = _features(tmp_path / "test.parquet", "p", 30, {}, 0.0)
+    gen = _features(tmp_path / "gen.parquet", "g", 30, {2: [4]}, np.inf)
+    cfg = audit_config({"train": "-", "test": "-", "copy": "-", "real": "-"}, str(tmp_path / "out"))
+    cfg = dataclasses.replace(
+        cfg,
+        train=DatasetSpec(name="train", embeddings=(train,)),
+        test=DatasetSpec(name="test", embeddings=(test,)),
+        generated=(DatasetSpec(name="gen", embeddings=(gen,), label="x"),),
+        embed=None,
+    )
+    with pytest.raises(NonFiniteError) as err:
+        run_audit(cfg)
+    msg = str(err.value)
+    assert f"set 'train' layer 3: 2 row(s) in {train} (sample ids: t5, t17)" in msg
+    assert f"set 'gen' layer 2: 1 row(s) in {gen} (sample ids: g4)" in msg
+    assert not (tmp_path / "out" / "layers").exists()  # no layer was scored
+
+
+@pytest.mark.timeout(420)
+def test_an_encoder_giving_nan_is_refused_before_scoring_naming_the_images(ray_local, tmp_path: Path) -> None:
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    model = timm.create_model("test_vit", pretrained=False, img_size=32)
+    state = model.state_dict()
+    state["blocks.3.mlp.fc2.bias"] = torch.full_like(state["blocks.3.mlp.fc2.bias"], float("nan"))  # layers 4-6
+    save_file(state, str(tmp_path / "nan.safetensors"))
+    inputs = {name: write_npz(tmp_path / "in" / f"{name}.npz", sample_images(src, n))
+              for name, src, n in (("train", "train", 40), ("test", "test", 20), ("copy", "kde_copy_bw8", 20),
+                                   ("real", "heldout_real", 20))}  # fmt: skip
+    out = tmp_path / "out"
+    cfg = audit_config(inputs, str(out), embed__random_init=False, embed__weights=str(tmp_path / "nan.safetensors"))
+    with pytest.raises(NonFiniteError) as err:
+        run_audit(cfg)
+    shard = out / "embeddings" / "train" / "shard-00000.parquet"
+    ids = pq.read_table(shard, columns=[schema.SAMPLE_ID]).column(0).to_pylist()
+    marker = json.loads((out / "embeddings" / "train" / "shard-00000.done.json").read_text())
+    assert marker["nonfinite"] == {str(ell): [40, ids[:10]] for ell in (4, 5, 6)}  # counted by the actors
+    assert f"set 'train' layer 4: 40 row(s) in {shard} (sample ids: {', '.join(ids[:10])}, …)" in str(err.value)
+    assert not (out / "layers").exists()
+
+
+def test_a_set_without_embedded_rows_says_whether_it_had_images() -> None:
+    from memray.ray.pipeline import check_embedded, set_counts
+
+    cfg = audit_config({"train": "-", "test": "-", "copy": "-", "real": "-"}, "/out")
+    pieces = {"train": [("t", 5)], "test": [("p", 5)], "copy": [("c", 5)]}
+    failed = {"real": set_counts(read=7, reported=7)}
+    with pytest.raises(ValueError, match=r"^set 'real': none of its 7 image\(s\) could be embedded; see errors"):
+        check_embedded(cfg, failed, pieces)
+    nothing = {"real": set_counts(skipped=2)}
+    msg = r"^set 'real': its inputs hold no image or embedding row \(2 file\(s\) skipped: see errors\.parquet\)"
+    with pytest.raises(ValueError, match=msg):
+        check_embedded(cfg, nothing, pieces)
+    check_embedded(cfg, failed, {**pieces, "real": [("r", 1)]})

@@ -17,7 +17,7 @@ from memray.io import schema
 from memray.job.preflight import preflight
 from memray.job.resume import ResumeMismatchError
 from memray.ray.pipeline import run_audit
-from memray.stats.score import score_features
+from memray.stats.layers import score_features
 
 TABLES = (schema.CT_SCORES_FILE, schema.CT_CELLS_FILE, schema.NEIGHBORS_FILE)
 

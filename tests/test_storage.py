@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from full_disk import fill_disk, needs_dev_full
 
 from memray.io import storage
 from memray.io.sources import list_units
@@ -182,6 +183,18 @@ def test_local_write_failure_is_one_storage_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(StorageError, match=r"file/out\.json: cannot write"):
         storage.write_json(str(tmp_path / "file" / "out.json"), {})  # parent is a file
+
+
+@needs_dev_full
+def test_a_full_disk_is_one_storage_error_naming_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fill_disk(monkeypatch, tmp_path / "full")
+    url = str(tmp_path / "full" / "t.parquet")
+    with pytest.raises(StorageError) as err, storage.open_output(url) as fh:
+        fh.write(b"x" * 100)  # buffered: the disk refuses the bytes when they are flushed
+    msg = str(err.value)
+    assert msg.startswith(f"{url}: cannot write: no space left on device (OSError: [Errno 28] No space left on device)")
+    assert "\n" not in msg and err.value.url == url and not err.value.unreachable
+    assert not os.path.exists(url)
 
 
 def test_storage_error_survives_pickling() -> None:

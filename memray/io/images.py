@@ -12,15 +12,21 @@ Conversions (documented choices, identical everywhere memray decodes):
   missing rows as zeros without a word): its IDAT stream is measured against the header's row sizes.
 
 A file that cannot be decoded raises :class:`ImageDecodeError` with one of :data:`STATUSES`; callers record it as
-an error row and go on. Pillow's global ``Image.MAX_IMAGE_PIXELS`` is never modified.
+an error row and go on. ``max_pixels`` decides which images are too large: Pillow's own decompression-bomb check
+(global ``Image.MAX_IMAGE_PIXELS``, which refuses above twice its value, also per GIF/ICO frame) would refuse first
+above 178,956,970 pixels, so while an image is decoded with a ``max_pixels`` above Pillow's limit, the limit is
+raised to ``max_pixels`` (and restored after); otherwise it is left as it is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import struct
+import threading
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -52,6 +58,7 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"MM\x00*", "TIFF"),
     (b"BM", "BMP"),
 )
+_PILLOW_LIMIT_LOCK = threading.Lock()
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
@@ -82,6 +89,26 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     """
     if len(data) == 0:
         raise ImageDecodeError(STATUS_EMPTY, "0 bytes")
+    with _pillow_limit(max_pixels):
+        return _decode(data, max_pixels)
+
+
+@contextlib.contextmanager
+def _pillow_limit(max_pixels: int) -> Iterator[None]:
+    """Pillow's decompression-bomb limit at least ``max_pixels`` inside the block (restored after)."""
+    if Image.MAX_IMAGE_PIXELS is None or max_pixels <= Image.MAX_IMAGE_PIXELS:
+        yield
+        return
+    with _PILLOW_LIMIT_LOCK:
+        before = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
+
+
+def _decode(data: bytes, max_pixels: int) -> np.ndarray:
     try:
         im = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

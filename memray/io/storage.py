@@ -35,6 +35,7 @@ from memray.io.filesystems import (
     store,
 )
 from memray.io.storage_errors import (
+    DISK_FULL_ERRNOS,
     StorageError,
     deadline_error,
     is_remote,
@@ -77,7 +78,8 @@ def open_output(url: str, storage_options: dict[str, Any] | None = None) -> Iter
     """Write ``url`` atomically: the object/file appears only when the ``with`` block succeeds.
 
     Raises:
-        StorageError: the file/object cannot be created or committed (errors of the ``with`` block pass as is).
+        StorageError: the file/object cannot be created or committed, or the disk refused the bytes written in the
+            block (full, over quota: :data:`DISK_FULL_ERRNOS`); other errors of the ``with`` block pass as is.
     """
     if is_remote(url):
         buf = io.BytesIO()
@@ -96,9 +98,11 @@ def open_output(url: str, storage_options: dict[str, Any] | None = None) -> Iter
             yield fh
         with translate_errors(url, "write"):
             os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:  # no other file's write raises these here
+            raise storage_error(url, "write", exc) from exc
         raise
 
 

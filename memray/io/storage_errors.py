@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +24,12 @@ _CREDENTIAL_HINT = (
     "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) where the job runs, or storage_options key/secret"
 )
 _REFUSED_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
+DISK_FULL_ERRNOS: dict[int, str] = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for this file system",
+}
+"""Errors of a local write refused by the disk, with the cause in a few words; ``open_output`` names its URL."""
 
 
 class StorageError(ValueError):
@@ -91,6 +98,10 @@ def _classify(exc: BaseException, remote: bool) -> tuple[str, str, bool]:
         return "invalid bucket or key", "check the URL", False
     if names & {"BotoCoreError", "ClientError"}:
         return "storage client error", "check AWS_ENDPOINT_URL, the credentials and the storage_options", True
+    if getattr(exc, "errno", None) in DISK_FULL_ERRNOS:
+        return DISK_FULL_ERRNOS[exc.errno], "free space (or quota) on that disk, or write the output elsewhere", False
+    if getattr(exc, "errno", None) == errno.EROFS:
+        return "read-only file system", "write the output elsewhere", False
     return "I/O error", "check the path, the free space and the permissions", False
 
 

@@ -99,6 +99,16 @@ def set_rows(plans: list[ShardPlan], storage_options: dict[str, Any] | None) -> 
     return total
 
 
+def check_not_empty(known: dict[str, int | None], plans: dict[str, list[ShardPlan]], files: dict[str, list]) -> None:
+    """Refuse a set whose inputs are known to hold no sample (0-row embeddings files, empty containers)."""
+    for name, n in known.items():
+        if n == 0:
+            urls = [f.url for f in files[name]] if name in files else [u.url for p in plans[name] for u in p.units]
+            shown = ", ".join(urls[:3]) + (f", … ({len(urls)} files)" if len(urls) > 3 else "")
+            kind = "embedding rows" if name in files else "images"
+            raise PreflightError(f"set {name!r}: its inputs hold 0 {kind} ({shown}); give at least one sample")
+
+
 def check_subset_size(cfg: AuditConfig, known: dict[str, int | None]) -> None:
     """Disjoint fingerprint subsets need at least ``subset_size`` samples per generated set."""
     fp = cfg.fingerprint
@@ -248,6 +258,7 @@ def preflight(cfg: AuditConfig, allow_gallery_mismatch: bool = False) -> Preflig
         )
     known = {name: set_rows(p, so) for name, p in plans.items()}
     known.update({name: sum(f.n for f in fl) for name, fl in files.items()})
+    check_not_empty(known, plans, files)
     check_subset_size(cfg, known)
     check_gallery(cfg, preprocessing_record(cfg), allow_gallery_mismatch, so, weights)
     checked = Preflight(plans, skipped, encoder, known, files, layers, weights)

@@ -12,10 +12,11 @@ shards are written under ``<reference>/embeddings/<set>/`` instead of the output
   and the fit settings
   (``ct.pca_dim``, ``pca_only_if_larger``, ``cells``, ``seed``, ``kmeans_*``, ``block_rows``); scoring-only
   settings (τ, metric, fingerprint settings, generated sets) are free to change;
-- is refused, naming the differing fields (old → new), when the encoder config or the listings differ, and naming
-  the weights file (or hub id) and its old → new digest when the weights at the same path changed: a reference
-  describes one training set seen through one encoder. A reference made before weights digests were recorded
-  holds ``(not recorded)``: with file or hub weights it is refused, as its weights cannot be told apart.
+- is refused, naming the differing fields (old → new) and the files added, removed or changed, when the encoder
+  config or the listings differ, and naming the weights file (or hub id) and its old → new digest when the
+  weights at the same path changed: a reference describes one training set seen through one encoder. A
+  reference made before weights digests were recorded holds ``(not recorded)``: with file or hub weights it is
+  refused, as its weights cannot be told apart.
 
 ``reference.json`` lists under ``fits`` the fit keys whose layers are all written. An audit whose fit key is listed
 only reads the reference and needs no claim on it; any other audit writes to it (embeddings, fits) and claims it
@@ -32,6 +33,7 @@ from memray.config import digest, to_dict
 from memray.embedding.identity import describe_weights, show_identity, weights_identity
 from memray.io import storage
 from memray.job.config import AuditConfig
+from memray.job.listing_changes import file_changes, file_entries, shard_changes
 from memray.job.resume import differing_fields, embed_key, stage_configs, weights_pending
 
 log = logging.getLogger(__name__)
@@ -48,10 +50,44 @@ class ReferenceMismatchError(ValueError):
 
 def record(cfg: AuditConfig, checked: Any) -> dict[str, Any]:
     """What a reference holds: the encoder's stage config, the weights' identity and the train/test sets with their
-    listings."""
-    sets = {role: {"name": spec.name, "listing": digest({"listing": checked.listing(spec.name)})}
-            for role, spec in (("train", cfg.train), ("test", cfg.test))}  # fmt: skip
+    listings (a digest, plus what names a changed file later: the shard count of an image set, the files of an
+    embeddings set)."""
+    sets = {}
+    for role, spec in (("train", cfg.train), ("test", cfg.test)):
+        sets[role] = {"name": spec.name, "listing": digest({"listing": checked.listing(spec.name)})}
+        if spec.name in checked.files:
+            sets[role]["files"] = file_entries(checked.files[spec.name])
+        else:
+            sets[role]["shards"] = len(checked.plans.get(spec.name, []))
     return {"embed": stage_configs(cfg)["embed"], "weights": weights_identity(checked.weights), "sets": sets}
+
+
+def differences(cfg: AuditConfig, checked: Any, old: dict[str, Any]) -> list[str]:
+    """``["embed.model: 'a' → 'b'", "train set 'train' changed since the reference was made: added x.png", …]``
+    between a reference's record and this run: a changed listing is described by its files
+    (:mod:`memray.job.listing_changes`), or by its digests when they cannot be named."""
+    ours = record(cfg, checked)
+    diff = differing_fields(old.get("embed") or {}, ours["embed"])  # embed.model, max_image_pixels, …
+    if old.get("weights") != ours["weights"] and not weights_pending(checked.weights):  # hub: checked once resolved
+        change = f"{show_identity(old.get('weights'))} → {show_identity(ours['weights'])}"
+        diff.append(f"{describe_weights(checked.weights)}: {change}")
+    listings = []
+    for role, now in ours["sets"].items():
+        was = (old.get("sets") or {}).get(role) or {}
+        if was.get("name") != now["name"]:
+            diff.append(f"sets.{role}.name: {was.get('name')!r} → {now['name']!r}")
+        if was.get("listing") != now["listing"]:
+            so = cfg.storage
+            if now["name"] in checked.files:
+                what = file_changes(was.get("files"), checked.files[now["name"]])
+            else:
+                plans = checked.plans.get(now["name"], [])
+                what = shard_changes(cfg.reference, was.get("name", now["name"]), plans, so, was.get("shards"))
+            if what:
+                diff.append(f"{role} set {now['name']!r} changed since the reference was made: {what}")
+            else:
+                listings.append(f"sets.{role}.listing: {was.get('listing')!r} → {now['listing']!r}")
+    return diff or listings
 
 
 def check_reference(cfg: AuditConfig, checked: Any) -> bool:
@@ -66,13 +102,7 @@ def check_reference(cfg: AuditConfig, checked: Any) -> bool:
     url = storage.join(cfg.reference, REFERENCE_FILE)
     if not storage.exists(url, so):
         return False
-    old = storage.read_json(url, so)
-    ours = record(cfg, checked)
-    weights = ours.pop("weights")
-    diff = differing_fields({k: old.get(k) for k in ours}, ours)
-    if old.get("weights") != weights and not weights_pending(checked.weights):  # hub: checked once resolved
-        change = f"{show_identity(old.get('weights'))} → {show_identity(weights)}"
-        diff.append(f"{describe_weights(checked.weights)}: {change}")
+    diff = differences(cfg, checked, storage.read_json(url, so))
     if diff:
         raise ReferenceMismatchError(
             f"reference={cfg.reference} holds another training/test set or encoder ({'; '.join(diff)}): give a new "

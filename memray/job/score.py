@@ -24,6 +24,7 @@ from memray.config import digest
 from memray.fingerprint.curve_run import curves_frame, subset_curves
 from memray.io import schema, storage
 from memray.io.features import FeatureSet
+from memray.io.finite import check_finite
 from memray.io.rows import load_queries, set_rows
 from memray.job.config import AuditConfig
 from memray.stats import Mapper
@@ -157,8 +158,10 @@ def run_scoring(
     """Score every layer into ``cfg.output`` (skipping finished ones): tables, and per-subset curves with ``subsets``.
 
     ``subsets``: the fingerprint subset plan (:func:`memray.fingerprint.curve_run.plan_subsets`), rows of each
-    generated set. ``score_key``: digest of everything the layer tables depend on; a layer marked with another key
-    is redone. ``sources``: ``(set name, sample ids) -> source strings`` for the copy evidence.
+    generated set; first, every layer still to score is checked for NaN/inf values in every set
+    (:func:`memray.io.finite.check_finite`). ``score_key``: digest of everything the layer tables depend on; a
+    layer marked with another key is redone. ``sources``: ``(set name, sample ids) -> source strings`` for the copy
+    evidence.
     """
     fingerprints = cfg.fingerprint is not None and subsets is not None
     names = TABLES + ((schema.FINGERPRINTS_FILE,) if fingerprints else ())
@@ -172,6 +175,8 @@ def run_scoring(
     t0 = time.perf_counter()
     source = FileSource(cfg, pieces, cfg.output, fit_roots)
     sink = FolderSink(cfg.output, score_key, names, cfg.storage)
+    todo = [layer for layer in layers if not sink.done(layer)]
+    check_finite(pieces, todo, cfg.storage, mapper)  # NaN/inf in any set is refused before any layer is scored
     parts, done = score_layers(layers, source, sink, cfg.ct, mapper, sources, cfg.train.name, extra)
     dt = time.perf_counter() - t0
     log.info("score: %d layers, %.1f s, %.2f layers/s", len(layers), dt, len(layers) / dt if dt else 0.0)

@@ -4,12 +4,13 @@ The workers write the embeddings; the driver only sees small records. A read tas
 (:func:`memray.io.shards.iter_shard`; the last row carries the shard's row count). An actor batch embeds its rows and
 writes, per shard and contiguous row range it holds, the features of the range's ``ok`` rows to a part file
 ``embeddings/<set>/shard-NNNNN.parts/rows-<first>-<last>.parquet``; it returns one record per range (row range,
-counts, part name, the range's error rows). Once a shard's ranges tile ``[0, shard_rows)``, the driver starts a
-task (:func:`finish_shard`) that streams the parts in row order into the shard's feature Parquet
+counts, part name, the range's error rows and NaN/inf rows). Once a shard's ranges tile ``[0, shard_rows)``, the
+driver starts a task (:func:`finish_shard`) that streams the parts in row order into the shard's feature Parquet
 (``embeddings/<set>/shard-NNNNN.parquet``), writes its error rows (``…errors.parquet``) and deletes the parts;
 the driver then writes, last, the small JSON completion marker (``…done.json``) holding the shard's counts, the
-embed key, the weights record (file SHA-256, or hub id, revision and state-dict digest) and the shard's input
-listing (names, sizes, mtimes/ETags).
+embed key, the weights record (file SHA-256, or hub id, revision and state-dict digest), the shard's input
+listing (names, sizes, mtimes/ETags) and its rows with NaN/inf features (refused before scoring:
+:mod:`memray.io.finite`).
 
 Every actor checks the weights it loaded against the job's weights record (:func:`resolve_weights`, from the
 preflight for a file): a file replaced while the job runs, or a node whose hub cache holds another revision, fails
@@ -42,16 +43,18 @@ import ray
 from memray.config import from_dict, to_dict
 from memray.embedding.config import EmbedConfig
 from memray.embedding.identity import SOURCE_HUB, WeightsChangedError, weights_identity, weights_mismatch
-from memray.io import schema, storage
+from memray.io import finite, schema, storage
 from memray.io.features import FeatureSet, features_to_table, parquet_options
 from memray.io.shards import IMAGE, ROW, SHARD, SHARD_ROWS, STATUS_OK, RowRanges, ShardPlan, contiguous_runs, iter_shard
 from memray.job.config import AuditConfig
+from memray.ray.errors import one_line, raise_own_errors, user_errors
 from memray.ray.session import started_local
 
 log = logging.getLogger(__name__)
 NODE = "node_id"
 FIRST, LAST, N_OK, PART, ERRORS = "first", "last", "n_ok", "part", "errors"  # columns of the actors' records
 WEIGHTS_ERROR = "weights_error"  # "" unless the actor loaded other weights than the job's (then nothing is embedded)
+NONFINITE = "nonfinite"  # and JSON {layer: [rows with NaN/inf, [first sample ids]]} of the range's features
 ROW_GROUP_BYTES = 128 * 1024**2  # parts are merged into row groups of about this size
 
 
@@ -70,11 +73,13 @@ class EmbedActor:
     prepared images and writes its part files.
 
     Returns one record per (shard, contiguous row range) of the batch: ``set, shard, first, last, n_ok, shard_rows,
-    part, errors, node_id, weights_error``; ``shard_rows`` is the shard's row count on the range holding its last row,
-    else :data:`~memray.io.shards.ROWS_UNKNOWN`; ``part`` is ``""`` when no row of the range embedded; ``errors`` is
-    JSON ``[[row, sample_id, status, error], …]``. An actor whose weights are not the job's embeds and writes nothing
-    and says why in ``weights_error`` (a record, not an exception: Ray hands an actor's exception to the driver as a
-    traceback, not as the error), which the driver raises as :class:`WeightsChangedError`: one line.
+    part, errors, nonfinite, node_id, weights_error``; ``shard_rows`` is the shard's row count on the range holding
+    its last row, else :data:`~memray.io.shards.ROWS_UNKNOWN`; ``part`` is ``""`` when no row of the range embedded;
+    ``errors`` is JSON ``[[row, sample_id, status, error], …]``. An actor whose weights are not the job's embeds and
+    writes nothing and says why in ``weights_error`` (a record, not an exception: Ray hands an actor's exception to
+    the driver as a traceback, not as the error), which the driver raises as :class:`WeightsChangedError`: one line.
+    ``nonfinite`` is JSON ``{layer: [count, [sample ids]]}`` of the rows whose features hold a NaN/inf (refused
+    before scoring, :mod:`memray.io.finite`).
     """
 
     def __init__(
@@ -95,19 +100,21 @@ class EmbedActor:
         self.out, self.so = out, storage_options
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ok = (batch[schema.STATUS] == STATUS_OK) & (not self.weights_error)
-        feats = self.embedder.embed_prepared(batch[IMAGE][ok]) if ok.any() else {}
-        at = np.cumsum(ok) - 1  # position of each ok row of the batch in ``feats``
-        records = [self._write(batch, idx, ok[idx], {k: v[at[idx[ok[idx]]]] for k, v in feats.items()})
-                   for idx in contiguous_runs(batch)]  # fmt: skip
+        with user_errors():
+            ok = (batch[schema.STATUS] == STATUS_OK) & (not self.weights_error)
+            feats = self.embedder.embed_prepared(batch[IMAGE][ok]) if ok.any() else {}
+            at = np.cumsum(ok) - 1  # position of each ok row of the batch in ``feats``
+            records = [self._write(batch, idx, ok[idx], {k: v[at[idx[ok[idx]]]] for k, v in feats.items()})
+                       for idx in contiguous_runs(batch)]  # fmt: skip
         return {k: np.array([r[k] for r in records]) for k in records[0]} | {
             WEIGHTS_ERROR: np.array([self.weights_error] * len(records))
         }
 
     def _write(self, batch: dict[str, np.ndarray], idx: np.ndarray, ok: np.ndarray, layers: dict) -> dict[str, Any]:
         set_name, shard = str(batch[schema.SET][idx[0]]), int(batch[SHARD][idx[0]])
-        first, last, part = int(batch[ROW][idx[0]]), int(batch[ROW][idx[-1]]), ""
+        first, last, part, bad = int(batch[ROW][idx[0]]), int(batch[ROW][idx[-1]]), "", {}
         if ok.any():
+            bad = finite.nonfinite_rows(batch[schema.SAMPLE_ID][idx[ok]], layers)
             part = f"rows-{first:09d}-{last:09d}.parquet"
             table = features_to_table(FeatureSet(batch[schema.SAMPLE_ID][idx[ok]], layers))
             with storage.open_output(storage.join(parts_url(self.out, set_name, shard), part), self.so) as fh:
@@ -116,7 +123,7 @@ class EmbedActor:
         errors = [[int(batch[ROW][i]), *(str(batch[c][i]) for c in cols[1:])] for i in idx[~ok]]
         return {schema.SET: set_name, SHARD: shard, FIRST: first, LAST: last, N_OK: int(ok.sum()),
                 SHARD_ROWS: int(batch[SHARD_ROWS][idx].max()), PART: part, ERRORS: json.dumps(errors),
-                NODE: self.node}  # fmt: skip
+                NONFINITE: json.dumps(finite.to_json(bad)), NODE: self.node}  # fmt: skip
 
 
 def finish_shard(
@@ -175,7 +182,8 @@ def _read_fn(
     prepare: Any, max_pixels: int, storage_options: dict[str, Any] | None
 ) -> Callable[[dict[str, Any]], Iterator[dict[str, Any]]]:
     def read(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        return iter_shard(ShardPlan.from_json(item["plan"]), prepare, max_pixels, storage_options)
+        with user_errors():
+            yield from iter_shard(ShardPlan.from_json(item["plan"]), prepare, max_pixels, storage_options)
 
     return read
 
@@ -258,7 +266,8 @@ class _Assembly:
         self.out, self.meta, self.so, self.marker = out, meta, so, marker
         self.meta_ref, self.task = ray.put(meta), _finish_task.options(num_cpus=cpus)
         self.ranges: dict[tuple[str, int], RowRanges] = defaultdict(RowRanges)
-        self.pending: dict[Any, tuple[tuple[str, int], int, int]] = {}  # task → (shard, rows read, rows embedded)
+        # task → (shard, rows read, rows embedded, NaN/inf rows the actors found)
+        self.pending: dict[Any, tuple[tuple[str, int], int, int, dict]] = {}
         self.started: set[tuple[str, int]] = set()
         self.nodes: set[str] = set()
         self.rows = self.driver_bytes = 0
@@ -283,7 +292,10 @@ class _Assembly:
                 parts = [r[PART] for r in cover if r[PART]]
                 errors = [e for r in cover for e in json.loads(r[ERRORS])]
                 ref = self.task.remote(self.out, self.plans[key], parts, errors, self.meta_ref, self.so)
-                self.pending[ref] = (key, total, sum(r[N_OK] for r in cover))
+                bad: dict = {}
+                for r in cover:
+                    bad = finite.merge(bad, finite.from_json(json.loads(r[NONFINITE])))
+                self.pending[ref] = (key, total, sum(r[N_OK] for r in cover), bad)
         self.collect(wait=False)
 
     def collect(self, wait: bool) -> None:
@@ -293,11 +305,11 @@ class _Assembly:
         refs = list(self.pending)
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=None if wait else 0)
         for ref in ready:
-            key, total, n_ok = self.pending.pop(ref)
+            key, total, n_ok, bad = self.pending.pop(ref)
             got = ray.get(ref)
             if got["rows_embedded"] != n_ok or total != got["rows_embedded"] + got["rows_reported"]:
                 raise RuntimeError(f"set {key[0]} {self.plans[key].key}: wrote {got}, expected {n_ok} of {total}")
-            self._mark(self.plans[key], total, got)
+            self._mark(self.plans[key], total, got, bad)
 
     def close(self) -> None:
         """Once the stream ended: mark shards that had no row at all; refuse shards with rows missing."""
@@ -308,8 +320,8 @@ class _Assembly:
         if short:
             raise RuntimeError(f"{'; '.join(short)}, expected more; rerun to resume")
 
-    def _mark(self, plan: ShardPlan, rows_read: int, got: dict[str, int]) -> None:
-        stats = {"rows_read": rows_read, **got, **self.marker}
+    def _mark(self, plan: ShardPlan, rows_read: int, got: dict[str, int], bad: dict | None = None) -> None:
+        stats = {"rows_read": rows_read, **got, **self.marker, finite.NONFINITE_KEY: finite.to_json(bad or {})}
         stats.update(listing_digest=plan.listing_digest(), listing=plan.listing())
         storage.write_json(shard_url(self.out, plan, ".done.json"), stats, self.so)
         self.rows += rows_read
@@ -344,6 +356,7 @@ def run_embedding(
     asm = _Assembly(todo, out, meta, so, marker, res.read_num_cpus)
     if todo:
         ds = ray.data.from_items([{"plan": p.to_json()} for p in todo], override_num_blocks=len(todo))
+        raise_own_errors(ds)
         ds = ds.flat_map(_read_fn(prepare, cfg.max_image_pixels, so), num_cpus=res.read_num_cpus)
         with warnings.catch_warnings():  # max_restarts has no named parameter in Ray 2.60 (only **ray_remote_args)
             warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
@@ -369,13 +382,14 @@ def run_embedding(
         try:
             for records in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 asm.add(records)
+            asm.collect(wait=True)
         except BaseException:
-            try:  # keep the shards that were already assembled: their markers make a rerun resume after them
-                asm.collect(wait=True)
-            except Exception as exc:
-                log.warning("embed: a shard could not be finished after the failure: %s", exc)
+            while asm.pending:  # keep the shards that were already assembled: their markers make a rerun resume
+                try:
+                    asm.collect(wait=True)
+                except Exception as exc:  # each failed shard task is taken off ``pending``
+                    log.warning("embed: a shard could not be finished after the failure: %s", one_line(exc))
             raise
-        asm.collect(wait=True)
         asm.close()
     dt = time.perf_counter() - t0
     log.info("embed: %d rows, %.1f s, %.1f rows/s", asm.rows, dt, asm.rows / dt if dt > 0 else 0.0)

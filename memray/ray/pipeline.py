@@ -215,9 +215,7 @@ def _run_audit(
             name, c["rows_read"], c["rows_embedded"], c["rows_reported"],
             f"; {c['files_skipped']} file(s) skipped (see {schema.ERRORS_FILE})" if c["files_skipped"] else "",
         )  # fmt: skip
-    for spec in cfg.sets:
-        if not pieces.get(spec.name):
-            raise ValueError(f"set {spec.name!r}: no image could be embedded; see {schema.ERRORS_FILE}")
+    check_embedded(cfg, counts, pieces)
     layers = sorted(checked.layers) if cfg.train.is_embeddings else _embedded_layers(pieces[cfg.train.name], so)
     sizes = {g.name: counts[g.name]["rows_embedded"] for g in cfg.generated if not is_probe_set(g.name)}
     subsets = plan_subsets(sizes, cfg.fingerprint) if cfg.fingerprint else None
@@ -279,6 +277,21 @@ def _resolve_weights(cfg: AuditConfig, checked: Preflight, allow_gallery_mismatc
                   checked.weights)  # fmt: skip
     check_reference(cfg, checked)
     return checked
+
+
+def check_embedded(cfg: AuditConfig, counts: dict[str, dict[str, int]], pieces: dict[str, list]) -> None:
+    """Refuse a set without any embedded row: one whose inputs held no image, or whose every image failed."""
+    for spec in cfg.sets:
+        if pieces.get(spec.name):
+            continue
+        c = counts.get(spec.name) or set_counts()
+        if c["rows_read"]:
+            raise ValueError(
+                f"set {spec.name!r}: none of its {c['rows_read']} image(s) could be embedded; see {schema.ERRORS_FILE} "
+                "(a status and an error per image)"
+            )
+        skipped = f" ({c['files_skipped']} file(s) skipped: see {schema.ERRORS_FILE})" if c["files_skipped"] else ""
+        raise ValueError(f"set {spec.name!r}: its inputs hold no image or embedding row{skipped}; give at least one")
 
 
 def _embedded_layers(pieces: list[tuple[str, int]], so: dict | None) -> list[int]:

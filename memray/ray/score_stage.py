@@ -12,6 +12,8 @@ from typing import Any
 
 import ray
 
+from memray.ray.errors import settle
+
 
 @ray.remote
 def _run_item(fn: Callable[[Any], Any], item: Any) -> tuple[str, Any]:
@@ -27,6 +29,11 @@ class RayMapper:
 
     def __call__(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
         fn_ref = ray.put(fn)
-        results = ray.get([self.remote.remote(fn_ref, item) for item in items])
+        refs = [self.remote.remote(fn_ref, item) for item in items]
+        try:
+            results = ray.get(refs)
+        except Exception:
+            settle(refs)  # the other items' failures are not printed as unhandled errors
+            raise
         self.nodes.update(node for node, _ in results)
         return [r for _, r in results]
