@@ -195,7 +195,7 @@ def test_an_encoder_giving_nan_is_refused_before_scoring_naming_the_images(ray_l
 
 
 def test_a_set_without_embedded_rows_says_whether_it_had_images() -> None:
-    from memray.ray.pipeline import check_embedded, set_counts
+    from memray.job.collect import check_embedded, set_counts
 
     cfg = audit_config({"train": "-", "test": "-", "copy": "-", "real": "-"}, "/out")
     pieces = {"train": [("t", 5)], "test": [("p", 5)], "copy": [("c", 5)]}

@@ -26,7 +26,6 @@ and its feature file is readable with the recorded row count; any other shard is
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -47,6 +46,7 @@ from memray.io import finite, schema, storage
 from memray.io.features import FeatureSet, features_to_table, parquet_options
 from memray.io.shards import IMAGE, ROW, SHARD, SHARD_ROWS, STATUS_OK, RowRanges, ShardPlan, contiguous_runs, iter_shard
 from memray.job.config import AuditConfig
+from memray.job.shard_files import finish_shard, parts_url, shard_done, shard_url
 from memray.ray.errors import one_line, raise_own_errors, user_errors
 from memray.ray.session import started_local
 
@@ -55,17 +55,6 @@ NODE = "node_id"
 FIRST, LAST, N_OK, PART, ERRORS = "first", "last", "n_ok", "part", "errors"  # columns of the actors' records
 WEIGHTS_ERROR = "weights_error"  # "" unless the actor loaded other weights than the job's (then nothing is embedded)
 NONFINITE = "nonfinite"  # and JSON {layer: [rows with NaN/inf, [first sample ids]]} of the range's features
-ROW_GROUP_BYTES = 128 * 1024**2  # parts are merged into row groups of about this size
-
-
-def shard_url(out: str, plan: ShardPlan, suffix: str) -> str:
-    """URL of one of a shard's outputs (``.parquet``, ``.errors.parquet``, ``.done.json``)."""
-    return storage.join(out, "embeddings", plan.set_name, plan.key + suffix)
-
-
-def parts_url(out: str, set_name: str, shard: int) -> str:
-    """Folder of a shard's part files while it is being embedded (deleted once the shard is written)."""
-    return storage.join(out, "embeddings", set_name, f"shard-{int(shard):05d}.parts")
 
 
 class EmbedActor:
@@ -126,53 +115,6 @@ class EmbedActor:
                 NONFINITE: json.dumps(finite.to_json(bad)), NODE: self.node}  # fmt: skip
 
 
-def finish_shard(
-    out: str, plan: ShardPlan, parts: list[str], errors: list[list], meta: dict[str, Any], so: dict | None
-) -> dict[str, int]:
-    """Write a shard from its part files (names in row order) and error rows, then delete its parts folder.
-
-    Streams the parts into ``shard-NNNNN.parquet`` (memory: about :data:`ROW_GROUP_BYTES`); with no ``ok`` row a
-    feature file of an earlier run is deleted. Returns the rows written (``rows_embedded``, ``rows_reported``).
-
-    Raises:
-        ValueError: two rows of the shard have the same sample id (nothing is written).
-    """
-    seen: set[str] = set()
-
-    def check(ids: list[str]) -> None:
-        before = len(seen)
-        seen.update(ids)
-        if len(seen) != before + len(ids):
-            raise ValueError(f"set {plan.set_name} {plan.key}: duplicate sample ids; make file names/keys unique")
-
-    check([str(e[1]) for e in errors])
-    folder, url, n_ok = parts_url(out, plan.set_name, plan.shard), shard_url(out, plan, ".parquet"), 0
-    if parts:
-        with storage.open_output(url, so) as fh, contextlib.ExitStack() as stack:
-            writer, buf = None, []
-            for name in parts:
-                with storage.open_url(storage.join(folder, name), "rb", so) as part:
-                    table = pq.read_table(part)
-                check(table.column(schema.SAMPLE_ID).to_pylist())
-                if writer is None:
-                    sch = table.schema.with_metadata({schema.META_KEY: json.dumps(meta, sort_keys=True).encode()})
-                    writer = stack.enter_context(pq.ParquetWriter(fh, sch, **parquet_options(sch)))
-                buf.append(table)
-                n_ok += table.num_rows
-                if sum(t.nbytes for t in buf) >= ROW_GROUP_BYTES or name == parts[-1]:
-                    writer.write_table(pa.concat_tables(buf))
-                    buf = []
-    else:
-        storage.remove(url, so)
-    cols = [list(c) for c in zip(*errors, strict=True)] if errors else [[]] * 4
-    cols[0] = [plan.set_name] * len(errors)
-    table = pa.table(dict(zip(schema.ERRORS_SCHEMA.names, cols, strict=True)), schema=schema.ERRORS_SCHEMA)
-    with storage.open_output(shard_url(out, plan, ".errors.parquet"), so) as fh:
-        pq.write_table(table, fh)
-    storage.remove(folder, so, recursive=True)
-    return {"rows_embedded": n_ok, "rows_reported": len(errors)}
-
-
 @ray.remote
 def _finish_task(*args: Any) -> dict[str, int]:
     return finish_shard(*args)
@@ -208,38 +150,6 @@ def resolve_weights(cfg: AuditConfig, planned: dict[str, Any]) -> dict[str, Any]
     log.info("hub weights %s (revision %s): state_sha256 %s", record.get("hf_hub_id"), record.get("revision"),
              record.get("state_sha256"))  # fmt: skip
     return record
-
-
-def shard_done(out: str, plan: ShardPlan, embed_key: str, so: dict | None) -> bool:
-    """Whether a shard's outputs are complete and were made from its current listing with this embed config."""
-    marker = shard_url(out, plan, ".done.json")
-    if not storage.exists(marker, so):
-        return False
-    try:
-        stats = storage.read_json(marker, so)
-    except (OSError, ValueError) as exc:
-        log.warning("set %s %s: unreadable marker (%s); embedding it again", plan.set_name, plan.key, exc)
-        return False
-    if stats.get("embed_key") != embed_key or stats.get("listing_digest") != plan.listing_digest():
-        log.info(
-            "set %s %s: its input files changed since it was embedded; embedding it again", plan.set_name, plan.key
-        )
-        return False
-    if int(stats.get("rows_embedded", 0)) == 0:
-        return True
-    try:
-        with storage.open_url(shard_url(out, plan, ".parquet"), "rb", so) as fh:
-            rows = pq.ParquetFile(fh).metadata.num_rows
-        with storage.open_url(shard_url(out, plan, ".errors.parquet"), "rb", so) as fh:
-            pq.ParquetFile(fh)
-    except Exception as exc:  # truncated or overwritten by hand: redo rather than fail later
-        log.warning("set %s %s: damaged shard files (%s); embedding it again", plan.set_name, plan.key, exc)
-        return False
-    if rows != int(stats["rows_embedded"]):
-        log.warning("set %s %s: %d rows on disk, marker says %s; embedding it again", plan.set_name, plan.key, rows,
-                    stats["rows_embedded"])  # fmt: skip
-        return False
-    return True
 
 
 class _Progress:

@@ -1,0 +1,60 @@
+"""The finish stage's evidence beside the tables: fingerprint attribution with its FID-nearest baseline, probes."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from memray.fingerprint.curve_run import finish_fingerprints, plan_record
+from memray.fingerprint.curves import read_gallery
+from memray.io.rows import load_queries
+from memray.job.evidence import fid_attribution, write_fid_attribution
+from memray.job.preflight import gallery_comparable
+from memray.job.probes import finish_probes, is_probe_set
+from memray.stats.tables import ScoreResult
+
+if TYPE_CHECKING:
+    from memray.job.audit import AuditRun
+
+log = logging.getLogger(__name__)
+
+
+def finish_fingerprints_and_probes(
+    run: AuditRun,
+    result: ScoreResult,
+    curves: pd.DataFrame | None,
+    subsets: dict[str, list[np.ndarray]] | None,
+    layers: list[int],
+    pieces: dict[str, list[tuple[str, int]]],
+) -> pd.DataFrame | None:
+    """Attribute the unlabelled sets' curves (and, without a saved gallery, the FID-nearest baseline beside them);
+    write the probe tables. Returns the attribution table (``None`` without fingerprints)."""
+    cfg, attribution = run.cfg, None
+    if curves is not None and cfg.fingerprint is not None and subsets is not None:
+        fp = cfg.fingerprint
+        gallery = read_gallery(fp.gallery) if fp.gallery else None
+        sizes = {
+            g.name: run.stats["counts"][g.name]["rows_embedded"] for g in cfg.generated if not is_probe_set(g.name)
+        }
+        job = gallery_comparable(cfg, run.meta["preprocessing"], run.checked.weights)
+        out = finish_fingerprints(curves, plan_record(subsets, sizes), fp, cfg.ct, cfg.output, gallery, job)
+        attribution = out.get("attribution")
+        if gallery is None:  # the FID-nearest baseline needs the gallery sets' features: this run's labelled sets
+            _fid_baseline(run, layers[-1], pieces)
+    finish_probes(cfg, result.ct_scores, run.probe_params, {k: run.meta[k] for k in ("job_digest", "preprocessing")})
+    return attribution
+
+
+def _fid_baseline(run: AuditRun, last: int, pieces: dict[str, list[tuple[str, int]]]) -> None:
+    cfg, so = run.cfg, run.cfg.storage
+    gens = [g for g in cfg.generated if not is_probe_set(g.name)]
+    try:  # a baseline beside the result: its failure (a set too small for a covariance) is logged
+        feats: dict[str, Any] = {g.name: load_queries(g.name, pieces[g.name], last, so).layers[last] for g in gens}
+        fid = fid_attribution(feats, {g.name: g.label for g in gens})
+        if fid is not None:
+            write_fid_attribution(cfg.output, fid, last, so)
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        log.warning("FID-nearest baseline not computed: %s", exc)
