@@ -234,7 +234,7 @@ def run_audit(
     run_meta = {**meta, "stats": stats, "inputs": {s.name: list(s.urls or s.embeddings) for s in cfg.sets}}
     run_meta["labels"] = {g.name: g.label for g in cfg.generated}
     run_meta.pop("memray_version")  # write_results records it once
-    write_results(cfg.output, result, run_meta, so)
+    write_results(cfg.output, result, run_meta, so, mapper)  # the per-sample tables are assembled by tasks
     attribution = None
     if curves is not None and cfg.fingerprint is not None and subsets is not None:
         fp = cfg.fingerprint
