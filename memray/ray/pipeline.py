@@ -8,7 +8,7 @@ layout under ``cfg.output``::
     ct_stability.parquet  [fingerprints.parquet  attribution.parquet  attribution_fid.parquet  gallery.parquet]
     report.html                  the evidence page (memray report RUN_DIR rebuilds it)
     embeddings/<set>/shard-NNNNN.{parquet,errors.parquet,done.json}
-    layers/layer_<ℓ>/{ct_scores,ct_cells,neighbors}.parquet + done.json
+    layers/layer_<ℓ>/{ct_scores,ct_cells,ct_stability}.parquet + parts/{neighbors,copies}/ + done.json
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -31,9 +32,8 @@ from memray.fingerprint.curve_run import finish_fingerprints, plan_record, plan_
 from memray.fingerprint.curves import read_gallery
 from memray.io import schema, storage
 from memray.io.images import STATUS_SKIPPED
-from memray.io.rows import load_queries
 from memray.io.shards import ShardPlan
-from memray.job.evidence import fid_attribution, sources_for, write_fid_attribution, write_report
+from memray.job.evidence import fid_from_stats, set_feature_stats, sources_for, write_fid_attribution, write_report
 from memray.job.preflight import Preflight, gallery_comparable, preflight, preprocessing_record
 from memray.job.probes import finish_probes, is_probe_set
 from memray.job.reference import claim_reference, embeddings_root, fit_roots
@@ -246,15 +246,19 @@ def run_audit(
         if gallery is None:  # the FID-nearest baseline needs the gallery sets' features: this run's labelled sets
             last = layers[-1]
             gens = [g for g in cfg.generated if not is_probe_set(g.name)]
+            stats = partial(set_feature_stats, layer=last, so=so)  # a task per set reads its features
+
+            def stats_of(names: list[str]) -> dict[str, Any]:
+                return dict(zip(names, mapper(stats, [pieces[n] for n in names]), strict=True))
+
             try:  # a baseline beside the result: its failure (a set too small for a covariance) is logged
-                feats = {g.name: load_queries(g.name, pieces[g.name], last, so).layers[last] for g in gens}
-                fid = fid_attribution(feats, {g.name: g.label for g in gens})
+                fid = fid_from_stats(stats_of, {g.name: g.label for g in gens})
                 if fid is not None:
                     write_fid_attribution(cfg.output, fid, last, so)
             except (ValueError, np.linalg.LinAlgError) as exc:
                 log.warning("FID-nearest baseline not computed: %s", exc)
     finish_probes(cfg, result.ct_scores, probe_params, {k: meta[k] for k in ("job_digest", "preprocessing")})
-    report = write_report(cfg.output, so)
+    report = next(iter(mapper(partial(write_report, so=so), [cfg.output])))  # a task: it reads per-sample tables
     log.info("audit done in %.1f s; results in %s", stats["seconds"], cfg.output)
     return AuditResult(cfg.output, result.ct_scores, stats, attribution, result.verdicts, report, so)
 

@@ -109,7 +109,7 @@ class SearchTask:
     cfg: CTConfig
 
 
-def load_queries(qws: Store, parts: tuple[tuple[str, int], ...]) -> tuple[np.ndarray, np.ndarray]:
+def read_queries(qws: Store, parts: tuple[tuple[str, int], ...]) -> tuple[np.ndarray, np.ndarray]:
     """The projected queries of ``parts``: rows (q, k) float64 and their round positions (q,) int64."""
     got = [(qws.get(key), offset) for key, offset in parts]
     z = np.concatenate([np.asarray(p["z"], np.float64) for p, _ in got])
@@ -119,7 +119,7 @@ def load_queries(qws: Store, parts: tuple[tuple[str, int], ...]) -> tuple[np.nda
 
 def run_task(task: SearchTask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`run_search` of one :class:`SearchTask` on the queries it reads."""
-    z, rows = load_queries(task.qws, task.parts)
+    z, rows = read_queries(task.qws, task.parts)
     return run_search(task.ws, task.item, z, rows, task.cfg)
 
 
