@@ -134,6 +134,14 @@ def test_job_scoring_writes_every_table_as_score_features_does(tmp_path: Path, m
     for name in files:  # layer 2 scored again, the same bytes
         assert (tmp_path / "job" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
 
+    marker = tmp_path / "job" / "layers" / "layer_1" / "done.json"
+    record = json.loads(marker.read_text())
+    marker.write_text(json.dumps({k: v for k, v in record.items() if k != "parts"}))  # an earlier release's layout
+    again, _, _ = run_scoring(cfg, pieces, [1, 2], map, score_key="k")
+    assert "parts" in json.loads(marker.read_text())  # scored again, not mixed with the other layer's parts
+    write_results(cfg.output, again, {"inputs": {}}, None, map)
+    assert (tmp_path / "job" / schema.COPIES_FILE).read_bytes() == (tmp_path / "ref" / schema.COPIES_FILE).read_bytes()
+
 
 @pytest.fixture(autouse=True)
 def _quiet(caplog: pytest.LogCaptureFixture) -> None:

@@ -131,6 +131,9 @@ class FolderSink:
             if record.get("score_key") != self.score_key:
                 log.info("score: %s was made from other inputs or settings; scoring it again", layer_dir)
                 return False
+            if "parts" not in record:  # an earlier release's layout (whole per-sample tables): not mixed with parts
+                log.info("score: %s has an earlier layout; scoring it again", layer_dir)
+                return False
             for url in self._files(layer, record):
                 with storage.open_url(url, "rb", self.so) as fh:
                     pq.ParquetFile(fh)

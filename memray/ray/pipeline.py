@@ -246,10 +246,10 @@ def run_audit(
         if gallery is None:  # the FID-nearest baseline needs the gallery sets' features: this run's labelled sets
             last = layers[-1]
             gens = [g for g in cfg.generated if not is_probe_set(g.name)]
-            stats = partial(set_feature_stats, layer=last, so=so)  # a task per set reads its features
+            set_stats = partial(set_feature_stats, layer=last, so=so)  # a task per set reads its features
 
             def stats_of(names: list[str]) -> dict[str, Any]:
-                return dict(zip(names, mapper(stats, [pieces[n] for n in names]), strict=True))
+                return dict(zip(names, mapper(set_stats, [pieces[n] for n in names]), strict=True))
 
             try:  # a baseline beside the result: its failure (a set too small for a covariance) is logged
                 fid = fid_from_stats(stats_of, {g.name: g.label for g in gens})
