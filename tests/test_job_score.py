@@ -8,11 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from memray.cli import main
+from memray.io import schema
 from memray.io.features import FeatureSet
-from memray.job.score import features_key
+from memray.job.config import audit_config_from_dict
+from memray.job.score import features_key, run_scoring
+from memray.stats import queries
+from memray.stats.layers import score_features
+from memray.stats.results import write_results
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "features"
 
@@ -65,6 +72,75 @@ def test_features_key_follows_content_not_names() -> None:
     ):
         assert features_key({"seed": 0}, other) != base
     assert features_key({"seed": 1}, {"train": FeatureSet(ids, {1: x}, "t.npz")}) != base
+
+
+def _write_set(root: Path, name: str, fs: FeatureSet, per_file: int) -> list[tuple[str, int]]:
+    """A set as embedding Parquet files (sample_id + layer_<ℓ> fixed-size lists) of ``per_file`` rows."""
+    files = []
+    for i, lo in enumerate(range(0, len(fs), per_file)):
+        cols = {schema.SAMPLE_ID: pa.array(fs.ids[lo : lo + per_file].tolist(), pa.string())}
+        for layer, x in fs.layers.items():
+            part = np.ascontiguousarray(x[lo : lo + per_file])
+            cols[schema.layer_column(layer)] = pa.FixedSizeListArray.from_arrays(pa.array(part.ravel()), x.shape[1])
+        url = root / name / f"part-{i:03d}.parquet"
+        url.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(cols), url)
+        files.append((str(url), min(per_file, len(fs) - lo)))
+    return files
+
+
+@pytest.mark.timeout(300)
+def test_job_scoring_writes_every_table_as_score_features_does(tmp_path: Path, monkeypatch) -> None:
+    """The job's path (feature files read by tasks, per-sample tables as part files merged when written) gives the
+    bytes of the in-process path (rows in memory, tables as frames), every table; a damaged part is redone."""
+    monkeypatch.setattr(queries, "QUERY_ROWS", 1024)  # several query blocks per set: parts to merge
+    rng = np.random.default_rng(3)
+    centres = rng.normal(scale=3.0, size=(5, 16))
+
+    def draw(n: int) -> np.ndarray:
+        return (centres[rng.integers(0, 5, n)] + rng.normal(size=(n, 16))).astype(np.float32)
+
+    def fs(x: np.ndarray, prefix: str) -> FeatureSet:
+        ids = np.array([f"{prefix}{i}" for i in rng.permutation(len(x))], dtype=object)  # unsorted sample ids
+        return FeatureSet(ids, {1: x, 2: np.tanh(x[:, ::-1]).astype(np.float32)}, prefix)
+
+    train = draw(1400)
+    sets = {"train": fs(train, "t"), "test": fs(draw(1100), "p"), "copy": fs(train[rng.integers(0, 1400, 2200)], "c"),
+            "fresh": fs(draw(1300), "f")}  # fmt: skip
+    pieces = {k: _write_set(tmp_path / "in", k, v, 600) for k, v in sets.items()}
+    ct = {"mode": "meehan", "cells": 4, "pca_dim": 6, "kmeans_nredo": 2, "bootstrap": 40, "top_k": 3, "partitions": 2}
+    cfg = audit_config_from_dict({
+        "train": {"name": "train", "embeddings": [str(tmp_path / "in" / "train")]},
+        "test": {"name": "test", "embeddings": [str(tmp_path / "in" / "test")]},
+        "generated": [{"name": g, "embeddings": [str(tmp_path / "in" / g)]} for g in ("copy", "fresh")],
+        "output": str(tmp_path / "job"), "ct": ct,
+    })  # fmt: skip
+    result, _, _ = run_scoring(cfg, pieces, [1, 2], map, score_key="k")
+    write_results(cfg.output, result, {"inputs": {}}, None, map)
+    ref = score_features(sets["train"], sets["test"], {g: sets[g] for g in ("copy", "fresh")}, cfg.ct)
+    write_results(str(tmp_path / "ref"), ref, {"inputs": {}})
+    files = sorted(p.name for p in (tmp_path / "ref").glob("*.parquet"))
+    assert len(files) == 6 and len(pd.read_parquet(tmp_path / "ref" / schema.COPIES_FILE)) == 2 * 3 * 3500
+    for name in files:
+        assert (tmp_path / "job" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
+
+    layer_parts = sorted((tmp_path / "job" / "layers" / "layer_2" / "parts" / "copies").glob("*.parquet"))
+    assert len(layer_parts) == 3 + 2  # blocks of 1,024 rows: 2,200 → 3, 1,300 → 2
+    layer_parts[1].write_bytes(layer_parts[1].read_bytes()[:100])  # a damaged part file
+    stamp = (tmp_path / "job" / "layers" / "layer_1" / "done.json").stat().st_mtime_ns
+    again, _, _ = run_scoring(cfg, pieces, [1, 2], map, score_key="k")
+    write_results(cfg.output, again, {"inputs": {}}, None, map)
+    assert (tmp_path / "job" / "layers" / "layer_1" / "done.json").stat().st_mtime_ns == stamp  # layer 1 read back
+    for name in files:  # layer 2 scored again, the same bytes
+        assert (tmp_path / "job" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
+
+    marker = tmp_path / "job" / "layers" / "layer_1" / "done.json"
+    record = json.loads(marker.read_text())
+    marker.write_text(json.dumps({k: v for k, v in record.items() if k != "parts"}))  # an earlier release's layout
+    again, _, _ = run_scoring(cfg, pieces, [1, 2], map, score_key="k")
+    assert "parts" in json.loads(marker.read_text())  # scored again, not mixed with the other layer's parts
+    write_results(cfg.output, again, {"inputs": {}}, None, map)
+    assert (tmp_path / "job" / schema.COPIES_FILE).read_bytes() == (tmp_path / "ref" / schema.COPIES_FILE).read_bytes()
 
 
 @pytest.fixture(autouse=True)

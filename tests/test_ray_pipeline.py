@@ -26,6 +26,7 @@ from memray.io.config import DatasetSpec
 from memray.io.features import FeatureSet, write_features
 from memray.io.finite import NonFiniteError
 from memray.io.shards import STATUS_OK, plan_shards, read_shard
+from memray.job.evidence import fid_attribution
 from memray.ray.pipeline import ResumeMismatchError, run_audit
 from memray.stats.layers import score_features
 from memray.stats.results import JOB_KEYS, write_results
@@ -83,6 +84,21 @@ def test_ray_job_equals_in_process_engine(ray_local, tmp_path: Path) -> None:
     again = run_audit(cfg)
     assert again.stats["embed"]["rows"] == 0  # no shard recomputed
     assert (tmp_path / "out" / schema.CT_SCORES_FILE).read_bytes() == before
+
+
+@pytest.mark.timeout(300)
+def test_fid_baseline_from_per_set_statistics_computed_in_tasks(ray_local, tmp_path: Path) -> None:
+    """An unlabelled set is attributed by FID-nearest from each set's feature statistics, computed by a task that
+    reads the set's feature files; the same attribution as from the features embedded in process."""
+    cfg = audit_config(make_inputs(tmp_path / "in"), str(tmp_path / "out"), fingerprint={"subset_size": 45})
+    cfg = dataclasses.replace(cfg, generated=(cfg.generated[0], dataclasses.replace(cfg.generated[1], label=None)))
+    result = run_audit(cfg)
+    got = pd.read_parquet(tmp_path / "out" / schema.ATTRIBUTION_FID_FILE)
+    last = max(result.stats["layers"])
+    feats = {g.name: in_process_features(cfg, g).layers[last] for g in cfg.generated}
+    want = fid_attribution(feats, {g.name: g.label for g in cfg.generated})
+    assert got[schema.QUERY].tolist() == ["real"] and got[schema.PREDICTED].tolist() == ["kde"]
+    pd.testing.assert_frame_equal(got, want.astype(got.dtypes.to_dict()), rtol=1e-9)  # None → the file's null
 
 
 @pytest.mark.timeout(120)

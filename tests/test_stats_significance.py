@@ -142,6 +142,25 @@ def test_replicates_equal_brute_force_on_the_drawn_resamples():
         assert len(set(reps[k].tolist())) == 3  # the resamples differ
 
 
+def test_a_large_set_is_drawn_in_bounded_pieces_with_the_same_replicates(monkeypatch):
+    """Memory per set and cell is O(_SET_CHUNK), not O(reps × m): the same draws, cut into rows, give the same bits."""
+    from memray.stats import significance
+
+    test_d, test_c, gens, train = tied_world(2, n=120, m=3000)  # a cell holds <= 120 test, up to ~1,000 generated
+    whole = bootstrap_replicates(test_d, test_c, gens, train, 20, 50, seed=3)
+    shapes: list[tuple[int, int]] = []
+
+    def uniform(rng, n, reps):
+        shapes.append((reps, n))
+        return rng.integers(0, n, size=(reps, n))
+
+    monkeypatch.setattr(significance, "_SET_CHUNK", 1200)
+    cut = bootstrap_replicates(test_d, test_c, gens, train, 20, 50, seed=3, draw=uniform)
+    assert all(cut[k].tobytes() == whole[k].tobytes() for k in gens)
+    set_draws = [(reps, n) for reps, n in shapes if n > 120]  # only a generated set's draws are that wide
+    assert set_draws and all(reps * n <= 1200 or reps == 1 for reps, n in set_draws)
+
+
 def test_bootstrap_seeding_and_independence_of_other_sets():
     test_d, test_c, gens, train = tied_world(3)
     a = bootstrap_ct(test_d, test_c, gens, train, 20, 200, seed=11)

@@ -27,7 +27,7 @@ def test_global_topk_matches_brute_force(metric):
     fitted = fit_layer(1, train, ids, test, cfg)
     try:
         test_d1, found = global_neighbours(fitted, {"g": gen}, 5, map)
-        tz, gz = fitted.engine.test_z, fitted.space.project(gen)
+        tz, gz = fitted.space.project(test), fitted.space.project(gen)  # the queries as the tasks project them
         all_z = fitted.space.project(train)
         for q, (dist, rows) in ((gz, found["g"]), (tz, (test_d1[:, None], None))):
             dense = np.stack([distance(np.repeat(q[i : i + 1], len(all_z), 0), all_z, metric) for i in range(len(q))])

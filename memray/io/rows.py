@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from memray.io import schema
-from memray.io.features import FeatureFileError, FeatureSet, column_matrix
+from memray.io.features import FeatureFileError, column_matrix
 from memray.io.storage import is_remote, open_url, translate_errors
 
 log = logging.getLogger(__name__)
@@ -240,10 +240,3 @@ class ParquetRows:
 def set_rows(files: list[tuple[str, int]], layer: int, storage_options: dict | None) -> ParquetRows:
     """A handle on one layer of a set's feature files (``(url, rows)`` in the set's global row order)."""
     return ParquetRows(pieces(files), layer, storage_options)
-
-
-def load_queries(name: str, files: list[tuple[str, int]], layer: int, storage_options: dict | None) -> FeatureSet:
-    """One layer of a test or generated set, read whole (into the driver: these sets are the small ones)."""
-    rows = set_rows(files, layer, storage_options)
-    x = rows.read(0, rows.n)
-    return FeatureSet(rows.ids(np.arange(rows.n, dtype=np.int64)), {layer: x}, name)

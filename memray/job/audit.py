@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import pyarrow.parquet as pq
@@ -190,9 +191,10 @@ def finish(
     run_meta = {**run.meta, "stats": stats, "inputs": {s.name: list(s.urls or s.embeddings) for s in cfg.sets}}
     run_meta["labels"] = {g.name: g.label for g in cfg.generated}
     run_meta.pop("memray_version")  # write_results records it once
-    write_results(cfg.output, result, run_meta, so)
-    attribution = finish_fingerprints_and_probes(run, result, curves, subsets, layers, pieces)
-    report = write_report(cfg.output, so)
+    mapper = engine.mapper(cfg)
+    write_results(cfg.output, result, run_meta, so, mapper)  # the per-sample tables are assembled by tasks
+    attribution = finish_fingerprints_and_probes(run, result, curves, subsets, layers, pieces, mapper)
+    report = next(iter(mapper(partial(write_report, so=so), [cfg.output])))  # a task: it reads per-sample tables
     log.info("audit done in %.1f s; results in %s", stats["seconds"], cfg.output)
     return AuditResult(cfg.output, result.ct_scores, stats, attribution, result.verdicts, report, so)
 

@@ -3,10 +3,12 @@
 - :func:`sources_for`: ``(set name, sample ids) -> source strings`` from the sets' listings (the driver holds the
   listing only, O(units)), so ``copies.parquet`` names the file or archive member a user can open.
 - :func:`fid_attribution`: the FID-nearest baseline beside the C_T-curve attribution: each unlabelled generated
-  set is given the label of the labelled set at the smallest Fréchet distance of their last-layer features (read
-  in the driver: generated sets are the small ones). On small zoos of trained generators FID-nearest can beat the
-  curves; the report shows both and flags disagreements.
-- :func:`write_report`: ``report.html`` (:mod:`memray.report`), never failing the finished job.
+  set is given the label of the labelled set at the smallest Fréchet distance of their last-layer features (in a
+  job each set's mean and covariance come from a task reading its feature files, :func:`set_feature_stats`; the
+  driver holds d × d per set). On small zoos of trained generators FID-nearest can beat the curves; the report
+  shows both and flags disagreements.
+- :func:`write_report`: ``report.html`` (:mod:`memray.report`), never failing the finished job (a job builds it in a
+  task: it reads the per-sample tables).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from memray.fingerprint.evaluate import write_attribution
 from memray.fingerprint.fid import fd_matrix, feature_stats
 from memray.io import schema, storage
 from memray.io.fetch import Locator
+from memray.io.rows import set_rows
 from memray.io.shards import ShardPlan
 
 log = logging.getLogger(__name__)
@@ -38,17 +41,34 @@ def sources_for(plans: dict[str, list[ShardPlan]]) -> Callable[[str, np.ndarray]
     return sources
 
 
+def set_feature_stats(files: list[tuple[str, int]], layer: int, so: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (d,) and covariance (d, d) of one layer of a set's feature files (``(url, rows)`` in order)."""
+    rows = set_rows(files, layer, so)
+    return feature_stats(rows.read(0, rows.n))
+
+
 def fid_attribution(features: dict[str, np.ndarray], labels: dict[str, str | None]) -> pd.DataFrame | None:
+    """FID-nearest attribution of the unlabelled sets among the labelled ones (schema.ATTRIBUTION_SCHEMA), from each
+    set's features (n, d); see :func:`fid_from_stats`."""
+    sets = {n: labels.get(n) for n in features}
+    return fid_from_stats(lambda names: {n: feature_stats(features[n]) for n in names}, sets)
+
+
+def fid_from_stats(
+    stats_of: Callable[[list[str]], dict[str, tuple[np.ndarray, np.ndarray]]], labels: dict[str, str | None]
+) -> pd.DataFrame | None:
     """FID-nearest attribution of the unlabelled sets among the labelled ones (schema.ATTRIBUTION_SCHEMA).
 
-    ``score`` is the Fréchet distance to the predicted label's nearest set (lower = closer), ``margin`` the
-    runner-up label's distance minus it. ``None`` when there is no labelled or no unlabelled set.
+    ``labels``: every set's label (``None``: unlabelled); ``stats_of(names)``: each named set's feature mean and
+    covariance. ``score`` is the Fréchet distance to the
+    predicted label's nearest set (lower = closer), ``margin`` the runner-up label's distance minus it. ``None``
+    when there is no labelled or no unlabelled set.
     """
-    known = sorted(n for n in features if labels.get(n))
-    queries = sorted(n for n in features if not labels.get(n))
+    known = sorted(n for n in labels if labels.get(n))
+    queries = sorted(n for n in labels if not labels.get(n))
     if not known or not queries or len({labels[n] for n in known}) < 1:
         return None
-    stats = {n: feature_stats(features[n]) for n in known + queries}
+    stats = stats_of(known + queries)
     dist = fd_matrix([stats[q] for q in queries], [stats[g] for g in known])
     rows = []
     for qi, q in enumerate(queries):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -10,10 +11,10 @@ import pandas as pd
 
 from memray.fingerprint.curve_run import finish_fingerprints, plan_record
 from memray.fingerprint.curves import read_gallery
-from memray.io.rows import load_queries
-from memray.job.evidence import fid_attribution, write_fid_attribution
+from memray.job.evidence import fid_from_stats, set_feature_stats, write_fid_attribution
 from memray.job.preflight import gallery_comparable
 from memray.job.probes import finish_probes, is_probe_set
+from memray.stats import Mapper
 from memray.stats.tables import ScoreResult
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ def finish_fingerprints_and_probes(
     subsets: dict[str, list[np.ndarray]] | None,
     layers: list[int],
     pieces: dict[str, list[tuple[str, int]]],
+    mapper: Mapper,
 ) -> pd.DataFrame | None:
     """Attribute the unlabelled sets' curves (and, without a saved gallery, the FID-nearest baseline beside them);
     write the probe tables. Returns the attribution table (``None`` without fingerprints)."""
@@ -43,17 +45,23 @@ def finish_fingerprints_and_probes(
         out = finish_fingerprints(curves, plan_record(subsets, sizes), fp, cfg.ct, cfg.output, gallery, job)
         attribution = out.get("attribution")
         if gallery is None:  # the FID-nearest baseline needs the gallery sets' features: this run's labelled sets
-            _fid_baseline(run, layers[-1], pieces)
+            _fid_baseline(run, layers[-1], pieces, mapper)
     finish_probes(cfg, result.ct_scores, run.probe_params, {k: run.meta[k] for k in ("job_digest", "preprocessing")})
     return attribution
 
 
-def _fid_baseline(run: AuditRun, last: int, pieces: dict[str, list[tuple[str, int]]]) -> None:
+def _fid_baseline(run: AuditRun, last: int, pieces: dict[str, list[tuple[str, int]]], mapper: Mapper) -> None:
+    """FID-nearest attribution of the unlabelled sets from per-set feature statistics, each computed by a task that
+    reads the set's files (no feature reaches the driver)."""
     cfg, so = run.cfg, run.cfg.storage
     gens = [g for g in cfg.generated if not is_probe_set(g.name)]
+    set_stats = partial(set_feature_stats, layer=last, so=so)
+
+    def stats_of(names: list[str]) -> dict[str, Any]:
+        return dict(zip(names, mapper(set_stats, [pieces[n] for n in names]), strict=True))
+
     try:  # a baseline beside the result: its failure (a set too small for a covariance) is logged
-        feats: dict[str, Any] = {g.name: load_queries(g.name, pieces[g.name], last, so).layers[last] for g in gens}
-        fid = fid_attribution(feats, {g.name: g.label for g in gens})
+        fid = fid_from_stats(stats_of, {g.name: g.label for g in gens})
         if fid is not None:
             write_fid_attribution(cfg.output, fid, last, so)
     except (ValueError, np.linalg.LinAlgError) as exc:

@@ -1,10 +1,12 @@
 """The job's scoring stage: the core loop (:func:`memray.stats.layers.score_layers`) over the feature files.
 
-The driver coordinates: per layer it reads the test and generated sets (O(|P| + Σ|Q|)) and hands the core a handle
-on the training files; the fit's block steps and the search items run through the caller's *mapper* (Ray tasks in
-a job, builtin ``map`` in a test) and read their own rows and write their outputs to the layer's workspace
-(``fit/layer_<ℓ>/``, or the reference's). Each finished layer is written under ``layers/layer_<ℓ>/`` with a
-completion marker ``done.json`` holding the layer's score key (:mod:`memray.job.resume`), so a rerun skips it only
+The driver coordinates: per layer it hands the core handles on the training, test and generated feature files;
+the fit's block steps, the query projections, the search items and the per-sample table writers run through the
+caller's *mapper* (Ray tasks in a job, builtin ``map`` in a test), read their own rows and write their outputs to the
+layer's workspaces (``fit/layer_<ℓ>/``, or the reference's, and ``fit/queries_layer_<ℓ>/``). The driver holds per
+generated sample only its cell, distance and neighbour row. Each finished layer is written under
+``layers/layer_<ℓ>/`` (small tables as files, the per-sample tables as ``parts/``) with a completion marker
+``done.json`` holding the layer's score key (:mod:`memray.job.resume`) and its part files, so a rerun skips it only
 while the embeddings, sets and scoring settings it was made from are unchanged.
 """
 
@@ -25,12 +27,13 @@ from memray.fingerprint.curve_run import curves_frame, subset_curves
 from memray.io import schema, storage
 from memray.io.features import FeatureSet
 from memray.io.finite import check_finite
-from memray.io.rows import load_queries, set_rows
+from memray.io.rows import set_rows
 from memray.job.config import AuditConfig
 from memray.stats import Mapper
-from memray.stats.layers import Extra, LayerSets, score_layers
+from memray.stats.layers import Extra, LayerSets, Piece, score_layers
+from memray.stats.parts import Part, PartDir
 from memray.stats.score import ScoreResult
-from memray.stats.tables import Sources
+from memray.stats.tables import Sources, concat_pieces
 from memray.stats.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -60,8 +63,9 @@ class FileSource:
     """A job's sets as feature files: ``pieces`` holds every set's ``(url, rows)`` in its global row order.
 
     ``fit_roots``: per layer the fit workspace URL and whether to keep it (a reference's) or remove it once the
-    layer's tables are written (default ``<out>/fit/layer_<ℓ>``, removed). Further partition seeds are fit in
-    ``<out>/fit/partitions_layer_<ℓ>/<seed>``, removed before (never reused) and after.
+    layer's tables are written (default ``<out>/fit/layer_<ℓ>``, removed). The query sets' projections go to
+    ``<out>/fit/queries_layer_<ℓ>`` and further partition seeds are fit in ``<out>/fit/partitions_layer_<ℓ>/<seed>``,
+    both removed before (never reused) and after.
     """
 
     def __init__(
@@ -76,22 +80,25 @@ class FileSource:
 
     def sets(self, layer: int) -> LayerSets:
         cfg = self.cfg
-        train = set_rows(self.pieces[cfg.train.name], layer, self.so)  # a handle: the workers read their blocks
-        test = load_queries(cfg.test.name, self.pieces[cfg.test.name], layer, self.so)
-        gens = {g.name: load_queries(g.name, self.pieces[g.name], layer, self.so) for g in cfg.generated}
-        return LayerSets(train, test, gens)
+        rows = {spec.name: set_rows(self.pieces[spec.name], layer, self.so) for spec in cfg.sets}  # handles only
+        return LayerSets(rows[cfg.train.name], rows[cfg.test.name], {g.name: rows[g.name] for g in cfg.generated})
 
     def _fit_root(self, layer: int) -> tuple[str, bool]:
         return self.fit_roots.get(layer, (storage.join(self.out, "fit", f"layer_{layer}"), False))
 
-    def _partition_root(self, layer: int) -> str:
-        return storage.join(self.out, "fit", f"partitions_layer_{layer}")
+    def _scratch(self, kind: str, layer: int) -> str:
+        return storage.join(self.out, "fit", f"{kind}_layer_{layer}")
 
     def workspace(self, layer: int) -> Workspace:
         return Workspace(self._fit_root(layer)[0], self.so)
 
+    def query_workspace(self, layer: int) -> Workspace:
+        root = self._scratch("queries", layer)
+        storage.remove(root, self.so, recursive=True)  # never read another run's projections
+        return Workspace(root, self.so)
+
     def partition_workspace(self, layer: int) -> Callable[[int], Workspace]:
-        root = self._partition_root(layer)
+        root = self._scratch("partitions", layer)
         storage.remove(root, self.so, recursive=True)  # never reuse a partition fit of other settings
         return lambda seed: Workspace(storage.join(root, str(seed)), self.so)
 
@@ -99,12 +106,14 @@ class FileSource:
         url, keep = self._fit_root(layer)
         if not keep:
             storage.remove(url, self.so, recursive=True)  # the fit workspace, once the tables are made
+        storage.remove(self._scratch("queries", layer), self.so, recursive=True)
         if partitions:
-            storage.remove(self._partition_root(layer), self.so, recursive=True)
+            storage.remove(self._scratch("partitions", layer), self.so, recursive=True)
 
 
 class FolderSink:
-    """Layer tables as Parquet under ``<out>/layers/layer_<ℓ>/`` plus a ``done.json`` marker with the score key."""
+    """Layer tables under ``<out>/layers/layer_<ℓ>/``: small tables as Parquet files, per-sample tables as the part
+    files tasks wrote under ``parts/``, and a ``done.json`` marker with the score key and the parts' list."""
 
     def __init__(self, out: str, score_key: str, names: tuple[str, ...], so: dict | None) -> None:
         self.out, self.score_key, self.names, self.so = out, score_key, names, so
@@ -119,30 +128,68 @@ class FolderSink:
         if not storage.exists(marker, self.so):
             return False
         try:
-            if storage.read_json(marker, self.so).get("score_key") != self.score_key:
+            record = storage.read_json(marker, self.so)
+            if record.get("score_key") != self.score_key:
                 log.info("score: %s was made from other inputs or settings; scoring it again", layer_dir)
                 return False
-            for name in self.names:
-                with storage.open_url(storage.join(layer_dir, name), "rb", self.so) as fh:
+            if "parts" not in record:  # an earlier release's layout (whole per-sample tables): not mixed with parts
+                log.info("score: %s has an earlier layout; scoring it again", layer_dir)
+                return False
+            for url in self._files(layer, record):
+                with storage.open_url(url, "rb", self.so) as fh:
                     pq.ParquetFile(fh)
         except Exception as exc:  # a damaged or missing table: score the layer again
             log.warning("score: %s is damaged (%s); scoring it again", layer_dir, exc)
             return False
         return True
 
-    def write(self, layer: int, tables: dict[str, pd.DataFrame], stats: dict[str, Any]) -> None:
+    def part_dir(self, layer: int) -> PartDir:
         layer_dir = self.layer_dir(layer)
-        for name in self.names:
-            with storage.open_output(storage.join(layer_dir, name), self.so) as fh:
-                tables[name.removesuffix(".parquet")].to_parquet(fh, index=False)
-        storage.write_json(storage.join(layer_dir, MARKER), {**stats, "score_key": self.score_key}, self.so)
+        storage.remove(storage.join(layer_dir, MARKER), self.so)  # the layer is unfinished from here on
+        storage.remove(storage.join(layer_dir, "parts"), self.so, recursive=True)
+        return PartDir(storage.join(layer_dir, "parts"), self.so)
 
-    def read(self, layer: int) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
-        layer_dir, out = self.layer_dir(layer), {}
+    def _parts(self, layer: int, listed: list[list[Any]]) -> list[Part]:
+        return [Part(storage.join(self.layer_dir(layer), rel), int(n), tuple(g)) for rel, n, g in listed]
+
+    def _files(self, layer: int, record: dict[str, Any]) -> list[str]:
+        """Every Parquet file a finished layer's record names: its table files and part files."""
+        parts, out = record.get("parts", {}), []
         for name in self.names:
+            listed = parts.get(name)
+            out += (
+                [storage.join(self.layer_dir(layer), name)]
+                if listed is None
+                else [p.url for p in self._parts(layer, listed)]
+            )
+        return out
+
+    def write(self, layer: int, tables: dict[str, Piece], stats: dict[str, Any]) -> None:
+        layer_dir = self.layer_dir(layer)
+        parts = {}
+        for name in self.names:
+            table = tables[name.removesuffix(".parquet")]
+            url = storage.join(layer_dir, name)
+            if isinstance(table, list):  # part files the tasks wrote under parts/, listed relative to the layer
+                parts[name] = [[p.url.removeprefix(layer_dir + "/"), p.rows, list(p.group)] for p in table]
+                storage.remove(url, self.so)  # a whole-table file of an earlier layout
+                continue
+            with storage.open_output(url, self.so) as fh:
+                table.to_parquet(fh, index=False)
+        record = {**stats, "score_key": self.score_key, "parts": parts}
+        storage.write_json(storage.join(layer_dir, MARKER), record, self.so)
+
+    def read(self, layer: int) -> tuple[dict[str, Piece], dict[str, Any]]:
+        layer_dir, out = self.layer_dir(layer), {}
+        record = storage.read_json(storage.join(layer_dir, MARKER), self.so)
+        parts = record.get("parts", {})
+        for name in self.names:
+            if name in parts:
+                out[name] = self._parts(layer, parts[name])
+                continue
             with storage.open_url(storage.join(layer_dir, name), "rb", self.so) as fh:
                 out[name] = pd.read_parquet(fh)
-        return out, storage.read_json(storage.join(layer_dir, MARKER), self.so)
+        return out, record
 
 
 def run_scoring(
@@ -180,7 +227,7 @@ def run_scoring(
     parts, done = score_layers(layers, source, sink, cfg.ct, mapper, sources, cfg.train.name, extra)
     dt = time.perf_counter() - t0
     log.info("score: %d layers, %.1f s, %.2f layers/s", len(layers), dt, len(layers) / dt if dt else 0.0)
-    cat = {name: pd.concat(v, ignore_index=True) for name, v in parts.items()}
+    cat = {name: concat_pieces(name, v, cfg.storage) for name, v in parts.items()}
     curves = cat.pop(schema.FINGERPRINTS_FILE, None)
     if curves is not None:
         curves = curves.sort_values([schema.GEN_SET, schema.SUBSET, schema.LAYER], kind="stable", ignore_index=True)

@@ -9,7 +9,7 @@ layout under ``cfg.output``::
     ct_stability.parquet  [fingerprints.parquet  attribution.parquet  attribution_fid.parquet  gallery.parquet]
     report.html                  the evidence page (memray report RUN_DIR rebuilds it)
     embeddings/<set>/shard-NNNNN.{parquet,errors.parquet,done.json}
-    layers/layer_<ℓ>/{ct_scores,ct_cells,neighbors}.parquet + done.json
+    layers/layer_<ℓ>/{ct_scores,ct_cells,ct_stability}.parquet + parts/{neighbors,copies}/ + done.json
 """
 
 from __future__ import annotations

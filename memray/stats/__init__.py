@@ -13,3 +13,7 @@ from collections.abc import Callable, Iterable
 
 Mapper = Callable[[Callable, Iterable], Iterable]
 """``mapper(fn, items)`` with builtin ``map`` semantics: where a stage's work items run (``map``, or Ray tasks)."""
+
+
+class ScoreInputError(ValueError):
+    """Feature sets that cannot be scored; the message names the file and what to do."""

@@ -10,31 +10,64 @@ verdict: C_T is a test of a set, and about α of fresh images sit below the α q
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from memray.io import schema
+from memray.io.rows import Rows
 from memray.stats import Mapper
-from memray.stats.engine import project_queries
-from memray.stats.topk import search_topk, share_below
+from memray.stats.engine import as_rows, project
+from memray.stats.topk import merged_topk, share_below, topk_round
+
+Sources = Callable[[str, np.ndarray], list[str | None]]
+"""``(set name, sample ids) -> source strings`` (:class:`memray.io.fetch.Locator`), for the copy evidence."""
+
+
+def neighbour_ids(train: Rows, nn: np.ndarray) -> np.ndarray:
+    """Sample ids (object array) of training rows ``nn`` (int64), ``None`` where ``nn`` is -1."""
+    nn = np.asarray(nn, np.int64)
+    out = np.full(len(nn), None, dtype=object)
+    found = nn >= 0
+    if found.any():
+        out[found] = train.ids(nn[found])
+    return out
+
+
+@dataclass(frozen=True)
+class LayerTrain:
+    """What a per-sample table task needs of a layer's training set: the layer number and the rows' sample ids."""
+
+    layer: int
+    train: Rows
+
+    def neighbour_ids(self, nn: np.ndarray) -> np.ndarray:
+        """:func:`neighbour_ids` of this training set."""
+        return neighbour_ids(self.train, nn)
 
 
 def global_neighbours(
-    fitted: Any, gens: dict[str, np.ndarray], k: int, mapper: Mapper = map
+    fitted: Any, gens: dict[str, np.ndarray | Rows], k: int, mapper: Mapper = map
 ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """One top-k round for the test set (its nearest only is kept) and every generated set (raw features (m, d)).
+    """One top-k round for the test set (its nearest only is kept) and every generated set (features (m, d)),
+    the lists returned to the caller (a layer's tables have tasks write them instead, :mod:`memray.stats.samples`).
 
     Returns ``(test_d1 (n_P,), {name: (dist (m, k), train rows (m, k))})``.
     """
     eng = fitted.engine
-    names = list(gens)
-    parts = [eng.test_z] + [project_queries(eng, np.asarray(gens[n], np.float32))[0] for n in names]
-    dist, rows = search_topk(eng.ws, eng.fit, np.concatenate(parts), k, fitted.cfg, mapper)
-    at = np.cumsum([0] + [len(p) for p in parts])
-    test_d1 = dist[: at[1], 0]
-    return test_d1, {n: (dist[at[i + 1] : at[i + 2]], rows[at[i + 1] : at[i + 2]]) for i, n in enumerate(names)}
+    sets = [] if None in eng.projected else [(None, eng.test_rows, f"test features, layer {eng.layer}")]
+    sets += [(n, as_rows(x), f"generated features {n!r}, layer {eng.layer}") for n, x in gens.items()]
+    project(eng, sets, mapper)
+    blocks = {n: eng.projected[n].blocks() for n in [None, *gens]}
+    items = topk_round(eng.ws, eng.fit, eng.qws, [b for bs in blocks.values() for b in bs], k, fitted.cfg, mapper)
+    found = {}
+    for n, bs in blocks.items():
+        lists = [merged_topk(eng.qws, b, items, k) for b in bs]
+        found[n] = (np.concatenate([d for d, _ in lists]), np.concatenate([r for _, r in lists]))
+    test_d1 = found.pop(None)[0][:, 0]
+    return test_d1, found
 
 
 def copies_frame(
@@ -42,7 +75,7 @@ def copies_frame(
     ids: dict[str, np.ndarray],
     found: dict[str, tuple[np.ndarray, np.ndarray]],
     test_d1: np.ndarray,
-    sources: Callable[[str, np.ndarray], list[str | None]] | None = None,
+    sources: Sources | None = None,
     train_name: str = "train",
 ) -> pd.DataFrame:
     """``copies.parquet`` rows of one layer (schema.COPIES_SCHEMA), rank 1 = nearest.

@@ -1,29 +1,31 @@
 """One layer of the scoring engine: fit the space on the training rows, then one search round for all queries.
 
-:func:`fit_layer_engine` fits PCA + cells over the training set's global row blocks
-(:func:`memray.stats.fit.fit_space`, which writes the cell-partitioned projected rows to the workspace) and projects
-and assigns the test queries in the caller, which holds only queries (O(|P| + Σ|Q|), never O(|T|)).
-:func:`score_sets` then runs ONE search round (:func:`memray.stats.search.search_all`) for every query set of the
-layer together: the test set (while it has not been searched) and every generated set, concatenated. Each set's
-per-sample distances, neighbours and cells come back from that round, so a layer of a Ray job is one fit and one
-round of search tasks, and every fingerprint subset reuses the same distances.
+:func:`fit_layer_engine` fits PCA + cells over the training set's global row blocks (:func:`memray.stats.fit.fit_space`,
+which writes the cell-partitioned projected rows to the workspace). :func:`score_sets` then runs ONE round for every
+query set of the layer together: the test set (while it has not been searched) and every generated set. Query sets
+flow like the training rows: tasks read their blocks, project and assign them and write them to the query workspace
+(:mod:`memray.stats.queries`), and the search items read them there (:func:`memray.stats.search.search_round`). The
+caller holds per query only its cell, distance and neighbour row (24 B), never the features or their projections,
+so a layer of a Ray job is one fit, one round of projection tasks and one round of search tasks, and every
+fingerprint subset reuses the same distances.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from memray.io.rows import Rows
-from memray.stats import Mapper
+from memray.io.rows import ArrayRows, Rows
+from memray.stats import Mapper, queries
 from memray.stats.config import CTConfig
 from memray.stats.fit import FitResult, fit_space
 from memray.stats.fit_store import load_fit, save_fit
-from memray.stats.search import search_all
+from memray.stats.queries import Projected, project_sets
+from memray.stats.search import search_round
 from memray.stats.space import LayerSpace
 
 log = logging.getLogger(__name__)
@@ -43,20 +45,25 @@ class Neighbours(NamedTuple):
 
 @dataclass(eq=False)
 class EngineLayer:
-    """A fitted layer: the space, the fit's per-block cell counts, the workspace and the test queries.
+    """A fitted layer: the space, the fit's per-block cell counts, the workspaces and the query sets.
 
-    ``test_z`` (n_P, k) float64 projected test queries, ``test_cells`` (n_P,) int64; ``test`` holds their search
-    result once a round has included them (``None`` before).
+    ``qws``: the query workspace (projected query rows, top-k lists); ``test_rows``: the test set's rows, searched
+    by the first round (``test`` holds its result afterwards); ``projected``: where each set's projected rows are
+    (``None`` = the test set); ``query_rows``: rows per query block (a multiple of 1,024; 0:
+    :data:`memray.stats.queries.QUERY_ROWS`; results do not depend on it).
     """
 
     layer: int
     cfg: CTConfig
     fit: FitResult
     ws: Any
+    qws: Any
     train: Rows
-    test_z: np.ndarray
-    test_cells: np.ndarray
+    test_rows: Rows
     test: Neighbours | None = None
+    projected: dict[str | None, Projected] = field(default_factory=dict)
+    rounds: int = 0
+    query_rows: int = 0
 
     @property
     def space(self) -> LayerSpace:
@@ -69,13 +76,16 @@ class EngineLayer:
         return np.asarray(self.fit.train_counts, dtype=np.int64)
 
 
-def fit_layer_engine(
-    layer: int, train: Rows, test_x: np.ndarray, cfg: CTConfig, ws: Any, mapper: Mapper = map
-) -> EngineLayer:
-    """Fit the space on ``train`` (its blocks run through ``mapper``), then project and assign the test queries.
+def as_rows(x: np.ndarray | Rows) -> Rows:
+    """A query set as rows: a :class:`Rows` handle as it is, an array (m, d) in memory."""
+    return x if isinstance(x, Rows) else ArrayRows(np.asarray(x))
 
-    ``test_x`` (n_P, d) float32 raw test features; they are searched by the first :func:`score_sets` round.
-    """
+
+def fit_layer_engine(
+    layer: int, train: Rows, test: np.ndarray | Rows, cfg: CTConfig, ws: Any, mapper: Mapper = map, qws: Any = None
+) -> EngineLayer:
+    """Fit the space on ``train`` (its blocks run through ``mapper``); the test set (n_P, d) is searched by the first
+    :func:`score_sets` round. ``qws``: the query workspace (default ``ws``'s ``queries`` folder)."""
     t0 = time.perf_counter()
     fit = load_fit(ws)  # a complete fit of this workspace (a resume, or a reused reference)
     if fit is None:
@@ -83,8 +93,8 @@ def fit_layer_engine(
         save_fit(ws, fit)
     else:
         log.info("layer %d: reusing the fit in %s", layer, getattr(ws, "root", ws))
-    test_z = fit.space.project(test_x)
-    eng = EngineLayer(int(layer), cfg, fit, ws, train, test_z, fit.space.assign(test_z))
+    qws = ws.child("queries") if qws is None else qws
+    eng = EngineLayer(int(layer), cfg, fit, ws, qws, train, as_rows(test))
     log.info(
         "layer %d: %d train -> %d dims, %d cells; fit in %.2f s",
         layer, train.n, fit.space.dim, cfg.cells, time.perf_counter() - t0,
@@ -92,40 +102,51 @@ def fit_layer_engine(
     return eng
 
 
-def project_queries(engine: EngineLayer, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Raw features (m, d) -> projected (m, k) float64 and their cells (m,) int64."""
-    z = engine.space.project(x)
-    return z, engine.space.assign(z)
+def project(engine: EngineLayer, sets: list[tuple[str | None, Rows, str]], mapper: Mapper = map) -> list[Projected]:
+    """Project ``(name, rows, label)`` sets in one round of tasks (``label`` names a set in errors); each set's
+    parts get a new prefix and are recorded in ``engine.projected`` under its name."""
+    r = engine.rounds
+    engine.rounds += 1
+    specs = [(f"r{r:03d}/s{i:03d}", rows, label) for i, (_, rows, label) in enumerate(sets)]
+    done = project_sets(engine.qws, engine.space, specs, engine.query_rows or queries.QUERY_ROWS, mapper)
+    for (name, _, _), proj in zip(sets, done, strict=True):
+        engine.projected[name] = proj
+    return done
 
 
-def score_sets(engine: EngineLayer, gens: dict[str, np.ndarray], mapper: Mapper = map) -> dict[str, Neighbours]:
-    """ONE search round for the test set (unless already searched) and every generated set (m_s, d) together.
+def score_sets(
+    engine: EngineLayer, gens: dict[str, np.ndarray | Rows], mapper: Mapper = map, labels: dict[str, str] | None = None
+) -> dict[str, Neighbours]:
+    """ONE round for the test set (unless already searched) and every generated set (m_s, d) together.
 
     The test result is stored on ``engine.test``; returns ``{name: Neighbours}`` in the order of ``gens``.
     Results depend only on the data: a query's answer is the same whichever other queries share its round.
     """
     t0 = time.perf_counter()
-    parts: list[tuple[str | None, np.ndarray, np.ndarray]] = []
+    labels = labels or {}
+    sets: list[tuple[str | None, Rows, str]] = []
     if engine.test is None:
-        parts.append((None, engine.test_z, engine.test_cells))
-    parts += [(name, *project_queries(engine, x)) for name, x in gens.items()]
-    if not parts:
+        sets.append((None, engine.test_rows, f"test features, layer {engine.layer}"))
+    sets += [(n, as_rows(x), labels.get(n, f"generated features {n!r}, layer {engine.layer}")) for n, x in gens.items()]
+    if not sets:
         return {}
-    z = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
-    cells = np.concatenate([p[2] for p in parts]) if len(parts) > 1 else parts[0][2]
-    dist, nn = search_all(engine.ws, engine.fit, z, cells, engine.cfg, mapper)
+    done = project(engine, sets, mapper)
+    parts: dict[int, list[tuple[str, int]]] = {}
+    offsets = np.cumsum([0] + [len(p.cells) for p in done])
+    for proj, offset in zip(done, offsets.tolist(), strict=False):
+        for cell, keys in proj.keys_by_cell().items():
+            parts.setdefault(cell, []).extend((key, offset) for key in keys)
+    dist, nn = search_round(engine.ws, engine.fit, engine.qws, parts, int(offsets[-1]), engine.cfg, mapper)
     out: dict[str, Neighbours] = {}
-    at = 0
-    for name, pz, pc in parts:
-        res = Neighbours(dist[at : at + len(pz)].copy(), nn[at : at + len(pz)].copy(), np.asarray(pc, np.int64))
-        at += len(pz)
+    for (name, _, _), proj, a, b in zip(sets, done, offsets[:-1], offsets[1:], strict=True):
+        res = Neighbours(dist[a:b].copy(), nn[a:b].copy(), proj.cells)
         if name is None:
             engine.test = res
         else:
             out[name] = res
     log.info(
         "layer %d: search round of %d queries (%d sets%s), %.2f s",
-        engine.layer, len(z), len(gens), " + test" if parts[0][0] is None else "", time.perf_counter() - t0,
+        engine.layer, int(offsets[-1]), len(gens), " + test" if sets[0][0] is None else "", time.perf_counter() - t0,
     )  # fmt: skip
     return out
 

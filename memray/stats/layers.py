@@ -1,16 +1,20 @@
 """The one per-layer scoring loop, used by ``memray score`` (in process) and by the audit job (Ray tasks).
 
-Per layer: read the layer's sets from a :class:`LayerSource` (a handle on the training rows — workers read their
-own blocks — and the test and generated sets), fit PCA + cells on the training rows, run ONE search round for the
-test set and every generated set, compute the result tables and hand them to a :class:`LayerSink`. Where the work
-runs is the caller's ``mapper`` (builtin ``map`` in process, Ray tasks in a job); where the tables go and whether a
-finished layer is skipped is the sink's. The statistic is therefore the same code, bit for bit, on a laptop and
-on a cluster.
+Per layer: take the layer's sets from a :class:`LayerSource` as row handles (training, test and generated rows:
+workers read their own blocks of each, :class:`~memray.io.rows.ParquetRows` in a job, in-memory
+:class:`~memray.io.rows.ArrayRows` in process), fit PCA + cells on the training rows, run ONE projection and search
+round for the test set and every generated set, compute the result tables and hand them to a :class:`LayerSink`.
+The per-sample tables are written by tasks as part files into the sink's folder; the caller holds per query only its
+cell, distance and neighbour row. Where the work runs is the caller's ``mapper`` (builtin ``map`` in process, Ray
+tasks in a job); where the tables go and whether a finished layer is skipped is the sink's. The statistic is
+therefore the same code, bit for bit, on a laptop and on a cluster.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
@@ -22,28 +26,24 @@ from memray.io.features import FeatureSet
 from memray.io.rows import ArrayRows, Rows
 from memray.stats import Mapper
 from memray.stats.config import CTConfig
-from memray.stats.score import (
-    FittedLayer,
-    GenScore,
-    ScoreInputError,
-    check_dims,
-    fit_layer,
-    partition_runs,
-)
-from memray.stats.tables import ScoreResult, Sources, layer_tables
+from memray.stats.parts import Part, PartDir
+from memray.stats.score import FittedLayer, GenScore, ScoreInputError, check_dims, fit_layer, partition_runs
+from memray.stats.tables import ScoreResult, Sources, concat_pieces, layer_tables
 
 log = logging.getLogger(__name__)
 
 #: ``extra(fitted, scored) -> {table name: DataFrame}``: further per-layer tables (the fingerprint subset curves).
 Extra = Callable[[FittedLayer, dict[str, GenScore]], dict[str, pd.DataFrame]]
+#: A layer's table: a frame, or (the per-sample tables) the part files tasks wrote.
+Piece = pd.DataFrame | list[Part]
 
 
 class LayerSets(NamedTuple):
-    """One layer's inputs: ``train`` a row handle (never read whole), ``test`` and ``gens`` read in (one layer)."""
+    """One layer's inputs as row handles (never read whole by the caller): training, test and generated sets."""
 
     train: Rows
-    test: FeatureSet
-    gens: dict[str, FeatureSet]
+    test: Rows
+    gens: dict[str, Rows]
 
 
 class LayerSource(Protocol):
@@ -55,6 +55,10 @@ class LayerSource(Protocol):
 
     def workspace(self, layer: int) -> Any | None:
         """The fit's workspace (``None``: a temporary local folder, removed with the fit)."""
+        ...
+
+    def query_workspace(self, layer: int) -> Any | None:
+        """Where the query sets' projected rows go (``None``: inside the fit's workspace)."""
         ...
 
     def partition_workspace(self, layer: int) -> Callable[[int], Any] | None:
@@ -73,11 +77,15 @@ class LayerSink(Protocol):
         """Whether the layer's tables exist and were made from the same inputs and settings."""
         ...
 
-    def write(self, layer: int, tables: dict[str, pd.DataFrame], stats: dict[str, Any]) -> None:
-        """Keep the layer's tables (file names as keys) and its stats."""
+    def part_dir(self, layer: int) -> PartDir:
+        """An empty folder every task can write the layer's per-sample part files to (cleared of earlier ones)."""
         ...
 
-    def read(self, layer: int) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    def write(self, layer: int, tables: dict[str, Piece], stats: dict[str, Any]) -> None:
+        """Keep the layer's tables (frames, or the part files under :meth:`part_dir`) and its stats."""
+        ...
+
+    def read(self, layer: int) -> tuple[dict[str, Piece], dict[str, Any]]:
         """The tables and stats of a finished layer."""
         ...
 
@@ -85,34 +93,35 @@ class LayerSink(Protocol):
 def score_one_layer(
     layer: int,
     source: LayerSource,
+    parts: PartDir,
     cfg: CTConfig,
     mapper: Mapper = map,
     sources: Sources | None = None,
     train_name: str = "train",
     extra: Extra | None = None,
-) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
-    """Fit, one search round, partitions, the layer's tables (keyed by table name) and its stats."""
+) -> tuple[dict[str, Piece], dict[str, Any]]:
+    """Fit, one search round, partitions, the layer's tables (keyed by table name; per-sample ones as part files
+    under ``parts``) and its stats."""
     t0 = time.perf_counter()
     train, test, gens = source.sets(layer)
-    check_dims(
-        train.dim, {f"set {(fs.source or n)!r}": fs.layers[layer] for n, fs in {"test": test, **gens}.items()}, layer
-    )
-    fitted = fit_layer(layer, train, None, test.layers[layer], cfg, mapper, test.ids, ws=source.workspace(layer))
+    check_dims(train.dim, {f"set {n!r}": rows for n, rows in {"test": test, **gens}.items()}, layer)
+    ws, qws = source.workspace(layer), source.query_workspace(layer)
+    fitted = fit_layer(layer, train, None, test, cfg, mapper, ws=ws, qws=qws)
     try:
-        xs = {n: gens[n].layers[layer] for n in sorted(gens)}
+        xs = {n: gens[n] for n in sorted(gens)}
         scored = fitted.score_sets(xs, mapper, {n: f"gen set {n!r}, layer {layer}" for n in xs})  # one round
         runs = None
         if cfg.partitions > 1:
             part_ws = source.partition_workspace(layer)
-            runs = partition_runs(layer, train, None, test.layers[layer], xs, cfg, mapper, part_ws)
-        tables = layer_tables(fitted, train.n, test, gens, scored, mapper, sources, train_name, runs)
+            runs = partition_runs(layer, train, None, test, xs, cfg, mapper, part_ws)
+        tables = layer_tables(fitted, train.n, test, gens, scored, mapper, sources, train_name, runs, parts=parts)
         if extra is not None:
             tables.update(extra(fitted, scored))
     finally:
         fitted.close()
     stats = {"layer": layer, "seconds": time.perf_counter() - t0, "n_train": train.n}
     stats.update(space_dim=fitted.space.dim, train_rank=fitted.space.rank, degenerate=fitted.space.degenerate)
-    log.info("score: layer %d, %d train / %d test, %.1f s", layer, train.n, len(test), stats["seconds"])
+    log.info("score: layer %d, %d train / %d test, %.1f s", layer, train.n, test.n, stats["seconds"])
     return tables, stats
 
 
@@ -125,16 +134,17 @@ def score_layers(
     sources: Sources | None = None,
     train_name: str = "train",
     extra: Extra | None = None,
-) -> tuple[dict[str, list[pd.DataFrame]], dict[int, dict[str, Any]]]:
+) -> tuple[dict[str, list[Piece]], dict[int, dict[str, Any]]]:
     """Score every layer the sink has not finished; return every layer's tables (in layer order) and stats.
 
     ``sources``: ``(set name, sample ids) -> source strings`` for the copy evidence; ``extra``: further tables.
     """
-    tables: dict[str, list[pd.DataFrame]] = {}
+    tables: dict[str, list[Piece]] = {}
     stats: dict[int, dict[str, Any]] = {}
     for layer in layers:
         if not sink.done(layer):
-            done, layer_stats = score_one_layer(layer, source, cfg, mapper, sources, train_name, extra)
+            parts = sink.part_dir(layer)
+            done, layer_stats = score_one_layer(layer, source, parts, cfg, mapper, sources, train_name, extra)
             sink.write(layer, done, layer_stats)
             source.release(layer, cfg.partitions > 1)
         done, stats[layer] = sink.read(layer)
@@ -150,9 +160,15 @@ class ArraySource:
         self.train, self.test, self.gens = train, test, gens
 
     def sets(self, layer: int) -> LayerSets:
-        return LayerSets(ArrayRows(self.train.layers[layer], self.train.ids), self.test, self.gens)
+        def rows(fs: FeatureSet) -> ArrayRows:
+            return ArrayRows(fs.layers[layer], fs.ids)
+
+        return LayerSets(rows(self.train), rows(self.test), {k: rows(v) for k, v in self.gens.items()})
 
     def workspace(self, layer: int) -> None:
+        return None
+
+    def query_workspace(self, layer: int) -> None:
         return None
 
     def partition_workspace(self, layer: int) -> None:
@@ -163,19 +179,30 @@ class ArraySource:
 
 
 class MemorySink:
-    """Keeps every layer's tables in memory (nothing is ever finished before the run)."""
+    """Keeps every layer's tables in memory, their part files in a temporary folder (removed by :meth:`close`)."""
 
     def __init__(self) -> None:
-        self.layers: dict[int, tuple[dict[str, pd.DataFrame], dict[str, Any]]] = {}
+        self.layers: dict[int, tuple[dict[str, Piece], dict[str, Any]]] = {}
+        self.tmp: str | None = None
 
     def done(self, layer: int) -> bool:
         return layer in self.layers
 
-    def write(self, layer: int, tables: dict[str, pd.DataFrame], stats: dict[str, Any]) -> None:
+    def part_dir(self, layer: int) -> PartDir:
+        self.tmp = self.tmp or tempfile.mkdtemp(prefix="memray-parts-")
+        return PartDir(f"{self.tmp}/layer_{layer}")
+
+    def write(self, layer: int, tables: dict[str, Piece], stats: dict[str, Any]) -> None:
         self.layers[layer] = (tables, stats)
 
-    def read(self, layer: int) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    def read(self, layer: int) -> tuple[dict[str, Piece], dict[str, Any]]:
         return self.layers[layer]
+
+    def close(self) -> None:
+        """Remove the part files (read the tables first)."""
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
 
 
 def _name(fs: FeatureSet, role: str) -> str:
@@ -231,7 +258,14 @@ def score_features(
     """C_T of every generated set at every layer (default: all layers of the training set), after
     :func:`check_inputs`. Per layer one fit (a temporary workspace) and one search round (:func:`score_layers`);
     ``sink``: where the layer tables go (default in memory; a folder sink makes a rerun skip finished layers).
+    Every table of the result is a DataFrame.
     """
     layers = check_inputs(train, test, gens, cfg, layers)
-    tables, _ = score_layers(layers, ArraySource(train, test, gens), sink or MemorySink(), cfg, mapper)
-    return ScoreResult.from_tables({name: pd.concat(dfs, ignore_index=True) for name, dfs in tables.items()}, cfg)
+    mine = MemorySink() if sink is None else None
+    try:
+        tables, _ = score_layers(layers, ArraySource(train, test, gens), sink or mine, cfg, mapper)
+        res = ScoreResult.from_tables({name: concat_pieces(name, pieces) for name, pieces in tables.items()}, cfg)
+        return res.materialized()
+    finally:
+        if mine is not None:
+            mine.close()

@@ -9,18 +9,22 @@ metadata (inputs, timestamp…) and per-table row counts.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from memray import installed_version
 from memray.config import digest, to_dict
 from memray.io import schema
 from memray.io.storage import join, open_output, write_json
+from memray.stats import Mapper
+from memray.stats.catalog import to_table
 from memray.stats.config import CTConfig
+from memray.stats.parts import PartsTable
 from memray.stats.tables import ScoreResult
+
+__all__ = ["JOB_KEYS", "method_record", "table_metadata", "to_table", "write_results"]
 
 
 def method_record(cfg: CTConfig) -> dict[str, Any]:
@@ -108,24 +112,32 @@ def table_metadata(cfg: CTConfig, table: str, job: dict[str, Any] | None = None)
     return meta
 
 
-def to_table(df: pd.DataFrame, sch: pa.Schema, meta: dict[str, Any]) -> pa.Table:
-    """A DataFrame as an Arrow table with exactly ``sch`` (columns, types) and only memray's metadata."""
-    arrays = []
-    for f in sch:
-        col = df[f.name]
-        if pa.types.is_string(f.type):  # None/NaN -> null (e.g. gen_set of test rows)
-            arrays.append(pa.array(col.to_numpy(dtype=object), type=f.type, from_pandas=True))
-        else:  # numeric NaN stays NaN (an undefined z or C_T), not null
-            arrays.append(pa.array(col.to_numpy(), type=f.type))
-    return pa.Table.from_arrays(
-        arrays, schema=sch.with_metadata({schema.META_KEY: json.dumps(meta, sort_keys=True).encode()})
-    )
+@dataclass(frozen=True)
+class PartsWrite:
+    """One per-sample table to assemble from its part files into ``url`` (a mapper item)."""
+
+    table: PartsTable
+    url: str
+    meta: dict[str, Any]
+    storage_options: dict[str, Any] | None = None
+
+
+def write_parts(item: PartsWrite) -> int:
+    """:meth:`PartsTable.write` of one item; returns the table's rows."""
+    return item.table.write(item.url, item.meta, item.storage_options)
 
 
 def write_results(
-    out_url: str, result: ScoreResult, run_meta: dict[str, Any], storage_options: dict[str, Any] | None = None
+    out_url: str,
+    result: ScoreResult,
+    run_meta: dict[str, Any],
+    storage_options: dict[str, Any] | None = None,
+    mapper: Mapper = map,
 ) -> dict[str, str]:
     """Write the result tables (ct_scores, ct_cells, neighbors, copies, ct_stability, verdicts) and ``run.json``.
+
+    A table held as part files (the per-sample tables of a job) is streamed into its file by a ``mapper`` item (a
+    Ray task in a job), so the caller never holds it; the bytes are those of the same table written whole.
 
     Returns:
         {table name: URL} for every table and ``run``.
@@ -141,15 +153,21 @@ def write_results(
         "verdicts": (result.verdicts, schema.VERDICTS_SCHEMA, schema.VERDICTS_FILE),
     }
     tables = {k: v for k, v in tables.items() if v[0] is not None}
-    paths: dict[str, str] = {}
+    paths: dict[str, str] = {name: join(out_url, file) for name, (_, _, file) in tables.items()}
     rows: dict[str, int] = {}
-    for name, (df, sch, file) in tables.items():
-        job = {k: run_meta[k] for k in JOB_KEYS if k in run_meta}
-        table = to_table(df, sch, table_metadata(result.config, name, job))
-        url = join(out_url, file)
-        with open_output(url, storage_options) as fh:
+    job = {k: run_meta[k] for k in JOB_KEYS if k in run_meta}
+    streamed = []
+    for name, (df, sch, _) in tables.items():
+        meta = table_metadata(result.config, name, job)
+        if isinstance(df, PartsTable):
+            streamed.append((name, PartsWrite(df, paths[name], meta, storage_options)))
+            continue
+        table = to_table(df, sch, meta)
+        with open_output(paths[name], storage_options) as fh:
             pq.write_table(table, fh, compression="zstd", write_statistics=True)
-        paths[name], rows[name] = url, table.num_rows
+        rows[name] = table.num_rows
+    for (name, _), n in zip(streamed, mapper(write_parts, [item for _, item in streamed]), strict=True):
+        rows[name] = int(n)
     run = {
         **run_meta,
         "config": to_dict(result.config),

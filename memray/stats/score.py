@@ -22,10 +22,13 @@ import pandas as pd
 
 from memray.io.features import FeatureSet
 from memray.io.rows import ArrayRows, Rows
-from memray.stats import Mapper
+from memray.stats import Mapper, ScoreInputError
 from memray.stats.config import CTConfig
+from memray.stats.copies import neighbour_ids
 from memray.stats.ct import CellStats, cell_table, ct_from_cells
 from memray.stats.engine import EngineLayer, Neighbours, fit_layer_engine, score_sets, search_test
+from memray.stats.parts import PartDir, PartsTable
+from memray.stats.queries import _finite
 from memray.stats.space import LayerSpace
 from memray.stats.tables import TABLES, ScoreResult, layer_tables
 from memray.stats.workspace import Workspace
@@ -56,17 +59,15 @@ class FittedLayer:
     """Everything about one layer that does not depend on the generated set.
 
     ``train``: the training rows (a handle; sample ids are resolved only for matched neighbours),
-    ``train_counts`` (cells,) int64; ``test_cells`` (n_P,) int64. ``test_dist`` (n_P,) float64 and ``test_nn``
-    (n_P,) int64 come from the first search round (:meth:`score_sets` includes the test set in it), run with
-    ``mapper``. ``engine`` holds the workspace of the fit; ``close`` removes a temporary one.
+    ``train_counts`` (cells,) int64. The test set's ``test_cells``, ``test_dist`` and ``test_nn`` (n_P,) come from
+    the first search round (:meth:`score_sets` includes the test set in it), run with ``mapper``. ``engine`` holds
+    the workspaces of the fit and of the query sets; ``close`` removes a temporary one.
     """
 
     layer: int
     space: LayerSpace
     train: Rows
     train_counts: np.ndarray
-    test_ids: np.ndarray
-    test_cells: np.ndarray
     cfg: CTConfig
     engine: EngineLayer = field(repr=False)
     mapper: Mapper = field(default=map, repr=False)
@@ -85,25 +86,26 @@ class FittedLayer:
     def test_nn(self) -> np.ndarray:
         return self.test.nn
 
+    @property
+    def test_cells(self) -> np.ndarray:
+        return self.test.cell
+
     def neighbour_ids(self, nn: np.ndarray) -> np.ndarray:
         """Sample ids (object array) of neighbour rows ``nn`` (int64), ``None`` where ``nn`` is -1."""
-        nn = np.asarray(nn, np.int64)
-        out = np.full(len(nn), None, dtype=object)
-        found = nn >= 0
-        if found.any():
-            out[found] = self.train.ids(nn[found])
-        return out
+        return neighbour_ids(self.train, nn)
 
     def score_sets(
-        self, gens: dict[str, np.ndarray], mapper: Mapper = map, labels: dict[str, str] | None = None
+        self, gens: dict[str, np.ndarray | Rows], mapper: Mapper = map, labels: dict[str, str] | None = None
     ) -> dict[str, GenScore]:
-        """C_T of several generated feature sets (m_s, d) in ONE search round (with the test set if pending).
+        """C_T of several generated sets in ONE search round (with the test set if pending).
 
-        ``labels``: set name -> how warnings name it (default ``layer ℓ``).
+        ``gens``: name -> features (m_s, d), an array or a :class:`~memray.io.rows.Rows` handle (read by the
+        round's tasks); ``labels``: set name -> how warnings and errors name it (default ``layer ℓ``).
         """
         labels = labels or {}
-        xs = {k: _finite(x, labels.get(k, f"generated features, layer {self.layer}")) for k, x in gens.items()}
-        rounds = score_sets(self.engine, xs, mapper)
+        what = {k: labels.get(k, f"generated features, layer {self.layer}") for k in gens}
+        xs = {k: x if isinstance(x, Rows) else _finite(x, what[k]) for k, x in gens.items()}
+        rounds = score_sets(self.engine, xs, mapper, what)
         test = self.test
         out = {}
         for name, r in rounds.items():
@@ -125,62 +127,54 @@ class FittedLayer:
             self.tmp = None
 
 
-def _finite(x: np.ndarray, what: str) -> np.ndarray:
-    """``x`` as float32 (n, d), refusing NaN/inf rows with a message naming them."""
-    x = np.asarray(x, dtype=np.float32)
-    with np.errstate(over="ignore", invalid="ignore"):
-        if x.ndim != 2 or np.isfinite(x.sum()):  # a finite sum has no NaN/inf term (on overflow: the row check)
-            return x
-    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-    if len(bad):
-        raise ScoreInputError(f"{what}: NaN/inf values in {len(bad)} row(s) {bad[:10].tolist()}; drop or fix them")
-    return x
-
-
 def fit_layer(
     layer: int,
     train_x: np.ndarray | Rows,
     train_ids: np.ndarray | None,
-    test_x: np.ndarray,
+    test_x: np.ndarray | Rows,
     cfg: CTConfig,
     mapper: Mapper = map,
     test_ids: np.ndarray | None = None,
     ws: Any = None,
+    qws: Any = None,
 ) -> FittedLayer:
-    """Fit PCA + cells on the training features (n_T, d) over global row blocks; project and assign the test set.
+    """Fit PCA + cells on the training features (n_T, d) over global row blocks; the test set (n_P, d) is projected
+    and searched by the first :meth:`FittedLayer.score_sets` round.
 
     ``train_x``: an array (with ``train_ids``, its sample ids) or a :class:`~memray.io.rows.Rows` handle
-    (``train_ids`` ignored). ``ws``: the workspace the fit writes to (a :class:`~memray.stats.workspace.Workspace`
-    every worker can read); default a temporary local folder, removed by :meth:`FittedLayer.close` or when the
-    fit is garbage-collected. ``mapper`` runs the fit's block items and the search items (Ray tasks in a job), and
-    the test set's search, which joins the first :meth:`FittedLayer.score_sets` round. A layer whose training
-    features are degenerate is logged (``space.rank``, ``space.degenerate``) and still scored, except a layer
-    without any training variance, whose C_T is NaN.
+    (``train_ids`` ignored); likewise ``test_x`` (with ``test_ids``). ``ws``: the workspace the fit writes to (a
+    :class:`~memray.stats.workspace.Workspace` every worker can read); default a temporary local folder, removed by
+    :meth:`FittedLayer.close` or when the fit is garbage-collected. ``qws``: where the query sets' projected rows go
+    (default ``ws``'s ``queries`` folder). ``mapper`` runs the fit's block items, the query projections and the
+    search items (Ray tasks in a job). A layer whose training features are degenerate is logged (``space.rank``,
+    ``space.degenerate``) and still scored, except a layer without any training variance, whose C_T is NaN.
     """
     if isinstance(train_x, Rows):
         train = train_x
     else:
         x = _finite(train_x, f"training features, layer {layer}")
         train = ArrayRows(x, None if train_ids is None else np.asarray(train_ids, dtype=object))
+    if isinstance(test_x, Rows):
+        test = test_x
+    else:
+        t = _finite(test_x, f"test features, layer {layer}")
+        ids = np.arange(len(t)).astype(str) if test_ids is None else test_ids
+        test = ArrayRows(t, np.asarray(ids, dtype=object))
     tmp = None
     if ws is None:
         tmp = tempfile.TemporaryDirectory(prefix=f"memray-layer{layer}-")
         ws = Workspace(tmp.name)
     try:
-        test_x = _finite(test_x, f"test features, layer {layer}")
-        engine = fit_layer_engine(layer, train, test_x, cfg, ws, mapper)
+        engine = fit_layer_engine(layer, train, test, cfg, ws, mapper, qws)
     except BaseException:
         if tmp is not None:
             tmp.cleanup()
         raise
-    n_test = len(engine.test_z)
     return FittedLayer(
         layer=int(layer),
         space=engine.space,
         train=train,
         train_counts=engine.train_counts,
-        test_ids=np.asarray(test_ids if test_ids is not None else np.arange(n_test).astype(str), dtype=object),
-        test_cells=engine.test_cells,
         cfg=cfg,
         engine=engine,
         mapper=mapper,
@@ -188,16 +182,13 @@ def fit_layer(
     )
 
 
-class ScoreInputError(ValueError):
-    """Feature sets that cannot be scored; the message names the file and what to do."""
-
-
-def check_dims(train_dim: int, sets: dict[str, np.ndarray], layer: int) -> None:
-    """Refuse features (label -> (n, d) array of layer ``layer``) not ``train_dim`` wide, naming them and the fix."""
+def check_dims(train_dim: int, sets: dict[str, np.ndarray | Rows], layer: int) -> None:
+    """Refuse features (label -> (n, d) array or rows of layer ``layer``) not ``train_dim`` wide, naming them."""
     for label, x in sets.items():
-        if x.shape[1] != train_dim:
+        dim = x.dim if isinstance(x, Rows) else x.shape[1]
+        if dim != train_dim:
             raise ScoreInputError(
-                f"{label}: layer {layer} has dimension {x.shape[1]} but the training features have {train_dim}; "
+                f"{label}: layer {layer} has dimension {dim} but the training features have {train_dim}; "
                 "all sets must come from the same encoder and layer"
             )
 
@@ -205,22 +196,26 @@ def check_dims(train_dim: int, sets: dict[str, np.ndarray], layer: int) -> None:
 def score_layer(
     fitted: FittedLayer, n_train: int, test: FeatureSet, gens: dict[str, FeatureSet], mapper: Mapper = map
 ) -> dict[str, pd.DataFrame]:
-    """The result tables of one fitted layer (unsorted pieces; :meth:`ScoreResult.from_tables` sorts).
+    """The result tables of one fitted layer, as frames (the per-sample ones read back from their part files).
 
     One search round answers the test set (if not yet searched) and every generated set.
     """
     layer = fitted.layer
     labels = {name: f"gen set {name!r}, layer {layer}" for name in gens}
-    scored = fitted.score_sets({name: gens[name].layers[layer] for name in sorted(gens)}, mapper, labels)
-    return layer_tables(fitted, n_train, test, gens, scored, mapper)
+    rows = {name: ArrayRows(fs.layers[layer], fs.ids) for name, fs in gens.items()}
+    scored = fitted.score_sets({name: rows[name] for name in sorted(rows)}, mapper, labels)
+    test_rows = ArrayRows(test.layers[layer], test.ids)
+    with tempfile.TemporaryDirectory(prefix="memray-parts-") as tmp:
+        tables = layer_tables(fitted, n_train, test_rows, rows, scored, mapper, parts=PartDir(tmp))
+        return {k: PartsTable(k, tuple(v)).frame() if isinstance(v, list) else v for k, v in tables.items()}
 
 
 def partition_runs(
     layer: int,
     train: np.ndarray | Rows,
     train_ids: np.ndarray | None,
-    test_x: np.ndarray,
-    gens: dict[str, np.ndarray],
+    test_x: np.ndarray | Rows,
+    gens: dict[str, np.ndarray | Rows],
     cfg: CTConfig,
     mapper: Mapper = map,
     workspace: Callable[[int], Any] | None = None,

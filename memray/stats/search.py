@@ -2,8 +2,9 @@
 
 The fit writes each block's rows of each cell to ``cells/cell_{c:04d}/block_{g:06d}`` (arrays ``z`` (m, k) float64
 projected rows and ``rows`` (m,) int64 global ids, in global order). A search item is one cell and a run of consecutive
-blocks holding at most ``cfg.search_rows`` training rows; a worker loads only those rows, builds a flat FAISS shard
-(:class:`memray.stats.index.TrainShard`) and searches the cell's queries exactly (float32 FAISS, float64 re-rank,
+blocks holding at most ``cfg.search_rows`` training rows; a worker loads only those rows and the cell's projected
+queries (from the query workspace, :mod:`memray.stats.queries`), builds a flat FAISS shard
+(:class:`memray.stats.index.TrainShard`) and searches the queries exactly (float32 FAISS, float64 re-rank,
 exhaustive proof of near-ties, see :mod:`memray.stats.index`). The caller min-merges the items' results with
 :func:`memray.stats.index.merge_min` (ties → smallest global id), so distances and ids depend only on the data: not on
 the grouping of blocks into items, the order in which a mapper returns them or how many workers run them.
@@ -12,15 +13,19 @@ the grouping of blocks into items, the order in which a mapper returns them or h
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
+from memray.io.storage import remove
 from memray.stats import Mapper
 from memray.stats.config import CTConfig
 from memray.stats.fit import cell_key
 from memray.stats.index import TrainShard, merge_min, search_prepared
+from memray.stats.queries import put_queries, query_key
+from memray.stats.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -91,52 +96,70 @@ def run_search(
 
 @dataclass(frozen=True)
 class SearchTask:
-    """A picklable work item for a mapper: the workspace handle, the item and its cell's queries (no closures)."""
+    """A picklable work item for a mapper: the workspaces, the item and where its cell's queries are (no data).
+
+    ``parts``: ``(query-workspace key, round position of the part's set's first row)`` of every part of the round
+    in the item's cell (:mod:`memray.stats.queries`); the task reads those projected rows itself.
+    """
 
     ws: Any
     item: SearchItem
-    queries: np.ndarray  # (q_c, k) float64 queries of the item's cell
-    query_rows: np.ndarray  # (q_c,) int64 positions of those queries in the concatenated query array
+    qws: Any
+    parts: tuple[tuple[str, int], ...]
     cfg: CTConfig
 
 
+def read_queries(qws: Store, parts: tuple[tuple[str, int], ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The projected queries of ``parts``: rows (q, k) float64 and their round positions (q,) int64."""
+    got = [(qws.get(key), offset) for key, offset in parts]
+    z = np.concatenate([np.asarray(p["z"], np.float64) for p, _ in got])
+    rows = np.concatenate([np.asarray(p["rows"], np.int64) + offset for p, offset in got])
+    return z, rows
+
+
 def run_task(task: SearchTask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`run_search` of one :class:`SearchTask`."""
-    return run_search(task.ws, task.item, task.queries, task.query_rows, task.cfg)
+    """:func:`run_search` of one :class:`SearchTask` on the queries it reads."""
+    z, rows = read_queries(task.qws, task.parts)
+    return run_search(task.ws, task.item, z, rows, task.cfg)
 
 
-def search_tasks(ws: Store, block_cells: np.ndarray, query_z: np.ndarray, query_cells: np.ndarray, cfg: CTConfig):
-    """The search round's tasks: every item of a cell that holds queries, with that cell's queries."""
-    query_z, query_cells = np.asarray(query_z, np.float64), np.asarray(query_cells, np.int64)
-    by_cell = {int(c): np.flatnonzero(query_cells == c) for c in np.unique(query_cells)}
-    return [
-        SearchTask(ws, item, np.ascontiguousarray(query_z[by_cell[item.cell]]), by_cell[item.cell], cfg)
-        for item in plan_search(block_cells, cfg.search_rows)
-        if item.cell in by_cell
-    ]
-
-
-def search_all(
-    ws: Store, fit: Any, query_z: np.ndarray, query_cells: np.ndarray, cfg: CTConfig, mapper: Mapper = map
-) -> tuple[np.ndarray, np.ndarray]:
-    """One search round: each query's nearest training row in its own cell.
+def search_round(
+    ws: Store, fit: Any, qws: Store, parts: dict[int, list[tuple[str, int]]], n: int, cfg: CTConfig,
+    mapper: Mapper = map,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """One search round over ``n`` queries held in the query workspace: each one's nearest training row in its cell.
 
     Args:
-        ws: the workspace holding the fit's ``cells/…`` entries.
-        fit: the fit (:class:`memray.stats.fit.FitResult`); only ``fit.block_cells`` (n_blocks, cells) is used.
-        query_z: (q, k) float64 projected queries, every query set of the round concatenated.
-        query_cells: (q,) int64 cell of each query.
+        ws: the workspace holding the fit's ``cells/…`` entries; ``fit.block_cells`` plans the items.
+        qws: the query workspace; ``parts``: cell -> ``(key, round offset)`` of the round's query parts there.
         cfg: ``metric``, ``candidates``, ``query_batch``, ``search_rows``.
         mapper: runs the items (builtin ``map`` here, Ray tasks in a job); any result order gives the same answer.
 
     Returns:
-        distance (q,) float64 and global training row (q,) int64; ``(inf, -1)`` where the cell has no training row.
+        distance (n,) float64 and global training row (n,) int64; ``(inf, -1)`` where the cell has no training row.
     """
-    query_z = np.asarray(query_z, np.float64)
-    dist = np.full(len(query_z), np.inf)
-    ids = np.full(len(query_z), -1, dtype=np.int64)
-    tasks = search_tasks(ws, fit.block_cells, query_z, query_cells, cfg)
+    dist = np.full(n, np.inf)
+    ids = np.full(n, -1, dtype=np.int64)
+    tasks = [SearchTask(ws, item, qws, tuple(parts[item.cell]), cfg)
+             for item in plan_search(fit.block_cells, cfg.search_rows) if item.cell in parts]  # fmt: skip
     for rows, d, i in mapper(run_task, tasks):
         dist[rows], ids[rows] = merge_min([(dist[rows], ids[rows]), (d, i)])
-    log.debug("search round: %d queries, %d items", len(query_z), len(tasks))
+    log.debug("search round: %d queries, %d items", n, len(tasks))
     return dist, ids
+
+
+def search_all(
+    ws: Workspace, fit: Any, query_z: np.ndarray, query_cells: np.ndarray, cfg: CTConfig, mapper: Mapper = map
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`search_round` of queries the caller holds: projected (q, k) float64 with their cells (q,) int64.
+
+    They are written to a query workspace under ``ws`` (removed afterwards) and searched like any round.
+    """
+    query_z, query_cells = np.asarray(query_z, np.float64), np.asarray(query_cells, np.int64)
+    qws = ws.child(f"queries/direct-{uuid.uuid4().hex}")
+    try:
+        put_queries(qws, "q", 0, 0, query_z, query_cells)
+        parts = {c: [(query_key("q", c, 0), 0)] for c in np.unique(query_cells).tolist()}
+        return search_round(ws, fit, qws, parts, len(query_z), cfg, mapper)
+    finally:
+        remove(qws.root, qws.storage_options, recursive=True)

@@ -28,7 +28,8 @@ from memray.stats.ct import CellStats, cell_table, u_to_z
 # (rng, n, reps) -> (reps, n) int indices into n samples: one resample per row
 Draw = Callable[[np.random.Generator, int, int], np.ndarray]
 
-_CHUNK_CELLS = 1 << 22  # bound on reps × samples handled at once (memory of one chunk: a few × 32 MB)
+_CHUNK_CELLS = 1 << 22  # bound on reps × test samples handled at once (memory of one chunk: a few × 32 MB)
+_SET_CHUNK = 1 << 20  # bound on reps × generated samples of one set and cell drawn at once (a few × 8 MB)
 
 
 def ct_p_value(z: np.ndarray, weights: np.ndarray) -> float:
@@ -136,9 +137,7 @@ def bootstrap_replicates(
             h = np.bincount((tinv[draw(rng_t, n, b)] + base).ravel(), minlength=b * (k + 1))
             less = (np.cumsum(h.reshape(b, k + 1), axis=1) - h.reshape(b, k + 1)).ravel()
             for name, m, pos, eq, rng_g in sets:
-                j = draw(rng_g, m, b)
-                at = pos[j] + base
-                u2 = (2 * less[at] + h[at] * eq[j]).sum(axis=1)  # 2·U, exact integers
+                u2 = _set_u2(draw, rng_g, m, b, pos, eq, less, h, k)
                 zs[name][r0 : r0 + b, col[name][c]] = u_to_z(u2 / 2.0, n, m)
     out = {}
     for name, st in stats.items():
@@ -148,6 +147,26 @@ def bootstrap_replicates(
         share = st.n_test / st.n_test.sum()
         w = share[st.kept]
         out[name] = np.sum(w * zs[name], axis=1) / np.sum(w)
+    return out
+
+
+def _set_u2(
+    draw: Draw, rng: np.random.Generator, m: int, b: int, pos: np.ndarray, eq: np.ndarray, less: np.ndarray,
+    h: np.ndarray, k: int,
+) -> np.ndarray:  # fmt: skip
+    """2·U (b,) of ``b`` resamples of one set's ``m`` distances in a cell against the test resamples' counts.
+
+    ``pos``/``eq`` (m,): each distance's place among the k distinct test distances and whether it equals one;
+    ``less``/``h`` (b·(k+1),): per resample, test copies below / at each place. The resamples are drawn in rows of
+    at most ``_SET_CHUNK`` entries (memory O(_SET_CHUNK), not O(b·m)); the generator's stream runs on across the
+    calls, so the draws, and the result, are those of one ``draw(rng, m, b)``.
+    """
+    out = np.empty(b, dtype=np.int64)
+    step = max(1, _SET_CHUNK // max(m, 1))
+    for r in range(0, b, step):
+        j = draw(rng, m, min(step, b - r))
+        at = pos[j] + (np.arange(r, r + len(j), dtype=np.int64) * (k + 1))[:, None]
+        out[r : r + len(j)] = (2 * less[at] + h[at] * eq[j]).sum(axis=1)  # 2·U, exact integers
     return out
 
 

@@ -1,16 +1,18 @@
 """The result tables of a scoring run: per-layer pieces with their uncertainty, and the assembled :class:`ScoreResult`.
 
 Per layer (:func:`layer_tables`): C_T with its one-sided p-value and seeded bootstrap 95% interval
-(:mod:`memray.stats.significance`), each cell's Z and p-value, the in-cell neighbours the statistic used, the global
-top-k copy evidence (:mod:`memray.stats.copies`) and, with ``ct.partitions > 1``, C_T's range over seeded
-partitions. :meth:`ScoreResult.from_tables` sorts the concatenated pieces and adds what needs every layer: the
-Holm-adjusted p-values and one verdict per generated set.
+(:mod:`memray.stats.significance`), each cell's Z and p-value and, with ``ct.partitions > 1``, C_T's range over seeded
+partitions, computed from the per-sample distances and cells the caller holds; and the per-sample tables (the in-cell
+neighbours the statistic used, the global top-k copy evidence of :mod:`memray.stats.copies`), written by tasks as part
+files (:mod:`memray.stats.samples`). :meth:`ScoreResult.from_tables` sorts the concatenated pieces (the part files are
+merged when written, :class:`memray.stats.parts.PartsTable`) and adds what needs every layer: the Holm-adjusted
+p-values and one verdict per generated set.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,37 +20,22 @@ import numpy as np
 import pandas as pd
 
 from memray.io import schema
+from memray.io.rows import Rows
 from memray.stats import Mapper
+from memray.stats.catalog import OPTIONAL, SCHEMAS, TABLES, empty, sort_frame
 from memray.stats.config import CTConfig
-from memray.stats.copies import copies_frame, global_neighbours
+from memray.stats.copies import Sources
+from memray.stats.parts import Part, PartDir, PartsTable
+from memray.stats.samples import sample_tables
 from memray.stats.significance import bootstrap_ct, cell_p_values, ct_p_value_from_cells
 from memray.stats.verdict import add_significance, verdict_table
 
+__all__ = ["OPTIONAL", "SCHEMAS", "TABLES", "ScoreResult", "Sources", "Table", "concat_pieces", "empty",
+           "layer_tables"]  # fmt: skip
 log = logging.getLogger(__name__)
 
-Sources = Callable[[str, np.ndarray], list[str | None]]
-
-# table name -> (file name, sort keys); rows keep their input order within equal keys
-TABLES: dict[str, tuple[str, list[str]]] = {
-    "ct_scores": (schema.CT_SCORES_FILE, [schema.GEN_SET, schema.LAYER]),
-    "ct_cells": (schema.CT_CELLS_FILE, [schema.GEN_SET, schema.LAYER, schema.CELL]),
-    "neighbors": (schema.NEIGHBORS_FILE, [schema.ROLE, schema.GEN_SET, schema.LAYER]),
-    "copies": (schema.COPIES_FILE, [schema.GEN_SET, schema.LAYER, schema.SAMPLE_ID, schema.RANK]),
-    "ct_stability": (schema.STABILITY_FILE, [schema.GEN_SET, schema.LAYER, schema.PARTITION_SEED]),
-}
-OPTIONAL = ("copies", "ct_stability")  # empty when ct.top_k = 0 / ct.partitions = 1
-SCHEMAS = {
-    "ct_scores": schema.CT_SCORES_SCHEMA,
-    "ct_cells": schema.CT_CELLS_SCHEMA,
-    "neighbors": schema.NEIGHBORS_SCHEMA,
-    "copies": schema.COPIES_SCHEMA,
-    "ct_stability": schema.STABILITY_SCHEMA,
-}
-
-
-def empty(name: str) -> pd.DataFrame:
-    """An empty frame with a table's columns."""
-    return pd.DataFrame({f.name: pd.Series(dtype=f.type.to_pandas_dtype()) for f in SCHEMAS[name]})
+Table = pd.DataFrame | PartsTable
+"""A result table: a DataFrame, or (the per-sample tables of a job) its part files."""
 
 
 @dataclass
@@ -58,16 +45,17 @@ class ScoreResult:
     ``ct_scores``: one row per (gen_set, layer) with p-values and CI; ``ct_cells``: per (gen_set, layer, cell);
     ``neighbors``: per (role, gen_set, layer, sample), the nearest training sample in the sample's cell (what C_T
     uses), ``gen_set`` null for test rows; ``copies``: per generated sample and layer its top-k nearest training
-    samples over the whole training set; ``ct_stability``: C_T per partition seed; ``verdicts``: per set.
+    samples over the whole training set; ``ct_stability``: C_T per partition seed; ``verdicts``: per set. In a job
+    ``neighbors`` and ``copies`` are part files (:class:`~memray.stats.parts.PartsTable`): :meth:`table` reads them.
     """
 
     ct_scores: pd.DataFrame
     ct_cells: pd.DataFrame
-    neighbors: pd.DataFrame
+    neighbors: Table
     config: CTConfig | None
     layers: list[int]
     gen_sets: list[str]
-    copies: pd.DataFrame | None = None
+    copies: Table | None = None
     ct_stability: pd.DataFrame | None = None
     verdicts: pd.DataFrame | None = None
 
@@ -76,22 +64,27 @@ class ScoreResult:
         key = name.removesuffix(".parquet")
         if key not in (*TABLES, "verdicts"):
             raise KeyError(f"unknown table {name!r}; one of {sorted((*TABLES, 'verdicts'))}")
-        return getattr(self, key)
+        value = getattr(self, key)
+        return value.frame() if isinstance(value, PartsTable) else value
+
+    def materialized(self) -> ScoreResult:
+        """This result with every table a DataFrame (part files read whole)."""
+        return dataclasses.replace(self, neighbors=self.table("neighbors"), copies=self.table("copies"))
 
     @classmethod
-    def from_tables(cls, tables: dict[str, pd.DataFrame], config: CTConfig | None = None) -> ScoreResult:
+    def from_tables(cls, tables: dict[str, Table], config: CTConfig | None = None) -> ScoreResult:
         """Assemble (e.g. per-layer pieces concatenated) tables keyed by name or file name, sorting the rows.
 
         Adds the Holm-adjusted p-values (over each set's layers; over its kept cells × layers) and the verdicts.
         """
-        frames = {}
-        for key, (file, order) in TABLES.items():
+        frames: dict[str, Any] = {}
+        for key, (file, _) in TABLES.items():
             df = tables.get(key, tables.get(file))
             if df is None and key in OPTIONAL:
                 df = empty(key)
             if df is None:
                 raise KeyError(f"table {key!r} missing; got {sorted(tables)}")
-            frames[key] = df.sort_values(order, kind="stable", na_position="first", ignore_index=True)
+            frames[key] = df if isinstance(df, PartsTable) else sort_frame(key, df)  # parts merge when written
         frames["ct_scores"], frames["ct_cells"] = add_significance(frames["ct_scores"], frames["ct_cells"])
         scores = frames["ct_scores"]
         verdicts = None
@@ -102,18 +95,16 @@ class ScoreResult:
         return cls(**frames, config=config, layers=layers, gen_sets=gen_sets, verdicts=verdicts)
 
 
-def _neighbor_frame(role: str, gen_set: str | None, layer: int, ids, cell, nn_ids, dist) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            schema.ROLE: role,
-            schema.GEN_SET: pd.Series([gen_set] * len(ids), dtype=object),
-            schema.SAMPLE_ID: np.asarray(ids, dtype=object).astype(str),
-            schema.LAYER: np.int32(layer),
-            schema.CELL: cell.astype(np.int32),
-            schema.NN_TRAIN_ID: nn_ids,
-            schema.NN_DISTANCE: dist,
-        }
-    )
+def concat_pieces(name: str, pieces: list[pd.DataFrame | list[Part]], storage_options: dict | None = None) -> Table:
+    """Table ``name`` (or its file name) from per-layer pieces: frames concatenated, part lists as one
+    :class:`~memray.stats.parts.PartsTable` (an empty frame beside parts, e.g. no copies, adds nothing)."""
+    parts = [p for piece in pieces if isinstance(piece, list) for p in piece]
+    frames = [p for p in pieces if isinstance(p, pd.DataFrame)]
+    if len(frames) == len(pieces):
+        return pd.concat(frames, ignore_index=True)
+    if any(len(f) for f in frames):
+        raise ValueError(f"table {name!r}: per-layer pieces mix part files and rows")
+    return PartsTable(name.removesuffix(".parquet"), tuple(parts), storage_options)
 
 
 def bootstrap_seed(cfg: CTConfig, layer: int) -> int:
@@ -125,33 +116,32 @@ def bootstrap_seed(cfg: CTConfig, layer: int) -> int:
 def layer_tables(
     fitted: Any,
     n_train: int,
-    test: Any,
-    gens: dict[str, Any],
+    test: Rows,
+    gens: dict[str, Rows],
     scored: dict[str, Any],
     mapper: Mapper = map,
     sources: Sources | None = None,
     train_name: str = "train",
     partitions: dict[str, list[tuple[int, float]]] | None = None,
-) -> dict[str, pd.DataFrame]:
-    """One fitted layer's table pieces from its scored sets (``scored``: name -> GenScore).
+    *,
+    parts: PartDir,
+) -> dict[str, pd.DataFrame | list[Part]]:
+    """One fitted layer's table pieces from its scored sets (``scored``: name -> GenScore of a round of ``fitted``).
 
-    ``gens``: name -> FeatureSet (ids, features of this layer); ``sources``: sample ids -> source strings (copy
-    evidence); ``partitions``: name -> ``[(seed, C_T)]`` under further seeded partitions (``ct.partitions``).
-    The top-k copy search (``ct.top_k``) runs through ``mapper``.
+    ``test``, ``gens``: the sets' rows (name -> Rows); ``sources``: sample ids -> source strings (copy evidence);
+    ``partitions``: name -> ``[(seed, C_T)]`` under further seeded partitions (``ct.partitions``). The neighbours
+    and the top-k copies (``ct.top_k``) are written by tasks run through ``mapper`` as part files under ``parts``
+    (:func:`memray.stats.samples.sample_tables`): those tables are lists of parts; the others are frames.
     """
     layer, cfg = fitted.layer, fitted.cfg
     names = sorted(gens)
-    # neighbour sample ids of the test and every set resolved in one look-up
-    nns = [fitted.test_nn] + [scored[name].nn for name in names]
-    nn_ids = np.split(fitted.neighbour_ids(np.concatenate(nns)), np.cumsum([len(x) for x in nns])[:-1])
     scores, cells, stab = [], [], []
-    nbrs = [_neighbor_frame(schema.ROLE_TEST, None, layer, test.ids, fitted.test_cells, nn_ids[0], fitted.test_dist)]
     cis: dict[str, tuple[float, float]] = {}
     if cfg.bootstrap:  # one call for every set: the test resamples are drawn once per cell
         defined = {n: (scored[n].dist, scored[n].cell) for n in names if not np.isnan(scored[n].ct)}
         cis = bootstrap_ct(fitted.test_dist, fitted.test_cells, defined, fitted.train_counts, cfg.min_gen_per_cell,
                            cfg.bootstrap, bootstrap_seed(cfg, layer))  # fmt: skip
-    for name, ids in zip(names, nn_ids[1:], strict=True):
+    for name in names:
         g = scored[name]
         st = g.cells
         p = float("nan") if np.isnan(g.ct) else ct_p_value_from_cells(st)
@@ -160,24 +150,19 @@ def layer_tables(
         stab += [(name, layer, s, ct) for s, ct in runs] if len(runs) > 1 else []
         finite = [ct for _, ct in runs if not np.isnan(ct)]
         pmin, pmax = (min(finite), max(finite)) if len(runs) > 1 and finite else (float("nan"), float("nan"))
-        scores.append((name, layer, g.ct, n_train, len(test), len(gens[name]), int(st.kept.sum()), st.cells,
+        scores.append((name, layer, g.ct, n_train, test.n, gens[name].n, int(st.kept.sum()), st.cells,
                        p, float("nan"), lo, hi, pmin, pmax))  # fmt: skip
         cell_p = cell_p_values(st)
         for c in range(st.cells):
             cells.append((name, layer, c, st.z[c], st.n_train[c], st.n_test[c], st.n_gen[c], st.kept[c],
                           st.status[c], cell_p[c], float("nan")))  # fmt: skip
-        nbrs.append(_neighbor_frame(schema.ROLE_GEN, name, layer, gens[name].ids, g.cell, ids, g.dist))
         log.info("gen set %r, layer %d: C_T = %.3f (p = %.2g; %d cells kept)", name, layer, g.ct, p,
                  int(st.kept.sum()))  # fmt: skip
-    out = {
+    out: dict[str, pd.DataFrame | list[Part]] = {
         "ct_scores": pd.DataFrame(scores, columns=schema.CT_SCORES_SCHEMA.names),
         "ct_cells": pd.DataFrame(cells, columns=schema.CT_CELLS_SCHEMA.names),
-        "neighbors": pd.concat(nbrs, ignore_index=True),
         "ct_stability": pd.DataFrame(stab, columns=schema.STABILITY_SCHEMA.names) if stab else empty("ct_stability"),
         "copies": empty("copies"),
     }
-    if cfg.top_k > 0 and names:
-        test_d1, found = global_neighbours(fitted, {n: gens[n].layers[layer] for n in names}, cfg.top_k, mapper)
-        ids_by_set = {n: gens[n].ids for n in names}
-        out["copies"] = copies_frame(fitted, ids_by_set, found, test_d1, sources, train_name)
+    out.update(sample_tables(fitted, gens, scored, parts, mapper, sources, train_name))
     return out

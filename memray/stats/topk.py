@@ -2,8 +2,9 @@
 
 C_T measures each sample's nearest training neighbour *within its cell*; a person checking a suspected copy wants
 the nearest training images overall. This search reuses the fit's cell-partitioned projected training rows
-(:mod:`memray.stats.search`): every search item (one cell, a run of blocks) answers *every* query with its k
-best rows, and the caller merges the items' lists. Per item FAISS (flat, float32) proposes ``k + candidates`` rows
+(:mod:`memray.stats.search`): every search item (one cell, a run of blocks) answers *every* query block (read from the
+query workspace, :mod:`memray.stats.queries`) with its k best rows, written back there, and a task per query block
+merges the items' lists (:func:`merged_topk`). Per item FAISS (flat, float32) proposes ``k + candidates`` rows
 per query (for 1 − |cos| also for −q), re-ranked with exact float64 distances; a query whose list the float32
 error bound does not prove complete (near-duplicate rows: the copies) is scanned exhaustively in float64. The merged
 order is (distance, id), so the answer depends only on the data, not on how items are grouped or in which order a
@@ -16,8 +17,8 @@ nearest-training distance is below ``d``, a calibrated per-image score (0.001 = 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from memray.stats import Mapper
 from memray.stats.config import CTConfig
 from memray.stats.faiss_backend import faiss_scope
 from memray.stats.index import TrainShard, _scores, _tolerance, prepare
+from memray.stats.queries import QueryBlock, read_block
 from memray.stats.search import SearchItem, load_item, plan_search
 
 BATCH_BYTES = 128 * 1024**2  # memory bound of one query batch's candidate rows (float64)
@@ -53,15 +55,19 @@ def _exhaustive_topk(shard: TrainShard, queries: np.ndarray, kk: int) -> tuple[n
 
 
 def _item_topk(z: np.ndarray, rows: np.ndarray, queries: np.ndarray, k: int, cfg: CTConfig):
-    """(dist (q, kk), ids (q, kk)) of one item's rows, kk = min(k, rows): exact float64 distances.
+    """(dist (q, kk), ids (q, kk)) of one item's rows, kk = min(k, rows): exact float64 distances."""
+    return _shard_topk(TrainShard.build(z, rows, cfg.metric), queries, k, cfg)
+
+
+def _shard_topk(shard: TrainShard, queries: np.ndarray, k: int, cfg: CTConfig):
+    """:func:`_item_topk` on a prepared shard.
 
     FAISS (float32) proposes candidates; each query's k-th exact score is compared with the bound every
     non-candidate row must exceed (the last candidate's float32 score minus the float32 error bound of
     :func:`memray.stats.index._tolerance`); queries where it does not prove the list complete (near-duplicate
     training rows, large norms) are searched exhaustively in float64.
     """
-    shard = TrainShard.build(z, rows, cfg.metric)
-    n, q = len(rows), len(queries)
+    n, q = len(shard.train_ids), len(queries)
     kk = min(k, n)
     dist = np.full((q, kk), np.inf)
     ids = np.full((q, kk), -1, dtype=np.int64)
@@ -118,10 +124,55 @@ def _first_seen(cand: np.ndarray) -> np.ndarray:
     return out
 
 
-def run_topk_item(item: SearchItem, ws: Any, queries: np.ndarray, k: int, cfg: CTConfig):
-    """One item's top-k lists for every query of the round."""
-    z, rows = load_item(ws, item)
-    return _item_topk(z, rows, np.asarray(queries, np.float64), k, cfg)
+@dataclass(frozen=True)
+class TopkTask:
+    """One item's top-k work: the item (its index names its results) and the query blocks it answers."""
+
+    ws: Any
+    item: SearchItem
+    index: int
+    qws: Any
+    blocks: tuple[QueryBlock, ...]
+    k: int
+    cfg: CTConfig
+
+
+def topk_key(block: QueryBlock, index: int) -> str:
+    """Query-workspace key of item ``index``'s top-k lists for ``block``."""
+    return f"topk/{block.prefix}/block_{block.g:06d}/item_{index:05d}"
+
+
+def run_topk_task(task: TopkTask) -> int:
+    """Load the item's training rows once, then answer each query block (read from the query workspace) with its
+    k best rows, written to :func:`topk_key`; returns the number of queries answered."""
+    z, rows = load_item(task.ws, task.item)
+    shard = TrainShard.build(z, rows, task.cfg.metric)
+    del z, rows
+    done = 0
+    for block in task.blocks:
+        queries = read_block(task.qws, block)
+        dist, ids = _shard_topk(shard, queries, task.k, task.cfg)
+        task.qws.put(topk_key(block, task.index), dist=dist, ids=ids)
+        done += len(queries)
+    return done
+
+
+def topk_round(
+    ws: Any, fit: Any, qws: Any, blocks: list[QueryBlock], k: int, cfg: CTConfig, mapper: Mapper = map
+) -> int:
+    """Every search item (``fit.block_cells`` plans them) answers every query block: its lists go to the query
+    workspace (:func:`merged_topk` reads them). Returns the number of items."""
+    items = plan_search(fit.block_cells, cfg.search_rows)
+    tasks = [TopkTask(ws, item, i, qws, tuple(blocks), k, cfg) for i, item in enumerate(items)]
+    list(mapper(run_topk_task, tasks))
+    return len(items)
+
+
+def merged_topk(qws: Any, block: QueryBlock, items: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A block's k nearest training rows over the whole training set: its ``items`` lists merged (:func:`merge_topk`),
+    ``(dist (q, k) float64, rows (q, k) int64)`` sorted by (distance, row), ``(inf, -1)`` pads."""
+    parts = (qws.get(topk_key(block, i)) for i in range(items))
+    return merge_topk(((p["dist"], p["ids"]) for p in parts), block.stop - block.start, k)
 
 
 def merge_topk(parts: Iterable[tuple[np.ndarray, np.ndarray]], q: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,19 +185,6 @@ def merge_topk(parts: Iterable[tuple[np.ndarray, np.ndarray]], q: int, k: int) -
         order = np.lexsort((key_id, d2), axis=1)[:, :k]
         dist, ids = np.take_along_axis(d2, order, axis=1), np.take_along_axis(i2, order, axis=1)
     return dist, ids
-
-
-def search_topk(
-    ws: Any, fit: Any, queries_z: np.ndarray, k: int, cfg: CTConfig, mapper: Mapper = map
-) -> tuple[np.ndarray, np.ndarray]:
-    """The k nearest training rows over the whole training set for each projected query (q, dim).
-
-    Returns ``(dist (q, k) float64, rows (q, k) int64)`` sorted by (distance, row); ``(inf, -1)`` pads when the
-    training set has fewer than k rows. ``fit.block_cells`` plans the items (as :func:`search.plan_search`).
-    """
-    queries_z = np.ascontiguousarray(queries_z, np.float64)
-    run = functools.partial(run_topk_item, ws=ws, queries=queries_z, k=k, cfg=cfg)  # shipped once per round
-    return merge_topk(mapper(run, plan_search(fit.block_cells, cfg.search_rows)), len(queries_z), k)
 
 
 def share_below(test_d1: np.ndarray, d: np.ndarray) -> np.ndarray:
