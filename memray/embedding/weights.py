@@ -140,13 +140,6 @@ def preflight_model(cfg: EmbedConfig, storage_options: dict[str, Any] | None = N
     return model, {**record, "tensors": len(state), **fit}
 
 
-def check_encoder(cfg: EmbedConfig, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The whole encoder pre-flight (weights, then layers and tokens): :func:`memray.embedding.embed.check_encoder`."""
-    from memray.embedding.embed import check_encoder as check  # embed imports this module: resolved at call time
-
-    return check(cfg, storage_options)
-
-
 def _check_name(name: str) -> None:
     import timm
 

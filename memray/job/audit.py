@@ -18,7 +18,6 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
@@ -46,7 +45,7 @@ from memray.job.finish import finish_fingerprints_and_probes
 from memray.job.preflight import Preflight, check_gallery, preprocessing_record
 from memray.job.probes import is_probe_set
 from memray.job.reference import check_reference, claim_reference, embeddings_root, fit_roots, mark_fit_finished
-from memray.job.result import AuditResult
+from memray.job.result import AuditResult, AuditRun
 from memray.job.resume import claim_output, embed_key, weights_pending
 from memray.job.score import run_scoring
 from memray.stats import Mapper
@@ -81,19 +80,6 @@ class Engine(Protocol):
 
 
 Scored = tuple[Any, Any, "dict | None", list[int]]  # result tables, subset curves, subset plan, layers
-
-
-@dataclass
-class AuditRun:
-    """What the stages pass on: the (probe-extended) config, the checks, the job record and the stats so far."""
-
-    cfg: AuditConfig
-    checked: Preflight
-    claims: AuditClaims
-    meta: dict[str, Any]
-    ekey: str
-    probe_params: dict[str, dict[str, Any]]
-    stats: dict[str, Any] = field(default_factory=dict)
 
 
 def plan(cfg: AuditConfig, checked: Preflight, claims: AuditClaims, engine: Engine, allow_mismatch: bool) -> AuditRun:

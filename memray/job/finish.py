@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,11 +14,9 @@ from memray.fingerprint.curves import read_gallery
 from memray.job.evidence import fid_from_stats, set_feature_stats, write_fid_attribution
 from memray.job.preflight import gallery_comparable
 from memray.job.probes import finish_probes, is_probe_set
+from memray.job.result import AuditRun
 from memray.stats import Mapper
 from memray.stats.tables import ScoreResult
-
-if TYPE_CHECKING:
-    from memray.job.audit import AuditRun
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Checks an audit config can run, before Ray starts and before anything is written.
 
 :func:`preflight` lists every input (so a missing path fails in a second, not after Ray's start-up), checks the
-encoder and its weights without loading them (:func:`memray.embedding.weights.check_encoder`), then streams a weights
+encoder and its weights without loading them (:func:`memray.embedding.embed.check_encoder`), then streams a weights
 file once through SHA-256 (:func:`memray.job.resume.planned_weights`: the weights' identity, which keys the
 embeddings and which every embedding worker checks against the bytes it loads), the sample ids of sets given as
 embeddings (unique), the fingerprint subset size against the set sizes known from the listing, the output URL and the
@@ -247,7 +247,7 @@ def preflight(cfg: AuditConfig, allow_gallery_mismatch: bool = False) -> Preflig
     layers = check_embedding_layers(files)
     encoder, weights = {}, {}
     if cfg.embed is not None and plans:  # images to embed (torch is imported only then)
-        from memray.embedding.weights import check_encoder
+        from memray.embedding.embed import check_encoder
 
         encoder = check_encoder(cfg.embed, so)
         weights = planned_weights(cfg, so)

@@ -1,13 +1,16 @@
-"""What an audit returns: where its results are, the main tables, the verdicts and the job's stats."""
+"""What an audit's stages pass on (:class:`AuditRun`) and what it returns (:class:`AuditResult`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from memray.io import storage
+from memray.job.claims import AuditClaims
+from memray.job.config import AuditConfig
+from memray.job.preflight import Preflight
 
 
 @dataclass(frozen=True)
@@ -32,3 +35,16 @@ class AuditResult:
         file = name if name.endswith(".parquet") else f"{name}.parquet"
         with storage.open_url(storage.join(self.output, file), "rb", self.storage_options) as fh:
             return pd.read_parquet(fh)
+
+
+@dataclass
+class AuditRun:
+    """What the stages pass on: the (probe-extended) config, the checks, the job record and the stats so far."""
+
+    cfg: AuditConfig
+    checked: Preflight
+    claims: AuditClaims
+    meta: dict[str, Any]
+    ekey: str
+    probe_params: dict[str, dict[str, Any]]
+    stats: dict[str, Any] = field(default_factory=dict)
