@@ -113,16 +113,25 @@ class FileSource:
 
 class FolderSink:
     """Layer tables under ``<out>/layers/layer_<ℓ>/``: small tables as Parquet files, per-sample tables as the part
-    files tasks wrote under ``parts/``, and a ``done.json`` marker with the score key and the parts' list."""
+    files tasks wrote under ``parts/``, and a ``done.json`` marker with the score key and the parts' list.
+
+    A layer is checked once per run (its marker read, every file's footer opened): the answer is kept, and only this
+    sink changes the folder afterwards (the run holds the output's claim)."""
 
     def __init__(self, out: str, score_key: str, names: tuple[str, ...], so: dict | None) -> None:
         self.out, self.score_key, self.names, self.so = out, score_key, names, so
+        self._done: dict[int, bool] = {}
 
     def layer_dir(self, layer: int) -> str:
         return storage.join(self.out, "layers", f"layer_{layer}")
 
     def done(self, layer: int) -> bool:
         """Whether the layer's tables exist, are readable and were made with this score key."""
+        if layer not in self._done:
+            self._done[layer] = self._check(layer)
+        return self._done[layer]
+
+    def _check(self, layer: int) -> bool:
         layer_dir = self.layer_dir(layer)
         marker = storage.join(layer_dir, MARKER)
         if not storage.exists(marker, self.so):
@@ -146,6 +155,7 @@ class FolderSink:
     def part_dir(self, layer: int) -> PartDir:
         layer_dir = self.layer_dir(layer)
         storage.remove(storage.join(layer_dir, MARKER), self.so)  # the layer is unfinished from here on
+        self._done[layer] = False
         storage.remove(storage.join(layer_dir, "parts"), self.so, recursive=True)
         return PartDir(storage.join(layer_dir, "parts"), self.so)
 
@@ -178,6 +188,7 @@ class FolderSink:
                 table.to_parquet(fh, index=False)
         record = {**stats, "score_key": self.score_key, "parts": parts}
         storage.write_json(storage.join(layer_dir, MARKER), record, self.so)
+        self._done[layer] = True
 
     def read(self, layer: int) -> tuple[dict[str, Piece], dict[str, Any]]:
         layer_dir, out = self.layer_dir(layer), {}
