@@ -50,7 +50,7 @@ class SpySource(ArraySource):
         self.log = log
 
     def sets(self, layer: int) -> LayerSets:
-        train, test, gens = super().sets(layer)
+        train, test, gens, _ = super().sets(layer)
         return LayerSets(train, SpyRows(test, self.log), {k: SpyRows(v, self.log) for k, v in gens.items()})
 
 

@@ -124,9 +124,13 @@ def test_verdict_table_from_hand_tables():
     v = v.set_index(schema.GEN_SET)
     assert v[schema.VERDICT].to_dict() == {"copy": schema.VERDICT_COPYING, "local": schema.VERDICT_LOCALIZED,
                                            "none": schema.VERDICT_NONE, "undef": schema.VERDICT_UNDEFINED}  # fmt: skip
-    assert v.loc["copy", schema.P_HOLM] == pytest.approx(2e-4) and v.loc["local", schema.P_HOLM] == pytest.approx(0.6)
+    # one Holm family per set (2 C_T + 4 cells): copy: 1e-5·6 = 6e-5 (cell L1:c0), 1e-4·5 = 5e-4 (C_T L1), 0.2·4;
+    # local: 0.001·6 = 0.006 (L2:c1), 0.002·5 = 0.01 (L1:c1), then ≥ 0.3·4 → 1
+    assert v.loc["copy", schema.P_HOLM] == pytest.approx(6e-5) and v.loc["copy", schema.TEST] == "cell:L1:c0"
+    assert v.loc["local", schema.P_HOLM] == pytest.approx(0.006) and v.loc["local", schema.TEST] == "cell:L2:c1"
+    assert v.loc["none", schema.P_HOLM] == 1.0 and v[schema.N_TESTS].tolist() == [6, 6, 6, 0]
     assert v[schema.LAYERS].tolist() == ["1", "", "", ""]
-    assert v[schema.FLAGGED_CELLS].tolist() == ["L1:c0", "L1:c1,L2:c1", "", ""]  # 4e-5; 0.004 and 0.006
+    assert v[schema.FLAGGED_CELLS].tolist() == ["L1:c0", "L1:c1,L2:c1", "", ""]
     assert v[schema.LOCALIZED].tolist() == [True, True, False, False]
     assert math.isnan(v.loc["undef", schema.P_HOLM]) and v[schema.N_GEN].tolist() == [300, 300, 300, 30]
     assert v[schema.ADVICE].tolist()[:3] == ["", "", ""]

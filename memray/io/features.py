@@ -185,8 +185,14 @@ def table_to_features(table: pa.Table, source: str = "") -> FeatureSet:
     return FeatureSet(ids, dict(sorted(layers.items())), source)
 
 
-def features_to_table(fs: FeatureSet, metadata: dict[str, Any] | None = None) -> pa.Table:
-    """A FeatureSet as an Arrow table with fixed-size-list layer columns and the config in the metadata."""
+def features_to_table(
+    fs: FeatureSet, metadata: dict[str, Any] | None = None, views: dict[str, dict[int, np.ndarray]] | None = None
+) -> pa.Table:
+    """A FeatureSet as an Arrow table with fixed-size-list layer columns and the config in the metadata.
+
+    ``views``: view name -> ``{ℓ: (n, D)}`` of the same rows under that view, after the layer columns as
+    ``layer_<ℓ>@<view>`` (views in the given order, layers ascending).
+    """
     arrays = [pa.array([str(i) for i in fs.ids], pa.string())]
     dims = {}
     for layer, x in sorted(fs.layers.items()):
@@ -195,6 +201,11 @@ def features_to_table(fs: FeatureSet, metadata: dict[str, Any] | None = None) ->
         arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1]))
     dtype = pa.from_numpy_dtype(next(iter(fs.layers.values())).dtype) if fs.layers else pa.float32()
     sch = schema.feature_schema(dims, dtype)
+    for view, layers in (views or {}).items():
+        for layer, x in sorted(layers.items()):
+            x = np.ascontiguousarray(x, dtype=dtype.to_pandas_dtype())
+            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1]))
+            sch = sch.append(pa.field(schema.view_column(layer, view), pa.list_(dtype, x.shape[1])))
     if metadata is not None:
         sch = sch.with_metadata({schema.META_KEY: json.dumps(metadata, sort_keys=True).encode()})
     return pa.Table.from_arrays(arrays, schema=sch)
@@ -219,7 +230,9 @@ def parquet_options(sch: pa.Schema) -> dict[str, Any]:
     byte-stream-split 77.5 MB, 0.33 s (reads ~0.09 s each way). Byte-stream-split is a standard Parquet encoding
     (format 2.8) that pyarrow, pandas, Ray, DuckDB and Spark read.
     """
-    floats = [f"{f.name}.list.element" for f in sch if schema.parse_layer_column(f.name) is not None]
+    vectors = [f.name for f in sch if schema.parse_layer_column(f.name) is not None]
+    vectors += [f.name for f in sch if schema.parse_view_column(f.name) is not None]
+    floats = [f"{name}.list.element" for name in vectors]
     return {"use_dictionary": False, "compression": "zstd", "use_byte_stream_split": floats}
 
 

@@ -118,12 +118,14 @@ class ParquetRows:
     """Rows of layer ``layer`` (column ``layer_<ℓ>``) spread over Parquet files, in piece order.
 
     ``dim``: the layer's dimension (from the listing); ``0`` reads it from the first file's footer (or first row).
+    ``view``: the rows under that view (column ``layer_<ℓ>@<view>``, :mod:`memray.embedding.views`); ``""``: identity.
     """
 
     pieces: tuple[Piece, ...]
     layer: int
     storage_options: dict[str, Any] | None = None
     dim: int = 0
+    view: str = ""
     n: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -139,8 +141,8 @@ class ParquetRows:
 
     @property
     def column(self) -> str:
-        """The layer's column name."""
-        return schema.layer_column(self.layer)
+        """The layer's column name (under the view, if any)."""
+        return schema.view_column(self.layer, self.view)
 
     def _overlapping(self, start: int, stop: int) -> Iterator[tuple[Piece, int, int]]:
         """(piece, local start, local stop) of every piece overlapping global ``[start, stop)``."""
@@ -237,6 +239,7 @@ class ParquetRows:
         return out
 
 
-def set_rows(files: list[tuple[str, int]], layer: int, storage_options: dict | None) -> ParquetRows:
-    """A handle on one layer of a set's feature files (``(url, rows)`` in the set's global row order)."""
-    return ParquetRows(pieces(files), layer, storage_options)
+def set_rows(files: list[tuple[str, int]], layer: int, storage_options: dict | None, view: str = "") -> ParquetRows:
+    """A handle on one layer of a set's feature files (``(url, rows)`` in the set's global row order), under
+    ``view`` (``""``: identity)."""
+    return ParquetRows(pieces(files), layer, storage_options, view=view)

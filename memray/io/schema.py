@@ -47,12 +47,27 @@ PARTITION_SEED = "partition_seed"
 VERDICT = "verdict"
 ALPHA = "alpha"
 LAYERS = "layers"
+TEST = "test"
+N_TESTS = "n_tests"
+REPLICATION_LAYERS = "replication_layers"
 LOCALIZED = "localized"
 FLAGGED_CELLS = "flagged_cells"
 ADVICE = "advice"
 RANK = "rank"
 TRAIN_ID = "train_id"
 DISTANCE = "distance"
+VIEW = "view"  # the view (memray.embedding.views) whose embedding was nearest: "identity", "hflip", "dx+1", …
+VIEWS_USED = "views_used"  # comma-separated views a sample's evidence distance is the smallest over
+N_BELOW = "n_below"
+SHARE_BELOW = "share_below"
+EXPECTED_SHARE = "expected_share"
+RATE = "rate"
+Q = "q"
+R0 = "r0"
+M = "m"
+CELLS_USED = "cells_used"
+M_DROPPED = "m_dropped"
+REPLICATION_FILE = "replication.parquet"
 TEST_QUANTILE = "test_quantile"  # share of test samples whose nearest-training distance is below this distance
 GEN_SOURCE = "gen_source"  # file path or URL a user can open; "<url>#<member or row>" inside an archive
 TRAIN_SOURCE = "train_source"
@@ -63,8 +78,8 @@ ROLE_TEST = "test"
 ROLE_GEN = "gen"
 
 # Verdict of a generated set (verdicts.parquet).
-VERDICT_COPYING = "copying"  # C_T significantly negative at some layer (Holm over layers, level alpha)
-VERDICT_LOCALIZED = "localized_copying"  # C_T not significant, but some cell is (Holm over cells × layers)
+VERDICT_COPYING = "copying"  # a C_T or replication test rejected (Holm over the set's whole family, level alpha)
+VERDICT_LOCALIZED = "localized_copying"  # only cell tests rejected (same family)
 VERDICT_NONE = "no_evidence"  # neither
 VERDICT_UNDEFINED = "undefined"  # no layer has a defined C_T (too few generated samples; see advice)
 
@@ -168,9 +183,12 @@ VERDICTS_SCHEMA = pa.schema(
         (GEN_SET, pa.string()),
         (VERDICT, pa.string()),
         (ALPHA, pa.float64()),
-        (P_HOLM, pa.float64()),  # smallest Holm-adjusted C_T p over the layers
-        (LAYERS, pa.string()),  # layers whose Holm-adjusted C_T p < alpha, e.g. "1,2,3"
-        (LOCALIZED, pa.bool_()),  # some cell significant after Holm over cells × layers
+        (P_HOLM, pa.float64()),  # smallest Holm-adjusted p of the set's family (C_T, cells, replication)
+        (TEST, pa.string()),  # the test with that p: "ct:L3", "cell:L3:c5" or "replication:L3"
+        (N_TESTS, pa.int64()),  # the family's size (defined tests)
+        (LAYERS, pa.string()),  # layers whose C_T test is rejected in the family, e.g. "1,2,3"
+        (REPLICATION_LAYERS, pa.string()),  # layers whose replication test is rejected in the family
+        (LOCALIZED, pa.bool_()),  # some cell rejected in the family
         (FLAGGED_CELLS, pa.string()),  # e.g. "L3:c5,L4:c5"
         (N_GEN, pa.int64()),
         (ADVICE, pa.string()),  # sample-size guidance, "" when the set is large enough
@@ -188,8 +206,32 @@ COPIES_SCHEMA = pa.schema(
         (TEST_QUANTILE, pa.float64()),
         (GEN_SOURCE, pa.string()),
         (TRAIN_SOURCE, pa.string()),
+        (VIEW, pa.string()),
     ]
 )
+
+REPLICATION_SCHEMA = pa.schema(
+    [
+        (GEN_SET, pa.string()),
+        (LAYER, pa.int32()),
+        (VIEWS_USED, pa.string()),
+        (M, pa.int64()),
+        (N_TEST, pa.int64()),
+        (N_BELOW, pa.int64()),
+        (SHARE_BELOW, pa.float64()),
+        (EXPECTED_SHARE, pa.float64()),
+        (RATE, pa.float64()),
+        (CI_LOW, pa.float64()),
+        (CI_HIGH, pa.float64()),
+        (P_VALUE, pa.float64()),
+        (Q, pa.float64()),
+        (R0, pa.float64()),
+        (CELLS_USED, pa.int32()),
+        (M_DROPPED, pa.int64()),
+    ]
+)
+"""``replication.parquet``: per generated set and layer, the replication-rate test (:mod:`memray.stats.replication`)
+on the evidence distance (nearest training sample over the whole training set, smallest over ``views_used``)."""
 
 STABILITY_SCHEMA = pa.schema(
     [(GEN_SET, pa.string()), (LAYER, pa.int32()), (PARTITION_SEED, pa.int64()), (CT, pa.float64())]
@@ -209,11 +251,26 @@ PROBES_SCHEMA = pa.schema(
 
 # ---- feature tables -----------------------------------------------------------------------------------------
 _LAYER_COL = re.compile(r"^layer_(\d+)$")
+VIEW_SEP = "@"
+"""Between a layer column and its view: ``layer_3@hflip`` (set names may not contain it)."""
+_VIEW_COL = re.compile(r"^layer_(\d+)@([A-Za-z0-9.+-]+)$")
 
 
 def layer_column(layer: int) -> str:
     """Column name of layer ℓ in a feature table."""
     return f"layer_{int(layer)}"
+
+
+def view_column(layer: int, view: str = "") -> str:
+    """Column of layer ℓ under a view (:mod:`memray.embedding.views`): ``layer_<ℓ>@<view>``; ``layer_<ℓ>`` for
+    identity (``view`` empty)."""
+    return layer_column(layer) + (f"{VIEW_SEP}{view}" if view else "")
+
+
+def parse_view_column(name: str) -> tuple[int, str] | None:
+    """``(ℓ, view)`` of a ``layer_<ℓ>@<view>`` column, or ``None`` for other columns (identity ones included)."""
+    m = _VIEW_COL.match(name)
+    return (int(m.group(1)), m.group(2)) if m else None
 
 
 def parse_layer_column(name: str) -> int | None:

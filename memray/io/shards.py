@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,8 @@ SHARD = "shard"
 ROW = "row"
 SHARD_ROWS = "shard_rows"
 IMAGE = "image"
+VIEWS = "views"
+"""Column of a read row holding its image under the further views (V, C, S, S) (:func:`iter_shard`)."""
 ROWS_UNKNOWN = -1
 """``shard_rows`` of a streamed row that is not its shard's last (see :func:`iter_shard`)."""
 
@@ -119,6 +121,7 @@ def iter_shard(
     prepare: Any,
     max_pixels: int,
     storage_options: dict[str, Any] | None = None,
+    views: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Read, decode and prepare a shard's images one at a time (a generator: memory of one image, not the shard).
 
@@ -127,6 +130,9 @@ def iter_shard(
         prepare: callable mapping an (H, W, 3) uint8 RGB image to the encoder's uint8 (C, S, S) input.
         max_pixels: decompression-bomb limit; larger images become ``too_large`` rows.
         storage_options: fsspec options for remote URLs.
+        views: ``(rgb, prepared) -> (V, C, S, S)`` uint8: the image under further views
+            (:class:`memray.embedding.views.ViewPrepare`; V may be 0), in column ``views`` of every row (zeros on
+            failed rows); ``None``: no such column.
 
     Yields:
         One dict per image in shard order: ``set, shard, row, shard_rows, sample_id, status, error, image``.
@@ -140,11 +146,15 @@ def iter_shard(
     shape: tuple[int, ...] | None = None
     n = 0
 
-    def row(sample_id: str, status: str, error: str, image: np.ndarray) -> dict[str, Any]:
+    def row(sample_id: str, status: str, error: str, image: np.ndarray, rgb: np.ndarray | None = None) -> dict:
         nonlocal n
         n += 1
         out = {schema.SET: plan.set_name, SHARD: plan.shard, ROW: n - 1, SHARD_ROWS: ROWS_UNKNOWN}
-        return out | {schema.SAMPLE_ID: sample_id, schema.STATUS: status, schema.ERROR: error, IMAGE: image}
+        out |= {schema.SAMPLE_ID: sample_id, schema.STATUS: status, schema.ERROR: error, IMAGE: image}
+        if views is not None:
+            under = views(rgb if rgb is not None else np.zeros((8, 8, 3), np.uint8), image)
+            out[VIEWS] = under if rgb is not None else np.zeros_like(under)
+        return out
 
     def failed() -> np.ndarray:
         nonlocal shape
@@ -164,7 +174,7 @@ def iter_shard(
                             rgb = decode_image(payload, max_pixels=max_pixels)
                         image = np.ascontiguousarray(prepare(rgb), dtype=np.uint8)
                         shape = image.shape
-                        yield row(sample_id, STATUS_OK, "", image)
+                        yield row(sample_id, STATUS_OK, "", image, rgb)
                     except ImageDecodeError as exc:
                         yield row(sample_id, exc.status, str(exc), failed())
             except UnitReadError as exc:  # one bad file/archive: report it and read on

@@ -17,7 +17,7 @@ from memray.embedding.config import EmbedConfig
 from memray.fingerprint.config import FingerprintConfig
 from memray.io.config import CLAIM_LEASE_S, DatasetSpec, storage_op_timeout
 from memray.probes.config import PROBE_SET_PREFIX, ProbesConfig
-from memray.stats.config import CTConfig
+from memray.stats.config import CTConfig, EvidenceConfig
 
 PROBES_DIR = "probes"  # under the output folder
 
@@ -92,6 +92,7 @@ class AuditConfig:
     output: str = field(metadata=NON_EMPTY)
     embed: EmbedConfig | None = None
     ct: CTConfig = field(default_factory=CTConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     fingerprint: FingerprintConfig | None = None
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     max_image_pixels: int = field(default=89_478_485, metadata=at_least(1))

@@ -58,7 +58,7 @@ def stage_configs(cfg: AuditConfig) -> dict[str, dict[str, Any]]:
     full = result_dict(cfg)
     embed = {name: _get(full, name) for name in EMBED_FIELDS}
     sets = {s.name: {"label": s.label, "image_column": s.image_column} for s in (cfg.train, cfg.test, *cfg.generated)}
-    score = {"ct": full["ct"], "fingerprint": full.get("fingerprint"), "sets": sets}
+    score = {"ct": full["ct"], "evidence": full["evidence"], "fingerprint": full.get("fingerprint"), "sets": sets}
     return {"embed": embed, "score": score}
 
 

@@ -29,6 +29,7 @@ from memray.io.features import FeatureSet
 from memray.io.finite import check_finite
 from memray.io.rows import set_rows
 from memray.job.config import AuditConfig
+from memray.job.views import set_views
 from memray.stats import Mapper
 from memray.stats.layers import Extra, LayerSets, Piece, score_layers
 from memray.stats.parts import Part, PartDir
@@ -38,7 +39,8 @@ from memray.stats.workspace import Workspace
 
 log = logging.getLogger(__name__)
 LAYER_STATS = ("seconds", "n_train", "space_dim", "train_rank", "degenerate")  # per layer, into run.json
-TABLES = (schema.CT_SCORES_FILE, schema.CT_CELLS_FILE, schema.NEIGHBORS_FILE, schema.COPIES_FILE, schema.STABILITY_FILE)
+TABLES = (schema.CT_SCORES_FILE, schema.CT_CELLS_FILE, schema.NEIGHBORS_FILE, schema.COPIES_FILE, schema.STABILITY_FILE,
+          schema.REPLICATION_FILE)  # fmt: skip
 MARKER = "done.json"
 
 
@@ -77,11 +79,20 @@ class FileSource:
     ) -> None:
         self.cfg, self.pieces, self.out, self.so = cfg, pieces, out, cfg.storage
         self.fit_roots = fit_roots or {}
+        # the further views each set's files hold: sets embedded by the job (images) have the configured ones
+        embedded = set_views(cfg)
+        self.views = tuple(() if s.is_embeddings else embedded[s.name] for s in cfg.sets)
 
     def sets(self, layer: int) -> LayerSets:
         cfg = self.cfg
         rows = {spec.name: set_rows(self.pieces[spec.name], layer, self.so) for spec in cfg.sets}  # handles only
-        return LayerSets(rows[cfg.train.name], rows[cfg.test.name], {g.name: rows[g.name] for g in cfg.generated})
+        under = {s.name: names for s, names in zip(cfg.sets, self.views, strict=True) if names and self.pieces[s.name]}
+        views = {
+            None if name == cfg.test.name else name: {v: set_rows(self.pieces[name], layer, self.so, v) for v in names}
+            for name, names in under.items()
+        }
+        gens = {g.name: rows[g.name] for g in cfg.generated}
+        return LayerSets(rows[cfg.train.name], rows[cfg.test.name], gens, views)
 
     def _fit_root(self, layer: int) -> tuple[str, bool]:
         return self.fit_roots.get(layer, (storage.join(self.out, "fit", f"layer_{layer}"), False))
@@ -235,7 +246,7 @@ def run_scoring(
     sink = FolderSink(cfg.output, score_key, names, cfg.storage)
     todo = [layer for layer in layers if not sink.done(layer)]
     check_finite(pieces, todo, cfg.storage, mapper)  # NaN/inf in any set is refused before any layer is scored
-    parts, done = score_layers(layers, source, sink, cfg.ct, mapper, sources, cfg.train.name, extra)
+    parts, done = score_layers(layers, source, sink, cfg.ct, mapper, sources, cfg.train.name, extra, cfg.evidence)
     dt = time.perf_counter() - t0
     log.info("score: %d layers, %.1f s, %.2f layers/s", len(layers), dt, len(layers) / dt if dt else 0.0)
     cat = {name: concat_pieces(name, v, cfg.storage) for name, v in parts.items()}

@@ -81,8 +81,9 @@ def finish_shard(
     return {"rows_embedded": n_ok, "rows_reported": len(errors)}
 
 
-def shard_done(out: str, plan: ShardPlan, embed_key: str, so: dict | None) -> bool:
-    """Whether a shard's outputs are complete and were made from its current listing with this embed config."""
+def shard_done(out: str, plan: ShardPlan, embed_key: str, so: dict | None, views: tuple[str, ...] = ()) -> bool:
+    """Whether a shard's outputs are complete and were made from its current listing with this embed config, under
+    the further ``views`` (names, :mod:`memray.embedding.views`; a marker without ``views`` has none)."""
     marker = shard_url(out, plan, ".done.json")
     if not storage.exists(marker, so):
         return False
@@ -95,6 +96,10 @@ def shard_done(out: str, plan: ShardPlan, embed_key: str, so: dict | None) -> bo
         log.info(
             "set %s %s: its input files changed since it was embedded; embedding it again", plan.set_name, plan.key
         )
+        return False
+    if list(stats.get("views", [])) != list(views):
+        log.info("set %s %s: embedded under views %s, now %s; embedding it again", plan.set_name, plan.key,
+                 stats.get("views", []), list(views))  # fmt: skip
         return False
     if int(stats.get("rows_embedded", 0)) == 0:
         return True

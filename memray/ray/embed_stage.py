@@ -42,11 +42,24 @@ import ray
 from memray.config import from_dict, to_dict
 from memray.embedding.config import EmbedConfig
 from memray.embedding.identity import SOURCE_HUB, WeightsChangedError, weights_identity, weights_mismatch
+from memray.embedding.views import ViewPrepare
 from memray.io import finite, schema, storage
 from memray.io.features import FeatureSet, features_to_table, parquet_options
-from memray.io.shards import IMAGE, ROW, SHARD, SHARD_ROWS, STATUS_OK, RowRanges, ShardPlan, contiguous_runs, iter_shard
+from memray.io.shards import (
+    IMAGE,
+    ROW,
+    SHARD,
+    SHARD_ROWS,
+    STATUS_OK,
+    VIEWS,
+    RowRanges,
+    ShardPlan,
+    contiguous_runs,
+    iter_shard,
+)
 from memray.job.config import AuditConfig
 from memray.job.shard_files import finish_shard, parts_url, shard_done, shard_url
+from memray.job.views import extra_view_names, set_views, view_prepares
 from memray.ray.errors import one_line, raise_own_errors, user_errors
 from memray.ray.session import started_local
 
@@ -78,6 +91,7 @@ class EmbedActor:
         out: str,
         storage_options: dict | None = None,
         expected_weights: dict[str, Any] | None = None,
+        view_names: tuple[str, ...] = (),
     ) -> None:
         from memray.embedding.embed import LayerEmbedder
 
@@ -86,26 +100,52 @@ class EmbedActor:
         self.node = ray.get_runtime_context().get_node_id()
         who = f"the embedding actor on node {self.node}"
         self.weights_error = weights_mismatch(self.embedder.weights_info, expected_weights, who)
-        self.out, self.so = out, storage_options
+        self.out, self.so, self.view_names = out, storage_options, tuple(view_names)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with user_errors():
             ok = (batch[schema.STATUS] == STATUS_OK) & (not self.weights_error)
             feats = self.embedder.embed_prepared(batch[IMAGE][ok]) if ok.any() else {}
             at = np.cumsum(ok) - 1  # position of each ok row of the batch in ``feats``
-            records = [self._write(batch, idx, ok[idx], {k: v[at[idx[ok[idx]]]] for k, v in feats.items()})
-                       for idx in contiguous_runs(batch)]  # fmt: skip
+            under, vat = self._embed_views(batch, ok)
+            records = []
+            for idx in contiguous_runs(batch):
+                rows = idx[ok[idx]]
+                with_views = len(rows) > 0 and bool((vat[rows] >= 0).all())  # a query set's range
+                views = {v: {k: x[vat[rows]] for k, x in f.items()} for v, f in under.items()} if with_views else {}
+                records.append(self._write(batch, idx, ok[idx], {k: v[at[rows]] for k, v in feats.items()}, views))
         return {k: np.array([r[k] for r in records]) for k in records[0]} | {
             WEIGHTS_ERROR: np.array([self.weights_error] * len(records))
         }
 
-    def _write(self, batch: dict[str, np.ndarray], idx: np.ndarray, ok: np.ndarray, layers: dict) -> dict[str, Any]:
+    def _embed_views(self, batch: dict[str, np.ndarray], ok: np.ndarray) -> tuple[dict[str, dict], np.ndarray]:
+        """The ok rows' images under the further views (rows of query sets), embedded apart from the identity
+        images (so those are embedded exactly as without views): ``({view: {ℓ: (n, D)}}, position of each batch
+        row in them, -1 for rows without views)``."""
+        vat = np.full(len(ok), -1, np.int64)
+        if VIEWS not in batch or not self.view_names or not ok.any():
+            return {}, vat
+        stacks = batch[VIEWS]
+        sel = ok & np.array([len(v) > 0 for v in stacks], dtype=bool)
+        if not sel.any():
+            return {}, vat
+        nv = len(self.view_names)
+        images = np.concatenate([np.asarray(stacks[i], dtype=np.uint8) for i in np.flatnonzero(sel)])
+        if len(images) != nv * int(sel.sum()):
+            raise RuntimeError(f"view images: {len(images)} for {int(sel.sum())} rows × {nv} views")
+        feats = self.embedder.embed_prepared(images)
+        vat[sel] = np.arange(int(sel.sum()))
+        return {v: {k: x[j::nv] for k, x in feats.items()} for j, v in enumerate(self.view_names)}, vat
+
+    def _write(
+        self, batch: dict[str, np.ndarray], idx: np.ndarray, ok: np.ndarray, layers: dict, views: dict | None = None
+    ) -> dict[str, Any]:
         set_name, shard = str(batch[schema.SET][idx[0]]), int(batch[SHARD][idx[0]])
         first, last, part, bad = int(batch[ROW][idx[0]]), int(batch[ROW][idx[-1]]), "", {}
         if ok.any():
             bad = finite.nonfinite_rows(batch[schema.SAMPLE_ID][idx[ok]], layers)
             part = f"rows-{first:09d}-{last:09d}.parquet"
-            table = features_to_table(FeatureSet(batch[schema.SAMPLE_ID][idx[ok]], layers))
+            table = features_to_table(FeatureSet(batch[schema.SAMPLE_ID][idx[ok]], layers), views=views or None)
             with storage.open_output(storage.join(parts_url(self.out, set_name, shard), part), self.so) as fh:
                 pq.write_table(table, fh, **parquet_options(table.schema))
         cols = (ROW, schema.SAMPLE_ID, schema.STATUS, schema.ERROR)
@@ -121,11 +161,13 @@ def _finish_task(*args: Any) -> dict[str, int]:
 
 
 def _read_fn(
-    prepare: Any, max_pixels: int, storage_options: dict[str, Any] | None
+    prepare: Any, max_pixels: int, storage_options: dict[str, Any] | None, views: dict[str, ViewPrepare] | None = None
 ) -> Callable[[dict[str, Any]], Iterator[dict[str, Any]]]:
     def read(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
         with user_errors():
-            yield from iter_shard(ShardPlan.from_json(item["plan"]), prepare, max_pixels, storage_options)
+            plan = ShardPlan.from_json(item["plan"])
+            under = None if views is None else views.get(plan.set_name, ViewPrepare(prepare, ()))
+            yield from iter_shard(plan, prepare, max_pixels, storage_options, under)
 
     return read
 
@@ -171,8 +213,18 @@ class _Progress:
 class _Assembly:
     """The driver's side: actor records in; a :func:`finish_shard` task per covered shard; markers as they finish."""
 
-    def __init__(self, todo: list[ShardPlan], out: str, meta: dict, so: dict | None, marker: dict, cpus: float):
+    def __init__(
+        self,
+        todo: list[ShardPlan],
+        out: str,
+        meta: dict,
+        so: dict | None,
+        marker: dict,
+        cpus: float,
+        views: dict[str, tuple[str, ...]] | None = None,
+    ) -> None:
         self.plans = {(p.set_name, p.shard): p for p in todo}
+        self.views = views or {}
         self.out, self.meta, self.so, self.marker = out, meta, so, marker
         self.meta_ref, self.task = ray.put(meta), _finish_task.options(num_cpus=cpus)
         self.ranges: dict[tuple[str, int], RowRanges] = defaultdict(RowRanges)
@@ -232,6 +284,8 @@ class _Assembly:
 
     def _mark(self, plan: ShardPlan, rows_read: int, got: dict[str, int], bad: dict | None = None) -> None:
         stats = {"rows_read": rows_read, **got, **self.marker, finite.NONFINITE_KEY: finite.to_json(bad or {})}
+        if self.views.get(plan.set_name):  # the further views the shard's feature file holds (query sets)
+            stats["views"] = list(self.views[plan.set_name])
         stats.update(listing_digest=plan.listing_digest(), listing=plan.listing())
         storage.write_json(shard_url(self.out, plan, ".done.json"), stats, self.so)
         self.rows += rows_read
@@ -256,18 +310,20 @@ def run_embedding(
     bytes of the records the driver received (no features travel through it).
     """
     so = cfg.storage
-    todo = [p for p in plans if not shard_done(out, p, embed_key, so)]
+    names = set_views(cfg)
+    todo = [p for p in plans if not shard_done(out, p, embed_key, so, names.get(p.set_name, ()))]
     log.info("embed: %d of %d shards to do (%d already done)", len(todo), len(plans), len(plans) - len(todo))
     if todo and before_writing is not None:
         before_writing()
     t0 = time.perf_counter()
     res = cfg.resources
     marker = {"embed_key": embed_key, **({"weights": weights} if weights else {})}
-    asm = _Assembly(todo, out, meta, so, marker, res.read_num_cpus)
+    asm = _Assembly(todo, out, meta, so, marker, res.read_num_cpus, names)
     if todo:
         ds = ray.data.from_items([{"plan": p.to_json()} for p in todo], override_num_blocks=len(todo))
         raise_own_errors(ds)
-        ds = ds.flat_map(_read_fn(prepare, cfg.max_image_pixels, so), num_cpus=res.read_num_cpus)
+        views = view_prepares(cfg, prepare)
+        ds = ds.flat_map(_read_fn(prepare, cfg.max_image_pixels, so, views), num_cpus=res.read_num_cpus)
         with warnings.catch_warnings():  # max_restarts has no named parameter in Ray 2.60 (only **ray_remote_args)
             warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
             ds = ds.map_batches(
@@ -278,6 +334,7 @@ def run_embedding(
                     "out": out,
                     "storage_options": so,
                     "expected_weights": weights,
+                    "view_names": extra_view_names(cfg),
                 },
                 compute=ray.data.ActorPoolStrategy(size=res.actors),
                 num_cpus=res.actor_num_cpus,

@@ -22,14 +22,16 @@ TABLES: dict[str, tuple[str, list[str]]] = {
     "neighbors": (schema.NEIGHBORS_FILE, [schema.ROLE, schema.GEN_SET, schema.LAYER]),
     "copies": (schema.COPIES_FILE, [schema.GEN_SET, schema.LAYER, schema.SAMPLE_ID, schema.RANK]),
     "ct_stability": (schema.STABILITY_FILE, [schema.GEN_SET, schema.LAYER, schema.PARTITION_SEED]),
+    "replication": (schema.REPLICATION_FILE, [schema.GEN_SET, schema.LAYER]),
 }
-OPTIONAL = ("copies", "ct_stability")  # empty when ct.top_k = 0 / ct.partitions = 1
+OPTIONAL = ("copies", "ct_stability", "replication")  # empty when ct.top_k = 0 / ct.partitions = 1
 SCHEMAS = {
     "ct_scores": schema.CT_SCORES_SCHEMA,
     "ct_cells": schema.CT_CELLS_SCHEMA,
     "neighbors": schema.NEIGHBORS_SCHEMA,
     "copies": schema.COPIES_SCHEMA,
     "ct_stability": schema.STABILITY_SCHEMA,
+    "replication": schema.REPLICATION_SCHEMA,
 }
 #: per-sample table -> how many leading sort keys hold one value per part file (a part: one set, layer, role)
 GROUP_KEYS = {"neighbors": 3, "copies": 2}

@@ -6,6 +6,7 @@ field (``ct.cells=0: must be an integer >= 1``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -110,3 +111,44 @@ class CTConfig:
     def overrides(self) -> dict[str, Any]:
         """The mode-governed fields whose value differs from the mode's preset: ``{"cells": 3}``."""
         return {k: getattr(self, k) for k, v in PRESETS[self.mode].items() if getattr(self, k) != v}
+
+
+_VIEW_SPEC = re.compile(r"^(identity|hflip|shift:([1-9]|1[0-6])|crop:0?\.\d+)$")
+DEFAULT_VIEWS: tuple[str, ...] = ("identity", "hflip", "shift:1", "crop:0.9")
+"""``evidence.views`` by default: identity, the mirror, the four 1-pixel shifts and a 0.9 centre crop (7 views)."""
+
+
+def _views_ok(views: Any) -> bool:
+    return (
+        isinstance(views, tuple)
+        and all(isinstance(v, str) and _VIEW_SPEC.match(v) for v in views)
+        and all(0.5 <= float(v[5:]) < 1 for v in views if v.startswith("crop:"))
+    )
+
+
+@dataclass(frozen=True)
+class EvidenceConfig:
+    """Per-sample evidence beside C_T: views, the replication test (:mod:`memray.stats.replication`).
+
+    ``views``: the transforms every test and generated image is also embedded under (source pixels, before the
+    encoder's resize; :mod:`memray.embedding.views`): ``identity``, ``hflip``, ``shift:<k>`` (the four k-pixel
+    shifts, edge-replicated), ``crop:<s>`` (the centred s-crop, zoomed back by the encoder's resize). A sample's
+    evidence distance is its smallest over the views its set and the test set both have; C_T uses identity only.
+    ``["identity"]`` turns views off. ``q``: the test quantile below which a sample counts as a replica (the
+    threshold of ``share_below``); ``r0``: the replication rate the test must exceed (its null is ``rate ≤ r0``;
+    keep ``r0 ≈ q/2``).
+    """
+
+    SECTION = "evidence"
+
+    views: tuple[str, ...] = field(
+        default=DEFAULT_VIEWS,
+        metadata=rule("(a list of identity, hflip, shift:<1..16>, crop:<0.5 ≤ s < 1>)", _views_ok),
+    )
+    q: float = field(default=0.01, metadata=rule("(0 < q < 0.5)", lambda v: 0 < v < 0.5))
+    r0: float = field(default=0.005, metadata=rule("(0 ≤ r0 < q)", lambda v: 0 <= v < 0.5))
+
+    def __post_init__(self) -> None:
+        validate(self)
+        if self.r0 >= self.q:
+            raise fail(self, "r0", f"a rate >= 0 below evidence.q ({self.q})")

@@ -22,6 +22,9 @@ from memray.stats import Mapper
 from memray.stats.engine import as_rows, project
 from memray.stats.topk import merged_topk, share_below, topk_round
 
+IDENTITY = "identity"
+"""The view name of untransformed images (:mod:`memray.embedding.views`)."""
+
 Sources = Callable[[str, np.ndarray], list[str | None]]
 """``(set name, sample ids) -> source strings`` (:class:`memray.io.fetch.Locator`), for the copy evidence."""
 
@@ -77,12 +80,13 @@ def copies_frame(
     test_d1: np.ndarray,
     sources: Sources | None = None,
     train_name: str = "train",
+    views: dict[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """``copies.parquet`` rows of one layer (schema.COPIES_SCHEMA), rank 1 = nearest.
 
     ``ids``: set name -> sample ids of its rows; ``sources(set_name, sample_ids)`` -> their source strings
     (:class:`memray.io.fetch.Locator`; the training set is ``train_name``), ``None`` = no sources (features
-    given as arrays).
+    given as arrays); ``views``: set name -> (m,) the view each row's lists were found under (default identity).
     """
     frames = []
     for name in sorted(found):
@@ -91,6 +95,7 @@ def copies_frame(
         ok = rows.reshape(-1) >= 0
         flat_rows = rows.reshape(-1)[ok]
         sid = np.repeat(np.asarray(ids[name], dtype=object).astype(str), k)[ok]
+        view = np.repeat(np.asarray((views or {}).get(name, np.full(m, IDENTITY, dtype=object)), dtype=object), k)
         train_ids = fitted.neighbour_ids(flat_rows)
         frame = pd.DataFrame(
             {
@@ -103,6 +108,7 @@ def copies_frame(
                 schema.TEST_QUANTILE: share_below(test_d1, dist.reshape(-1)[ok]),
                 schema.GEN_SOURCE: None,
                 schema.TRAIN_SOURCE: None,
+                schema.VIEW: view[ok],
             }
         )
         if sources is not None and len(frame):

@@ -25,7 +25,8 @@ import pandas as pd
 from memray.io.features import FeatureSet
 from memray.io.rows import ArrayRows, Rows
 from memray.stats import Mapper
-from memray.stats.config import CTConfig
+from memray.stats.config import CTConfig, EvidenceConfig
+from memray.stats.evidence import ViewSets, check_views, project_views
 from memray.stats.parts import Part, PartDir
 from memray.stats.score import FittedLayer, GenScore, ScoreInputError, check_dims, fit_layer, partition_runs
 from memray.stats.tables import ScoreResult, Sources, concat_pieces, layer_tables
@@ -44,6 +45,7 @@ class LayerSets(NamedTuple):
     train: Rows
     test: Rows
     gens: dict[str, Rows]
+    views: ViewSets = {}  # noqa: RUF012 (a NamedTuple default, never mutated)
 
 
 class LayerSource(Protocol):
@@ -99,22 +101,27 @@ def score_one_layer(
     sources: Sources | None = None,
     train_name: str = "train",
     extra: Extra | None = None,
+    evidence: EvidenceConfig | None = None,
 ) -> tuple[dict[str, Piece], dict[str, Any]]:
     """Fit, one search round, partitions, the layer's tables (keyed by table name; per-sample ones as part files
-    under ``parts``) and its stats."""
+    under ``parts``) and its stats. The sets' views (:mod:`memray.stats.evidence`) are projected after the round
+    and searched with the copies' top-k round."""
     t0 = time.perf_counter()
-    train, test, gens = source.sets(layer)
+    train, test, gens, views = source.sets(layer)
     check_dims(train.dim, {f"set {n!r}": rows for n, rows in {"test": test, **gens}.items()}, layer)
+    check_views(views, {None: test, **gens}, layer)
     ws, qws = source.workspace(layer), source.query_workspace(layer)
     fitted = fit_layer(layer, train, None, test, cfg, mapper, ws=ws, qws=qws)
     try:
         xs = {n: gens[n] for n in sorted(gens)}
         scored = fitted.score_sets(xs, mapper, {n: f"gen set {n!r}, layer {layer}" for n in xs})  # one round
+        under = project_views(fitted.engine, views, mapper) if cfg.top_k else {}
         runs = None
         if cfg.partitions > 1:
             part_ws = source.partition_workspace(layer)
             runs = partition_runs(layer, train, None, test, xs, cfg, mapper, part_ws)
-        tables = layer_tables(fitted, train.n, test, gens, scored, mapper, sources, train_name, runs, parts=parts)
+        tables = layer_tables(fitted, train.n, test, gens, scored, mapper, sources, train_name, runs, parts=parts,
+                              views=under, evidence=evidence)  # fmt: skip
         if extra is not None:
             tables.update(extra(fitted, scored))
     finally:
@@ -134,17 +141,20 @@ def score_layers(
     sources: Sources | None = None,
     train_name: str = "train",
     extra: Extra | None = None,
+    evidence: EvidenceConfig | None = None,
 ) -> tuple[dict[str, list[Piece]], dict[int, dict[str, Any]]]:
     """Score every layer the sink has not finished; return every layer's tables (in layer order) and stats.
 
-    ``sources``: ``(set name, sample ids) -> source strings`` for the copy evidence; ``extra``: further tables.
+    ``sources``: ``(set name, sample ids) -> source strings`` for the copy evidence; ``extra``: further tables;
+    ``evidence``: views and the replication test (``None``: the defaults).
     """
     tables: dict[str, list[Piece]] = {}
     stats: dict[int, dict[str, Any]] = {}
     for layer in layers:
         if not sink.done(layer):
             parts = sink.part_dir(layer)
-            done, layer_stats = score_one_layer(layer, source, parts, cfg, mapper, sources, train_name, extra)
+            done, layer_stats = score_one_layer(layer, source, parts, cfg, mapper, sources, train_name, extra,
+                                                evidence)  # fmt: skip
             sink.write(layer, done, layer_stats)
             source.release(layer, cfg.partitions > 1)
         done, stats[layer] = sink.read(layer)
@@ -156,14 +166,21 @@ def score_layers(
 class ArraySource:
     """The sets of ``memray score``: features in memory; fits in temporary folders (removed with each fit)."""
 
-    def __init__(self, train: FeatureSet, test: FeatureSet, gens: dict[str, FeatureSet]) -> None:
-        self.train, self.test, self.gens = train, test, gens
+    def __init__(
+        self,
+        train: FeatureSet,
+        test: FeatureSet,
+        gens: dict[str, FeatureSet],
+        views: dict[str | None, dict[str, FeatureSet]] | None = None,
+    ) -> None:
+        self.train, self.test, self.gens, self.views = train, test, gens, views or {}
 
     def sets(self, layer: int) -> LayerSets:
         def rows(fs: FeatureSet) -> ArrayRows:
             return ArrayRows(fs.layers[layer], fs.ids)
 
-        return LayerSets(rows(self.train), rows(self.test), {k: rows(v) for k, v in self.gens.items()})
+        views = {n: {v: rows(fs) for v, fs in under.items()} for n, under in self.views.items()}
+        return LayerSets(rows(self.train), rows(self.test), {k: rows(v) for k, v in self.gens.items()}, views)
 
     def workspace(self, layer: int) -> None:
         return None
@@ -254,16 +271,20 @@ def score_features(
     mapper: Mapper = map,
     layers: list[int] | None = None,
     sink: LayerSink | None = None,
+    views: dict[str | None, dict[str, FeatureSet]] | None = None,
+    evidence: EvidenceConfig | None = None,
 ) -> ScoreResult:
     """C_T of every generated set at every layer (default: all layers of the training set), after
     :func:`check_inputs`. Per layer one fit (a temporary workspace) and one search round (:func:`score_layers`);
     ``sink``: where the layer tables go (default in memory; a folder sink makes a rerun skip finished layers).
-    Every table of the result is a DataFrame.
+    Every table of the result is a DataFrame. ``views``: set (``None``: the test set) -> view name -> the same rows
+    under that view (:mod:`memray.stats.evidence`); ``evidence``: the replication test's settings.
     """
     layers = check_inputs(train, test, gens, cfg, layers)
     mine = MemorySink() if sink is None else None
     try:
-        tables, _ = score_layers(layers, ArraySource(train, test, gens), sink or mine, cfg, mapper)
+        source = ArraySource(train, test, gens, views)
+        tables, _ = score_layers(layers, source, sink or mine, cfg, mapper, evidence=evidence)
         res = ScoreResult.from_tables({name: concat_pieces(name, pieces) for name, pieces in tables.items()}, cfg)
         return res.materialized()
     finally:

@@ -150,6 +150,7 @@ def write_results(
         "neighbors": (result.neighbors, schema.NEIGHBORS_SCHEMA, schema.NEIGHBORS_FILE),
         "copies": (result.copies, schema.COPIES_SCHEMA, schema.COPIES_FILE),
         "ct_stability": (result.ct_stability, schema.STABILITY_SCHEMA, schema.STABILITY_FILE),
+        "replication": (result.replication, schema.REPLICATION_SCHEMA, schema.REPLICATION_FILE),
         "verdicts": (result.verdicts, schema.VERDICTS_SCHEMA, schema.VERDICTS_FILE),
     }
     tables = {k: v for k, v in tables.items() if v[0] is not None}

@@ -22,7 +22,7 @@ import pandas as pd
 from memray.io import schema
 from memray.io.rows import Rows
 from memray.stats import Mapper
-from memray.stats.copies import LayerTrain, Sources, copies_frame
+from memray.stats.copies import IDENTITY, LayerTrain, Sources, copies_frame
 from memray.stats.parts import Part, PartDir
 from memray.stats.queries import QueryBlock
 from memray.stats.topk import merged_topk, topk_round
@@ -47,8 +47,9 @@ def neighbor_frame(role: str, gen_set: str | None, layer: int, ids, cell, nn_ids
 class BlockContext:
     """What every block task of a layer shares (shipped once per mapper call).
 
-    ``items``: the top-k round's item count (0: no copies); ``test_d1``: the test set's global nearest distances
-    (for the generated blocks' ``test_quantile``).
+    ``items``: the top-k round's item count (0: no copies); ``test_d1``: per generated set, the test set's evidence
+    distances (global nearest, smallest over the views the set shares with the test set) for its
+    ``test_quantile``.
     """
 
     train: LayerTrain
@@ -58,13 +59,14 @@ class BlockContext:
     items: int
     sources: Sources | None
     train_name: str
-    test_d1: np.ndarray | None = None
+    test_d1: dict[str, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
 class SampleBlock:
     """One query block's work: its set (``name`` ``None`` = the test set, ``index`` its place in the layer), rows
-    handle, block and its slice of the search round's result (dist, nn, cell: (rows,) each)."""
+    handle, block and its slice of the search round's result (dist, nn, cell: (rows,) each); ``views``: the same
+    rows' blocks under the further views ``(name, block)`` the evidence is the smallest over."""
 
     name: str | None
     index: int
@@ -73,11 +75,26 @@ class SampleBlock:
     dist: np.ndarray
     nn: np.ndarray
     cell: np.ndarray
+    views: tuple[tuple[str, QueryBlock], ...] = ()
+
+
+def nearest_over_views(ctx: BlockContext, job: SampleBlock) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The block's merged top-k lists under each view, and per row the view whose nearest distance is smallest
+    (ties: the first, identity first): ``(dist (rows, k), train rows (rows, k), view index (rows,), d1 (rows, V))``
+    with ``d1`` every view's nearest distance (column 0: identity)."""
+    lists = [merged_topk(ctx.qws, job.block, ctx.items, ctx.k)]
+    lists += [merged_topk(ctx.qws, b, ctx.items, ctx.k) for _, b in job.views]
+    d1 = np.stack([d[:, 0] for d, _ in lists], axis=1)
+    best = np.argmin(d1, axis=1)
+    at = np.arange(len(best))
+    dist = np.stack([d for d, _ in lists])[best, at]
+    rows = np.stack([r for _, r in lists])[best, at]
+    return dist, rows, best, d1
 
 
 def run_block(job: SampleBlock, ctx: BlockContext) -> tuple[Part, Part | None, np.ndarray | None]:
-    """Write the block's neighbours (and copies) parts; returns them and, for a test block with top-k, its nearest
-    distances over the whole training set."""
+    """Write the block's neighbours (and copies) parts; returns them and, with top-k, the rows' nearest distances
+    over the whole training set: a test block every view's (rows, V), a generated block the smallest (rows,)."""
     b, layer = job.block, ctx.train.layer
     role = schema.ROLE_TEST if job.name is None else schema.ROLE_GEN
     ids = job.rows.ids(np.arange(b.start, b.stop, dtype=np.int64))
@@ -86,12 +103,53 @@ def run_block(job: SampleBlock, ctx: BlockContext) -> tuple[Part, Part | None, n
     neighbours = ctx.parts.write("neighbors", tag, nbr, (role, job.name, layer))
     if not ctx.k:
         return neighbours, None, None
-    dist, rows = merged_topk(ctx.qws, b, ctx.items, ctx.k)
+    dist, rows, best, d1 = nearest_over_views(ctx, job)
     if job.name is None:
-        return neighbours, None, dist[:, 0]
-    df = copies_frame(ctx.train, {job.name: ids}, {job.name: (dist, rows)}, ctx.test_d1, ctx.sources, ctx.train_name)
+        return neighbours, None, d1
+    names = np.array([IDENTITY, *(v for v, _ in job.views)], dtype=object)[best]
+    test_d1 = (ctx.test_d1 or {})[job.name]
+    df = copies_frame(ctx.train, {job.name: ids}, {job.name: (dist, rows)}, test_d1, ctx.sources, ctx.train_name,
+                      {job.name: names})  # fmt: skip
     df = df.sort_values([schema.SAMPLE_ID, schema.RANK], kind="stable", ignore_index=True)
-    return neighbours, ctx.parts.write("copies", tag, df, (job.name, layer)), None
+    return neighbours, ctx.parts.write("copies", tag, df, (job.name, layer)), dist[:, 0]
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A layer's evidence distances (global nearest training sample, smallest over views): ``test`` (n_P, V_P)
+    every test view's (column 0 identity, then ``test_views``), ``gens``: set -> (m,) its smallest over
+    ``views[set]`` (the views it shares with the test set)."""
+
+    test: np.ndarray
+    test_views: tuple[str, ...]
+    gens: dict[str, np.ndarray]
+    views: dict[str, tuple[str, ...]]
+
+    def test_d1(self, name: str) -> np.ndarray:
+        """(n_P,) the test set's evidence distances over set ``name``'s views."""
+        return test_over(self.test, self.test_views, self.views[name])
+
+
+def test_over(d1: np.ndarray, test_views: tuple[str, ...], views: tuple[str, ...]) -> np.ndarray:
+    """(n,) the smallest of the test rows' nearest distances ``d1`` (n, 1 + len(test_views)) over identity and
+    ``views``."""
+    cols = [0, *(1 + test_views.index(v) for v in views)]
+    return d1[:, cols].min(axis=1)
+
+
+def block_jobs(fitted: Any, gens: dict[str, Rows], scored: dict[str, Any], views: dict) -> list[SampleBlock]:
+    """Every query block of the layer (test, then sets by name), with its blocks under the views it is compared
+    over (``views``: set (``None``: test) -> tuple of view names, projected as ``(set, view)``)."""
+    eng = fitted.engine
+    sets = [(None, eng.test_rows, fitted.test)] + [(n, gens[n], scored[n]) for n in sorted(gens)]
+    jobs = []
+    for i, (name, rows, r) in enumerate(sets):
+        under = [(v, eng.projected[(name, v)].blocks()) for v in views.get(name, ())]
+        for b in eng.projected[name].blocks():
+            sl = slice(b.start, b.stop)
+            jobs.append(SampleBlock(name, i, rows, b, r.dist[sl], r.nn[sl], r.cell[sl],
+                                    tuple((v, bs[b.g]) for v, bs in under)))  # fmt: skip
+    return jobs
 
 
 def sample_tables(
@@ -102,25 +160,35 @@ def sample_tables(
     mapper: Mapper = map,
     sources: Sources | None = None,
     train_name: str = "train",
-) -> dict[str, list[Part]]:
+    views: dict[str | None, tuple[str, ...]] | None = None,
+) -> tuple[dict[str, list[Part]], Evidence | None]:
     """The layer's ``neighbors`` (and, with ``ct.top_k``, ``copies``) parts, in input order (test, sets by name,
-    blocks), written by tasks; ``scored``: name -> the set's search result (``dist``, ``nn``, ``cell``)."""
+    blocks), written by tasks; ``scored``: name -> the set's search result (``dist``, ``nn``, ``cell``);
+    ``views``: set (``None``: the test set) -> the further views projected for it (``engine.projected[(set,
+    view)]``); a generated set is compared over the views it shares with the test set. Returns the parts and,
+    with top-k, the layer's :class:`Evidence`."""
     eng, cfg, names = fitted.engine, fitted.cfg, sorted(gens)
-    sets = [(None, eng.test_rows, fitted.test)] + [(n, gens[n], scored[n]) for n in names]
-    jobs = [
-        SampleBlock(name, i, rows, b, r.dist[b.start : b.stop], r.nn[b.start : b.stop], r.cell[b.start : b.stop])
-        for i, (name, rows, r) in enumerate(sets)
-        for b in eng.projected[name].blocks()
-    ]
+    test_views = tuple((views or {}).get(None, ()))
+    shared = {n: tuple(v for v in (views or {}).get(n, ()) if v in test_views) for n in names}
+    jobs = block_jobs(fitted, gens, scored, {None: test_views, **shared})
     k = cfg.top_k if names else 0
-    items = topk_round(eng.ws, eng.fit, eng.qws, [j.block for j in jobs], k, cfg, mapper) if k else 0
+    blocks = [b for j in jobs for b in (j.block, *(vb for _, vb in j.views))]
+    items = topk_round(eng.ws, eng.fit, eng.qws, blocks, k, cfg, mapper) if k else 0
     ctx = BlockContext(LayerTrain(fitted.layer, fitted.train), eng.qws, parts, k, items, sources, train_name)
     n_test = sum(j.name is None for j in jobs) if k else len(jobs)
     done = list(mapper(partial(run_block, ctx=ctx), jobs[:n_test]))
-    if n_test < len(jobs):  # the generated blocks' test_quantile needs the test set's global nearest distances
-        test_d1 = np.concatenate([d1 for _, _, d1 in done])
-        done += list(mapper(partial(run_block, ctx=dataclasses.replace(ctx, test_d1=test_d1)), jobs[n_test:]))
+    evidence = None
+    if n_test < len(jobs):  # the generated blocks' test_quantile needs the test set's evidence distances
+        d1 = np.concatenate([d for _, _, d in done])
+        ev = Evidence(d1, test_views, {}, shared)
+        ctx = dataclasses.replace(ctx, test_d1={n: ev.test_d1(n) for n in names})
+        gen_done = list(mapper(partial(run_block, ctx=ctx), jobs[n_test:]))
+        for n in names:
+            got = [d for j, (_, _, d) in zip(jobs[n_test:], gen_done, strict=True) if j.name == n]
+            ev.gens[n] = np.concatenate(got) if got else np.zeros(0)
+        done += gen_done
+        evidence = ev
     out = {"neighbors": [nb for nb, _, _ in done]}
     if k:
         out["copies"] = [cp for _, cp, _ in done if cp is not None]
-    return out
+    return out, evidence

@@ -23,8 +23,9 @@ from memray.io import schema
 from memray.io.rows import Rows
 from memray.stats import Mapper
 from memray.stats.catalog import OPTIONAL, SCHEMAS, TABLES, empty, sort_frame
-from memray.stats.config import CTConfig
+from memray.stats.config import CTConfig, EvidenceConfig
 from memray.stats.copies import Sources
+from memray.stats.evidence import replication_frame
 from memray.stats.parts import Part, PartDir, PartsTable
 from memray.stats.samples import sample_tables
 from memray.stats.significance import bootstrap_ct, cell_p_values, ct_p_value_from_cells
@@ -57,6 +58,7 @@ class ScoreResult:
     gen_sets: list[str]
     copies: Table | None = None
     ct_stability: pd.DataFrame | None = None
+    replication: pd.DataFrame | None = None
     verdicts: pd.DataFrame | None = None
 
     def table(self, name: str) -> pd.DataFrame:
@@ -89,7 +91,8 @@ class ScoreResult:
         scores = frames["ct_scores"]
         verdicts = None
         if config is not None:
-            verdicts = verdict_table(scores, frames["ct_cells"], config.alpha, config.min_gen_per_cell)
+            verdicts = verdict_table(scores, frames["ct_cells"], config.alpha, config.min_gen_per_cell,
+                                     replication=frames["replication"])  # fmt: skip
         layers = sorted(int(x) for x in scores[schema.LAYER].unique())
         gen_sets = sorted(scores[schema.GEN_SET].unique())
         return cls(**frames, config=config, layers=layers, gen_sets=gen_sets, verdicts=verdicts)
@@ -125,6 +128,8 @@ def layer_tables(
     partitions: dict[str, list[tuple[int, float]]] | None = None,
     *,
     parts: PartDir,
+    views: dict[str | None, tuple[str, ...]] | None = None,
+    evidence: EvidenceConfig | None = None,
 ) -> dict[str, pd.DataFrame | list[Part]]:
     """One fitted layer's table pieces from its scored sets (``scored``: name -> GenScore of a round of ``fitted``).
 
@@ -132,6 +137,8 @@ def layer_tables(
     ``partitions``: name -> ``[(seed, C_T)]`` under further seeded partitions (``ct.partitions``). The neighbours
     and the top-k copies (``ct.top_k``) are written by tasks run through ``mapper`` as part files under ``parts``
     (:func:`memray.stats.samples.sample_tables`): those tables are lists of parts; the others are frames.
+    ``views``: set (``None``: test) -> its further views, projected (:func:`memray.stats.evidence.project_views`);
+    ``evidence``: the replication test's settings (``None``: :class:`EvidenceConfig` defaults).
     """
     layer, cfg = fitted.layer, fitted.cfg
     names = sorted(gens)
@@ -164,5 +171,9 @@ def layer_tables(
         "ct_stability": pd.DataFrame(stab, columns=schema.STABILITY_SCHEMA.names) if stab else empty("ct_stability"),
         "copies": empty("copies"),
     }
-    out.update(sample_tables(fitted, gens, scored, parts, mapper, sources, train_name))
+    samples, ev = sample_tables(fitted, gens, scored, parts, mapper, sources, train_name, views)
+    out.update(samples)
+    gen_cells = {n: scored[n].cell for n in names}
+    out["replication"] = replication_frame(layer, ev, fitted.test_cells, gen_cells, int(cfg.cells),
+                                           evidence or EvidenceConfig(), cfg.alpha)  # fmt: skip
     return out

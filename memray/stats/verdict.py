@@ -1,9 +1,9 @@
-"""Per-set verdicts from the C_T tables: Holm-corrected copying, localized copying, and sample-size advice.
+"""Per-set verdicts: one family-wise test over C_T, its cells and the replication rate; sample-size advice.
 
-A verdict is about a generated SET (C_T is a set-level test, not a per-image detector). ``copying``: C_T is
-significantly negative at some layer after Holm's correction over the set's layers; ``localized_copying``: it
-is not, but some cell is, after Holm over the set's kept cells × layers (a model that copies in one region and
-underfits elsewhere can average out to an unremarkable C_T); ``undefined``: no layer kept a cell.
+A verdict is about a generated SET. Its tests — C_T per layer, every kept cell per layer (a model that copies in
+one region and underfits elsewhere can average out to an unremarkable C_T), the replication-rate test per layer —
+form one family, Holm-corrected together at ``ct.alpha`` (:func:`verdict_table`). ``copying``: a C_T or replication
+test is rejected; ``localized_copying``: only cells are; ``undefined``: no test is defined.
 """
 
 from __future__ import annotations
@@ -118,38 +118,72 @@ def sample_size_advice(set_cells: pd.DataFrame, n_gen: int, min_gen_per_cell: in
     return f"{where}{head}: {rests}; {tail}"
 
 
+def family(sc: pd.DataFrame, ce: pd.DataFrame, rep: pd.DataFrame | None) -> tuple[list[str], np.ndarray]:
+    """One set's tests, named, with their raw p-values: C_T per layer (``ct:L3``), every kept cell (``cell:L3:c5``)
+    and the replication test per layer (``replication:L3``); undefined ones (NaN p) are left out."""
+    names = [f"ct:L{int(layer)}" for layer in sc[schema.LAYER]]
+    p = [sc[schema.P_VALUE].to_numpy(dtype=np.float64)]
+    names += [f"cell:L{int(layer)}:c{int(c)}" for layer, c in zip(ce[schema.LAYER], ce[schema.CELL], strict=True)]
+    p.append(ce[schema.P_VALUE].to_numpy(dtype=np.float64))
+    if rep is not None and len(rep):
+        names += [f"replication:L{int(layer)}" for layer in rep[schema.LAYER]]
+        p.append(rep[schema.P_VALUE].to_numpy(dtype=np.float64))
+    pv = np.concatenate(p)
+    ok = np.isfinite(pv)
+    return [n for n, keep in zip(names, ok, strict=True) if keep], pv[ok]
+
+
+def _of(frame: pd.DataFrame | None, name: str, keys: list[str]) -> pd.DataFrame | None:
+    if frame is None:
+        return None
+    return frame[frame[schema.GEN_SET] == name].sort_values(keys, kind="stable")
+
+
 def verdict_table(
-    ct_scores: pd.DataFrame, ct_cells: pd.DataFrame, alpha: float, min_gen_per_cell: int, coverage: float = 0.9
+    ct_scores: pd.DataFrame,
+    ct_cells: pd.DataFrame,
+    alpha: float,
+    min_gen_per_cell: int,
+    coverage: float = 0.9,
+    replication: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per gen_set with exactly :data:`schema.VERDICTS_SCHEMA`'s columns (tables from :func:`add_significance`).
 
-    ``verdict``: ``undefined`` if no layer has a defined C_T; else ``copying`` if the smallest Holm-adjusted C_T
-    p is below ``alpha``; else ``localized_copying`` if some cell's Holm p is; else ``no_evidence``.
-    ``layers``: the layers with Holm C_T p < alpha ("1,2,3"); ``flagged_cells``: cells with Holm p < alpha
-    ("L3:c5,L4:c5"), listed whatever the verdict; ``advice``: :func:`sample_size_advice`.
+    **One family per set at level ``alpha``**: its C_T p-values (one per layer), its kept cells' p-values (cells ×
+    layers) and its replication p-values (one per layer, :mod:`memray.stats.replication`) are Holm-adjusted
+    together (:func:`family`), valid under any dependence between them, so a set that does not copy is flagged at
+    most ``alpha`` of the time whichever test would fire. ``verdict``: ``undefined`` if no test is defined; else
+    ``copying`` if a C_T or replication test is rejected; else ``localized_copying`` if only cells are; else
+    ``no_evidence``. ``test``: the test with the smallest adjusted p (the one that carried the verdict) and
+    ``p_holm`` that p; ``layers``: the layers whose C_T test is rejected ("1,2,3"); ``replication_layers``: the
+    layers whose replication test is; ``flagged_cells``: rejected cells ("L3:c5,L4:c5"); ``n_tests``: the family's
+    size; ``advice``: :func:`sample_size_advice`.
     """
     rows = []
     for name in sorted(ct_scores[schema.GEN_SET].unique()):
-        sc = ct_scores[ct_scores[schema.GEN_SET] == name].sort_values(schema.LAYER, kind="stable")
-        ce = ct_cells[ct_cells[schema.GEN_SET] == name].sort_values([schema.LAYER, schema.CELL], kind="stable")
-        p = sc[schema.P_HOLM].to_numpy(dtype=np.float64)
-        p_min = float(np.nanmin(p)) if np.isfinite(p).any() else math.nan
-        sig_layers = sc[schema.LAYER].to_numpy()[p < alpha]
-        flagged = ce[ce[schema.P_HOLM].to_numpy(dtype=np.float64) < alpha]
-        pairs = zip(flagged[schema.LAYER], flagged[schema.CELL], strict=True)
-        cells = ",".join(f"L{int(layer)}:c{int(cell)}" for layer, cell in pairs)
+        sc = _of(ct_scores, name, [schema.LAYER])
+        ce = _of(ct_cells, name, [schema.LAYER, schema.CELL])
+        rep = _of(replication, name, [schema.LAYER])
+        tests, p = family(sc, ce, rep)
+        adj = holm(p) if len(p) else p
+        hit = [t for t, a in zip(tests, adj, strict=True) if a < alpha]
+        best = int(np.argmin(adj)) if len(adj) else -1
+        layers = ",".join(t.removeprefix("ct:L") for t in hit if t.startswith("ct:"))
+        rep_layers = ",".join(t.removeprefix("replication:L") for t in hit if t.startswith("replication:"))
+        cells = ",".join(t.removeprefix("cell:") for t in hit if t.startswith("cell:"))
         n_gen = int(sc[schema.N_GEN].iloc[0])
-        if not np.isfinite(sc[schema.CT].to_numpy(dtype=np.float64)).any():
+        if best < 0:
             verdict = schema.VERDICT_UNDEFINED
-        elif p_min < alpha:
+        elif layers or rep_layers:
             verdict = schema.VERDICT_COPYING
-        elif len(flagged):
+        elif cells:
             verdict = schema.VERDICT_LOCALIZED
         else:
             verdict = schema.VERDICT_NONE
         advice = sample_size_advice(ce, n_gen, min_gen_per_cell, coverage) if len(ce) else ""
-        rows.append((name, verdict, float(alpha), p_min, ",".join(str(int(x)) for x in sig_layers),
-                     bool(len(flagged)), cells, n_gen, advice))  # fmt: skip
+        rows.append((name, verdict, float(alpha), float(adj[best]) if best >= 0 else math.nan,
+                     tests[best] if best >= 0 else "", len(tests), layers, rep_layers, bool(cells), cells, n_gen,
+                     advice))  # fmt: skip
     out = pd.DataFrame(rows, columns=schema.VERDICTS_SCHEMA.names)
     return out.astype({schema.ALPHA: np.float64, schema.P_HOLM: np.float64, schema.LOCALIZED: bool,
-                       schema.N_GEN: np.int64})  # fmt: skip
+                       schema.N_GEN: np.int64, schema.N_TESTS: np.int64})  # fmt: skip
