@@ -13,15 +13,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from memray.io.features import FeatureSet
+    from memray.job.config import AuditConfig
+
+    Features = np.ndarray | dict[int, np.ndarray] | FeatureSet
+    """A feature argument of :func:`score`: an array (n, d), ``{layer: (n, d)}`` or a FeatureSet."""
+
 DEFAULT_MODEL = "vit_base_patch16_224.orig_in21k"
 
+DataSet = str | Path | Sequence[str | Path] | dict[str, Any]
+"""A dataset argument: a URL or folder, a list of them, or a dict (``{"urls": [...], "label": ...}``)."""
 
-def _set(name: str, value: Any) -> dict[str, Any]:
+
+def _set(name: str, value: DataSet) -> dict[str, Any]:
     """A dataset entry from a URL, a list of URLs or a dict (``{"urls": [...], "label": ...}``)."""
     if isinstance(value, dict):
         return {"name": name, **value}
@@ -30,9 +41,9 @@ def _set(name: str, value: Any) -> dict[str, Any]:
 
 
 def audit_config_data(
-    train: Any,
-    test: Any,
-    generated: dict[str, Any],
+    train: DataSet,
+    test: DataSet,
+    generated: dict[str, DataSet],
     output: str,
     model: str | None = None,
     weights: str | None = None,
@@ -67,9 +78,9 @@ def audit_config_data(
 
 
 def audit(
-    train: Any = None,
-    test: Any = None,
-    generated: dict[str, Any] | None = None,
+    train: DataSet | None = None,
+    test: DataSet | None = None,
+    generated: dict[str, DataSet] | None = None,
     output: str | None = None,
     model: str | None = None,
     weights: str | None = None,
@@ -108,8 +119,8 @@ def audit(
 
 def probe_config(
     config: str | None = None,
-    train: Any = None,
-    test: Any = None,
+    train: DataSet | None = None,
+    test: DataSet | None = None,
     output: str | None = None,
     model: str | None = None,
     weights: str | None = None,
@@ -158,7 +169,7 @@ def probe(config: str | None = None, address: str | None = None, num_cpus: int |
     return _run(cfg, address, num_cpus)
 
 
-def _run(cfg: Any, address: str | None, num_cpus: int | None):
+def _run(cfg: AuditConfig, address: str | None, num_cpus: int | None):
     """Check, claim the output (refused at once if another run writes it), start or join Ray, run the audit."""
     from memray.job.run import run_job
     from memray.ray.runner import RayRunner
@@ -166,7 +177,7 @@ def _run(cfg: Any, address: str | None, num_cpus: int | None):
     return run_job(cfg, RayRunner(address, num_cpus))
 
 
-def _features(x: Any, role: str, layer: int):
+def _features(x: Features, role: str, layer: int):
     """An array (n, d), ``{layer: array}`` or a FeatureSet → FeatureSet."""
     from memray.io.features import FeatureSet
 
@@ -179,9 +190,9 @@ def _features(x: Any, role: str, layer: int):
 
 
 def score(
-    train_features: Any,
-    test_features: Any,
-    generated: dict[str, Any],
+    train_features: Features,
+    test_features: Features,
+    generated: dict[str, Features],
     mode: str = "paper",
     layers: list[int] | None = None,
     layer: int = 1,

@@ -22,9 +22,15 @@ import types
 from collections.abc import Callable
 from dataclasses import fields, replace
 from functools import cache
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, Protocol, TypeVar, Union, get_args, get_origin, get_type_hints
 
 T = TypeVar("T")
+
+
+class ConfigInstance(Protocol):
+    """Any config dataclass instance (what :func:`dataclasses.fields` accepts)."""
+
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
 
 class ConfigError(ValueError):
@@ -38,7 +44,7 @@ class FieldError(ConfigError):
     :func:`from_dict` can restate it under the section being read (``train.name``, ``generated[1].urls``).
     """
 
-    def __init__(self, path: str, value: Any, allowed: str, owner: type | None = None, name: str = "") -> None:
+    def __init__(self, path: str, value: object, allowed: str, owner: type | None = None, name: str = "") -> None:
         self.path, self.value, self.allowed, self.owner, self.name = path, value, allowed, owner, name or path
         super().__init__(f"{path}={value!r}: must be {allowed}")
 
@@ -71,11 +77,11 @@ class _Mismatch(Exception):
 _PLURAL = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
 
 
-def _arms(tp: Any) -> tuple[Any, ...] | None:
+def _arms(tp: object) -> tuple[Any, ...] | None:
     return get_args(tp) if get_origin(tp) in (Union, types.UnionType) else None
 
 
-def describe(tp: Any, text: str = "") -> str:
+def describe(tp: object, text: str = "") -> str:
     """What the annotation ``tp`` (plus the rule ``text``) allows, in words: ``an integer >= 1 or null``."""
     tail = f" {text}" if text else ""
     if (arms := _arms(tp)) is not None:
@@ -96,7 +102,7 @@ def describe(tp: Any, text: str = "") -> str:
     return words.get(tp, "anything") + ("" if tp is bool else tail)
 
 
-def _coerce(value: Any, tp: Any, path: str) -> Any:
+def _coerce(value: object, tp: object, path: str) -> Any:
     """``value`` as the annotation ``tp`` wants it (list -> tuple, mapping -> sorted pairs or a nested config,
     YAML int -> float), or raise :class:`_Mismatch`. ``bool`` is not an int; a scalar is a one-element list."""
     if tp is Any:
@@ -132,7 +138,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     raise _Mismatch
 
 
-def _coerce_tuple(value: Any, args: tuple[Any, ...], path: str) -> tuple[Any, ...]:
+def _coerce_tuple(value: object, args: tuple[Any, ...], path: str) -> tuple[Any, ...]:
     pairs = get_origin(args[0]) is tuple
     if pairs and isinstance(value, dict):
         if not all(isinstance(k, str) for k in value):
@@ -155,7 +161,7 @@ def _hints(cls: type) -> dict[str, Any]:
     return get_type_hints(cls)
 
 
-def validate(cfg: Any) -> None:
+def validate(cfg: ConfigInstance) -> None:
     """Check (and normalise in place) every field of a frozen config against its annotation and its rule.
 
     Raises :class:`FieldError` naming ``<SECTION>.<field>``, the value and what is allowed.
@@ -176,7 +182,7 @@ def validate(cfg: Any) -> None:
             object.__setattr__(cfg, f.name, new)
 
 
-def fail(cfg: Any, name: str, allowed: str) -> FieldError:
+def fail(cfg: ConfigInstance, name: str, allowed: str) -> FieldError:
     """A :class:`FieldError` for field ``name`` of ``cfg`` (cross-field checks in ``__post_init__``)."""
     section = getattr(type(cfg), "SECTION", "")
     return FieldError(f"{section}.{name}" if section else name, getattr(cfg, name), allowed, type(cfg), name)
@@ -215,7 +221,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str | None = Non
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential")
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
+def to_dict(cfg: ConfigInstance | dict[str, Any]) -> dict[str, Any]:
     """A JSON-ready dict of a (nested) config dataclass or dict; tuples become lists; secrets redacted."""
     raw = cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg)
     out = json.loads(json.dumps(raw, default=list))
@@ -227,7 +233,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def digest(cfg: Any) -> str:
+def digest(cfg: ConfigInstance | dict[str, Any]) -> str:
     """A short stable digest of a config (12 hex chars of SHA-256 over canonical JSON)."""
     payload = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:12]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import memray.job.run
 from memray.cli import build_parser, main
-from memray.commands.audit import _config
 from memray.commands.probe import probe_config
 from memray.config import ConfigError
 from memray.job.config import audit_config_from_dict
@@ -18,32 +18,52 @@ S = ROOT / "data" / "sample"
 BASE = ["audit", "--train", str(S / "train.npz"), "--test", str(S / "test.npz"), "--out", "/tmp/x"]
 
 
-def _cfg(argv: list[str]):
-    args = build_parser().parse_args(argv)
-    return _config(args, {})
+class _Ran(Exception):
+    """Raised by the stand-in job runner: carries the config `memray audit` would have run."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__("stand-in job runner")
+        self.cfg = cfg
 
 
-def test_folders_build_the_paper_defaults_with_labels_kept_as_typed() -> None:
-    cfg = _cfg([*BASE, "--gen", f"a={S / 'gmm_k20.npz'}", "--gen", f"b={S / 'kde_bw64.npz'}", "--label", "a=1.10"])
+def _fake_run_job(cfg, *args, **kwargs):
+    raise _Ran(cfg)
+
+
+@pytest.fixture
+def audit_cfg(monkeypatch: pytest.MonkeyPatch):
+    """``memray audit ARGV`` up to the job: the config it would run (no Ray is started)."""
+    monkeypatch.setattr(memray.job.run, "run_job", _fake_run_job)
+
+    def config_of(argv: list[str]):
+        with pytest.raises(_Ran) as ran:
+            main(argv)
+        return ran.value.cfg
+
+    return config_of
+
+
+def test_folders_build_the_paper_defaults_with_labels_kept_as_typed(audit_cfg) -> None:
+    cfg = audit_cfg([*BASE, "--gen", f"a={S / 'gmm_k20.npz'}", "--gen", f"b={S / 'kde_bw64.npz'}", "--label", "a=1.10"])
     assert [g.name for g in cfg.generated] == ["a", "b"]
     assert cfg.generated[0].label == "1.10" and cfg.generated[1].label is None  # not YAML-parsed to 1.1
     assert cfg.embed.model == "vit_base_patch16_224.orig_in21k" and cfg.ct.mode == "paper" and cfg.ct.cells == 10
     assert cfg.train.urls == (str(S / "train.npz"),)
 
 
-def test_encoder_input_flags_set_the_embed_fields(tmp_path: Path) -> None:
+def test_encoder_input_flags_set_the_embed_fields(tmp_path: Path, audit_cfg) -> None:
     flags = ["--pooling", "auto", "--mean", "0.5", "--std", "0.25", "--resize", "72", "--crop", "64"]
-    cfg = _cfg([*BASE, "--gen", f"a={S / 'gmm_k20.npz'}", *flags])
+    cfg = audit_cfg([*BASE, "--gen", f"a={S / 'gmm_k20.npz'}", *flags])
     e = cfg.embed
     assert (e.pooling, e.mean, e.std, e.resize, e.crop) == (("auto",), (0.5,), (0.25,), 72, 64)
     (tmp_path / "c.yaml").write_text(
         f"train: {{name: train, urls: [{S / 'train.npz'}]}}\ntest: {{name: test, urls: [{S / 'test.npz'}]}}\n"
         f"generated: [{{name: a, urls: [{S / 'gmm_k20.npz'}]}}]\noutput: /tmp/x\nembed: {{mean: [0.1, 0.2, 0.3]}}\n"
     )
-    from_file = _cfg(["audit", "--config", str(tmp_path / "c.yaml"), "--std", "0.3,0.2,0.1"])
+    from_file = audit_cfg(["audit", "--config", str(tmp_path / "c.yaml"), "--std", "0.3,0.2,0.1"])
     assert from_file.embed.mean == (0.1, 0.2, 0.3) and from_file.embed.std == (0.3, 0.2, 0.1)
     with pytest.raises(SystemExit):
-        _cfg([*BASE, "--mean", "0.5,x"])
+        audit_cfg([*BASE, "--mean", "0.5,x"])
 
 
 @pytest.mark.parametrize(
@@ -55,9 +75,12 @@ def test_encoder_input_flags_set_the_embed_fields(tmp_path: Path) -> None:
         ([], "give --gen"),
     ],
 )
-def test_bad_folder_arguments_say_what_to_do(extra: list[str], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        _cfg([*BASE, *extra])
+def test_bad_folder_arguments_say_what_to_do(
+    extra: list[str], message: str, audit_cfg, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*BASE, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("memray audit: error:") and message in err and err.count("\n") == 1
 
 
 def test_config_and_folders_together_are_refused(capsys: pytest.CaptureFixture[str]) -> None:

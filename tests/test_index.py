@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+import faiss
 import numpy as np
 import pytest
 from reference_ct import dense_distances
@@ -128,7 +129,7 @@ class CountingIndex:
         return self.index.search(xq, k)
 
 
-def test_cosine_abs_searches_minus_q_only_where_the_negative_side_can_win():
+def test_cosine_abs_searches_minus_q_only_where_the_negative_side_can_win(monkeypatch):
     # Training rows cluster around direction u. Queries near u: every row's −q side is provably far (bound from
     # the shard's mean direction), so −q is not searched; queries near −u are nearest on the −q side.
     rng = np.random.default_rng(12)
@@ -138,7 +139,7 @@ def test_cosine_abs_searches_minus_q_only_where_the_negative_side_can_win():
     ids = np.arange(500, dtype=np.int64)
     shard = TrainShard.build(train, ids, "cosine_abs")
     spy = CountingIndex(shard.index())
-    shard._index[0] = spy
+    monkeypatch.setattr(TrainShard, "index", lambda self: spy)  # the searches go through the shard's index()
     d, i = search_prepared(shard, queries, candidates=4)
     assert spy.calls == [120, 30]  # q for all, −q only for the 30 queries near −u
     bd, bi = brute_force(train, ids, queries, "cosine_abs")
@@ -148,13 +149,20 @@ def test_cosine_abs_searches_minus_q_only_where_the_negative_side_can_win():
     assert (cos < 0).all()  # their nearest rows are anti-aligned
 
 
-def test_prepared_shard_pickles_without_its_index_and_searches_the_same():
+def test_prepared_shard_pickles_without_its_index_and_searches_the_same(monkeypatch):
+    built = []
+    real = faiss.IndexFlatIP
+    monkeypatch.setattr(faiss, "IndexFlatIP", lambda d: built.append(d) or real(d))
     rng = np.random.default_rng(13)
     shard = TrainShard.build(rng.normal(size=(300, 6)), np.arange(300) + 5, "cosine_abs")
+    unsearched = len(pickle.dumps(shard))
     queries = rng.normal(size=(40, 6))
     first = search_prepared(shard, queries)
-    assert len(shard._index) == 1  # built on first use, kept for the next query set
+    search_prepared(shard, queries[:7])
+    assert built == [6]  # built on first use, kept for the next query set
+    assert len(pickle.dumps(shard)) == unsearched  # the FAISS index (300 x 6 float32) is not in the pickle
     copy = pickle.loads(pickle.dumps(shard))
-    assert copy._index == [] and copy.radius == shard.radius
+    assert copy.radius == shard.radius
     again = search_prepared(copy, queries)
+    assert built == [6, 6]  # the copy builds its own
     assert first[0].tobytes() == again[0].tobytes() and np.array_equal(first[1], again[1])

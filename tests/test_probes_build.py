@@ -149,37 +149,40 @@ def test_same_inputs_give_byte_identical_tars(tmp_path: Path) -> None:
     assert (tmp_path / "a" / "noisy.tar").read_bytes() != (tmp_path / "c" / "noisy.tar").read_bytes()
 
 
-def test_build_reuses_matching_tars_and_rewrites_the_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _rewritten(out: Path, before: dict[str, int]) -> set[str]:
+    """The probes whose tar in ``out`` is new or was replaced since ``before`` (name → inode: every write of a
+    tar creates a new file and renames it into place)."""
+    return {p.stem for p in out.glob("*.tar") if before.get(p.stem) != p.stat().st_ino}
+
+
+def _inodes(out: Path) -> dict[str, int]:
+    return {p.stem: p.stat().st_ino for p in out.glob("*.tar")}
+
+
+def test_build_reuses_matching_tars_and_rewrites_the_rest(tmp_path: Path) -> None:
     root = _dataset(tmp_path / "train", units=2, per_unit=6)
-    out = str(tmp_path / "out")
+    out = tmp_path / "out"
     cfg = ProbesConfig(probes=("flipped", "noisy"), n=4, seed=0)
-    first = build_probes(str(root), cfg, out)
-    written: list[str] = []
-    real = build._write_tar
-
-    def spy(probe: str, *args: object) -> dict:
-        written.append(probe)
-        return real(probe, *args)
-
-    monkeypatch.setattr(build, "_write_tar", spy)
-    manifest = (tmp_path / "out" / "manifest.json").stat().st_mtime_ns
-    assert build_probes(str(root), cfg, out) == first and written == []
-    assert (tmp_path / "out" / "manifest.json").stat().st_mtime_ns == manifest  # nothing changed, nothing written
-    (tmp_path / "out" / "noisy.tar").unlink()
-    build_probes(str(root), cfg, out)
-    assert written == ["noisy"]
-    written.clear()
-    build_probes(str(root), ProbesConfig(probes=("flipped", "noisy", "copies"), n=4, seed=0), out)
-    assert written == ["copies"]
-    written.clear()
-    build_probes(str(root), ProbesConfig(probes=("flipped", "noisy"), n=4, seed=1), out)  # new seed: new sample
-    assert written == ["flipped", "noisy"]
-    assert set(json.loads((tmp_path / "out" / "manifest.json").read_text())["probes"]) == {"flipped", "noisy"}
-    written.clear()
+    first = build_probes(str(root), cfg, str(out))
+    before, manifest = _inodes(out), (out / "manifest.json").stat().st_mtime_ns
+    assert build_probes(str(root), cfg, str(out)) == first and _rewritten(out, before) == set()
+    assert (out / "manifest.json").stat().st_mtime_ns == manifest  # nothing changed, nothing written
+    (out / "noisy.tar").unlink()
+    before = _inodes(out)
+    build_probes(str(root), cfg, str(out))
+    assert _rewritten(out, before) == {"noisy"}
+    before = _inodes(out)
+    build_probes(str(root), ProbesConfig(probes=("flipped", "noisy", "copies"), n=4, seed=0), str(out))
+    assert _rewritten(out, before) == {"copies"}
+    before = _inodes(out)
+    build_probes(str(root), ProbesConfig(probes=("flipped", "noisy"), n=4, seed=1), str(out))  # new seed: new sample
+    assert _rewritten(out, before) == {"flipped", "noisy"}
+    assert set(json.loads((out / "manifest.json").read_text())["probes"]) == {"flipped", "noisy"}
+    before = _inodes(out)
     for f in (root / "u0").iterdir():  # the training set changed: other ids are sampled
         f.rename(f.with_name("x" + f.name))
-    build_probes(str(root), ProbesConfig(probes=("flipped", "noisy"), n=4, seed=1), out)
-    assert written == ["flipped", "noisy"]
+    build_probes(str(root), ProbesConfig(probes=("flipped", "noisy"), n=4, seed=1), str(out))
+    assert _rewritten(out, before) == {"flipped", "noisy"}
 
 
 def test_build_writes_to_s3(tmp_path: Path, s3_bucket: str) -> None:

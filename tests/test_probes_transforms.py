@@ -6,8 +6,8 @@ import inspect
 
 import numpy as np
 import pytest
+from PIL import Image
 
-import memray.probes.transforms as tr
 from memray.probes.transforms import (
     PROBE_NAMES,
     PROBES,
@@ -127,7 +127,7 @@ def test_shuffle_remainder_strip_stays_and_identity_is_redrawn() -> None:
         shuffled(_noise(3, 8), _rng())
 
 
-def test_downsample_sizes_and_constant_image(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_downsample_sizes_and_constant_image() -> None:
     assert scaled_size(32, 32, 0.25) == (8, 8)
     assert scaled_size(30, 50, 0.25) == (8, 13)  # 7.5 → 8, 12.5 → 13: half up
     assert scaled_size(2, 3, 0.25) == (1, 1)
@@ -141,17 +141,12 @@ def test_downsample_sizes_and_constant_image(monkeypatch: pytest.MonkeyPatch) ->
         assert s[8] < 3.5 < s[7], s[:10]
         s2 = np.linalg.svd(downsampled(img, _rng(), factor=2.0)[:, :, ch].astype(float), compute_uv=False)
         assert s2[8] > 20  # factor 2 keeps more: a 16 × 16 intermediate
-    sizes: list[tuple[tuple[int, ...], int, int]] = []
-    real = tr._resize
-
-    def spy(a: np.ndarray, h: int, w: int) -> np.ndarray:
-        sizes.append((a.shape, h, w))
-        return real(a, h, w)
-
-    ref = downsampled(_noise(30, 50), _rng())
-    monkeypatch.setattr(tr, "_resize", spy)
-    assert np.array_equal(tr.downsampled(_noise(30, 50), _rng()), ref)
-    assert sizes == [((30, 50, 3), 8, 13), ((8, 13, 3), 30, 50)]
+    # 30 × 50 goes down to scaled_size's 8 × 13 (half up) and back, both with Pillow's bilinear filter
+    small = Image.fromarray(_noise(30, 50)).resize((13, 8), Image.Resampling.BILINEAR)
+    expected = np.asarray(small.resize((50, 30), Image.Resampling.BILINEAR))
+    assert np.array_equal(downsampled(_noise(30, 50), _rng()), expected)
+    floor = Image.fromarray(_noise(30, 50)).resize((12, 7), Image.Resampling.BILINEAR)  # 7.5 → 7, 12.5 → 12
+    assert not np.array_equal(np.asarray(floor.resize((50, 30), Image.Resampling.BILINEAR)), expected)
 
 
 @pytest.mark.parametrize(("name", "sigma"), [("noisy", 25.0), ("near_copies", 4.0)])

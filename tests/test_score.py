@@ -18,7 +18,7 @@ from memray.stats.config import CTConfig
 from memray.stats.kmeans import lloyd_stats
 from memray.stats.layers import score_features
 from memray.stats.results import write_results
-from memray.stats.score import ScoreInputError, ScoreResult, _finite, fit_layer
+from memray.stats.score import ScoreInputError, ScoreResult, fit_layer
 from tests.reference_ct import reference_ct
 
 
@@ -246,15 +246,17 @@ def test_fitted_layer_refuses_non_finite_generated_rows():
 
 
 def test_finite_check_names_bad_rows_and_accepts_huge_finite_values():
-    huge = np.full((4, 3), 3e38, dtype=np.float32)  # finite, but their float32 sum overflows
-    assert _finite(huge, "x") is not None
+    data = clustered(seed=10, cells=2, d=4, n_train=200, n_test=80, n_gen=40)
+    fitted = fit_layer(3, data["train"], np.arange(200).astype(str), data["test"], CTConfig(cells=2))
+    huge = np.full((4, 4), 3e38, dtype=np.float32)  # finite, but their float32 sum overflows
+    assert np.isfinite(fitted.score(huge, label="x").dist).all()
     huge[2, 1] = -np.inf
     with pytest.raises(ScoreInputError, match=r"x: NaN/inf values in 1 row\(s\) \[2\]"):
-        _finite(huge, "x")
-    x = np.zeros((5, 2))
+        fitted.score(huge, label="x")
+    x = np.zeros((5, 4))
     x[[0, 4], 1] = np.nan
-    with pytest.raises(ScoreInputError, match=r"NaN/inf values in 2 row\(s\) \[0, 4\]"):
-        _finite(x, "x")
+    with pytest.raises(ScoreInputError, match=r"test features, layer 3: NaN/inf values in 2 row\(s\) \[0, 4\]"):
+        fit_layer(3, data["train"], np.arange(200).astype(str), x, CTConfig(cells=2))
 
 
 def ten_clusters(seed: int = 1):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``memray fetch``."""
     p = sub.add_parser(
         "fetch",
@@ -32,11 +31,11 @@ def run(args: argparse.Namespace) -> int:
     from memray.io import schema, storage
     from memray.io.fetch import fetch_by_id, fetch_image
 
-    so = parse_key_values(args.storage_option, "--storage-option") or None
+    storage_options = parse_key_values(args.storage_option, "--storage-option") or None
     if args.source:
-        source, img = args.source, fetch_image(args.source, so, args.column)
+        source, img = args.source, fetch_image(args.source, storage_options, args.column)
     elif args.run and args.set_name and args.sample_id:
-        run_json = storage.read_json(storage.join(args.run, schema.RUN_FILE), so)
+        run_json = storage.read_json(storage.join(args.run, schema.RUN_FILE), storage_options)
         job = run_json.get("job_config", {})
         specs = {s["name"]: s for s in [job.get("train"), job.get("test"), *job.get("generated", [])] if s}
         if args.set_name not in specs:
@@ -44,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
         spec = specs[args.set_name]
         if not spec.get("urls"):
             raise ValueError(f"set {args.set_name!r} was given as embeddings: there are no images to fetch")
-        source, img = fetch_by_id(list(spec["urls"]), args.sample_id, so, args.column or spec.get("image_column"))
+        column = args.column or spec.get("image_column")
+        source, img = fetch_by_id(list(spec["urls"]), args.sample_id, storage_options, column)
     else:
         raise ValueError("give a SOURCE, or --run, --set and --id")
     import os

@@ -9,12 +9,11 @@ for low-level and for semantic copying.
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from memray.commands import parse_key_values
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``memray probe``."""
     p = sub.add_parser(
         "probe",

@@ -26,7 +26,7 @@ def parse_storage_options(specs: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``memray report``."""
     p = subparsers.add_parser(
         "report",

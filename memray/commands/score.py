@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from memray.stats.config import METRICS, MODES, CTConfig
 
@@ -23,7 +23,7 @@ def _pca_dim(value: str) -> int | str:
         raise argparse.ArgumentTypeError(f"--pca-dim {value!r}: give a positive integer or 'none'") from exc
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``memray score``."""
     p = subparsers.add_parser(
         "score",

@@ -22,6 +22,7 @@ from memray.fingerprint.match import Gallery, attribute
 from memray.io import schema
 from memray.io.features import FeatureSet
 from memray.io.storage import join
+from memray.stats.config import CTConfig
 from memray.stats.ct import cell_table, ct_from_cells
 from memray.stats.score import FittedLayer, GenScore, Mapper
 
@@ -161,7 +162,7 @@ def finish_fingerprints(
     curves: pd.DataFrame,
     subsets: dict[str, dict[str, int]],
     fcfg: FingerprintConfig,
-    ct_cfg: Any,
+    ct_cfg: CTConfig | None,
     out_url: str,
     gallery: Gallery | None = None,
     job: dict[str, Any] | None = None,

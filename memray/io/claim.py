@@ -27,11 +27,12 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from memray.io import storage
-from memray.io.claim_store import CLAIM_FILE, ListedStore, NoConditionalWrites, claim_store
+from memray.io.claim_store import CLAIM_FILE, ClaimStore, ListedStore, NoConditionalWrites, Read, Token, claim_store
 from memray.io.config import CLAIM_LEASE_S as DEFAULT_LEASE_S
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,9 @@ class ClaimRecord:
         return max(0.0, age)
 
 
-def stale_reason(rec: ClaimRecord, age_s: float, host: str | None = None, alive: Any = process_alive) -> str | None:
+def stale_reason(
+    rec: ClaimRecord, age_s: float, host: str | None = None, alive: Callable[[int, str], bool] = process_alive
+) -> str | None:
     """Why ``rec`` may be taken over (lease expired; same host and its process gone), or ``None`` if it is live."""
     if age_s > rec.lease_s:
         return f"its lease expired {age_s - rec.lease_s:.0f} s ago"
@@ -155,7 +158,7 @@ class ClaimLostError(ValueError):
 class Claim:
     """A held claim: renewed in the background until :meth:`release` (also a context manager)."""
 
-    def __init__(self, store: Any, folder: str, record: ClaimRecord, token: Any) -> None:
+    def __init__(self, store: ClaimStore, folder: str, record: ClaimRecord, token: Token) -> None:
         self.store, self.folder, self.record, self.token = store, folder, record, token
         self.lost: str | None = None
         self._stop = threading.Event()
@@ -220,7 +223,7 @@ class Claim:
         self.release()
 
 
-def _record(got: Any) -> ClaimRecord | None:
+def _record(got: Read | None) -> ClaimRecord | None:
     return None if got is None else ClaimRecord.from_json(got[0])
 
 
@@ -280,7 +283,7 @@ def acquire(
                          f"take it; {advice}")  # fmt: skip
 
 
-def _held(store: Any, folder: str, record: ClaimRecord, token: Any, renew: bool) -> Claim:
+def _held(store: ClaimStore, folder: str, record: ClaimRecord, token: Token, renew: bool) -> Claim:
     claim = Claim(store, folder, record, token)
     log.info("claimed %s (%s, lease %.0f s)", folder, record.holder, record.lease_s)
     return claim.start_renewing() if renew else claim

@@ -47,7 +47,9 @@ class NoConditionalWrites(Exception):
     """The object store rejected a conditional write (``If-None-Match``) as not implemented."""
 
 
-Read = tuple[bytes, Any, float | None]
+Token = bytes | str
+"""What says "unchanged since read": the record's bytes (local files, :class:`ListedStore`) or the object's ETag."""
+Read = tuple[bytes, Token, float | None]
 """``(record bytes, token, age in seconds on the store's clock or None)``."""
 
 
@@ -96,7 +98,7 @@ class LocalStore:
             data = self._read()
         return None if data is None else (data, data, None)
 
-    def create(self, data: bytes) -> Any | None:
+    def create(self, data: bytes) -> Token | None:
         with self._locked():
             tmp = self._tmp(data)
             try:
@@ -112,14 +114,14 @@ class LocalStore:
                     os.unlink(tmp)
         return data
 
-    def replace(self, data: bytes, token: Any) -> Any | None:
+    def replace(self, data: bytes, token: Token) -> Token | None:
         with self._locked():
             if self._read() != token:
                 return None
             os.replace(self._tmp(data), self.path)
         return data
 
-    def delete(self, token: Any) -> bool:
+    def delete(self, token: Token) -> bool:
         with self._locked():
             if self._read() != token:
                 return False
@@ -178,15 +180,15 @@ class S3Store:
             age = (parsedate_to_datetime(date) - resp["LastModified"]).total_seconds()
         return data, resp["ETag"], age
 
-    def create(self, data: bytes) -> Any | None:
+    def create(self, data: bytes) -> Token | None:
         resp = self._call("put_object", Body=data, IfNoneMatch="*")
         return None if resp is None else resp["ETag"]
 
-    def replace(self, data: bytes, token: Any) -> Any | None:
+    def replace(self, data: bytes, token: Token) -> Token | None:
         resp = self._call("put_object", Body=data, IfMatch=token)
         return None if resp is None else resp["ETag"]
 
-    def delete(self, token: Any) -> bool:
+    def delete(self, token: Token) -> bool:
         try:
             return self._call("delete_object", IfMatch=token) is not None
         except NoConditionalWrites:  # a store without conditional deletes: compare, then delete
@@ -211,7 +213,7 @@ class ListedStore:
             return None
         return data, data, None
 
-    def create(self, data: bytes) -> Any | None:
+    def create(self, data: bytes) -> Token | None:
         if self.read() is not None:
             return None
         self.fs.pipe_file(self.path, data)
@@ -219,14 +221,14 @@ class ListedStore:
         got = self.read()
         return data if got is not None and got[0] == data else None
 
-    def replace(self, data: bytes, token: Any) -> Any | None:
+    def replace(self, data: bytes, token: Token) -> Token | None:
         got = self.read()
         if got is None or got[0] != token:
             return None
         self.fs.pipe_file(self.path, data)
         return data
 
-    def delete(self, token: Any) -> bool:
+    def delete(self, token: Token) -> bool:
         got = self.read()
         if got is None or got[0] != token:
             return False
@@ -234,7 +236,10 @@ class ListedStore:
         return True
 
 
-def claim_store(folder: str, storage_options: dict[str, Any] | None = None) -> LocalStore | S3Store | ListedStore:
+ClaimStore = LocalStore | S3Store | ListedStore
+
+
+def claim_store(folder: str, storage_options: dict[str, Any] | None = None) -> ClaimStore:
     """The store for ``folder``: local path, ``s3://`` prefix, or any other fsspec URL."""
     if not storage.is_remote(folder):
         return LocalStore(folder)

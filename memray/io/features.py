@@ -15,7 +15,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -62,7 +62,7 @@ _EXPECTED = {
 }
 
 
-def _check_magic(fh: Any, name: str, suffix: str) -> None:
+def _check_magic(fh: IO[bytes], name: str, suffix: str) -> None:
     """Refuse a file whose first bytes are not those of its suffix's format (before numpy tries unpickling it)."""
     magic = {".npy": (b"\x93NUMPY",), ".npz": (b"PK\x03\x04", b"PK\x05\x06")}.get(suffix)
     if magic is None:

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -77,7 +78,7 @@ def _retrieve(task: asyncio.Future) -> None:
         task.exception()  # a cancelled call's late error is not news: mark it seen
 
 
-async def _within(seconds: float, fn: Any, *args: Any, **kwargs: Any) -> Any:
+async def _within(seconds: float, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
     """``await fn(*args, **kwargs)``, cancelled after ``seconds`` (then :class:`_PastDeadline`)."""
     task = asyncio.ensure_future(fn(*args, **kwargs))
     done, _ = await asyncio.wait({task}, timeout=seconds)

@@ -131,7 +131,7 @@ def remove(url: str, storage_options: dict[str, Any] | None = None, recursive: b
             st.call("rm", st.path, recursive=recursive)
 
 
-def write_json(url: str, obj: Any, storage_options: dict[str, Any] | None = None) -> None:
+def write_json(url: str, obj: object, storage_options: dict[str, Any] | None = None) -> None:
     """Write ``obj`` as indented, key-sorted JSON, atomically."""
     data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
     with open_output(url, storage_options) as fh:

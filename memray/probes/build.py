@@ -148,10 +148,16 @@ def _entry(probe: str, cfg: ProbesConfig, ids: list[str]) -> dict[str, Any]:
     }
 
 
-def _write_tar(probe: str, samples: list[tuple[str, np.ndarray]], cfg: ProbesConfig, url: str, so: Any) -> dict:
+def _write_tar(
+    probe: str,
+    samples: list[tuple[str, np.ndarray]],
+    cfg: ProbesConfig,
+    url: str,
+    storage_options: dict[str, Any] | None,
+) -> dict:
     fn, params = PROBES[probe]
     key = zlib.crc32(probe.encode())
-    with open_output(url, so) as fh:
+    with open_output(url, storage_options) as fh:
         counting = _Counting(fh)
         with tarfile.open(fileobj=counting, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for i, (_, img) in enumerate(samples):
@@ -165,8 +171,8 @@ def _write_tar(probe: str, samples: list[tuple[str, np.ndarray]], cfg: ProbesCon
     return {"bytes": counting.size, "sha256": counting.sha.hexdigest()}
 
 
-def _size(url: str, so: Any) -> int | None:
-    st = store(url, so)
+def _size(url: str, storage_options: dict[str, Any] | None) -> int | None:
+    st = store(url, storage_options)
     try:
         return int(st.call("size", st.path))
     except FileNotFoundError:
@@ -174,7 +180,11 @@ def _size(url: str, so: Any) -> int | None:
 
 
 def _write(
-    samples: list[tuple[str, np.ndarray]], cfg: ProbesConfig, out_url: str, so: Any, old: dict[str, Any]
+    samples: list[tuple[str, np.ndarray]],
+    cfg: ProbesConfig,
+    out_url: str,
+    storage_options: dict[str, Any] | None,
+    old: dict[str, Any],
 ) -> list[ProbeSet]:
     """Write every probe of ``cfg`` whose ``old`` manifest entry does not match (or whose tar is gone), then the
     manifest; the manifest is not rewritten when nothing changed."""
@@ -185,14 +195,14 @@ def _write(
     entries: dict[str, dict[str, Any]] = {}
     for probe in cfg.probes:
         url, want, prev = join(out_url, f"{probe}.tar"), _entry(probe, cfg, ids), old_probes.get(probe, {})
-        if {k: prev.get(k) for k in want} == want and prev.get("bytes") == _size(url, so):
+        if {k: prev.get(k) for k in want} == want and prev.get("bytes") == _size(url, storage_options):
             log.info("probe %s: reusing %s", probe, url)
             entries[probe] = prev
         else:
-            entries[probe] = {**want, **_write_tar(probe, samples, cfg, url, so)}
+            entries[probe] = {**want, **_write_tar(probe, samples, cfg, url, storage_options)}
     manifest = {"version": MANIFEST_VERSION, "config": to_dict(cfg), "probes": entries}
     if manifest != old:
-        write_json(join(out_url, MANIFEST_FILE), manifest, so)
+        write_json(join(out_url, MANIFEST_FILE), manifest, storage_options)
     return [ProbeSet(p, e["set"], join(out_url, e["file"]), dict(e["params"]), e["n"]) for p, e in entries.items()]
 
 

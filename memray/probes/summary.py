@@ -119,6 +119,91 @@ def _semantic(
     )
 
 
+def _per_probe(
+    table: pd.DataFrame,
+    ct_scores: pd.DataFrame,
+    probe_sets: dict[str, str],
+    alpha: float,
+    params: dict[str, dict[str, Any]] | None,
+) -> tuple[dict[str, Any], dict[str, list[int]]]:
+    """(probe → its summary entry, probe → its detected layers): detected = ``p_holm < alpha`` and ``C_T < 0``."""
+    sets = {probe: name for name, probe in probe_sets.items()}
+    holm = ct_scores[[schema.GEN_SET, schema.LAYER, schema.P_HOLM]].assign(
+        **{schema.PROBE: ct_scores[schema.GEN_SET].map(probe_sets), schema.LAYER: ct_scores[schema.LAYER].astype(int)}
+    )
+    merged = table.assign(**{schema.LAYER: table[schema.LAYER].astype(int)}).merge(
+        holm[[schema.PROBE, schema.LAYER, schema.P_HOLM]], on=[schema.PROBE, schema.LAYER], how="left"
+    )
+    hit = (merged[schema.P_HOLM] < alpha) & (merged[schema.CT] < 0)
+    names = sorted(table[schema.PROBE].unique(), key=_order)
+    probes: dict[str, Any] = {}
+    detected: dict[str, list[int]] = {}
+    for p in names:
+        rows = merged[merged[schema.PROBE] == p]
+        detected[p] = sorted(int(v) for v in rows.loc[hit[rows.index], schema.LAYER])
+        defined = rows.dropna(subset=[schema.CT])
+        low_row = defined.loc[defined[schema.CT].idxmin()] if not defined.empty else None
+        probes[p] = {
+            "set": sets.get(p, p),
+            "params": dict((params or {}).get(p, PROBE_DEFAULTS.get(p, {}))),
+            "n": int(rows[schema.N].max()),
+            "detected_layers": detected[p],
+            "min_ct": None if low_row is None else float(low_row[schema.CT]),
+            "min_ct_layer": None if low_row is None else int(low_row[schema.LAYER]),
+        }
+    return probes, detected
+
+
+def _low_level_text(table: pd.DataFrame, low: list[str], low_layers: list[int], alpha: float) -> str:
+    """The sentence on where the low-level probes are detected (and where most strongly: lowest mean C_T)."""
+    if not low:
+        return "No low-level probe was scored."
+    if low_layers:
+        strongest = _mean_ct(table, low).loc[low_layers].idxmin()
+        return (
+            f"Low-level probes are detected at layers {_fmt(low_layers)} (most strongly at layer {int(strongest)}): "
+            "read these layers for low-level copying (pixels, textures)."
+        )
+    return f"No low-level probe is detected at any layer (alpha={alpha:g})."
+
+
+def _semantic_or_flat(
+    table: pd.DataFrame, detected: dict[str, list[int]], layers: list[int], low: list[str], content: list[str]
+) -> tuple[list[int], str]:
+    """(semantic layers, why): none when every layer detects the same probes (no separation), else :func:`_semantic`."""
+    patterns = {layer: frozenset(p for p in low + content if layer in detected[p]) for layer in layers}
+    if len(set(patterns.values())) > 1:
+        return _semantic(table, detected, layers, low, content)
+    seen = sorted(next(iter(patterns.values()), frozenset()), key=_order)
+    which = (
+        f"Every layer detects the same low-level and content-preserving probes ({', '.join(seen)})"
+        if seen
+        else "No layer detects a low-level or content-preserving probe"
+    )
+    return [], (
+        f"{which}: the probes show no separation between this encoder's layers (a randomly initialised ViT looks "
+        "like this), so no layer reads low-level or semantic copying better than another."
+    )
+
+
+def _anchor_text(
+    anchors: list[str], detected: dict[str, list[int]], layers: list[int], n: dict[str, int]
+) -> str | None:
+    """The warning for the first anchor probe missed at some layer (``n``: probe → sample size), or ``None``."""
+    for a in anchors:
+        if missed := sorted(set(layers) - set(detected[a])):
+            if len(missed) == len(layers):
+                return (
+                    f"The anchor '{a}' is not detected at any layer: the encoder or the sample (n={n[a]}) is too weak "
+                    "to see even these, so nothing can be concluded from the probes."
+                )
+            return (
+                f"The anchor '{a}' is not detected at layers {_fmt(missed)}: there the encoder or the sample "
+                f"(n={n[a]}) is too weak, and a probe that is not detected is no evidence."
+            )
+    return None
+
+
 def recommend(
     table: pd.DataFrame,
     ct_scores: pd.DataFrame,
@@ -137,71 +222,14 @@ def recommend(
         ``{"alpha", "probes": {name: {"set", "params", "n", "detected_layers", "min_ct", "min_ct_layer"}},
         "recommendation": {"low_level_layers", "semantic_layers", "text"}}``, JSON-ready (undefined → ``None``).
     """
-    sets = {probe: name for name, probe in probe_sets.items()}
-    holm = ct_scores[[schema.GEN_SET, schema.LAYER, schema.P_HOLM]].assign(
-        **{schema.PROBE: ct_scores[schema.GEN_SET].map(probe_sets), schema.LAYER: ct_scores[schema.LAYER].astype(int)}
-    )
-    merged = table.assign(**{schema.LAYER: table[schema.LAYER].astype(int)}).merge(
-        holm[[schema.PROBE, schema.LAYER, schema.P_HOLM]], on=[schema.PROBE, schema.LAYER], how="left"
-    )
-    hit = (merged[schema.P_HOLM] < alpha) & (merged[schema.CT] < 0)
-    names = sorted(table[schema.PROBE].unique(), key=_order)
+    probes, detected = _per_probe(table, ct_scores, probe_sets, alpha, params)
     layers = sorted(int(v) for v in table[schema.LAYER].unique())
-    probes: dict[str, Any] = {}
-    detected: dict[str, list[int]] = {}
-    for p in names:
-        rows = merged[merged[schema.PROBE] == p]
-        detected[p] = sorted(int(v) for v in rows.loc[hit[rows.index], schema.LAYER])
-        defined = rows.dropna(subset=[schema.CT])
-        low_row = defined.loc[defined[schema.CT].idxmin()] if not defined.empty else None
-        probes[p] = {
-            "set": sets.get(p, p),
-            "params": dict((params or {}).get(p, PROBE_DEFAULTS.get(p, {}))),
-            "n": int(rows[schema.N].max()),
-            "detected_layers": detected[p],
-            "min_ct": None if low_row is None else float(low_row[schema.CT]),
-            "min_ct_layer": None if low_row is None else int(low_row[schema.LAYER]),
-        }
     low, content, anchors = ([p for p in group if p in probes] for group in (LOW_LEVEL, CONTENT, ANCHORS))
     low_layers = sorted({layer for p in low for layer in detected[p]})
-    text: list[str] = []
-    if not low:
-        text.append("No low-level probe was scored.")
-    elif low_layers:
-        strongest = _mean_ct(table, low).loc[low_layers].idxmin()
-        text.append(
-            f"Low-level probes are detected at layers {_fmt(low_layers)} (most strongly at layer {int(strongest)}): "
-            "read these layers for low-level copying (pixels, textures)."
-        )
-    else:
-        text.append(f"No low-level probe is detected at any layer (alpha={alpha:g}).")
-    patterns = {layer: frozenset(p for p in low + content if layer in detected[p]) for layer in layers}
-    if len(set(patterns.values())) <= 1:
-        seen = sorted(next(iter(patterns.values()), frozenset()), key=_order)
-        semantic: list[int] = []
-        which = (
-            f"Every layer detects the same low-level and content-preserving probes ({', '.join(seen)})"
-            if seen
-            else "No layer detects a low-level or content-preserving probe"
-        )
-        text.append(
-            f"{which}: the probes show no separation between this encoder's layers (a randomly initialised ViT looks "
-            "like this), so no layer reads low-level or semantic copying better than another."
-        )
-    else:
-        semantic, why = _semantic(table, detected, layers, low, content)
-        text.append(why)
-    for a in anchors:
-        if missed := sorted(set(layers) - set(detected[a])):
-            n = probes[a]["n"]
-            text.append(
-                f"The anchor '{a}' is not detected at any layer: the encoder or the sample (n={n}) is too weak to "
-                "see even these, so nothing can be concluded from the probes."
-                if len(missed) == len(layers)
-                else f"The anchor '{a}' is not detected at layers {_fmt(missed)}: there the encoder or the sample "
-                f"(n={n}) is too weak, and a probe that is not detected is no evidence."
-            )
-            break
+    semantic, why = _semantic_or_flat(table, detected, layers, low, content)
+    text = [_low_level_text(table, low, low_layers, alpha), why]
+    if anchor := _anchor_text(anchors, detected, layers, {a: probes[a]["n"] for a in anchors}):
+        text.append(anchor)
     return {
         "alpha": float(alpha),
         "probes": probes,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, SupportsFloat, SupportsInt
 
 import pandas as pd
 
 from memray.io import schema
 
 Cell = str | tuple[str, str]  # raw HTML, or (raw HTML, class of the <td>)
+Text = str | float | None  # a string cell of a table (NaN/None when missing)
 
 VERDICT_CLASS = {
     schema.VERDICT_COPYING: "bad",
@@ -55,14 +56,14 @@ white-space:pre-wrap;overflow-wrap:anywhere;margin:4px 0}
 """
 
 
-def esc(value: Any) -> str:
+def esc(value: object) -> str:
     """HTML-escaped text of ``value`` (``None``/NaN as an en dash)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return html.escape(str(value))
 
 
-def isnan(value: Any) -> bool:
+def isnan(value: object) -> bool:
     """True for None, NaN and pandas' missing markers."""
     try:
         return bool(pd.isna(value))
@@ -70,17 +71,17 @@ def isnan(value: Any) -> bool:
         return False
 
 
-def num(value: Any, digits: int = 2) -> str:
+def num(value: SupportsFloat | None, digits: int = 2) -> str:
     """A float with ``digits`` decimals (``–`` for NaN)."""
     return "–" if isnan(value) else f"{float(value):.{digits}f}"
 
 
-def sig(value: Any, digits: int = 3) -> str:
+def sig(value: SupportsFloat | None, digits: int = 3) -> str:
     """A float with ``digits`` significant digits (``–`` for NaN), e.g. ``0.000312`` or ``1.2e-07``."""
     return "–" if isnan(value) else f"{float(value):.{digits}g}"
 
 
-def pval(value: Any) -> str:
+def pval(value: SupportsFloat | None) -> str:
     """A p-value: 3 significant digits, scientific below 0.001, ``< 1e-300`` at underflow."""
     if isnan(value):
         return "–"
@@ -90,11 +91,11 @@ def pval(value: Any) -> str:
     return f"{v:.3f}" if v >= 0.001 else f"{v:.1e}"
 
 
-def integer(value: Any) -> str:
+def integer(value: SupportsInt | None) -> str:
     return "–" if isnan(value) else f"{int(value):,}"
 
 
-def closer_than(test_quantile: Any, short: bool = False) -> str:
+def closer_than(test_quantile: SupportsFloat | None, short: bool = False) -> str:
     """Caption of a test quantile q: ``closer than 99.9% of test images`` (share 1 − q, enough decimals).
 
     ``short`` drops the final "images" (``closer than 99.9% of test``) for thumbnail captions.
@@ -112,7 +113,7 @@ def closer_than(test_quantile: Any, short: bool = False) -> str:
     return f"closer than {pct:.{digits}f}% of test{tail}"
 
 
-def cell_list(flagged: Any, shown: int = 3) -> str:
+def cell_list(flagged: Text, shown: int = 3) -> str:
     """A compact HTML form of a FLAGGED_CELLS string ``L3:c5,L4:c5,…``: count, then per layer, the full list in a
     tooltip, e.g. ``12 cells: L1 ×4, L2 ×5, L3 ×3``."""
     if isnan(flagged) or not str(flagged).strip():
@@ -130,7 +131,7 @@ def cell_list(flagged: Any, shown: int = 3) -> str:
     return f'<span title="{esc(", ".join(items))}">{esc(text)}</span>'
 
 
-def badge(verdict: Any) -> str:
+def badge(verdict: Text) -> str:
     """A coloured verdict label."""
     return f'<span class="badge {VERDICT_CLASS.get(str(verdict), "muted")}">{esc(verdict)}</span>'
 

@@ -16,7 +16,7 @@ MAX_URLS = 3  # input URLs listed per set
 COUNT_KEYS = ("rows_read", "rows_embedded", "rows_reported", "files_skipped")
 
 
-def value(v: Any) -> str:
+def value(v: object) -> str:
     """A config value as HTML: text escaped, lists/dicts as compact JSON in ``<code>``."""
     if isinstance(v, dict | list | tuple):
         return f"<code>{esc(json.dumps(v, sort_keys=True, default=str))}</code>"
@@ -52,7 +52,7 @@ def errors_section(ctx: Context) -> Section:
     return "errors", "Errors and skipped rows", body
 
 
-def seeds(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+def seeds(obj: object, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """Every ``*seed*`` key in a nested config, as (dotted path, value)."""
     if isinstance(obj, dict):
         for k, v in obj.items():
@@ -86,7 +86,7 @@ def _timings(stats: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def _secs(v: Any) -> str:
+def _secs(v: object) -> str:
     return "–" if not isinstance(v, int | float) else f"{v:.1f}"
 
 

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 THUMB_PX = 84  # the longer side of a thumbnail (28 px images: 3 × 3 blocks)
 _PLACEHOLDER_GREY = 200
 REASON_CHARS = 60  # of the failure shown under a placeholder
+Source = str | float | None  # a gen_source/train_source cell of a table (NaN/None when not recorded)
 
 
 def thumbnail(img: np.ndarray, size: int = THUMB_PX) -> np.ndarray:
@@ -57,7 +58,7 @@ def _reason(source: str, exc: Exception) -> str:
     return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"
 
 
-def _key(source: Any) -> str:
+def _key(source: Source) -> str:
     return "" if source is None or (isinstance(source, float) and np.isnan(source)) else str(source)
 
 
@@ -80,7 +81,7 @@ class Thumbnails:
         else:
             self._cache[key] = (png_data_uri(thumbnail(got, self.size)), "")
 
-    def prefetch(self, sources: Iterable[Any], column: str | None = None) -> None:
+    def prefetch(self, sources: Iterable[Source], column: str | None = None) -> None:
         """Fetch many sources at once (each archive read once); ``column``: the set's image column/key."""
         from memray.io.fetch import fetch_images
 
@@ -93,7 +94,7 @@ class Thumbnails:
         for key, got in found.items():
             self._store(key, got)
 
-    def get(self, source: Any) -> tuple[str, str]:
+    def get(self, source: Source) -> tuple[str, str]:
         """(data URI, reason) of ``source``: the thumbnail and "", or the grey placeholder and why."""
         key = _key(source)
         if not key:
@@ -107,7 +108,7 @@ class Thumbnails:
                 self._store(key, exc)
         return self._cache[key]
 
-    def img(self, source: Any, alt: str) -> tuple[str, str]:
+    def img(self, source: Source, alt: str) -> tuple[str, str]:
         """(``<img class="thumb">`` tag, escaped reason or "") for ``source``."""
         uri, reason = self.get(source)
         cls = "thumb placeholder" if reason else "thumb"

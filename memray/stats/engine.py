@@ -27,6 +27,7 @@ from memray.stats.fit_store import load_fit, save_fit
 from memray.stats.queries import Projected, project_sets
 from memray.stats.search import search_round
 from memray.stats.space import LayerSpace
+from memray.stats.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,13 @@ def as_rows(x: np.ndarray | Rows) -> Rows:
 
 
 def fit_layer_engine(
-    layer: int, train: Rows, test: np.ndarray | Rows, cfg: CTConfig, ws: Any, mapper: Mapper = map, qws: Any = None
+    layer: int,
+    train: Rows,
+    test: np.ndarray | Rows,
+    cfg: CTConfig,
+    ws: Workspace,
+    mapper: Mapper = map,
+    qws: Workspace | None = None,
 ) -> EngineLayer:
     """Fit the space on ``train`` (its blocks run through ``mapper``); the test set (n_P, d) is searched by the first
     :func:`score_sets` round. ``qws``: the query workspace (default ``ws``'s ``queries`` folder)."""

@@ -89,7 +89,7 @@ def gpu_available() -> bool:
 _GPU_RESOURCES: list[Any] = []
 
 
-def to_gpu(index: Any) -> Any:
+def to_gpu(index: faiss.Index) -> faiss.Index:
     """``index`` on the process's first visible GPU when there is one (Ray sets ``CUDA_VISIBLE_DEVICES``), else as is.
 
     Flat GPU indexes compute the same float32 scores up to rounding; memray's float64 re-rank makes the reported

@@ -7,17 +7,16 @@ a crash, or another audit reusing a reference) loads it and searches the partiti
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from memray.stats.fit import FitResult
 from memray.stats.space import LayerSpace
+from memray.stats.workspace import Workspace
 
 FIT_KEY = "fit"
 
 
-def save_fit(ws: Any, fit: FitResult) -> None:
+def save_fit(ws: Workspace, fit: FitResult) -> None:
     """Write ``fit`` (space, per-block cell counts, per-cell counts) to the workspace key ``fit``."""
     sp = fit.space
     ws.put(
@@ -35,7 +34,7 @@ def save_fit(ws: Any, fit: FitResult) -> None:
     )
 
 
-def load_fit(ws: Any) -> FitResult | None:
+def load_fit(ws: Workspace) -> FitResult | None:
     """The fit saved in the workspace, or ``None`` when it has none (or an unfinished one)."""
     if not ws.exists(FIT_KEY):
         return None

@@ -27,13 +27,55 @@ from memray.stats.tables import ScoreResult
 __all__ = ["JOB_KEYS", "method_record", "table_metadata", "to_table", "write_results"]
 
 
+def _cells_text(cfg: CTConfig) -> str:
+    """How the cells are fitted: seeding sample, Lloyd iterations, restarts and numbering."""
+    seeding = cfg.kmeans_seed_sample if cfg.kmeans_sample is None else min(cfg.kmeans_seed_sample, cfg.kmeans_sample)
+    return (
+        f"greedy k-means++ seeding on a hash sample of ~{seeding} training samples "
+        "(blake2b-64 of 'seed\\0sample_id' below that share of n; all when fewer), then float64 Lloyd over "
+        f"row blocks of {cfg.block_rows}, k={cfg.cells}, seed={cfg.seed}, niter={cfg.kmeans_niter}, "
+        f"restarts={cfg.kmeans_nredo} (restart r seeded by default_rng([seed, r]); an empty cell keeps its "
+        "centroid; lowest exact float64 objective kept, ties to the lowest r; cells numbered in the "
+        "lexicographic order of their centroids)"
+    )
+
+
+def _kmeans_points_text(cfg: CTConfig) -> str:
+    """Which training samples the k-means fit reads."""
+    if cfg.kmeans_sample is None:
+        return f"all training samples, in row blocks of {cfg.block_rows}"
+    return f"hash sample of ~{cfg.kmeans_sample} (blake2b-64 of 'seed\\0sample_id'), row blocks of {cfg.block_rows}"
+
+
+def _bootstrap_text(cfg: CTConfig) -> str:
+    """The bootstrap interval's resampling and seeding (``"none"`` when off)."""
+    if not cfg.bootstrap:
+        return "none"
+    return (
+        f"{cfg.bootstrap} resamples of generated and test samples with replacement within cells (partition "
+        "fixed), percentile 95% interval; per layer seed word s = SeedSequence([seed, layer]); test resamples of "
+        "cell c from default_rng([s, 0, c]), a set's from default_rng([s, 1, crc32(gen_set), c])"
+    )
+
+
+def _copies_text(cfg: CTConfig) -> str:
+    """The nearest-copies search (``"none"`` when ``top_k`` is 0)."""
+    if not cfg.top_k:
+        return "none"
+    return (
+        f"top {cfg.top_k} nearest training samples over the whole training set (projected space, same metric; "
+        "exact float64: FAISS float32 candidates re-ranked, exhaustive where the float32 bound does not prove "
+        "the list; ties to the smaller training row); test_quantile = share of test samples whose nearest "
+        "training distance is below"
+    )
+
+
 def method_record(cfg: CTConfig) -> dict[str, Any]:
     """The statistical choices behind a C_T result, spelled out beside the numbers.
 
     ``preset`` names the mode and every mode-governed field set otherwise: ``"meehan; overridden: cells=3"``.
     """
     overridden = ", ".join(f"{k}={json.dumps(v)}" for k, v in cfg.overrides().items())
-    seeding = cfg.kmeans_seed_sample if cfg.kmeans_sample is None else min(cfg.kmeans_seed_sample, cfg.kmeans_sample)
     return {
         "preset": cfg.mode + (f"; overridden: {overridden}" if overridden else ""),
         "distance": {
@@ -43,20 +85,8 @@ def method_record(cfg: CTConfig) -> dict[str, Any]:
         }[cfg.metric],
         "pca": "none (raw vectors)" if cfg.pca_dim is None else "exact covariance eigh on train, float64",
         "pca_only_if_larger": cfg.pca_only_if_larger,
-        "cells": (
-            f"greedy k-means++ seeding on a hash sample of ~{seeding} training samples "
-            "(blake2b-64 of 'seed\\0sample_id' below that share of n; all when fewer), then float64 Lloyd over "
-            f"row blocks of {cfg.block_rows}, k={cfg.cells}, seed={cfg.seed}, niter={cfg.kmeans_niter}, "
-            f"restarts={cfg.kmeans_nredo} (restart r seeded by default_rng([seed, r]); an empty cell keeps its "
-            "centroid; lowest exact float64 objective kept, ties to the lowest r; cells numbered in the "
-            "lexicographic order of their centroids)"
-        ),
-        "kmeans_points": (
-            f"all training samples, in row blocks of {cfg.block_rows}"
-            if cfg.kmeans_sample is None
-            else f"hash sample of ~{cfg.kmeans_sample} (blake2b-64 of 'seed\\0sample_id'), row blocks of "
-            f"{cfg.block_rows}"
-        ),
+        "cells": _cells_text(cfg),
+        "kmeans_points": _kmeans_points_text(cfg),
         "cell_assignment": "nearest centroid, exact float64 L2, ties to the lower cell",
         "nearest_neighbour": "exact: float64 re-rank, exhaustive on near-ties; ties to the smallest train row",
         "u_statistic": "rank-sum of generated distances minus m(m+1)/2, average ranks for ties",
@@ -65,13 +95,7 @@ def method_record(cfg: CTConfig) -> dict[str, Any]:
         "ct": "sum over kept cells of P(cell)*Z / sum of P(cell), P = share of test samples",
         "p_value": "one-sided Phi(C_T / sd), sd = sqrt(sum w^2) / sum w over kept cells (Z_c iid N(0,1) under "
         "no copying); a cell's p = Phi(Z_c)",
-        "bootstrap": (
-            f"{cfg.bootstrap} resamples of generated and test samples with replacement within cells (partition "
-            "fixed), percentile 95% interval; per layer seed word s = SeedSequence([seed, layer]); test resamples of "
-            "cell c from default_rng([s, 0, c]), a set's from default_rng([s, 1, crc32(gen_set), c])"
-            if cfg.bootstrap
-            else "none"
-        ),
+        "bootstrap": _bootstrap_text(cfg),
         "verdict": (
             f"copying iff the Holm-adjusted (over the set's layers) C_T p < alpha={cfg.alpha}; localized copying "
             "iff not, but a cell's Holm-adjusted (over kept cells x layers) p < alpha"
@@ -81,14 +105,7 @@ def method_record(cfg: CTConfig) -> dict[str, Any]:
             if cfg.partitions > 1
             else "one partition (seed above)"
         ),
-        "copies": (
-            f"top {cfg.top_k} nearest training samples over the whole training set (projected space, same metric; "
-            "exact float64: FAISS float32 candidates re-ranked, exhaustive where the float32 bound does not prove "
-            "the list; ties to the smaller training row); test_quantile = share of test samples whose nearest "
-            "training distance is below"
-            if cfg.top_k
-            else "none"
-        ),
+        "copies": _copies_text(cfg),
         "seed": cfg.seed,
     }
 

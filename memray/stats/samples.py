@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,9 @@ from memray.stats.copies import IDENTITY, LayerTrain, Sources, copies_frame
 from memray.stats.parts import Part, PartDir
 from memray.stats.queries import QueryBlock
 from memray.stats.topk import merged_topk, topk_round
+
+if TYPE_CHECKING:
+    from memray.stats.score import FittedLayer
 
 
 def neighbor_frame(role: str, gen_set: str | None, layer: int, ids, cell, nn_ids, dist) -> pd.DataFrame:
@@ -153,7 +156,7 @@ def block_jobs(fitted: Any, gens: dict[str, Rows], scored: dict[str, Any], views
 
 
 def sample_tables(
-    fitted: Any,
+    fitted: FittedLayer,
     gens: dict[str, Rows],
     scored: dict[str, Any],
     parts: PartDir,

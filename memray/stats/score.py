@@ -135,8 +135,8 @@ def fit_layer(
     cfg: CTConfig,
     mapper: Mapper = map,
     test_ids: np.ndarray | None = None,
-    ws: Any = None,
-    qws: Any = None,
+    ws: Workspace | None = None,
+    qws: Workspace | None = None,
 ) -> FittedLayer:
     """Fit PCA + cells on the training features (n_T, d) over global row blocks; the test set (n_P, d) is projected
     and searched by the first :meth:`FittedLayer.score_sets` round.

@@ -22,7 +22,7 @@ import numpy as np
 from memray.io.storage import remove
 from memray.stats import Mapper
 from memray.stats.config import CTConfig
-from memray.stats.fit import cell_key
+from memray.stats.fit import FitResult, cell_key
 from memray.stats.index import TrainShard, merge_min, search_prepared
 from memray.stats.queries import put_queries, query_key
 from memray.stats.workspace import Workspace
@@ -124,7 +124,7 @@ def run_task(task: SearchTask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def search_round(
-    ws: Store, fit: Any, qws: Store, parts: dict[int, list[tuple[str, int]]], n: int, cfg: CTConfig,
+    ws: Store, fit: FitResult, qws: Store, parts: dict[int, list[tuple[str, int]]], n: int, cfg: CTConfig,
     mapper: Mapper = map,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """One search round over ``n`` queries held in the query workspace: each one's nearest training row in its cell.
@@ -149,7 +149,7 @@ def search_round(
 
 
 def search_all(
-    ws: Workspace, fit: Any, query_z: np.ndarray, query_cells: np.ndarray, cfg: CTConfig, mapper: Mapper = map
+    ws: Workspace, fit: FitResult, query_z: np.ndarray, query_cells: np.ndarray, cfg: CTConfig, mapper: Mapper = map
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`search_round` of queries the caller holds: projected (q, k) float64 with their cells (q,) int64.
 

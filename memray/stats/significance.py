@@ -115,39 +115,53 @@ def bootstrap_replicates(
         gd[name] = (d, c)
     zs = {name: np.zeros((reps, int(st.kept.sum()))) for name, st in stats.items()}
     col = {name: np.cumsum(st.kept) - 1 for name, st in stats.items()}  # cell -> column among the kept cells
-    cells = len(np.asarray(train_counts))
-    for c in range(cells):
+    for c in range(len(np.asarray(train_counts))):
         users = [name for name, st in stats.items() if st.kept[c]]
         if not users:
             continue
-        ut, tinv = np.unique(test_d[test_cells == c], return_inverse=True)
-        n, k = len(tinv), len(ut)
-        sets = []
-        for name in users:
-            g = gd[name][0][gd[name][1] == c]
-            pos = np.searchsorted(ut, g, side="left")
-            eq = (pos < k) & (ut[np.minimum(pos, k - 1)] == g)
-            sets.append((name, len(g), pos, eq.astype(np.int64), np.random.default_rng([seed, 1, _set_key(name), c])))
-        rng_t = np.random.default_rng([seed, 0, c])
-        chunk = max(1, _CHUNK_CELLS // max(n, k + 1))
-        for r0 in range(0, reps, chunk):
-            b = min(chunk, reps - r0)
-            base = (np.arange(b, dtype=np.int64) * (k + 1))[:, None]
-            # h[r, v]: copies of the v-th distinct test distance in resample r (column k: none, for "above all")
-            h = np.bincount((tinv[draw(rng_t, n, b)] + base).ravel(), minlength=b * (k + 1))
-            less = (np.cumsum(h.reshape(b, k + 1), axis=1) - h.reshape(b, k + 1)).ravel()
-            for name, m, pos, eq, rng_g in sets:
-                u2 = _set_u2(draw, rng_g, m, b, pos, eq, less, h, k)
-                zs[name][r0 : r0 + b, col[name][c]] = u_to_z(u2 / 2.0, n, m)
-    out = {}
-    for name, st in stats.items():
-        if not st.kept.any():
-            out[name] = np.full(reps, np.nan)
-            continue
-        share = st.n_test / st.n_test.sum()
-        w = share[st.kept]
-        out[name] = np.sum(w * zs[name], axis=1) / np.sum(w)
+        cell_d = {name: gd[name][0][gd[name][1] == c] for name in users}
+        for name, z in _cell_z(test_d[test_cells == c], cell_d, c, reps, seed, draw).items():
+            zs[name][:, col[name][c]] = z
+    return {name: _weighted_ct(st, zs[name], reps) for name, st in stats.items()}
+
+
+def _cell_z(
+    test_d: np.ndarray, gen_d: dict[str, np.ndarray], c: int, reps: int, seed: int, draw: Draw
+) -> dict[str, np.ndarray]:
+    """(reps,) bootstrap Z of cell ``c`` per set, from its test distances (n,) and each set's distances there.
+
+    The test resamples come from ``default_rng([seed, 0, c])`` and are shared by the sets; they are drawn in chunks
+    of at most ``_CHUNK_CELLS`` entries (the generator's stream runs on across the chunks).
+    """
+    ut, tinv = np.unique(test_d, return_inverse=True)
+    n, k = len(tinv), len(ut)
+    sets = []
+    for name, g in gen_d.items():
+        pos = np.searchsorted(ut, g, side="left")
+        eq = (pos < k) & (ut[np.minimum(pos, k - 1)] == g)
+        sets.append((name, len(g), pos, eq.astype(np.int64), np.random.default_rng([seed, 1, _set_key(name), c])))
+    out = {name: np.zeros(reps) for name in gen_d}
+    rng_t = np.random.default_rng([seed, 0, c])
+    chunk = max(1, _CHUNK_CELLS // max(n, k + 1))
+    for r0 in range(0, reps, chunk):
+        b = min(chunk, reps - r0)
+        base = (np.arange(b, dtype=np.int64) * (k + 1))[:, None]
+        # h[r, v]: copies of the v-th distinct test distance in resample r (column k: none, for "above all")
+        h = np.bincount((tinv[draw(rng_t, n, b)] + base).ravel(), minlength=b * (k + 1))
+        less = (np.cumsum(h.reshape(b, k + 1), axis=1) - h.reshape(b, k + 1)).ravel()
+        for name, m, pos, eq, rng_g in sets:
+            u2 = _set_u2(draw, rng_g, m, b, pos, eq, less, h, k)
+            out[name][r0 : r0 + b] = u_to_z(u2 / 2.0, n, m)
     return out
+
+
+def _weighted_ct(stats: CellStats, z: np.ndarray, reps: int) -> np.ndarray:
+    """(reps,) C_T replicates from the kept cells' bootstrap Z (reps, kept), weighted by test share; NaN if none."""
+    if not stats.kept.any():
+        return np.full(reps, np.nan)
+    share = stats.n_test / stats.n_test.sum()
+    w = share[stats.kept]
+    return np.sum(w * z, axis=1) / np.sum(w)
 
 
 def _set_u2(

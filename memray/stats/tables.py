@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,9 @@ from memray.stats.parts import Part, PartDir, PartsTable
 from memray.stats.samples import sample_tables
 from memray.stats.significance import bootstrap_ct, cell_p_values, ct_p_value_from_cells
 from memray.stats.verdict import add_significance, verdict_table
+
+if TYPE_CHECKING:
+    from memray.stats.score import FittedLayer
 
 __all__ = ["OPTIONAL", "SCHEMAS", "TABLES", "ScoreResult", "Sources", "Table", "concat_pieces", "empty",
            "layer_tables"]  # fmt: skip
@@ -117,7 +120,7 @@ def bootstrap_seed(cfg: CTConfig, layer: int) -> int:
 
 
 def layer_tables(
-    fitted: Any,
+    fitted: FittedLayer,
     n_train: int,
     test: Rows,
     gens: dict[str, Rows],

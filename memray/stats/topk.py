@@ -26,9 +26,11 @@ import numpy as np
 from memray.stats import Mapper
 from memray.stats.config import CTConfig
 from memray.stats.faiss_backend import faiss_scope
+from memray.stats.fit import FitResult
 from memray.stats.index import TrainShard, _scores, _tolerance, prepare
 from memray.stats.queries import QueryBlock, read_block
 from memray.stats.search import SearchItem, load_item, plan_search
+from memray.stats.workspace import Workspace
 
 BATCH_BYTES = 128 * 1024**2  # memory bound of one query batch's candidate rows (float64)
 EXHAUSTIVE_BYTES = 32 * 1024**2  # memory bound of one block of the exhaustive float64 scan
@@ -158,7 +160,7 @@ def run_topk_task(task: TopkTask) -> int:
 
 
 def topk_round(
-    ws: Any, fit: Any, qws: Any, blocks: list[QueryBlock], k: int, cfg: CTConfig, mapper: Mapper = map
+    ws: Workspace, fit: FitResult, qws: Workspace, blocks: list[QueryBlock], k: int, cfg: CTConfig, mapper: Mapper = map
 ) -> int:
     """Every search item (``fit.block_cells`` plans them) answers every query block: its lists go to the query
     workspace (:func:`merged_topk` reads them). Returns the number of items."""
@@ -168,7 +170,7 @@ def topk_round(
     return len(items)
 
 
-def merged_topk(qws: Any, block: QueryBlock, items: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+def merged_topk(qws: Workspace, block: QueryBlock, items: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """A block's k nearest training rows over the whole training set: its ``items`` lists merged (:func:`merge_topk`),
     ``(dist (q, k) float64, rows (q, k) int64)`` sorted by (distance, row), ``(inf, -1)`` pads."""
     parts = (qws.get(topk_key(block, i)) for i in range(items))
