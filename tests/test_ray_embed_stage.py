@@ -11,6 +11,7 @@ import pytest
 from ray_helpers import audit_config, make_inputs
 
 from memray.embedding.embed import LayerEmbedder, make_prepare
+from memray.embedding.views import extra_views
 from memray.io import schema
 from memray.io.config import DatasetSpec
 from memray.io.features import FeatureSet, table_to_features, write_features
@@ -131,3 +132,52 @@ def test_feature_files_store_floats_without_dictionary_in_zstd(tmp_path: Path) -
     _assert_feature_encoding(tmp_path / "f.parquet")
     back = table_to_features(pq.read_table(tmp_path / "f.parquet"))
     assert back.ids.tolist() == fs.ids.tolist() and all(np.array_equal(back.layers[k], fs.layers[k]) for k in (1, 2))
+
+
+@pytest.mark.timeout(300)
+def test_query_sets_are_embedded_under_every_view_in_the_same_pass(ray_local, tmp_path: Path) -> None:
+    """Test-set shards gain one column per layer and view (each view embedded as its own image), the training set
+    none; identity columns are the bits of a run without views; a change of views redoes only the query shards."""
+    inputs = make_inputs(tmp_path / "in")
+    out, plain_out = str(tmp_path / "out"), str(tmp_path / "plain")
+    cfg = audit_config(inputs, out, resources__shard_rows=64, resources__embed_batch_size=16,
+                       evidence__views=["identity", "hflip", "shift:1"])  # fmt: skip
+    plans = plan_shards(cfg.train, 64)[:1] + plan_shards(cfg.test, 64)[:1]
+    prepare = make_prepare(cfg.embed)
+    run_embedding(cfg, plans, out, {}, prepare, embed_key="k")
+    plain = audit_config(inputs, plain_out, resources__shard_rows=64, resources__embed_batch_size=16,
+                         evidence__views=["identity"])  # fmt: skip
+    run_embedding(plain, plans, plain_out, {}, prepare, embed_key="k")
+    embedder = LayerEmbedder(cfg.embed, num_threads=1)
+    names = ["hflip", "dx+1", "dx-1", "dy+1", "dy-1"]
+    train_cols = pq.read_schema(shard_url(out, plans[0], ".parquet")).names
+    assert not any("@" in c for c in train_cols)
+    assert "views" not in json.loads(Path(shard_url(out, plans[0], ".done.json")).read_text())
+    marker = json.loads(Path(shard_url(out, plans[1], ".done.json")).read_text())
+    assert marker["views"] == names
+    table = pq.read_table(shard_url(out, plans[1], ".parquet"))
+    base = pq.read_table(shard_url(plain_out, plans[1], ".parquet"))
+    for layer in embedder.resolved_layers:  # identity: bit for bit the run without views
+        assert table.column(schema.layer_column(layer)).equals(base.column(schema.layer_column(layer)))
+    views = {v.name: v for v in extra_views(cfg.evidence.views)}
+    rgb = _decoded(plans[1])
+    for name in names:
+        want = embedder.embed_prepared(np.stack([prepare(views[name](img)) for img in rgb]))
+        for layer, x in want.items():
+            got = np.stack(table.column(schema.view_column(layer, name)).to_numpy(zero_copy_only=False))
+            np.testing.assert_allclose(got, x, rtol=1e-5, atol=1e-5)
+    mtimes = [Path(shard_url(out, p, ".done.json")).stat().st_mtime_ns for p in plans]
+    fewer = audit_config(inputs, out, resources__shard_rows=64, evidence__views=["identity", "hflip"])
+    again = run_embedding(fewer, plans, out, {}, prepare, embed_key="k")
+    assert again["rows"] == len(rgb)  # only the test shard is redone
+    assert Path(shard_url(out, plans[0], ".done.json")).stat().st_mtime_ns == mtimes[0]
+    assert json.loads(Path(shard_url(out, plans[1], ".done.json")).read_text())["views"] == ["hflip"]
+
+
+def _decoded(plan: ShardPlan) -> list[np.ndarray]:
+    """The shard's images as decoded RGB, in shard order (every input here decodes)."""
+    from memray.io.images import decode_array, decode_image
+    from memray.io.sources import read_unit
+
+    payloads = [payload for unit in plan.units for _, payload in read_unit(unit, None)]
+    return [decode_array(p) if isinstance(p, np.ndarray) else decode_image(p) for p in payloads]

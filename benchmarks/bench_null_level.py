@@ -1,0 +1,72 @@
+"""Family-wise level of the verdict on seeded null sets: how often a set that does not copy is flagged.
+
+Each replicate draws a fresh world — training, test (P redrawn every time) and generated sets from one law — and
+scores it end to end (:func:`memray.stats.layers.score_features`, 2 layers, copies top-1, the replication test),
+then reads the verdict. A verdict other than ``no_evidence`` on a null set is a false alarm; the family (C_T per
+layer, kept cells × layers, replication per layer) is Holm-corrected at ``ct.alpha``, so the rate must not exceed
+α beyond Monte-Carlo error. Prints the rate with its Wilson 95% interval, per test kind that carried a false alarm.
+
+    python benchmarks/bench_null_level.py --worlds 500 --m 300 --n 800
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections import Counter
+
+import numpy as np
+
+from memray.io.features import FeatureSet
+from memray.stats.config import CTConfig
+from memray.stats.layers import score_features
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n."""
+    p = k / n
+    c = (p + z * z / (2 * n)) / (1 + z * z / n)
+    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return c - h, c + h
+
+
+def world(rng: np.random.Generator, n_train: int, n: int, m: int, d: int) -> list[FeatureSet]:
+    """Train, test and one generated set from one mixture law; layer 2 is a fixed nonlinear map of layer 1."""
+    centres = np.random.default_rng(0).normal(scale=3.0, size=(8, d))
+    out = []
+    for k, prefix in ((n_train, "t"), (n, "p"), (m, "g")):
+        x = centres[rng.integers(0, 8, k)] + rng.normal(size=(k, d))
+        ids = np.array([f"{prefix}{i}" for i in range(k)], dtype=object)
+        out.append(FeatureSet(ids, {1: x.astype(np.float32), 2: np.tanh(x[:, ::-1] / 2).astype(np.float32)}))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--worlds", type=int, default=500)
+    ap.add_argument("--m", type=int, default=300)
+    ap.add_argument("--n", type=int, default=800)
+    ap.add_argument("--n-train", type=int, default=1000)
+    ap.add_argument("--dim", type=int, default=6)
+    ap.add_argument("--alpha", type=float, default=0.05)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    cfg = CTConfig(mode="meehan", pca_dim=None, kmeans_nredo=1, bootstrap=0, top_k=1, alpha=args.alpha)
+    rng = np.random.default_rng(args.seed)
+    flagged, carried, t0 = 0, Counter(), time.perf_counter()
+    for _ in range(args.worlds):
+        train, test, gen = world(rng, args.n_train, args.n, args.m, args.dim)
+        v = score_features(train, test, {"g": gen}, cfg).verdicts.iloc[0]
+        if v["verdict"] not in ("no_evidence", "undefined"):
+            flagged += 1
+            carried[v["test"].split(":")[0]] += 1
+    lo, hi = wilson(flagged, args.worlds)
+    print(f"null worlds {args.worlds} (m={args.m}, n={args.n}, 2 layers, seed {args.seed}), alpha {args.alpha}: "
+          f"flagged {flagged} = {flagged / args.worlds:.3f} (Wilson 95% {lo:.3f}-{hi:.3f}); carried by "
+          f"{dict(carried)}; {time.perf_counter() - t0:.0f} s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
