@@ -81,23 +81,29 @@ class SampleBlock:
     views: tuple[tuple[str, QueryBlock], ...] = ()
 
 
-def nearest_over_views(ctx: BlockContext, job: SampleBlock) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def nearest_over_views(ctx: BlockContext, job: SampleBlock) -> tuple[np.ndarray, ...]:
     """The block's merged top-k lists under each view, and per row the view whose nearest distance is smallest
-    (ties: the first, identity first): ``(dist (rows, k), train rows (rows, k), view index (rows,), d1 (rows, V))``
-    with ``d1`` every view's nearest distance (column 0: identity)."""
+    (ties: the first, identity first): ``(dist (rows, k), train rows (rows, k), view index (rows,), d1 (rows, V),
+    r1 (rows, V))`` with ``d1``, ``r1`` every view's nearest distance and training row (column 0: identity)."""
     lists = [merged_topk(ctx.qws, job.block, ctx.items, ctx.k)]
     lists += [merged_topk(ctx.qws, b, ctx.items, ctx.k) for _, b in job.views]
     d1 = np.stack([d[:, 0] for d, _ in lists], axis=1)
+    r1 = np.stack([r[:, 0] for _, r in lists], axis=1)
     best = np.argmin(d1, axis=1)
     at = np.arange(len(best))
     dist = np.stack([d for d, _ in lists])[best, at]
     rows = np.stack([r for _, r in lists])[best, at]
-    return dist, rows, best, d1
+    return dist, rows, best, d1, r1
 
 
-def run_block(job: SampleBlock, ctx: BlockContext) -> tuple[Part, Part | None, np.ndarray | None]:
+Nearest = tuple[np.ndarray, np.ndarray]
+"""Evidence of a block's rows: nearest distance and training row over the whole training set."""
+
+
+def run_block(job: SampleBlock, ctx: BlockContext) -> tuple[Part, Part | None, Nearest | None]:
     """Write the block's neighbours (and copies) parts; returns them and, with top-k, the rows' nearest distances
-    over the whole training set: a test block every view's (rows, V), a generated block the smallest (rows,)."""
+    and training rows over the whole training set: a test block every view's ((rows, V) each), a generated block
+    those of the view with the smallest distance ((rows,) each)."""
     b, layer = job.block, ctx.train.layer
     role = schema.ROLE_TEST if job.name is None else schema.ROLE_GEN
     ids = job.rows.ids(np.arange(b.start, b.stop, dtype=np.int64))
@@ -106,38 +112,49 @@ def run_block(job: SampleBlock, ctx: BlockContext) -> tuple[Part, Part | None, n
     neighbours = ctx.parts.write("neighbors", tag, nbr, (role, job.name, layer))
     if not ctx.k:
         return neighbours, None, None
-    dist, rows, best, d1 = nearest_over_views(ctx, job)
+    dist, rows, best, d1, r1 = nearest_over_views(ctx, job)
     if job.name is None:
-        return neighbours, None, d1
+        return neighbours, None, (d1, r1)
     names = np.array([IDENTITY, *(v for v, _ in job.views)], dtype=object)[best]
     test_d1 = (ctx.test_d1 or {})[job.name]
     df = copies_frame(ctx.train, {job.name: ids}, {job.name: (dist, rows)}, test_d1, ctx.sources, ctx.train_name,
                       {job.name: names})  # fmt: skip
     df = df.sort_values([schema.SAMPLE_ID, schema.RANK], kind="stable", ignore_index=True)
-    return neighbours, ctx.parts.write("copies", tag, df, (job.name, layer)), dist[:, 0]
+    return neighbours, ctx.parts.write("copies", tag, df, (job.name, layer)), (dist[:, 0], rows[:, 0])
 
 
 @dataclass(frozen=True)
 class Evidence:
-    """A layer's evidence distances (global nearest training sample, smallest over views): ``test`` (n_P, V_P)
-    every test view's (column 0 identity, then ``test_views``), ``gens``: set -> (m,) its smallest over
-    ``views[set]`` (the views it shares with the test set)."""
+    """A layer's evidence (global nearest training sample, smallest over views): ``test`` (n_P, V_P) every test
+    view's nearest distance (column 0 identity, then ``test_views``) and ``test_rows`` its training row;
+    ``gens``: set -> (m,) its smallest distance over ``views[set]`` (the views it shares with the test set) and
+    ``gen_rows`` the training row it hit there."""
 
     test: np.ndarray
+    test_rows: np.ndarray
     test_views: tuple[str, ...]
     gens: dict[str, np.ndarray]
+    gen_rows: dict[str, np.ndarray]
     views: dict[str, tuple[str, ...]]
 
     def test_d1(self, name: str) -> np.ndarray:
         """(n_P,) the test set's evidence distances over set ``name``'s views."""
-        return test_over(self.test, self.test_views, self.views[name])
+        return self.test_nearest(name)[0]
+
+    def test_nearest(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(n_P,) each the test set's evidence distances and training rows over set ``name``'s views."""
+        return test_over(self.test, self.test_rows, self.test_views, self.views[name])
 
 
-def test_over(d1: np.ndarray, test_views: tuple[str, ...], views: tuple[str, ...]) -> np.ndarray:
-    """(n,) the smallest of the test rows' nearest distances ``d1`` (n, 1 + len(test_views)) over identity and
-    ``views``."""
+def test_over(
+    d1: np.ndarray, r1: np.ndarray, test_views: tuple[str, ...], views: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The smallest of the test rows' nearest distances ``d1`` (n, 1 + len(test_views)) over identity and
+    ``views``, and the training row ``r1`` of the same shape at that view (ties: the first)."""
     cols = [0, *(1 + test_views.index(v) for v in views)]
-    return d1[:, cols].min(axis=1)
+    best = np.argmin(d1[:, cols], axis=1)
+    at = np.arange(len(d1))
+    return d1[:, cols][at, best], r1[:, cols][at, best]
 
 
 def block_jobs(fitted: Any, gens: dict[str, Rows], scored: dict[str, Any], views: dict) -> list[SampleBlock]:
@@ -182,13 +199,15 @@ def sample_tables(
     done = list(mapper(partial(run_block, ctx=ctx), jobs[:n_test]))
     evidence = None
     if n_test < len(jobs):  # the generated blocks' test_quantile needs the test set's evidence distances
-        d1 = np.concatenate([d for _, _, d in done])
-        ev = Evidence(d1, test_views, {}, shared)
+        d1 = np.concatenate([d for _, _, (d, _) in done])
+        r1 = np.concatenate([r for _, _, (_, r) in done])
+        ev = Evidence(d1, r1, test_views, {}, {}, shared)
         ctx = dataclasses.replace(ctx, test_d1={n: ev.test_d1(n) for n in names})
         gen_done = list(mapper(partial(run_block, ctx=ctx), jobs[n_test:]))
         for n in names:
-            got = [d for j, (_, _, d) in zip(jobs[n_test:], gen_done, strict=True) if j.name == n]
-            ev.gens[n] = np.concatenate(got) if got else np.zeros(0)
+            got = [e for j, (_, _, e) in zip(jobs[n_test:], gen_done, strict=True) if j.name == n]
+            ev.gens[n] = np.concatenate([d for d, _ in got]) if got else np.zeros(0)
+            ev.gen_rows[n] = np.concatenate([r for _, r in got]) if got else np.zeros(0, np.int64)
         done += gen_done
         evidence = ev
     out = {"neighbors": [nb for nb, _, _ in done]}
