@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from ray_helpers import audit_config, sample_images, write_pngs
+from ray_helpers import audit_config, make_inputs, sample_images, write_pngs
 
 import memray.commands.embed as embed_command
 import memray.job.local as local
@@ -119,3 +119,20 @@ def test_local_engine_writes_the_ray_engines_shards_and_memray_embed_its_feature
     assert ids == [i for s in shards for i in s[0]]
     assert cols.keys() == shards[0][1].keys()
     assert all(np.array_equal(cols[k], np.concatenate([s[1][k] for s in shards])) for k in cols)
+
+
+def test_a_whole_audit_runs_in_process_and_resumes(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from memray.job.run import run_job
+
+    cfg = audit_config(make_inputs(tmp_path / "in"), str(tmp_path / "out"))
+    first = run_job(cfg, LocalEngine())
+    assert first.stats["embed"]["rows"] == 240 + 120 + 90 + 90
+    assert [n["node_id"] for n in first.stats["nodes"]] == [local.NODE_ID]
+    assert set(first.ct_scores["gen_set"]) == {"copy", "real"} and len(first.ct_scores) == 2 * len(
+        first.stats["layers"]
+    )
+    again = run_job(cfg, LocalEngine())
+    assert again.stats["embed"]["rows"] == 0 and again.stats["resumed"]  # every shard and layer kept
+    pd.testing.assert_frame_equal(again.ct_scores, first.ct_scores)

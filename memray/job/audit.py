@@ -2,7 +2,8 @@
 
 Each stage takes what the one before it returned and gives the next O(config + results): the driver never holds
 features. Where the work runs — embedding actors, block and search tasks, the probe-building task, the cluster's
-capacity and nodes — is the engine's (:class:`memray.ray.runner.RayRunner`); this module imports no Ray.
+capacity and nodes — is the engine's (:class:`memray.ray.runner.RayRunner`, or
+:class:`memray.job.local.LocalEngine` in one process); this module imports no Ray.
 
 - **plan**: capacity, probe sets, hub weights resolved, the output folder stamped, the job record (``meta``);
 - **embed**: every image shard not yet done, per embedding root (the output, or the reference);
@@ -55,7 +56,8 @@ log = logging.getLogger(__name__)
 
 
 class Engine(Protocol):
-    """Where an audit's work runs (the stages call it; :class:`memray.ray.runner.RayRunner` is the Ray one)."""
+    """Where an audit's work runs (the stages call it; :class:`memray.ray.runner.RayRunner` is the Ray one,
+    :class:`memray.job.local.LocalEngine` the in-process one)."""
 
     def check_capacity(self, cfg: AuditConfig) -> None: ...
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 from typing import Any
 
 import pyarrow as pa
@@ -20,7 +19,6 @@ from memray.io import schema, storage
 from memray.io.features import parquet_options
 from memray.io.shards import ShardPlan
 
-log = logging.getLogger(__name__)
 ROW_GROUP_BYTES = 128 * 1024**2  # parts are merged into row groups of about this size
 
 
@@ -79,5 +77,3 @@ def finish_shard(
         pq.write_table(table, fh)
     storage.remove(folder, so, recursive=True)
     return {"rows_embedded": n_ok, "rows_reported": len(errors)}
-
-
