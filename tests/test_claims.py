@@ -19,7 +19,8 @@ from memray.config import ConfigError, digest, to_dict
 from memray.io.claim import CLAIM_FILE, ClaimHeldError
 from memray.job.claims import audit_claims
 from memray.job.config import result_dict
-from memray.job.reference import FITS, REFERENCE_FILE, fit_key
+from memray.job.keys import fit_key
+from memray.job.markers import FITS, REFERENCE_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 S = ROOT / "data" / "sample"

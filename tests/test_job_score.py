@@ -16,7 +16,8 @@ from memray.cli import main
 from memray.io import schema
 from memray.io.features import FeatureSet
 from memray.job.config import audit_config_from_dict
-from memray.job.score import features_key, run_scoring
+from memray.job.keys import features_key
+from memray.job.score import run_scoring
 from memray.stats import queries
 from memray.stats.layers import score_features
 from memray.stats.results import write_results

@@ -16,7 +16,8 @@ from memray.io import schema
 from memray.io.config import DatasetSpec
 from memray.io.features import FeatureSet, table_to_features, write_features
 from memray.io.shards import STATUS_OK, ShardPlan, plan_shards, read_shard
-from memray.ray.embed_stage import finish_shard, parts_url, run_embedding, shard_url
+from memray.job.shard_files import finish_shard, parts_url, shard_url
+from memray.ray.embed_stage import run_embedding
 
 MARKER_KEYS = {"rows_read", "rows_embedded", "rows_reported", "embed_key", "listing_digest", "listing", "nonfinite"}
 

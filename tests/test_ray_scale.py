@@ -18,8 +18,9 @@ from ray_helpers import audit_config, make_inputs
 
 from memray.io import schema
 from memray.io.claim import CLAIM_FILE
+from memray.job.keys import fit_key
 from memray.job.preflight import preflight
-from memray.job.reference import ReferenceMismatchError, fit_key
+from memray.job.reference import ReferenceMismatchError
 from memray.ray.pipeline import run_audit
 
 TABLES = (schema.CT_SCORES_FILE, schema.CT_CELLS_FILE, schema.NEIGHBORS_FILE)

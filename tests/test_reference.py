@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from ray_helpers import audit_config, make_inputs, save_weights
 
+from memray.job.keys import fit_key
+from memray.job.markers import REFERENCE_FILE
 from memray.job.preflight import preflight
-from memray.job.reference import REFERENCE_FILE, ReferenceMismatchError, check_reference, claim_reference, fit_key
+from memray.job.reference import ReferenceMismatchError, check_reference, claim_reference
 
 
 def _sha(path: str) -> str:

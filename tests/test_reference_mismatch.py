@@ -14,9 +14,9 @@ from ray_helpers import audit_config, sample_images, write_npz, write_pngs
 from memray.embedding.embed import make_prepare
 from memray.io.config import DatasetSpec
 from memray.io.features import FeatureSet, write_features
+from memray.job.keys import embed_key
 from memray.job.preflight import preflight
 from memray.job.reference import ReferenceMismatchError, claim_reference, embeddings_root
-from memray.job.resume import embed_key
 
 
 def _inputs(root: Path) -> dict[str, str]:

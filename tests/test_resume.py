@@ -9,15 +9,8 @@ import pytest
 from ray_helpers import audit_config
 
 from memray.config import digest
-from memray.job.resume import (
-    CONFIG_FILE,
-    ResumeMismatchError,
-    claim_output,
-    differing_fields,
-    embed_key,
-    flatten,
-    stage_configs,
-)
+from memray.job.keys import embed_key, stage_configs
+from memray.job.resume import CONFIG_FILE, ResumeMismatchError, claim_output, differing_fields, flatten
 
 INPUTS = {"train": "/data/t", "test": "/data/p", "copy": "/data/c", "real": "/data/r"}
 

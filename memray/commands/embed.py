@@ -7,6 +7,11 @@ the row counts sit in the schema metadata. Images that cannot be decoded are exc
 ``<out stem>.errors.parquet`` (``set, sample_id, status, error``; written even when empty, so a stale file never
 survives a rerun). The command checks and prints ``rows read = rows embedded + rows reported``.
 
+The images are embedded by the audit job's embed stage in this process (:func:`memray.job.local.embed_shards`) into
+a staging folder ``<out stem>.shards/`` beside ``--out`` (the job's shard files and markers), then streamed into
+``--out`` and the folder deleted: an interrupted ``memray embed`` rerun with the same arguments resumes, embedding
+only the shards without a valid marker.
+
 User errors are found before the model is built: the image listing first, then the encoder
 (:func:`memray.embedding.embed.check_encoder`: model name, weights header, layers). torch and timm are imported only by
 :func:`run`, so ``memray --help`` stays light.
@@ -15,14 +20,13 @@ User errors are found before the model is built: the image listing first, then t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from memray.commands import add_encoder_input_flags, encoder_input_settings, parse_key_values
@@ -30,10 +34,10 @@ from memray.config import digest, to_dict
 from memray.embedding.config import EmbedConfig
 from memray.io import schema
 from memray.io.config import DatasetSpec
-from memray.io.features import FeatureSet, write_features
+from memray.io.features import parquet_options
 from memray.io.images import DEFAULT_MAX_PIXELS
-from memray.io.shards import IMAGE, STATUS_OK, ShardPlan, plan_shards, read_shard
-from memray.io.storage import open_output
+from memray.io.shards import ShardPlan, plan_shards
+from memray.io.storage import open_output, open_url, remove
 
 if TYPE_CHECKING:
     from memray.embedding.embed import LayerEmbedder
@@ -95,6 +99,11 @@ def errors_url(out: str) -> str:
     return str(out)[: -len(".parquet")] + ".errors.parquet"
 
 
+def staging_url(out: str) -> str:
+    """``<dir>/<stem>.shards``: the shard folder beside ``out`` while the command runs (a rerun resumes from it)."""
+    return str(out)[: -len(".parquet")] + ".shards"
+
+
 def run(args: argparse.Namespace) -> int:
     """Embed the images and write the feature and error files; returns the exit status."""
     if not str(args.out).endswith(".parquet"):
@@ -118,22 +127,7 @@ def run(args: argparse.Namespace) -> int:
     encoder = check_encoder(cfg)
     log.info("encoder %s: layers %s of %d blocks", cfg.model, encoder["layers"], encoder["num_blocks"])
     embedder = LayerEmbedder(cfg, num_threads=args.num_threads)
-    ids, layers, errors, rows_read = _embed_source(args.images, plans, embedder, set_name)
-    rows_embedded, rows_reported = len(ids), len(errors)
-    if rows_read != rows_embedded + rows_reported:  # an internal bug, never expected: refuse to write
-        raise RuntimeError(
-            f"{args.images}: rows read {rows_read} != embedded {rows_embedded} + reported {rows_reported}"
-        )
-    err_url = errors_url(args.out)
-    _write_errors(err_url, errors)
-    counts = {"rows_read": rows_read, "rows_embedded": rows_embedded, "rows_reported": rows_reported}
-    if errors:
-        by_status = Counter(e[2] for e in errors)
-        log.warning("%s: %d image(s) not decodable (%s); see %s", args.images, len(errors), dict(by_status), err_url)
-    print(f"rows read = rows embedded + rows reported: {rows_read} = {rows_embedded} + {rows_reported}")
-    if rows_embedded == 0:
-        print(f"memray embed: error: no image of {args.images} could be embedded; see {err_url}")
-        return 1
+    err_url, staging = errors_url(args.out), staging_url(args.out)
     meta = {
         "stage": "embed",
         "input": str(args.images),
@@ -141,56 +135,55 @@ def run(args: argparse.Namespace) -> int:
         "config": to_dict(cfg),
         "config_digest": digest(cfg),
         "embedder": embedder.describe(),
-        "counts": counts,
-        "errors_file": err_url,
     }
-    write_features(args.out, FeatureSet(np.asarray(ids, dtype=object), layers, str(args.images)), meta)
+    counts, pieces = _embed_shards(embedder, plans, staging, meta, err_url)
+    rows_read, rows_embedded, rows_reported = (counts[k] for k in ("rows_read", "rows_embedded", "rows_reported"))
+    print(f"rows read = rows embedded + rows reported: {rows_read} = {rows_embedded} + {rows_reported}")
+    if rows_embedded == 0:
+        remove(staging, recursive=True)
+        print(f"memray embed: error: no image of {args.images} could be embedded; see {err_url}")
+        return 1
+    _concat(args.out, pieces, {**meta, "counts": counts, "errors_file": err_url})
+    remove(staging, recursive=True)
     print(f"features: {args.out} ({rows_embedded} rows × layers {list(embedder.resolved_layers)})")
     print(f"errors:   {err_url} ({rows_reported} rows)")
     return 0
 
 
-def _embed_source(
-    path: str, plans: list[ShardPlan], embedder: LayerEmbedder, set_name: str
-) -> tuple[list[str], dict[int, np.ndarray], list[tuple[str, str, str, str]], int]:
-    """Read, decode, prepare and embed every image with the audit job's own shard reader (same sample ids).
+def _embed_shards(
+    embedder: LayerEmbedder, plans: list[ShardPlan], staging: str, meta: dict[str, Any], err_url: str
+) -> tuple[dict[str, int], list[tuple[str, int]]]:
+    """Embed the shards not yet done under ``staging`` (the audit's embed stage in process,
+    :func:`memray.job.local.embed_shards`), write the error rows to ``err_url``; returns the counts and the shards'
+    feature files ``(url, rows)`` in order. A shard's key: the embed config, the image limits and the weights."""
+    from memray.job.collect import collect_errors
+    from memray.job.keys import stage_embed_key
+    from memray.job.local import embed_shards
 
-    Returns ids, ``{ℓ: (n, D)}``, error rows and rows read. The next shard is decoded in a thread while the
-    current one runs on the encoder.
-    """
-    bs = embedder.cfg.batch_size
-    log.info("%s: %d shard(s), batches of %d", path, len(plans), bs)
-
-    def read(k: int) -> list[dict[str, Any]]:
-        return read_shard(plans[k], embedder.preprocessor.prepare, DEFAULT_MAX_PIXELS)
-
-    ids: list[str] = []
-    parts: list[dict[int, np.ndarray]] = []
-    errors: list[tuple[str, str, str, str]] = []
-    n_read = 0
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(read, 0)
-        for k in range(len(plans)):
-            rows = future.result()
-            if k + 1 < len(plans):
-                future = pool.submit(read, k + 1)
-            n_read += len(rows)
-            ok = [r for r in rows if r[schema.STATUS] == STATUS_OK]
-            errors += [(set_name, r[schema.SAMPLE_ID], r[schema.STATUS], r[schema.ERROR]) for r in rows if r not in ok]
-            for i in range(0, len(ok), bs):
-                parts.append(embedder.embed_prepared(np.stack([r[IMAGE] for r in ok[i : i + bs]])))
-            ids += [r[schema.SAMPLE_ID] for r in ok]
-    layers = {
-        layer: np.concatenate([p[layer] for p in parts])
-        if parts
-        else np.empty((0, embedder.dims[layer]), embedder.out_dtype)
-        for layer in embedder.resolved_layers
-    }
-    return ids, layers, errors, n_read
+    stage = {"embed": to_dict(embedder.cfg), "max_image_pixels": DEFAULT_MAX_PIXELS, "resources.shard_rows": SHARD_ROWS}
+    key = stage_embed_key(stage, embedder.weights_info)
+    prepare = embedder.preprocessor.prepare
+    log.info("%s: %d shard(s) under %s, batches of %d", meta["input"], len(plans), staging, embedder.cfg.batch_size)
+    embed_shards(lambda: embedder, plans, staging, meta, prepare, DEFAULT_MAX_PIXELS, key, embedder.weights_info)
+    errors, by_set, pieces = collect_errors(staging, plans, {}, None)  # checks rows read = embedded + reported
+    with open_output(err_url) as fh:
+        pq.write_table(errors, fh)
+    if errors.num_rows:
+        by_status = Counter(errors.column(schema.STATUS).to_pylist())
+        log.warning("%s: %d image(s) not decodable (%s); see %s", meta["input"], errors.num_rows, dict(by_status),
+                    err_url)  # fmt: skip
+    counts = by_set.get(meta["set"], {"rows_read": 0, "rows_embedded": 0, "rows_reported": 0})
+    return {k: counts[k] for k in ("rows_read", "rows_embedded", "rows_reported")}, pieces.get(meta["set"], [])
 
 
-def _write_errors(url: str, errors: list[tuple[str, str, str, str]]) -> None:
-    cols = list(zip(*errors, strict=True)) if errors else [[], [], [], []]
-    table = pa.Table.from_arrays([pa.array(list(c), pa.string()) for c in cols], schema=schema.ERRORS_SCHEMA)
-    with open_output(url) as fh:
-        pq.write_table(table, fh)
+def _concat(out: str, pieces: list[tuple[str, int]], meta: dict[str, Any]) -> None:
+    """Stream the shards' feature files into one ``out`` (one shard in memory at a time), ``meta`` in its schema."""
+    with open_output(out) as fh, contextlib.ExitStack() as stack:
+        writer = None
+        for url, _ in pieces:
+            with open_url(url, "rb") as src:
+                table = pq.read_table(src)
+            if writer is None:
+                sch = table.schema.with_metadata({schema.META_KEY: json.dumps(meta, sort_keys=True).encode()})
+                writer = stack.enter_context(pq.ParquetWriter(fh, sch, **parquet_options(sch)))
+            writer.write_table(table.replace_schema_metadata(writer.schema.metadata))

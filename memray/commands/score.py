@@ -113,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     """Load the features, score every generated set at every layer, write the tables, print a summary."""
     from memray.config import to_dict
     from memray.io.embedding_inputs import load_feature_input as load_features
-    from memray.job.score import TABLES, FolderSink, features_key
+    from memray.job.keys import features_key
+    from memray.job.score import TABLES, FolderSink
     from memray.stats.layers import score_features
     from memray.stats.results import write_results
 

@@ -195,13 +195,14 @@ def read_shard(
     prepare: Any,
     max_pixels: int,
     storage_options: dict[str, Any] | None = None,
+    views: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
     """Every row of :func:`iter_shard` in a list, each with ``shard_rows`` = the shard's row count.
 
     For callers that want the whole shard at once (``memray embed``, tests); the Ray job streams
     :func:`iter_shard` instead.
     """
-    rows = list(iter_shard(plan, prepare, max_pixels, storage_options))
+    rows = list(iter_shard(plan, prepare, max_pixels, storage_options, views))
     for r in rows:
         r[SHARD_ROWS] = len(rows)
     return rows

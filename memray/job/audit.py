@@ -2,7 +2,8 @@
 
 Each stage takes what the one before it returned and gives the next O(config + results): the driver never holds
 features. Where the work runs — embedding actors, block and search tasks, the probe-building task, the cluster's
-capacity and nodes — is the engine's (:class:`memray.ray.runner.RayRunner`); this module imports no Ray.
+capacity and nodes — is the engine's (:class:`memray.ray.runner.RayRunner`, or
+:class:`memray.job.local.LocalEngine` in one process); this module imports no Ray.
 
 - **plan**: capacity, probe sets, hub weights resolved, the output folder stamped, the job record (``meta``);
 - **embed**: every image shard not yet done, per embedding root (the output, or the reference);
@@ -24,7 +25,6 @@ from typing import Any, Protocol
 import pyarrow.parquet as pq
 
 from memray import installed_version
-from memray.config import digest
 from memray.fingerprint.curve_run import plan_subsets
 from memray.io import schema, storage
 from memray.io.shards import ShardPlan
@@ -36,17 +36,18 @@ from memray.job.collect import (
     collect_all,
     embedded_layers,
     previous_stats,
-    score_key,
     set_counts,
 )
 from memray.job.config import AuditConfig, result_dict
 from memray.job.evidence import sources_for, write_report
 from memray.job.finish import finish_fingerprints_and_probes
+from memray.job.keys import embed_key, job_digest, score_key
+from memray.job.markers import write_fit_marker
 from memray.job.preflight import Preflight, check_gallery, preprocessing_record
 from memray.job.probes import is_probe_set
-from memray.job.reference import check_reference, claim_reference, embeddings_root, fit_roots, mark_fit_finished
+from memray.job.reference import check_reference, claim_reference, embeddings_root, fit_roots
 from memray.job.result import AuditResult, AuditRun
-from memray.job.resume import claim_output, embed_key, weights_pending
+from memray.job.resume import claim_output, weights_pending
 from memray.job.score import run_scoring
 from memray.stats import Mapper
 from memray.stats.results import write_results
@@ -55,7 +56,8 @@ log = logging.getLogger(__name__)
 
 
 class Engine(Protocol):
-    """Where an audit's work runs (the stages call it; :class:`memray.ray.runner.RayRunner` is the Ray one)."""
+    """Where an audit's work runs (the stages call it; :class:`memray.ray.runner.RayRunner` is the Ray one,
+    :class:`memray.job.local.LocalEngine` the in-process one)."""
 
     def check_capacity(self, cfg: AuditConfig) -> None: ...
 
@@ -99,7 +101,7 @@ def plan(cfg: AuditConfig, checked: Preflight, claims: AuditClaims, engine: Engi
     # the job record (memray.stats.results.JOB_KEYS): in every shard's and every result table's metadata
     meta = {
         "memray_version": installed_version(),
-        "job_digest": digest(result_dict(cfg)),
+        "job_digest": job_digest(cfg),
         "job_config": result_dict(cfg),
     }
     meta.update(preprocessing=preprocessing_record(cfg), weights=checked.weights)
@@ -150,15 +152,17 @@ def score(run: AuditRun, engine: Engine, pieces: Pieces) -> Scored:
     """Every layer not yet scored; returns the result tables, the subset curves, the subset plan and the layers."""
     cfg, checked, counts = run.cfg, run.checked, run.stats["counts"]
     layers = sorted(checked.layers) if cfg.train.is_embeddings else embedded_layers(pieces[cfg.train.name], cfg.storage)
-    sizes = {g.name: counts[g.name]["rows_embedded"] for g in cfg.generated if not is_probe_set(g.name)}
-    subsets = plan_subsets(sizes, cfg.fingerprint) if cfg.fingerprint else None
+    run.sizes = {g.name: counts[g.name]["rows_embedded"] for g in cfg.generated if not is_probe_set(g.name)}
+    subsets = plan_subsets(run.sizes, cfg.fingerprint) if cfg.fingerprint else None
+    if run.mapper is None:  # one per run: the score and finish stages' tasks
+        run.mapper = engine.mapper(cfg)
     skey, roots = score_key(run.ekey, cfg, checked), fit_roots(cfg, checked, layers)
     result, curves, run.stats["score"] = run_scoring(
-        cfg, pieces, layers, engine.mapper(cfg), subsets, skey, roots, sources_for(checked.plans)
+        cfg, pieces, layers, run.mapper, subsets, skey, roots, sources_for(checked.plans)
     )
     run.claims.check()
     if run.claims.reference is not None and run.claims.fit_key is not None:  # built here: later audits only read it
-        mark_fit_finished(cfg, run.claims.fit_key, layers)
+        write_fit_marker(str(cfg.reference), run.claims.fit_key, layers, cfg.storage)
     run.stats["layers"] = layers
     return result, curves, subsets, layers
 
@@ -177,7 +181,7 @@ def finish(
     run_meta = {**run.meta, "stats": stats, "inputs": {s.name: list(s.urls or s.embeddings) for s in cfg.sets}}
     run_meta["labels"] = {g.name: g.label for g in cfg.generated}
     run_meta.pop("memray_version")  # write_results records it once
-    mapper = engine.mapper(cfg)
+    mapper = run.mapper or engine.mapper(cfg)
     write_results(cfg.output, result, run_meta, so, mapper)  # the per-sample tables are assembled by tasks
     attribution = finish_fingerprints_and_probes(run, result, curves, subsets, layers, pieces, mapper)
     report = next(iter(mapper(partial(write_report, so=so), [cfg.output])))  # a task: it reads per-sample tables

@@ -3,7 +3,7 @@
 Two runs writing one folder corrupt each other's shards (one run's part files vanish under the other), so
 :func:`audit_claims` claims ``cfg.output`` (:mod:`memray.io.claim`) before anything is written there and refuses a
 second writer at once, naming the first. A reference whose fit for this audit is complete (listed in its
-``reference.json``, :func:`memray.job.reference.reference_finished`) is only read: any number of audits may read
+``reference.json``, :func:`memray.job.markers.fit_done`) is only read: any number of audits may read
 it at once, with no claim. Otherwise the audit builds it (its embeddings, or a fit of new settings) and claims it
 too, so a second audit building the same reference is refused with the builder's name instead of failing later.
 """
@@ -18,7 +18,8 @@ from typing import Any
 
 from memray.io.claim import Claim, acquire
 from memray.job.config import AuditConfig
-from memray.job.reference import fit_key, reference_finished
+from memray.job.keys import fit_key
+from memray.job.markers import fit_done
 
 log = logging.getLogger(__name__)
 OUTPUT_ADVICE = "wait, use another --out"
@@ -77,7 +78,7 @@ def audit_claims(cfg: AuditConfig, checked: Any) -> Iterator[AuditClaims]:
     with _claim(cfg, cfg.output, reference=False) as output:
         claims = AuditClaims(cfg, key, output)
         with claims._stack:
-            if key is not None and not reference_finished(cfg, key):
+            if key is not None and not fit_done(cfg.reference, key, cfg.storage):
                 claims.claim_reference()
             elif key is not None:
                 log.info("reference %s: finished for this audit's fit; read without a claim", cfg.reference)

@@ -1,8 +1,8 @@
 """The collect stage: after embedding, the shard markers → every set's feature files, counts and error rows.
 
 Reads only the small completion markers and error files (never the features); checks rows read = rows embedded +
-rows reported for every set, and refuses a set without any embedded row. Also here: the score key (what the layer
-tables depend on) and the resume history of an output folder.
+rows reported for every set, and refuses a set without any embedded row. Also here: the resume history of an output
+folder.
 """
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from memray.config import digest
 from memray.io import schema, storage
 from memray.io.images import STATUS_SKIPPED
 from memray.io.shards import ShardPlan
 from memray.job.config import AuditConfig
+from memray.job.markers import read_shard_marker
 from memray.job.preflight import Preflight
-from memray.job.resume import stage_configs
 from memray.job.shard_files import shard_url
 
 Counts = dict[str, dict[str, int]]
@@ -40,7 +39,7 @@ def collect_errors(
     """
     tables, counts, pieces = [], {}, {}
     for plan in plans:
-        stats = storage.read_json(shard_url(out, plan, ".done.json"), so)
+        stats = read_shard_marker(out, plan, so)
         if int(stats["rows_embedded"]):
             pieces.setdefault(plan.set_name, []).append((shard_url(out, plan, ".parquet"), int(stats["rows_embedded"])))
         c = counts.setdefault(plan.set_name, set_counts())
@@ -103,12 +102,6 @@ def embedded_layers(pieces: list[tuple[str, int]], so: dict | None) -> list[int]
     with storage.open_url(pieces[0][0], "rb", so) as fh:
         names = pq.read_schema(fh).names
     return sorted(x for x in (schema.parse_layer_column(n) for n in names) if x is not None)
-
-
-def score_key(ekey: str, cfg: AuditConfig, checked: Preflight) -> str:
-    """Digest of what the layer tables depend on: embeddings, sets and their listings, scoring settings."""
-    listings = {spec.name: checked.listing(spec.name) for spec in cfg.sets}
-    return digest({"embed_key": ekey, "score": stage_configs(cfg)["score"], "listings": listings})
 
 
 def previous_stats(out: str, so: dict | None) -> list[dict[str, Any]]:

@@ -36,11 +36,8 @@ def finish_fingerprints_and_probes(
     if curves is not None and cfg.fingerprint is not None and subsets is not None:
         fp = cfg.fingerprint
         gallery = read_gallery(fp.gallery) if fp.gallery else None
-        sizes = {
-            g.name: run.stats["counts"][g.name]["rows_embedded"] for g in cfg.generated if not is_probe_set(g.name)
-        }
         job = gallery_comparable(cfg, run.meta["preprocessing"], run.checked.weights)
-        out = finish_fingerprints(curves, plan_record(subsets, sizes), fp, cfg.ct, cfg.output, gallery, job)
+        out = finish_fingerprints(curves, plan_record(subsets, run.sizes), fp, cfg.ct, cfg.output, gallery, job)
         attribution = out.get("attribution")
         if gallery is None:  # the FID-nearest baseline needs the gallery sets' features: this run's labelled sets
             _fid_baseline(run, layers[-1], pieces, mapper)

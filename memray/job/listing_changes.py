@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from memray.io import storage
+from memray.job.markers import SHARD_MARKER
 
 log = logging.getLogger(__name__)
 SHOWN = 5
@@ -45,7 +46,7 @@ def shard_changes(
     folder = storage.join(root, "embeddings", set_name)
     try:
         fs, path = storage.filesystem(folder, so)
-        keys = sorted(m.rsplit("/", 1)[-1].removesuffix(".done.json") for m in fs.glob(f"{path}/shard-*.done.json"))
+        keys = sorted(m.rsplit("/", 1)[-1].removesuffix(SHARD_MARKER) for m in fs.glob(f"{path}/shard-*{SHARD_MARKER}"))
     except Exception as exc:  # a description only: the refusal stands without it
         log.debug("cannot list %s: %s", folder, exc)
         return None
@@ -55,7 +56,7 @@ def shard_changes(
     for key in keys:
         plan = current.get(key)
         try:
-            stats = storage.read_json(storage.join(folder, f"{key}.done.json"), so)
+            stats = storage.read_json(storage.join(folder, key + SHARD_MARKER), so)
         except (OSError, ValueError):
             continue
         if plan is not None and stats.get("listing_digest") == plan.listing_digest():

@@ -18,30 +18,27 @@ shards are written under ``<reference>/embeddings/<set>/`` instead of the output
   reference made before weights digests were recorded holds ``(not recorded)``: with file or hub weights it is
   refused, as its weights cannot be told apart.
 
-``reference.json`` lists under ``fits`` the fit keys whose layers are all written. An audit whose fit key is listed
-only reads the reference and needs no claim on it; any other audit writes to it (embeddings, fits) and claims it
-first (:mod:`memray.job.claims`), so a second audit building the same reference is refused at once.
+``reference.json`` lists under ``fits`` the fit keys whose layers are all written (:mod:`memray.job.markers`).
+An audit whose fit key is listed only reads the reference and needs no claim on it; any other audit writes to it
+(embeddings, fits) and claims it first (:mod:`memray.job.claims`), so a second audit building the same reference is
+refused at once.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from typing import Any
 
-from memray.config import digest, to_dict
+from memray.config import digest
 from memray.embedding.identity import describe_weights, show_identity, weights_identity
 from memray.io import storage
 from memray.job.config import AuditConfig
+from memray.job.keys import fit_key, stage_configs
 from memray.job.listing_changes import file_changes, file_entries, shard_changes
-from memray.job.resume import differing_fields, embed_key, stage_configs, weights_pending
+from memray.job.markers import REFERENCE_FILE
+from memray.job.resume import differing_fields, weights_pending
 
 log = logging.getLogger(__name__)
-REFERENCE_FILE = "reference.json"
-FITS = "fits"  # reference.json: {fit key: {"layers": [...], "finished": ISO time}} of every complete fit
-FIT_FIELDS = ("pca_dim", "pca_only_if_larger", "cells", "seed", "kmeans_niter", "kmeans_nredo", "kmeans_sample",
-              "kmeans_seed_sample", "block_rows")  # fmt: skip
-"""CT config fields the per-layer fit depends on (the search and the statistic do not change it)."""
 
 
 class ReferenceMismatchError(ValueError):
@@ -123,41 +120,11 @@ def claim_reference(cfg: AuditConfig, checked: Any) -> bool:
     return existed
 
 
-def reference_finished(cfg: AuditConfig, key: str) -> bool:
-    """Whether ``cfg.reference`` holds a complete fit of ``key`` (and so its embeddings): this audit only reads it."""
-    if not cfg.reference:
-        return False
-    url = storage.join(cfg.reference, REFERENCE_FILE)
-    so = cfg.storage
-    try:
-        return key in (storage.read_json(url, so).get(FITS) or {})
-    except FileNotFoundError:
-        return False
-
-
-def mark_fit_finished(cfg: AuditConfig, key: str, layers: list[int]) -> None:
-    """Record in ``reference.json`` that every layer's fit of ``key`` is written (call while holding its claim)."""
-    so = cfg.storage
-    url = storage.join(str(cfg.reference), REFERENCE_FILE)
-    data = storage.read_json(url, so)
-    finished = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    data[FITS] = {**(data.get(FITS) or {}), key: {"layers": sorted(layers), "finished": finished}}
-    storage.write_json(url, data, so)
-
-
 def embeddings_root(cfg: AuditConfig, set_name: str) -> str:
     """Where a set's embedding shards live: the reference for train and test (when set), else the output."""
     if cfg.reference and set_name in (cfg.train.name, cfg.test.name):
         return cfg.reference
     return cfg.output
-
-
-def fit_key(cfg: AuditConfig, checked: Any) -> str:
-    """Digest of what a layer's fit depends on: embed key, training listing and the fit settings."""
-    ct = to_dict(cfg.ct)
-    fit = {name: ct[name] for name in FIT_FIELDS}
-    ekey = embed_key(cfg, checked.weights)
-    return digest({"embed_key": ekey, "train": checked.listing(cfg.train.name), "fit": fit})
 
 
 def fit_roots(cfg: AuditConfig, checked: Any, layers: list[int]) -> dict[int, tuple[str, bool]]:

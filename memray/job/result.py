@@ -11,6 +11,7 @@ from memray.io import storage
 from memray.job.claims import AuditClaims
 from memray.job.config import AuditConfig
 from memray.job.preflight import Preflight
+from memray.stats import Mapper
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ class AuditResult:
 
 @dataclass
 class AuditRun:
-    """What the stages pass on: the (probe-extended) config, the checks, the job record and the stats so far."""
+    """What the stages pass on: the (probe-extended) config, the checks, the job record, the stats so far, the
+    engine's mapper and the generated sets' sizes (the fingerprint subset plan's)."""
 
     cfg: AuditConfig
     checked: Preflight
@@ -48,3 +50,5 @@ class AuditRun:
     ekey: str
     probe_params: dict[str, dict[str, Any]]
     stats: dict[str, Any] = field(default_factory=dict)
+    mapper: Mapper | None = None  # the engine's, made once per run (score and finish)
+    sizes: dict[str, int] = field(default_factory=dict)  # rows embedded per fingerprinted generated set

@@ -7,9 +7,11 @@ Stages and their keys:
   because silently re-embedding a large set into the same folder would throw hours of GPU work away.
 - **the weights' content**: the weights are known by what they are, not by their path (:func:`planned_weights`,
   :mod:`memray.embedding.identity`): a file's SHA-256 (streamed once by the preflight), or the digest of the state
-  dict the hub gave (resolved when the job starts). It is part of the embed key (:func:`embed_key`), so weights
-  replaced at the same path make every shard, fit and layer of the folder be computed again; ``random_init``
-  weights follow from the config and add nothing (their keys are those of earlier versions).
+  dict the hub gave (resolved when the job starts). It is part of the embed key (:func:`memray.job.keys.embed_key`),
+  so weights replaced at the same path make every shard, fit and layer of the folder be computed again;
+  ``random_init`` weights follow from the config and add nothing (their keys are those of earlier versions).
+
+The keys themselves are computed in :mod:`memray.job.keys`; the markers that record them in :mod:`memray.job.markers`.
 - **each embedding shard**: the embed key plus the shard's listing (file names, sizes, mtimes/ETags); a
   shard whose listing changed is embedded again.
 - **score** (``layers/layer_<ℓ>/``): the embed key, the C_T config, the fingerprint config and set labels
@@ -24,7 +26,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from memray.config import digest
 from memray.embedding.identity import (
     SOURCE_FILE,
     SOURCE_HUB,
@@ -35,39 +36,14 @@ from memray.embedding.identity import (
 )
 from memray.io import storage
 from memray.job.config import AuditConfig, result_dict
+from memray.job.keys import EMBED_FIELDS, config_field, job_digest, stage_configs
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
-EMBED_FIELDS = ("embed", "max_image_pixels", "resources.shard_rows")
-"""Dotted config fields the embeddings depend on (besides each shard's listing)."""
 
 
 class ResumeMismatchError(ValueError):
     """The output folder holds embeddings made with another embed config; the message names the fields."""
-
-
-def _get(data: dict[str, Any], dotted: str) -> Any:
-    node: Any = data
-    for key in dotted.split("."):
-        node = node.get(key) if isinstance(node, dict) else None
-    return node
-
-
-def stage_configs(cfg: AuditConfig) -> dict[str, dict[str, Any]]:
-    """The result-relevant config of each stage (JSON-ready)."""
-    full = result_dict(cfg)
-    embed = {name: _get(full, name) for name in EMBED_FIELDS}
-    sets = {s.name: {"label": s.label, "image_column": s.image_column} for s in (cfg.train, cfg.test, *cfg.generated)}
-    score = {"ct": full["ct"], "evidence": full["evidence"], "fingerprint": full.get("fingerprint"), "sets": sets}
-    return {"embed": embed, "score": score}
-
-
-def embed_key(cfg: AuditConfig, weights: dict[str, Any] | None = None) -> str:
-    """Digest of what every embedding shard depends on besides its own listing: the embed stage config and the
-    identity of ``weights`` (the job's weights record; none for random-init weights)."""
-    identity = weights_identity(weights)
-    embed = stage_configs(cfg)["embed"]
-    return digest(embed if identity is None else {"embed": embed, "weights": identity})
 
 
 def planned_weights(cfg: AuditConfig, storage_options: dict[str, Any] | None) -> dict[str, Any]:
@@ -121,7 +97,7 @@ def _old_stages(old: dict[str, Any]) -> dict[str, Any] | None:
         return old["stages"]
     if "config" in old:
         full = old["config"]
-        return {"embed": {name: _get(full, name) for name in EMBED_FIELDS}, "score": None}
+        return {"embed": {name: config_field(full, name) for name in EMBED_FIELDS}, "score": None}
     return None
 
 
@@ -159,7 +135,7 @@ def claim_output(
     """
     stages = stage_configs(cfg)
     url = storage.join(cfg.output, CONFIG_FILE)
-    stamp = {"digest": digest(result_dict(cfg)), "stages": stages, "config": result_dict(cfg), "weights": weights or {}}
+    stamp = {"digest": job_digest(cfg), "stages": stages, "config": result_dict(cfg), "weights": weights or {}}
     out: dict[str, Any] = {"resumed": False, "rescore": []}
     old = check_output_folder(cfg, storage_options)
     if old is not None:

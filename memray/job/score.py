@@ -6,13 +6,12 @@ caller's *mapper* (Ray tasks in a job, builtin ``map`` in a test), read their ow
 layer's workspaces (``fit/layer_<ℓ>/``, or the reference's, and ``fit/queries_layer_<ℓ>/``). The driver holds per
 generated sample only its cell, distance and neighbour row. Each finished layer is written under
 ``layers/layer_<ℓ>/`` (small tables as files, the per-sample tables as ``parts/``) with a completion marker
-``done.json`` holding the layer's score key (:mod:`memray.job.resume`) and its part files, so a rerun skips it only
-while the embeddings, sets and scoring settings it was made from are unchanged.
+``done.json`` (:mod:`memray.job.markers`) holding the layer's score key (:mod:`memray.job.keys`) and its part files,
+so a rerun skips it only while the embeddings, sets and scoring settings it was made from are unchanged.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -20,15 +19,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
-from memray.config import digest
 from memray.fingerprint.curve_run import curves_frame, subset_curves
 from memray.io import schema, storage
-from memray.io.features import FeatureSet
 from memray.io.finite import check_finite
 from memray.io.rows import set_rows
 from memray.job.config import AuditConfig
+from memray.job.markers import clear_layer_marker, layer_done, read_layer_marker, write_layer_marker
 from memray.job.views import set_views
 from memray.stats import Mapper
 from memray.stats.layers import Extra, LayerSets, Piece, score_layers
@@ -41,24 +38,6 @@ log = logging.getLogger(__name__)
 LAYER_STATS = ("seconds", "n_train", "space_dim", "train_rank", "degenerate")  # per layer, into run.json
 TABLES = (schema.CT_SCORES_FILE, schema.CT_CELLS_FILE, schema.NEIGHBORS_FILE, schema.COPIES_FILE, schema.STABILITY_FILE,
           schema.REPLICATION_FILE)  # fmt: skip
-MARKER = "done.json"
-
-
-def features_key(ct: dict[str, Any], sets: dict[str, FeatureSet]) -> str:
-    """Score key of ``memray score``: the C_T config and the content of every set (sample ids, every layer's bytes).
-
-    Content, not file names: a file rewritten in place changes the key, so a rerun re-scores instead of reusing
-    layers made from other features. Costs one SHA-256 pass over the features (~1 s per GB).
-    """
-    parts = {}
-    for name, fs in sorted(sets.items()):
-        h = hashlib.sha256("\0".join(map(str, fs.ids)).encode())
-        for layer in sorted(fs.layers):
-            x = np.ascontiguousarray(fs.layers[layer])
-            h.update(f"|{layer}|{x.dtype.str}|{x.shape}|".encode())
-            h.update(memoryview(x).cast("B"))
-        parts[name] = h.hexdigest()
-    return digest({"ct": ct, "sets": parts})
 
 
 class FileSource:
@@ -143,29 +122,11 @@ class FolderSink:
         return self._done[layer]
 
     def _check(self, layer: int) -> bool:
-        layer_dir = self.layer_dir(layer)
-        marker = storage.join(layer_dir, MARKER)
-        if not storage.exists(marker, self.so):
-            return False
-        try:
-            record = storage.read_json(marker, self.so)
-            if record.get("score_key") != self.score_key:
-                log.info("score: %s was made from other inputs or settings; scoring it again", layer_dir)
-                return False
-            if "parts" not in record:  # an earlier release's layout (whole per-sample tables): not mixed with parts
-                log.info("score: %s has an earlier layout; scoring it again", layer_dir)
-                return False
-            for url in self._files(layer, record):
-                with storage.open_url(url, "rb", self.so) as fh:
-                    pq.ParquetFile(fh)
-        except Exception as exc:  # a damaged or missing table: score the layer again
-            log.warning("score: %s is damaged (%s); scoring it again", layer_dir, exc)
-            return False
-        return True
+        return layer_done(self.layer_dir(layer), self.score_key, lambda record: self._files(layer, record), self.so)
 
     def part_dir(self, layer: int) -> PartDir:
         layer_dir = self.layer_dir(layer)
-        storage.remove(storage.join(layer_dir, MARKER), self.so)  # the layer is unfinished from here on
+        clear_layer_marker(layer_dir, self.so)  # the layer is unfinished from here on
         self._done[layer] = False
         storage.remove(storage.join(layer_dir, "parts"), self.so, recursive=True)
         return PartDir(storage.join(layer_dir, "parts"), self.so)
@@ -197,13 +158,12 @@ class FolderSink:
                 continue
             with storage.open_output(url, self.so) as fh:
                 table.to_parquet(fh, index=False)
-        record = {**stats, "score_key": self.score_key, "parts": parts}
-        storage.write_json(storage.join(layer_dir, MARKER), record, self.so)
+        write_layer_marker(layer_dir, stats, self.score_key, parts, self.so)
         self._done[layer] = True
 
     def read(self, layer: int) -> tuple[dict[str, Piece], dict[str, Any]]:
         layer_dir, out = self.layer_dir(layer), {}
-        record = storage.read_json(storage.join(layer_dir, MARKER), self.so)
+        record = read_layer_marker(layer_dir, self.so)
         parts = record.get("parts", {})
         for name in self.names:
             if name in parts:

@@ -1,5 +1,5 @@
-"""The embedding stage's files and completion markers, whatever runs it: where a shard's outputs go, how its part
-files become one shard, and whether a finished shard can be kept.
+"""The embedding stage's files, whatever runs it: where a shard's outputs go and how its part files become one
+shard (its completion marker: :mod:`memray.job.markers`).
 
 Per shard under ``<root>/embeddings/<set>/``: ``shard-NNNNN.parquet`` (features), ``.errors.parquet`` (rows not
 embedded) and ``.done.json`` (the completion marker: counts, embed key, weights record, input listing digest);
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 from typing import Any
 
 import pyarrow as pa
@@ -20,7 +19,6 @@ from memray.io import schema, storage
 from memray.io.features import parquet_options
 from memray.io.shards import ShardPlan
 
-log = logging.getLogger(__name__)
 ROW_GROUP_BYTES = 128 * 1024**2  # parts are merged into row groups of about this size
 
 
@@ -79,40 +77,3 @@ def finish_shard(
         pq.write_table(table, fh)
     storage.remove(folder, so, recursive=True)
     return {"rows_embedded": n_ok, "rows_reported": len(errors)}
-
-
-def shard_done(out: str, plan: ShardPlan, embed_key: str, so: dict | None, views: tuple[str, ...] = ()) -> bool:
-    """Whether a shard's outputs are complete and were made from its current listing with this embed config, under
-    the further ``views`` (names, :mod:`memray.embedding.views`; a marker without ``views`` has none)."""
-    marker = shard_url(out, plan, ".done.json")
-    if not storage.exists(marker, so):
-        return False
-    try:
-        stats = storage.read_json(marker, so)
-    except (OSError, ValueError) as exc:
-        log.warning("set %s %s: unreadable marker (%s); embedding it again", plan.set_name, plan.key, exc)
-        return False
-    if stats.get("embed_key") != embed_key or stats.get("listing_digest") != plan.listing_digest():
-        log.info(
-            "set %s %s: its input files changed since it was embedded; embedding it again", plan.set_name, plan.key
-        )
-        return False
-    if list(stats.get("views", [])) != list(views):
-        log.info("set %s %s: embedded under views %s, now %s; embedding it again", plan.set_name, plan.key,
-                 stats.get("views", []), list(views))  # fmt: skip
-        return False
-    if int(stats.get("rows_embedded", 0)) == 0:
-        return True
-    try:
-        with storage.open_url(shard_url(out, plan, ".parquet"), "rb", so) as fh:
-            rows = pq.ParquetFile(fh).metadata.num_rows
-        with storage.open_url(shard_url(out, plan, ".errors.parquet"), "rb", so) as fh:
-            pq.ParquetFile(fh)
-    except Exception as exc:  # truncated or overwritten by hand: redo rather than fail later
-        log.warning("set %s %s: damaged shard files (%s); embedding it again", plan.set_name, plan.key, exc)
-        return False
-    if rows != int(stats["rows_embedded"]):
-        log.warning("set %s %s: %d rows on disk, marker says %s; embedding it again", plan.set_name, plan.key, rows,
-                    stats["rows_embedded"])  # fmt: skip
-        return False
-    return True

@@ -58,7 +58,8 @@ from memray.io.shards import (
     iter_shard,
 )
 from memray.job.config import AuditConfig
-from memray.job.shard_files import finish_shard, parts_url, shard_done, shard_url
+from memray.job.markers import shard_done, shard_record, write_shard_marker
+from memray.job.shard_files import finish_shard, parts_url
 from memray.job.views import extra_view_names, set_views, view_prepares
 from memray.ray.errors import one_line, raise_own_errors, user_errors
 from memray.ray.session import started_local
@@ -219,13 +220,13 @@ class _Assembly:
         out: str,
         meta: dict,
         so: dict | None,
-        marker: dict,
+        key: tuple,
         cpus: float,
         views: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.plans = {(p.set_name, p.shard): p for p in todo}
-        self.views = views or {}
-        self.out, self.meta, self.so, self.marker = out, meta, so, marker
+        self.out, self.meta, self.so, self.key = out, meta, so, key  # key: (embed key, weights record)
+        self.views = views or {}  # set -> the further views its shards hold
         self.meta_ref, self.task = ray.put(meta), _finish_task.options(num_cpus=cpus)
         self.ranges: dict[tuple[str, int], RowRanges] = defaultdict(RowRanges)
         # task → (shard, rows read, rows embedded, NaN/inf rows the actors found)
@@ -283,13 +284,41 @@ class _Assembly:
             raise RuntimeError(f"{'; '.join(short)}, expected more; rerun to resume")
 
     def _mark(self, plan: ShardPlan, rows_read: int, got: dict[str, int], bad: dict | None = None) -> None:
-        stats = {"rows_read": rows_read, **got, **self.marker, finite.NONFINITE_KEY: finite.to_json(bad or {})}
-        if self.views.get(plan.set_name):  # the further views the shard's feature file holds (query sets)
-            stats["views"] = list(self.views[plan.set_name])
-        stats.update(listing_digest=plan.listing_digest(), listing=plan.listing())
-        storage.write_json(shard_url(self.out, plan, ".done.json"), stats, self.so)
+        record = shard_record(plan, rows_read, got, *self.key, bad, self.views.get(plan.set_name, ()))
+        write_shard_marker(self.out, plan, record, self.so)
         self.rows += rows_read
         self.progress.shard(plan, rows_read)
+
+
+def _dataset(cfg: AuditConfig, todo: list[ShardPlan], out: str, prepare: Any, weights: dict | None) -> Any:
+    """The Ray Data pipeline of ``todo``: a read task per shard (flat-mapped rows), then the embedding actor pool."""
+    res, so = cfg.resources, cfg.storage
+    ds = ray.data.from_items([{"plan": p.to_json()} for p in todo], override_num_blocks=len(todo))
+    raise_own_errors(ds)
+    views = view_prepares(cfg, prepare)  # query sets: their images under each further view, same read
+    ds = ds.flat_map(_read_fn(prepare, cfg.max_image_pixels, so, views), num_cpus=res.read_num_cpus)
+    with warnings.catch_warnings():  # max_restarts has no named parameter in Ray 2.60 (only **ray_remote_args)
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ds.map_batches(
+            EmbedActor,
+            fn_constructor_kwargs={
+                "embed_cfg": to_dict(cfg.embed),
+                "num_threads": res.torch_threads,
+                "out": out,
+                "storage_options": so,
+                "expected_weights": weights,
+                "view_names": extra_view_names(cfg),
+            },
+            compute=ray.data.ActorPoolStrategy(size=res.actors),
+            num_cpus=res.actor_num_cpus,
+            num_gpus=res.actor_num_gpus,
+            resources=dict(res.actor_resources) or None,
+            batch_size=res.embed_batch_size,
+            batch_format="numpy",
+            # A Ray we started ourselves is this machine: a crashed actor is resumed by a rerun. On a cluster,
+            # lost nodes are replaced in the run (Ray then logs that restarts need the actor's arguments).
+            max_restarts=0 if started_local() else -1,
+        )
 
 
 def run_embedding(
@@ -302,8 +331,9 @@ def run_embedding(
     before_writing: Callable[[], Any] | None = None,
     weights: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Embed every shard of ``plans`` not already done (:func:`shard_done`); ``weights``: the job's weights record
-    (:func:`resolve_weights`), which every actor checks and every marker records (its identity is in ``embed_key``).
+    """Embed every shard of ``plans`` not already done (:func:`memray.job.markers.shard_done`); ``weights``: the
+    job's weights record (:func:`resolve_weights`), which every actor checks and every marker records (its identity
+    is in ``embed_key``).
 
     ``before_writing``: called once before the first write, when some shard is to be done (claims a reference that
     was only to be read). Returns rows read, seconds, the node ids of the actors and ``driver_bytes``: the Arrow
@@ -316,36 +346,9 @@ def run_embedding(
     if todo and before_writing is not None:
         before_writing()
     t0 = time.perf_counter()
-    res = cfg.resources
-    marker = {"embed_key": embed_key, **({"weights": weights} if weights else {})}
-    asm = _Assembly(todo, out, meta, so, marker, res.read_num_cpus, names)
+    asm = _Assembly(todo, out, meta, so, (embed_key, weights), cfg.resources.read_num_cpus, names)
     if todo:
-        ds = ray.data.from_items([{"plan": p.to_json()} for p in todo], override_num_blocks=len(todo))
-        raise_own_errors(ds)
-        views = view_prepares(cfg, prepare)
-        ds = ds.flat_map(_read_fn(prepare, cfg.max_image_pixels, so, views), num_cpus=res.read_num_cpus)
-        with warnings.catch_warnings():  # max_restarts has no named parameter in Ray 2.60 (only **ray_remote_args)
-            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-            ds = ds.map_batches(
-                EmbedActor,
-                fn_constructor_kwargs={
-                    "embed_cfg": to_dict(cfg.embed),
-                    "num_threads": res.torch_threads,
-                    "out": out,
-                    "storage_options": so,
-                    "expected_weights": weights,
-                    "view_names": extra_view_names(cfg),
-                },
-                compute=ray.data.ActorPoolStrategy(size=res.actors),
-                num_cpus=res.actor_num_cpus,
-                num_gpus=res.actor_num_gpus,
-                resources=dict(res.actor_resources) or None,
-                batch_size=res.embed_batch_size,
-                batch_format="numpy",
-                # A Ray we started ourselves is this machine: a crashed actor is resumed by a rerun. On a cluster,
-                # lost nodes are replaced in the run (Ray then logs that restarts need the actor's arguments).
-                max_restarts=0 if started_local() else -1,
-            )
+        ds = _dataset(cfg, todo, out, prepare, weights)
         try:
             for records in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 asm.add(records)

@@ -30,7 +30,6 @@ import numpy as np
 from scipy import stats
 
 
-
 @dataclass(frozen=True)
 class Hits:
     """One set at one layer: per generated sample (m,) and test sample (n,) whether it is a hit and the training
@@ -119,7 +118,7 @@ def concentration_test(hits: Hits, permutations: int = 1999, seed: int = 0) -> t
     m = hits.m
     hit = np.concatenate([hits.gen_hit, hits.test_hit]) & (np.concatenate([hits.gen_row, hits.test_row]) >= 0)
     rows = np.concatenate([hits.gen_row, hits.test_row])
-    s_obs = pair_count(np.bincount(rows[: m][hit[: m]]))
+    s_obs = pair_count(np.bincount(rows[:m][hit[:m]]))
     pool = np.flatnonzero(hit)  # only hit samples can add pairs: permute labels, count the gen-labelled hits
     if s_obs == 0 or len(pool) < 2:
         return s_obs, 1.0
