@@ -121,7 +121,7 @@ def test_job_scoring_writes_every_table_as_score_features_does(tmp_path: Path, m
     ref = score_features(sets["train"], sets["test"], {g: sets[g] for g in ("copy", "fresh")}, cfg.ct)
     write_results(str(tmp_path / "ref"), ref, {"inputs": {}})
     files = sorted(p.name for p in (tmp_path / "ref").glob("*.parquet"))
-    assert len(files) == 7 and len(pd.read_parquet(tmp_path / "ref" / schema.COPIES_FILE)) == 2 * 3 * 3500
+    assert len(files) == 8 and len(pd.read_parquet(tmp_path / "ref" / schema.COPIES_FILE)) == 2 * 3 * 3500
     for name in files:
         assert (tmp_path / "job" / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
 

@@ -32,7 +32,8 @@ def scored():
     fresh = rng.normal(size=(300, d)).astype(np.float32)
     copies = rng.normal(size=(200, d)).astype(np.float32)  # identity: fresh; the "hflip" view: a training row
     copies_h = rng.normal(size=(200, d)).astype(np.float32)
-    copies_h[:60] = train[rng.choice(600, 60, replace=False)]
+    leaked = rng.choice(600, 12, replace=False)
+    copies_h[:60] = train[np.repeat(leaked, 5)]  # 12 training rows, each copied 5 times (seen under the view)
     views = {
         None: {"hflip": fs(rng.normal(size=(400, d)).astype(np.float32), "t")},
         "fresh": {"hflip": fs(rng.normal(size=(300, d)).astype(np.float32), "f")},
@@ -42,11 +43,11 @@ def scored():
     ev = EvidenceConfig(q=0.05, r0=0.02)
     sets = {"fresh": fs(fresh, "f"), "copy": fs(copies, "c")}
     res = score_features(fs(train, "tr"), fs(test, "t"), sets, cfg, views=views, evidence=ev)
-    return res, train, test, sets, views, ev
+    return res, train, test, sets, views, ev, leaked
 
 
 def test_copies_hold_the_smallest_distance_over_views_and_name_the_view(scored):
-    res, train, _, sets, views, _ = scored
+    res, train, _, sets, views, _, _ = scored
     top = res.copies[res.copies["rank"] == 1].set_index("sample_id")
     for name in ("fresh", "copy"):
         x, xh = sets[name].layers[1], views[name]["hflip"].layers[1]
@@ -59,7 +60,7 @@ def test_copies_hold_the_smallest_distance_over_views_and_name_the_view(scored):
 
 
 def test_replication_table_equals_the_core_test_on_brute_force_distances(scored):
-    res, train, test, sets, views, ev = scored
+    res, train, test, sets, views, ev, _ = scored
     rep = res.replication.set_index("gen_set")
     nb = res.neighbors
     tcells = nb[nb.role == "test"].set_index("sample_id").loc[fs(test, "t").ids, "cell"].to_numpy()
@@ -98,3 +99,17 @@ def test_held_out_samples_under_views_keep_test_quantile_calibrated():
     # Var of the share: q(1-q)/m from the samples plus about the same from the test set's own quantile
     assert abs(np.mean(tq < 0.05) - 0.05) < 4 * np.sqrt(2 * 0.05 * 0.95 / m)
     assert abs(np.median(tq) - 0.5) < 0.05
+
+
+def test_memorized_lists_the_leaked_images_with_their_copies(scored):
+    res, _, _, sets, _, ev, leaked = scored
+    mem = res.memorized
+    found = mem[(mem.gen_set == "copy") & (mem.q_value < 0.05)]
+    assert set(found.train_id) == {f"tr{i:05d}" for i in leaked}  # every leaked image, nothing else
+    assert (found.n_hits == 5).all() and (found.test_hits == 0).all()
+    copies = set(sets["copy"].ids[:60])
+    assert all(set(g) <= copies and len(g) == 3 for g in found.gen_samples)
+    assert not (mem[mem.gen_set == "fresh"].q_value < 0.05).any()
+    rep = res.replication.set_index("gen_set")
+    assert rep.loc["copy", "concentration_p"] < 0.01 and rep.loc["copy", "same_image_pairs"] >= 12 * 10
+    assert rep.loc["fresh", "concentration_p"] > 0.05

@@ -200,3 +200,19 @@ def test_localized_and_plain_copying_verdicts():
     assert v.loc["copy", schema.FLAGGED_CELLS].count("L1:") == 10 and v.loc["copy", schema.LOCALIZED]
     assert v.loc["fresh", schema.VERDICT] == schema.VERDICT_NONE and v.loc["fresh", schema.FLAGGED_CELLS] == ""
     assert (v[schema.ADVICE] == "").all()
+
+
+def test_replication_and_concentration_join_the_family_by_hand():
+    sc = pd.DataFrame({schema.GEN_SET: "g", schema.LAYER: [1, 2], schema.CT: [0.5, 0.3], schema.N_GEN: 300,
+                       schema.P_VALUE: [0.3, 0.4]})  # fmt: skip
+    ce = cell_rows(1, [500, 500], [True, True], "g").assign(**{schema.P_VALUE: [0.5, 0.6]})
+    rep = pd.DataFrame({schema.GEN_SET: "g", schema.LAYER: [1, 2], schema.P_VALUE: [0.2, 0.004],
+                        schema.CONCENTRATION_P: [0.009, 0.5]})  # fmt: skip
+    v = verdict_table(*add_significance(sc, ce), alpha=0.05, min_gen_per_cell=20, replication=rep).iloc[0]
+    # 8 tests: 0.004·8 = 0.032 (replication L2) < 0.05; then 0.009·7 = 0.063
+    assert v[schema.VERDICT] == schema.VERDICT_COPYING and v[schema.TEST] == "replication:L2"
+    assert v[schema.P_HOLM] == pytest.approx(0.032) and v[schema.N_TESTS] == 8
+    assert v[schema.REPLICATION_LAYERS] == "2" and v[schema.LAYERS] == ""
+    v2 = verdict_table(*add_significance(sc, ce), alpha=0.05, min_gen_per_cell=20, replication=rep.assign(
+        **{schema.P_VALUE: [0.2, 0.3]})).iloc[0]  # fmt: skip
+    assert v2[schema.VERDICT] == schema.VERDICT_NONE and v2[schema.P_HOLM] == pytest.approx(0.072)

@@ -68,6 +68,15 @@ M = "m"
 CELLS_USED = "cells_used"
 M_DROPPED = "m_dropped"
 REPLICATION_FILE = "replication.parquet"
+MEMORIZED_FILE = "memorized.parquet"
+N_HITS = "n_hits"  # generated samples whose evidence distance is below their cell's threshold on this image
+TEST_HITS = "test_hits"
+EXPECTED_HITS = "expected_hits"
+Q_VALUE = "q_value"  # Benjamini–Hochberg over the set's testable images at the layer (NaN: cannot reach p <= alpha)
+GEN_SAMPLES = "gen_samples"  # the closest generated samples on the image (up to 3), nearest first
+GEN_DISTANCES = "gen_distances"
+PAIRS = "same_image_pairs"  # pairs of generated hits on the same training image
+CONCENTRATION_P = "concentration_p"
 TEST_QUANTILE = "test_quantile"  # share of test samples whose nearest-training distance is below this distance
 GEN_SOURCE = "gen_source"  # file path or URL a user can open; "<url>#<member or row>" inside an archive
 TRAIN_SOURCE = "train_source"
@@ -187,7 +196,7 @@ VERDICTS_SCHEMA = pa.schema(
         (TEST, pa.string()),  # the test with that p: "ct:L3", "cell:L3:c5" or "replication:L3"
         (N_TESTS, pa.int64()),  # the family's size (defined tests)
         (LAYERS, pa.string()),  # layers whose C_T test is rejected in the family, e.g. "1,2,3"
-        (REPLICATION_LAYERS, pa.string()),  # layers whose replication test is rejected in the family
+        (REPLICATION_LAYERS, pa.string()),  # layers whose replication or concentration test is rejected
         (LOCALIZED, pa.bool_()),  # some cell rejected in the family
         (FLAGGED_CELLS, pa.string()),  # e.g. "L3:c5,L4:c5"
         (N_GEN, pa.int64()),
@@ -228,10 +237,30 @@ REPLICATION_SCHEMA = pa.schema(
         (R0, pa.float64()),
         (CELLS_USED, pa.int32()),
         (M_DROPPED, pa.int64()),
+        (PAIRS, pa.int64()),
+        (CONCENTRATION_P, pa.float64()),
     ]
 )
 """``replication.parquet``: per generated set and layer, the replication-rate test (:mod:`memray.stats.replication`)
 on the evidence distance (nearest training sample over the whole training set, smallest over ``views_used``)."""
+
+MEMORIZED_SCHEMA = pa.schema(
+    [
+        (GEN_SET, pa.string()),
+        (LAYER, pa.int32()),
+        (TRAIN_ID, pa.string()),
+        (TRAIN_SOURCE, pa.string()),
+        (N_HITS, pa.int64()),
+        (TEST_HITS, pa.int64()),
+        (EXPECTED_HITS, pa.float64()),
+        (P_VALUE, pa.float64()),
+        (Q_VALUE, pa.float64()),
+        (GEN_SAMPLES, pa.list_(pa.string())),
+        (GEN_DISTANCES, pa.list_(pa.float64())),
+    ]
+)
+"""``memorized.parquet``: per generated set, layer and training image some generated sample hit, the exact test of
+"generated samples fall on it no more often than test samples" (:mod:`memray.stats.leaks`)."""
 
 STABILITY_SCHEMA = pa.schema(
     [(GEN_SET, pa.string()), (LAYER, pa.int32()), (PARTITION_SEED, pa.int64()), (CT, pa.float64())]

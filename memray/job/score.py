@@ -37,7 +37,7 @@ from memray.stats.workspace import Workspace
 log = logging.getLogger(__name__)
 LAYER_STATS = ("seconds", "n_train", "space_dim", "train_rank", "degenerate")  # per layer, into run.json
 TABLES = (schema.CT_SCORES_FILE, schema.CT_CELLS_FILE, schema.NEIGHBORS_FILE, schema.COPIES_FILE, schema.STABILITY_FILE,
-          schema.REPLICATION_FILE)  # fmt: skip
+          schema.REPLICATION_FILE, schema.MEMORIZED_FILE)  # fmt: skip
 
 
 class FileSource:

@@ -23,8 +23,9 @@ TABLES: dict[str, tuple[str, list[str]]] = {
     "copies": (schema.COPIES_FILE, [schema.GEN_SET, schema.LAYER, schema.SAMPLE_ID, schema.RANK]),
     "ct_stability": (schema.STABILITY_FILE, [schema.GEN_SET, schema.LAYER, schema.PARTITION_SEED]),
     "replication": (schema.REPLICATION_FILE, [schema.GEN_SET, schema.LAYER]),
+    "memorized": (schema.MEMORIZED_FILE, [schema.GEN_SET, schema.LAYER, schema.P_VALUE, schema.TRAIN_ID]),
 }
-OPTIONAL = ("copies", "ct_stability", "replication")  # empty when ct.top_k = 0 / ct.partitions = 1
+OPTIONAL = ("copies", "ct_stability", "replication", "memorized")  # empty when ct.top_k = 0 / ct.partitions = 1
 SCHEMAS = {
     "ct_scores": schema.CT_SCORES_SCHEMA,
     "ct_cells": schema.CT_CELLS_SCHEMA,
@@ -32,6 +33,7 @@ SCHEMAS = {
     "copies": schema.COPIES_SCHEMA,
     "ct_stability": schema.STABILITY_SCHEMA,
     "replication": schema.REPLICATION_SCHEMA,
+    "memorized": schema.MEMORIZED_SCHEMA,
 }
 #: per-sample table -> how many leading sort keys hold one value per part file (a part: one set, layer, role)
 GROUP_KEYS = {"neighbors": 3, "copies": 2}
@@ -39,7 +41,8 @@ GROUP_KEYS = {"neighbors": 3, "copies": 2}
 
 def empty(name: str) -> pd.DataFrame:
     """An empty frame with a table's columns."""
-    return pd.DataFrame({f.name: pd.Series(dtype=f.type.to_pandas_dtype()) for f in SCHEMAS[name]})
+    return pd.DataFrame({f.name: pd.Series(dtype=object if pa.types.is_list(f.type) else f.type.to_pandas_dtype())
+                         for f in SCHEMAS[name]})  # fmt: skip
 
 
 def sort_frame(name: str, df: pd.DataFrame) -> pd.DataFrame:
@@ -59,7 +62,9 @@ def to_table(df: pd.DataFrame, sch: pa.Schema, meta: dict[str, Any] | None) -> p
     arrays = []
     for f in sch:
         col = df[f.name]
-        if pa.types.is_string(f.type):  # None/NaN -> null (e.g. gen_set of test rows)
+        if pa.types.is_list(f.type):  # lists of ids / distances
+            arrays.append(pa.array([list(v) for v in col], type=f.type))
+        elif pa.types.is_string(f.type):  # None/NaN -> null (e.g. gen_set of test rows)
             arrays.append(pa.array(col.to_numpy(dtype=object), type=f.type, from_pandas=True))
         else:  # numeric NaN stays NaN (an undefined z or C_T), not null
             arrays.append(pa.array(col.to_numpy(), type=f.type))

@@ -168,6 +168,7 @@ def write_results(
         "copies": (result.copies, schema.COPIES_SCHEMA, schema.COPIES_FILE),
         "ct_stability": (result.ct_stability, schema.STABILITY_SCHEMA, schema.STABILITY_FILE),
         "replication": (result.replication, schema.REPLICATION_SCHEMA, schema.REPLICATION_FILE),
+        "memorized": (result.memorized, schema.MEMORIZED_SCHEMA, schema.MEMORIZED_FILE),
         "verdicts": (result.verdicts, schema.VERDICTS_SCHEMA, schema.VERDICTS_FILE),
     }
     tables = {k: v for k, v in tables.items() if v[0] is not None}

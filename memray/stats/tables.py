@@ -25,7 +25,7 @@ from memray.stats import Mapper
 from memray.stats.catalog import OPTIONAL, SCHEMAS, TABLES, empty, sort_frame
 from memray.stats.config import CTConfig, EvidenceConfig
 from memray.stats.copies import Sources
-from memray.stats.evidence import replication_frame
+from memray.stats.evidence import LayerEvidence, evidence_frames
 from memray.stats.parts import Part, PartDir, PartsTable
 from memray.stats.samples import sample_tables
 from memray.stats.significance import bootstrap_ct, cell_p_values, ct_p_value_from_cells
@@ -62,6 +62,7 @@ class ScoreResult:
     copies: Table | None = None
     ct_stability: pd.DataFrame | None = None
     replication: pd.DataFrame | None = None
+    memorized: pd.DataFrame | None = None
     verdicts: pd.DataFrame | None = None
 
     def table(self, name: str) -> pd.DataFrame:
@@ -176,7 +177,7 @@ def layer_tables(
     }
     samples, ev = sample_tables(fitted, gens, scored, parts, mapper, sources, train_name, views)
     out.update(samples)
-    gen_cells = {n: scored[n].cell for n in names}
-    out["replication"] = replication_frame(layer, ev, fitted.test_cells, gen_cells, int(cfg.cells),
-                                           evidence or EvidenceConfig(), cfg.alpha)  # fmt: skip
+    le = LayerEvidence(layer, fitted.test_cells, {n: scored[n].cell for n in names}, int(cfg.cells), gens,
+                       fitted.neighbour_ids, sources, train_name)  # fmt: skip
+    out.update(evidence_frames(ev, le, evidence or EvidenceConfig(), cfg.alpha, int(cfg.seed)))
     return out

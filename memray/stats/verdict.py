@@ -119,8 +119,9 @@ def sample_size_advice(set_cells: pd.DataFrame, n_gen: int, min_gen_per_cell: in
 
 
 def family(sc: pd.DataFrame, ce: pd.DataFrame, rep: pd.DataFrame | None) -> tuple[list[str], np.ndarray]:
-    """One set's tests, named, with their raw p-values: C_T per layer (``ct:L3``), every kept cell (``cell:L3:c5``)
-    and the replication test per layer (``replication:L3``); undefined ones (NaN p) are left out."""
+    """One set's tests, named, with their raw p-values: C_T per layer (``ct:L3``), every kept cell (``cell:L3:c5``),
+    the replication and concentration tests per layer (``replication:L3``, ``concentration:L3``); undefined ones
+    (NaN p) are left out."""
     names = [f"ct:L{int(layer)}" for layer in sc[schema.LAYER]]
     p = [sc[schema.P_VALUE].to_numpy(dtype=np.float64)]
     names += [f"cell:L{int(layer)}:c{int(c)}" for layer, c in zip(ce[schema.LAYER], ce[schema.CELL], strict=True)]
@@ -128,6 +129,8 @@ def family(sc: pd.DataFrame, ce: pd.DataFrame, rep: pd.DataFrame | None) -> tupl
     if rep is not None and len(rep):
         names += [f"replication:L{int(layer)}" for layer in rep[schema.LAYER]]
         p.append(rep[schema.P_VALUE].to_numpy(dtype=np.float64))
+        names += [f"concentration:L{int(layer)}" for layer in rep[schema.LAYER]]
+        p.append(rep[schema.CONCENTRATION_P].to_numpy(dtype=np.float64))
     pv = np.concatenate(p)
     ok = np.isfinite(pv)
     return [n for n, keep in zip(names, ok, strict=True) if keep], pv[ok]
@@ -169,7 +172,8 @@ def verdict_table(
         hit = [t for t, a in zip(tests, adj, strict=True) if a < alpha]
         best = int(np.argmin(adj)) if len(adj) else -1
         layers = ",".join(t.removeprefix("ct:L") for t in hit if t.startswith("ct:"))
-        rep_layers = ",".join(t.removeprefix("replication:L") for t in hit if t.startswith("replication:"))
+        per_set = {t.split(":L")[1] for t in hit if t.startswith(("replication:", "concentration:"))}
+        rep_layers = ",".join(sorted(per_set, key=int))
         cells = ",".join(t.removeprefix("cell:") for t in hit if t.startswith("cell:"))
         n_gen = int(sc[schema.N_GEN].iloc[0])
         if best < 0:
