@@ -102,7 +102,7 @@ def test_held_out_samples_under_views_keep_test_quantile_calibrated():
 
 
 def test_memorized_lists_the_leaked_images_with_their_copies(scored):
-    res, _, _, sets, _, ev, leaked = scored
+    res, _, _, sets, _, _, leaked = scored
     mem = res.memorized
     found = mem[(mem.gen_set == "copy") & (mem.q_value < 0.05)]
     assert set(found.train_id) == {f"tr{i:05d}" for i in leaked}  # every leaked image, nothing else
