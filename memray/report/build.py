@@ -14,6 +14,7 @@ from memray.report.attribution import fingerprint_section
 from memray.report.context import Context, make_context
 from memray.report.copies import copies_section
 from memray.report.curves import curves_section, distances_section, heatmap_section
+from memray.report.leaks import leaks_section
 from memray.report.load import load_run
 from memray.report.markup import esc, note, page
 from memray.report.probes import probes_section
@@ -27,6 +28,7 @@ SECTIONS: tuple[tuple[str, str, Callable[[Context], tuple[str, str, str]]], ...]
     ("curves", "C_T per layer", curves_section),
     ("heatmap", "C_T heatmap", heatmap_section),
     ("copies", "Likeliest copies", copies_section),
+    ("leaks", "Replication and leaked training images", leaks_section),
     ("distances", "Nearest-training distances", distances_section),
     ("cells", "Cells", cells_section),
     ("fingerprint", "Fingerprint attribution", fingerprint_section),

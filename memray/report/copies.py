@@ -92,6 +92,9 @@ def render_gallery(ctx: Context, name: str, layer: int, rows: pd.DataFrame) -> s
                 esc(closer_than(getattr(r, schema.TEST_QUANTILE), short=True)),
                 esc(getattr(r, schema.TRAIN_ID)),
             ]
+            view = getattr(r, schema.VIEW, None)
+            if isinstance(view, str) and view != "identity":  # the copy was found under a transform
+                lines.append(f"view {esc(view)}")
             tiles.append(_tile(tag, why, lines))
         out.append(f'<div class="copyrow">{"".join(tiles)}</div>')
     return out[0] + f'<div class="copyrows">{"".join(out[1:])}</div></div>'

@@ -44,6 +44,8 @@ TABLES: dict[str, tuple[str, pa.Schema | None]] = {
     "copies": (schema.COPIES_FILE, schema.COPIES_SCHEMA),
     "errors": (schema.ERRORS_FILE, schema.ERRORS_SCHEMA),
     "stability": (schema.STABILITY_FILE, schema.STABILITY_SCHEMA),
+    "replication": (schema.REPLICATION_FILE, schema.REPLICATION_SCHEMA),
+    "memorized": (schema.MEMORIZED_FILE, schema.MEMORIZED_SCHEMA),
     "fingerprints": (schema.FINGERPRINTS_FILE, schema.FINGERPRINTS_SCHEMA),
     "gallery": (GALLERY_FILE, _GALLERY_SCHEMA),
     "attribution": (schema.ATTRIBUTION_FILE, schema.ATTRIBUTION_SCHEMA),
