@@ -24,12 +24,13 @@ CT = {  # set → C_T per layer; copier strongest at layer 3, local at layer 2
     "local": [-0.5, -1.2, -0.8, -0.3],
     "probe_flipped": [-8.0, -7.0, -3.0, -1.0],
 }
-VERDICTS = {
-    "copier": (schema.VERDICT_COPYING, 1e-8, "2,3,4", False, ""),
-    "clean": (schema.VERDICT_NONE, 0.6, "", False, ""),
-    "local": (schema.VERDICT_LOCALIZED, 0.2, "", True, "L2:c1"),
-    "probe_flipped": (schema.VERDICT_COPYING, 1e-12, "1,2,3", False, ""),
+VERDICTS = {  # verdict, p_holm, test, n_tests, layers, replication_layers, localized, flagged_cells
+    "copier": (schema.VERDICT_COPYING, 1e-8, "ct:L3", 20, "2,3,4", "3", False, ""),
+    "clean": (schema.VERDICT_NONE, 0.6, "ct:L1", 20, "", "", False, ""),
+    "local": (schema.VERDICT_LOCALIZED, 0.2, "cell:L2:c1", 20, "", "", True, "L2:c1"),
+    "probe_flipped": (schema.VERDICT_COPYING, 1e-12, "ct:L1", 20, "1,2,3", "", False, ""),
 }
+LEAKED = 2  # training images of copier listed in memorized.parquet at layer 3 (q < 0.05), each with 2 samples
 GALLERY_SETS = ["copier", "local", "clean"]  # non-probe sets, copying first, then by most negative C_T
 # copier at its strongest layer (3): test quantiles / distances of g0..g4 → expected order g3, g1, g2, g0
 COPIER_Q3 = [0.5, 0.001, 0.2, 0.001, 0.9]
@@ -64,9 +65,11 @@ def _copies(root: Path, prefix: str, n_train: int, rng: np.random.Generator) -> 
                     if s == MISSING_SOURCE_SET and g == 1 and rank == 2:  # shown at clean's layer 2
                         src = f"{prefix}/img/missing.png"
                     gen_src = f"{prefix}/img/{s}_g{g}.png"
+                    view = "hflip" if (s, g, rank) == ("copier", 3, 1) else "identity"
                     rows.append(
-                        (s, f"{s}/g{g}.png", layer, rank, f"train.npz/{t}", d * rank, min(1, q * rank), gen_src, src)
-                    )
+                        (s, f"{s}/g{g}.png", layer, rank, f"train.npz/{t}", d * rank, min(1, q * rank), gen_src, src,
+                         view)
+                    )  # fmt: skip
     return rows
 
 
@@ -102,6 +105,19 @@ def _probes(root: Path) -> None:
                                                                "recommendation": rec}))  # fmt: skip
 
 
+def _evidence(root: Path, prefix: str) -> None:
+    """replication.parquet (every set and layer; copier replicates at layer 3) and memorized.parquet (copier's
+    LEAKED training images at layer 3, plus one image that is not significant)."""
+    rep = [(s, ly, "identity,hflip", PER_SET, 30, 4 if (s, ly) == ("copier", 3) else 0,
+            0.8 if (s, ly) == ("copier", 3) else 0.0, 0.01, 0.79 if (s, ly) == ("copier", 3) else 0.0, 0.4, 0.95,
+            1e-6 if (s, ly) == ("copier", 3) else 1.0, 0.01, 0.005, 3, 0, 2 if s == "copier" else 0,
+            0.01 if s == "copier" else 1.0) for s in CT for ly in LAYERS]  # fmt: skip
+    write_table(root / schema.REPLICATION_FILE, rep, schema.REPLICATION_SCHEMA)
+    mem = [("copier", 3, f"train.npz/{t}", f"{prefix}/train.npz#{t}", 2, 0, 0.7, 0.01, q,
+            ["copier/g1.png", "copier/g3.png"], [0.01, 0.02]) for t, q in ((5, 0.02), (6, 0.03), (7, 0.4))]  # fmt: skip
+    write_table(root / schema.MEMORIZED_FILE, mem, schema.MEMORIZED_SCHEMA)
+
+
 def make_run(root: Path, source_prefix: str | None = None, probes: bool = True) -> Path:
     """A complete synthetic run folder under ``root``; sources point at ``source_prefix`` (default: ``root``)."""
     rng = np.random.default_rng(0)
@@ -132,6 +148,7 @@ def make_run(root: Path, source_prefix: str | None = None, probes: bool = True) 
             nb += [(role, s, f"{s or 'test'}/{i}", ly, i % 3, f"train.npz/{i}", float(d[i])) for i in range(count)]
     write_table(root / schema.NEIGHBORS_FILE, nb, schema.NEIGHBORS_SCHEMA)
     write_table(root / schema.COPIES_FILE, _copies(root, prefix, len(train), rng), schema.COPIES_SCHEMA)
+    _evidence(root, prefix)
     errors = [
         ("copier", "copier/x.png", "decode_error", "bad <png>"),
         ("copier", "copier/y.png", "decode_error", "bad"),

@@ -19,6 +19,7 @@ from report_helpers import (
     CT,
     GALLERY_SETS,
     LAYERS,
+    LEAKED,
     PER_SET,
     SHOWN,
     K,
@@ -47,12 +48,23 @@ def full(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Page]:
 def test_every_section_in_order_and_self_contained(full: tuple[Path, Page]) -> None:
     _, page = full
     assert page.sections == list(SECTION_IDS)
-    assert len(SECTION_IDS) == 10 and page.external == []
+    assert len(SECTION_IDS) == 11 and page.external == []
+
+
+def test_leaked_images_beside_the_samples_on_them(full: tuple[Path, Page]) -> None:
+    _, page = full
+    rows = page.table_rows("leaks")
+    assert [r[0] for r in rows] == GALLERY_SETS  # one replication row per shown set, copying first
+    assert rows[0][2] == "3" and rows[0][3].startswith("80.0%")  # copier: its strongest layer, share below
+    thumbs = page.thumbs["leaks"]  # LEAKED images (q < 0.05), each with its 2 closest generated samples
+    assert len(thumbs) == LEAKED * 3 and "2 leaked training image(s)" in page.text["leaks"]
+    assert "train.npz/7" not in page.text["leaks"]  # q = 0.4: not listed
+    assert "view hflip" in page.text["copies"]  # the copy found under the mirror says so
 
 
 def test_thumbnail_count_and_placeholder(full: tuple[Path, Page]) -> None:
     _, page = full
-    assert sum(len(v) for v in page.thumbs.values()) == len(GALLERY_SETS) * SHOWN * (1 + K)
+    assert sum(len(v) for v in page.thumbs.values()) == len(GALLERY_SETS) * SHOWN * (1 + K) + LEAKED * 3
     missing = [t for t in page.thumbs["copies"] if "placeholder" in t["class"]]
     assert len(missing) == 1 and "missing.png" in missing[0]["title"]
     assert "could not be fetched" in page.text["copies"]
