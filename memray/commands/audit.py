@@ -169,9 +169,14 @@ def print_summary(result) -> None:
 
     v = result.verdicts
     if v is not None and len(v):
-        print(f"\nVerdict per generated set (Holm-corrected over layers, alpha = {float(v[schema.ALPHA].iloc[0]):g}):")
+        alpha = float(v[schema.ALPHA].iloc[0])
+        print(f"\nVerdict per generated set (one Holm family per set: C_T, cells, replication and concentration "
+              f"per layer; alpha = {alpha:g}):")  # fmt: skip
         for _, row in v[~v[schema.GEN_SET].map(is_probe_set)].iterrows():
-            where = f" at layers {row[schema.LAYERS]}" if row[schema.LAYERS] else ""
+            where = f" ({row[schema.TEST]})" if row[schema.P_HOLM] < alpha else ""
+            where += f" at layers {row[schema.LAYERS]}" if row[schema.LAYERS] else ""
+            if row[schema.REPLICATION_LAYERS]:
+                where += f"; replicating at layers {row[schema.REPLICATION_LAYERS]}"
             cells = f"; flagged {_cells(row[schema.FLAGGED_CELLS])}" if row[schema.FLAGGED_CELLS] else ""
             advice = row[schema.ADVICE] and row[schema.VERDICT] != schema.VERDICT_COPYING
             note = f"\n    note: {row[schema.ADVICE]}" if advice else ""

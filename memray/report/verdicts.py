@@ -24,9 +24,10 @@ def reading_guide(ctx: Context) -> str:
         "(a z-scored rank test, averaged over cells). C_T ≈ 0: generated images are as close to the training set "
         "as fresh data; <b>C_T ≪ 0 (e.g. below −3): they are systematically closer — copying / memorization</b>; "
         "C_T &gt; 0: farther (under-fitting, or another distribution). C_T is a test of a <i>set</i>, not a "
-        "per-image detector: a verdict says the set as a whole is closer than chance (Holm-corrected over layers at "
-        f"α = {ctx.alpha:g}); the galleries below show its likeliest copies, but one close pair proves nothing on "
-        f"its own. Power needs generated images: a cell counts only with more than τ = {tau} of them, so "
+        "per-image detector: a verdict says the set as a whole is closer than chance (its C_T, cell, replication and "
+        f"concentration tests at every layer Holm-corrected together at α = {ctx.alpha:g}); the galleries below "
+        "show its likeliest copies, but one close pair proves nothing on its own. Power needs generated images: "
+        f"a cell counts only with more than τ = {tau} of them, so "
         f"{cells} cells need at least ~{cells * (tau + 1)} "
         "generated images, and a weak effect needs many more; the advice column says when a set is too small.</p>"
     )

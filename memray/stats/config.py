@@ -62,8 +62,9 @@ class CTConfig:
     k-means++ restarts (all rows when there are fewer); ``search_rows``: at most this many training rows per
     search item (memory of a search task, not results).
 
-    Uncertainty and evidence: ``alpha``: level of the verdicts (Holm-corrected over layers, and over cells × layers
-    for localized copying); ``bootstrap``: resamples of the seeded bootstrap 95% interval of C_T (0 = none);
+    Uncertainty and evidence: ``alpha``: level of the verdicts (one Holm family per set over its C_T, cell,
+    replication and concentration tests at every layer); ``bootstrap``: resamples of the seeded bootstrap 95%
+    interval of C_T (0 = none);
     ``partitions``: C_T is also computed under this many seeded k-means partitions (seeds ``seed`` …
     ``seed + partitions − 1``) and its range reported (1 = the paper's single partition); ``top_k``: nearest
     training samples over the whole training set per generated sample and layer in ``copies.parquet`` (0 = none).
