@@ -5,7 +5,8 @@
 
 Writes under DIR: ``train/`` (T), ``test/`` (P, from the first half of the 10k test file), ``heldout/`` (a pool of
 further test images from its second half: disjoint from P and T by pixel hash), ``gen/<kind>-s<seed>/`` (PNGs
-``00000.png``… plus ``truth.parquet``: one row per image), ``zoo.json`` (groups, parameters, seeds, timings,
+``images/00000.png``… and ``truth.parquet``: one row per image; the truth is kept out of the image folder, which
+memray would otherwise read as an input), ``zoo.json`` (groups, parameters, seeds, timings,
 diversity statistics), ``labels.csv`` (set → kind, group) and ``audit.yaml`` (the sets as a memray audit config).
 Kinds and groups are listed in ``scripts/zoo_kinds.py``. Everything is CPU torch/numpy and seeded: the same
 arguments (``--threads`` included) give the same pixels.
@@ -118,7 +119,9 @@ def build_set(ctx: zk.Ctx, out: Path, kind: str, seed: int) -> dict[str, Any]:
     if drawn.images.shape != (ctx.n_gen, 28, 28) or drawn.images.dtype != np.uint8:
         raise RuntimeError(f"{kind}: drew {drawn.images.shape} {drawn.images.dtype}, expected ({ctx.n_gen}, 28, 28)")
     folder, names = out / "gen" / f"{kind}-s{seed}", [f"{i:05d}.png" for i in range(ctx.n_gen)]
-    write_pngs(folder, drawn.images, names)
+    if folder.exists():
+        shutil.rmtree(folder)
+    write_pngs(folder / "images", drawn.images, names)
     nn_row, nn_l2 = zk.nearest(ctx.train, drawn.images)
     write_truth(folder, drawn, names, nn_row, nn_l2, ctx.train_names)
     rec = dict(drawn.record)
@@ -127,7 +130,7 @@ def build_set(ctx: zk.Ctx, out: Path, kind: str, seed: int) -> dict[str, Any]:
         "kind": kind,
         "group": zk.GROUPS[kind],
         "seed": seed,
-        "folder": f"gen/{kind}-s{seed}",
+        "folder": f"gen/{kind}-s{seed}/images",
         "n": ctx.n_gen,
         "n_copies": int(drawn.is_copy.sum()),
         **rec,

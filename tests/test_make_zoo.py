@@ -92,7 +92,7 @@ def test_layout_counts_and_truth_rows(zoo: Path) -> None:
     for name in expected:
         folder = zoo / "gen" / name
         truth = pd.read_parquet(folder / "truth.parquet")
-        assert list(truth["file"]) == sorted(p.name for p in folder.glob("*.png")) and len(truth) == N_GEN
+        assert list(truth["file"]) == sorted(p.name for p in (folder / "images").iterdir()) and len(truth) == N_GEN
         assert {"is_copy", "source_train_file", "transform", "nn_train_file", "nn_l2"} <= set(truth.columns)
         assert truth["is_copy"].dtype == bool
         assert (truth.loc[~truth["is_copy"], ["source_train_file", "transform"]] == "").all().all()
@@ -100,6 +100,8 @@ def test_layout_counts_and_truth_rows(zoo: Path) -> None:
         assert record["sets"][name]["train_s"] >= 0 and "sample_seed" in record["sets"][name]
     cfg = load_audit_config(zoo / "audit.yaml")
     assert sorted(g.name for g in cfg.generated) == sorted(expected)
+    for g in cfg.generated:  # the audit reads the image folders only: no truth or subset file among the inputs
+        assert {p.suffix for p in Path(g.urls[0]).iterdir()} == {".png"} and g.label == g.name.rsplit("-s", 1)[0]
 
 
 def test_copy_mix_copies_equal_their_transformed_source(zoo: Path) -> None:
@@ -111,7 +113,9 @@ def test_copy_mix_copies_equal_their_transformed_source(zoo: Path) -> None:
         assert len(copies) == round(0.3 * N_GEN) and copies["source_train_file"].is_unique
         for row in copies.itertuples():
             source = _png(zoo / "train" / row.source_train_file)
-            np.testing.assert_array_equal(_png(folder / row.file), _transform(source, row.transform), row.transform)
+            np.testing.assert_array_equal(
+                _png(folder / "images" / row.file), _transform(source, row.transform), row.transform
+            )
             families.add(row.transform.split("_")[0].rstrip("0123456789"))
         honest = truth[~truth["is_copy"]]
         assert (honest["nn_l2"] > 0).all()  # no accidental exact copies among the mixture samples
@@ -125,7 +129,7 @@ def test_kde_and_subset_truth(zoo: Path) -> None:
     for row in truth.itertuples():
         src = _png(zoo / "train" / row.source_train_file).astype(float)
         inside = (src > 60) & (src < 195)  # unclipped pixels: residual = noise of std 0.15 * 255
-        residuals.append((_png(zoo / "gen" / "kde-s0" / row.file) - src)[inside])
+        residuals.append((_png(zoo / "gen" / "kde-s0" / "images" / row.file) - src)[inside])
     assert 0.13 * 255 < np.concatenate(residuals).std() < 0.17 * 255
     folder = zoo / "gen" / "small_subset_vae-s0"
     subset = (folder / "subset.txt").read_text().split()
@@ -142,7 +146,7 @@ def test_nearest_training_image_is_exact(zoo: Path) -> None:
     for name in ("dense_sampler-s1", "kde-s0"):
         truth = pd.read_parquet(zoo / "gen" / name / "truth.parquet")
         for row in truth.itertuples():
-            d2 = ((stack - _png(zoo / "gen" / name / row.file).reshape(-1).astype(np.int64)) ** 2).sum(1)
+            d2 = ((stack - _png(zoo / "gen" / name / "images" / row.file).reshape(-1).astype(np.int64)) ** 2).sum(1)
             assert row.nn_train_file == names[int(d2.argmin())]
             assert row.nn_l2 == pytest.approx(np.sqrt(d2.min()) / 255.0, rel=1e-9, abs=1e-9)
 
@@ -152,7 +156,7 @@ def test_real_sets_are_disjoint_by_pixels(zoo: Path) -> None:
     assert len(train) == N_TRAIN and len(test) == N_TEST and len(heldout) == N_HELDOUT
     assert not heldout & test and not heldout & train and not test & train
     for seed in (0, 1):
-        drawn = _hashes(zoo / "gen" / f"heldout-s{seed}")
+        drawn = _hashes(zoo / "gen" / f"heldout-s{seed}" / "images")
         assert len(drawn) == N_GEN and drawn <= heldout
     assert all(int(p.stem.split("-")[1]) < 5000 for p in (zoo / "test").glob("*.png"))
     assert all(int(p.stem.split("-")[1]) >= 5000 for p in (zoo / "heldout").glob("*.png"))
@@ -164,7 +168,10 @@ def test_seeds_reproduce_and_differ(zoo: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "gen").iterdir()) == sorted(f"{k}-s1" for k in kinds)
     for kind in kinds:
-        again, first = _folder(tmp_path / "gen" / f"{kind}-s1"), _folder(zoo / "gen" / f"{kind}-s1")
+        again, first = (
+            _folder(tmp_path / "gen" / f"{kind}-s1" / "images"),
+            _folder(zoo / "gen" / f"{kind}-s1" / "images"),
+        )
         assert list(again) == list(first)
         for name in first:
             np.testing.assert_array_equal(again[name], first[name], f"{kind}-s1/{name}")
@@ -172,7 +179,7 @@ def test_seeds_reproduce_and_differ(zoo: Path, tmp_path: Path) -> None:
             pd.read_parquet(tmp_path / "gen" / f"{kind}-s1" / "truth.parquet"),
             pd.read_parquet(zoo / "gen" / f"{kind}-s1" / "truth.parquet"),
         )
-        other = _folder(zoo / "gen" / f"{kind}-s0")
+        other = _folder(zoo / "gen" / f"{kind}-s0" / "images")
         assert any(not np.array_equal(other[n], first[n]) for n in first)
 
 
