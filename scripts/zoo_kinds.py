@@ -43,7 +43,7 @@ MODEL_OF = {
     "copy_mix": "pca_gmm",
 }
 PARAMS: dict[str, dict[str, Any]] = {
-    "dcgan": {"epochs": 30, "z_dim": 64, "width": 64, "lr": 2e-4, "batch": 64},
+    "dcgan": {"epochs": 80, "z_dim": 64, "width": 64, "lr": 2e-4, "batch": 64},
     "vae": {"epochs": 40, "z_dim": 16, "width": 32, "lr": 1e-3, "batch": 64, "beta": 1.0},
     "blurry_vae": {"epochs": 4, "z_dim": 16, "width": 32, "lr": 1e-3, "batch": 64, "beta": 1.0},
     "small_subset_vae": {
