@@ -38,6 +38,7 @@ def copies_block(rng: np.random.Generator, gen_set: str, layer: int, ids: np.nda
         schema.TEST_QUANTILE: np.where(rng.random(m * k) < 0.1, np.nan, rng.random(m * k)),
         schema.GEN_SOURCE: None,
         schema.TRAIN_SOURCE: [None if i % 3 else f"src{i}" for i in range(m * k)],
+        schema.VIEW: np.repeat(np.array(["identity", "hflip"], dtype=object)[np.arange(m) % 2], k),
     })  # fmt: skip
 
 

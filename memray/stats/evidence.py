@@ -68,14 +68,12 @@ def project_views(engine: EngineLayer, views: ViewSets, mapper: Mapper = map) ->
 @dataclass(frozen=True)
 class LayerEvidence:
     """What the evidence tables of a layer need beyond the distances: the cells of the test and generated samples
-    (identity), the number of cells, the rows of each generated set (sample ids of the hits), the training rows'
-    ids and the sources resolver (``None``: no sources)."""
+    (identity), the number of cells, the training rows' ids and the sources resolver (``None``: no sources)."""
 
     layer: int
     test_cells: np.ndarray
     gen_cells: dict[str, np.ndarray]
     n_cells: int
-    gens: dict[str, Rows]
     train_ids: Callable[[np.ndarray], np.ndarray]
     sources: Sources | None = None
     train_name: str = "train"
@@ -105,7 +103,7 @@ def evidence_frames(
         used = ",".join(("identity", *ev.views[name]))
         rep.append((name, le.layer, used, r.m, r.n, r.k_obs, r.share_below, r.expected_share, r.rate, r.ci_low,
                     r.ci_high, r.p_value, r.q, r.r0, r.cells, r.m_dropped, pairs, p_conc))  # fmt: skip
-        mem.append(memorized_rows(name, le, leaked_images(hits, alpha), hits, ev.gens[name]))
+        mem.append(memorized_rows(name, le, leaked_images(hits, alpha), hits, ev.gens[name], ev.hit_ids[name]))
     out = {"replication": pd.DataFrame(rep, columns=schema.REPLICATION_SCHEMA.names)}
     out["memorized"] = pd.concat(mem, ignore_index=True) if mem else empty_memorized()
     return out
@@ -125,13 +123,17 @@ def empty_memorized() -> pd.DataFrame:
     return pd.DataFrame({f: pd.Series(dtype=object) for f in schema.MEMORIZED_SCHEMA.names})
 
 
-def memorized_rows(name: str, le: LayerEvidence, t: LeakTable, hits: Hits, gen_d: np.ndarray) -> pd.DataFrame:
+def memorized_rows(
+    name: str, le: LayerEvidence, t: LeakTable, hits: Hits, gen_d: np.ndarray, hit_ids: np.ndarray
+) -> pd.DataFrame:
     """``memorized`` rows of one set: every training image some generated hit fell on, with its closest hits."""
     if not len(t.rows):
         return empty_memorized()
+    id_of = np.full(len(gen_d), None, dtype=object)
+    id_of[np.flatnonzero(hits.gen_hit)] = hit_ids  # the block tasks read them: hits in row order
     gen = np.flatnonzero(hits.gen_hit & (hits.gen_row >= 0))
     order = gen[np.lexsort((gen_d[gen], hits.gen_row[gen]))]  # by image, nearest first
-    ids = np.asarray(le.gens[name].ids(order), dtype=object).astype(str)
+    ids = id_of[order].astype(str)
     starts = np.searchsorted(hits.gen_row[order], t.rows)
     closest = [slice(a, a + min(3, int(x))) for a, x in zip(starts, t.n_hits, strict=True)]
     train_ids = np.asarray(le.train_ids(t.rows), dtype=object)

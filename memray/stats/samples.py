@@ -25,6 +25,7 @@ from memray.stats import Mapper
 from memray.stats.copies import IDENTITY, LayerTrain, Sources, copies_frame
 from memray.stats.parts import Part, PartDir
 from memray.stats.queries import QueryBlock
+from memray.stats.replication import thresholds
 from memray.stats.topk import merged_topk, topk_round
 
 if TYPE_CHECKING:
@@ -52,7 +53,8 @@ class BlockContext:
 
     ``items``: the top-k round's item count (0: no copies); ``test_d1``: per generated set, the test set's evidence
     distances (global nearest, smallest over the views the set shares with the test set) for its
-    ``test_quantile``.
+    ``test_quantile``; ``thresholds``: per generated set, each cell's test q-quantile of them (a sample below it
+    is a *hit*, :mod:`memray.stats.replication`).
     """
 
     train: LayerTrain
@@ -63,6 +65,7 @@ class BlockContext:
     sources: Sources | None
     train_name: str
     test_d1: dict[str, np.ndarray] | None = None
+    thresholds: dict[str, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,9 @@ def nearest_over_views(ctx: BlockContext, job: SampleBlock) -> tuple[np.ndarray,
     return dist, rows, best, d1, r1
 
 
-Nearest = tuple[np.ndarray, np.ndarray]
-"""Evidence of a block's rows: nearest distance and training row over the whole training set."""
+Nearest = tuple[np.ndarray, ...]
+"""Evidence of a block's rows: nearest distance and training row over the whole training set (and, for a generated
+block, the sample ids of its hits)."""
 
 
 def run_block(job: SampleBlock, ctx: BlockContext) -> tuple[Part, Part | None, Nearest | None]:
@@ -120,7 +124,9 @@ def run_block(job: SampleBlock, ctx: BlockContext) -> tuple[Part, Part | None, N
     df = copies_frame(ctx.train, {job.name: ids}, {job.name: (dist, rows)}, test_d1, ctx.sources, ctx.train_name,
                       {job.name: names})  # fmt: skip
     df = df.sort_values([schema.SAMPLE_ID, schema.RANK], kind="stable", ignore_index=True)
-    return neighbours, ctx.parts.write("copies", tag, df, (job.name, layer)), (dist[:, 0], rows[:, 0])
+    hit = dist[:, 0] < (ctx.thresholds or {})[job.name][job.cell]  # NaN threshold (no test sample): never
+    nearest = (dist[:, 0], rows[:, 0], np.asarray(ids, dtype=object)[hit])
+    return neighbours, ctx.parts.write("copies", tag, df, (job.name, layer)), nearest
 
 
 @dataclass(frozen=True)
@@ -128,7 +134,8 @@ class Evidence:
     """A layer's evidence (global nearest training sample, smallest over views): ``test`` (n_P, V_P) every test
     view's nearest distance (column 0 identity, then ``test_views``) and ``test_rows`` its training row;
     ``gens``: set -> (m,) its smallest distance over ``views[set]`` (the views it shares with the test set) and
-    ``gen_rows`` the training row it hit there."""
+    ``gen_rows`` the training row it hit there; ``hit_ids``: set -> the sample ids of its hits, in row order
+    (read by the block tasks: the caller never reads query rows)."""
 
     test: np.ndarray
     test_rows: np.ndarray
@@ -136,6 +143,7 @@ class Evidence:
     gens: dict[str, np.ndarray]
     gen_rows: dict[str, np.ndarray]
     views: dict[str, tuple[str, ...]]
+    hit_ids: dict[str, np.ndarray]
 
     def test_d1(self, name: str) -> np.ndarray:
         """(n_P,) the test set's evidence distances over set ``name``'s views."""
@@ -181,12 +189,13 @@ def sample_tables(
     sources: Sources | None = None,
     train_name: str = "train",
     views: dict[str | None, tuple[str, ...]] | None = None,
+    q: float = 0.01,
 ) -> tuple[dict[str, list[Part]], Evidence | None]:
     """The layer's ``neighbors`` (and, with ``ct.top_k``, ``copies``) parts, in input order (test, sets by name,
     blocks), written by tasks; ``scored``: name -> the set's search result (``dist``, ``nn``, ``cell``);
     ``views``: set (``None``: the test set) -> the further views projected for it (``engine.projected[(set,
-    view)]``); a generated set is compared over the views it shares with the test set. Returns the parts and,
-    with top-k, the layer's :class:`Evidence`."""
+    view)]``); a generated set is compared over the views it shares with the test set; ``q``: the test quantile
+    of the hits' thresholds. Returns the parts and, with top-k, the layer's :class:`Evidence`."""
     eng, cfg, names = fitted.engine, fitted.cfg, sorted(gens)
     test_views = tuple((views or {}).get(None, ()))
     shared = {n: tuple(v for v in (views or {}).get(n, ()) if v in test_views) for n in names}
@@ -199,15 +208,19 @@ def sample_tables(
     done = list(mapper(partial(run_block, ctx=ctx), jobs[:n_test]))
     evidence = None
     if n_test < len(jobs):  # the generated blocks' test_quantile needs the test set's evidence distances
-        d1 = np.concatenate([d for _, _, (d, _) in done])
-        r1 = np.concatenate([r for _, _, (_, r) in done])
-        ev = Evidence(d1, r1, test_views, {}, {}, shared)
-        ctx = dataclasses.replace(ctx, test_d1={n: ev.test_d1(n) for n in names})
+        d1 = np.concatenate([e[0] for _, _, e in done])
+        r1 = np.concatenate([e[1] for _, _, e in done])
+        ev = Evidence(d1, r1, test_views, {}, {}, shared, {})
+        test_d1 = {n: ev.test_d1(n) for n in names}
+        cells = int(cfg.cells)
+        thr = {n: thresholds(test_d1[n], fitted.test_cells, cells, q).t for n in names}
+        ctx = dataclasses.replace(ctx, test_d1=test_d1, thresholds=thr)
         gen_done = list(mapper(partial(run_block, ctx=ctx), jobs[n_test:]))
         for n in names:
             got = [e for j, (_, _, e) in zip(jobs[n_test:], gen_done, strict=True) if j.name == n]
-            ev.gens[n] = np.concatenate([d for d, _ in got]) if got else np.zeros(0)
-            ev.gen_rows[n] = np.concatenate([r for _, r in got]) if got else np.zeros(0, np.int64)
+            ev.gens[n] = np.concatenate([d for d, _, _ in got]) if got else np.zeros(0)
+            ev.gen_rows[n] = np.concatenate([r for _, r, _ in got]) if got else np.zeros(0, np.int64)
+            ev.hit_ids[n] = np.concatenate([i for _, _, i in got]) if got else np.zeros(0, object)
         done += gen_done
         evidence = ev
     out = {"neighbors": [nb for nb, _, _ in done]}

@@ -175,9 +175,10 @@ def layer_tables(
         "ct_stability": pd.DataFrame(stab, columns=schema.STABILITY_SCHEMA.names) if stab else empty("ct_stability"),
         "copies": empty("copies"),
     }
-    samples, ev = sample_tables(fitted, gens, scored, parts, mapper, sources, train_name, views)
+    ev_cfg = evidence or EvidenceConfig()
+    samples, ev = sample_tables(fitted, gens, scored, parts, mapper, sources, train_name, views, ev_cfg.q)
     out.update(samples)
-    le = LayerEvidence(layer, fitted.test_cells, {n: scored[n].cell for n in names}, int(cfg.cells), gens,
+    le = LayerEvidence(layer, fitted.test_cells, {n: scored[n].cell for n in names}, int(cfg.cells),
                        fitted.neighbour_ids, sources, train_name)  # fmt: skip
-    out.update(evidence_frames(ev, le, evidence or EvidenceConfig(), cfg.alpha, int(cfg.seed)))
+    out.update(evidence_frames(ev, le, ev_cfg, cfg.alpha, int(cfg.seed)))
     return out
