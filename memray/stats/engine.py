@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -75,6 +75,30 @@ class EngineLayer:
     def train_counts(self) -> np.ndarray:
         """(cells,) int64 training rows per cell."""
         return np.asarray(self.fit.train_counts, dtype=np.int64)
+
+
+class Fitted(Protocol):
+    """What the table builders read of a fitted layer (:class:`memray.stats.score.FittedLayer` is one): typed here
+    so that they need not import the module that calls them."""
+
+    layer: int
+    train: Rows
+    cfg: CTConfig
+    engine: EngineLayer
+
+    @property
+    def test(self) -> Neighbours: ...
+
+    @property
+    def test_dist(self) -> np.ndarray: ...
+
+    @property
+    def test_cells(self) -> np.ndarray: ...
+
+    @property
+    def train_counts(self) -> np.ndarray: ...
+
+    def neighbour_ids(self, nn: np.ndarray) -> np.ndarray: ...
 
 
 def as_rows(x: np.ndarray | Rows) -> Rows:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,13 +23,11 @@ from memray.io import schema
 from memray.io.rows import Rows
 from memray.stats import Mapper
 from memray.stats.copies import IDENTITY, LayerTrain, Sources, copies_frame
+from memray.stats.engine import Fitted
 from memray.stats.parts import Part, PartDir
 from memray.stats.queries import QueryBlock
 from memray.stats.replication import thresholds
 from memray.stats.topk import merged_topk, topk_round
-
-if TYPE_CHECKING:
-    from memray.stats.score import FittedLayer
 
 
 def neighbor_frame(role: str, gen_set: str | None, layer: int, ids, cell, nn_ids, dist) -> pd.DataFrame:
@@ -165,7 +163,7 @@ def test_over(
     return d1[:, cols][at, best], r1[:, cols][at, best]
 
 
-def block_jobs(fitted: Any, gens: dict[str, Rows], scored: dict[str, Any], views: dict) -> list[SampleBlock]:
+def block_jobs(fitted: Fitted, gens: dict[str, Rows], scored: dict[str, Any], views: dict) -> list[SampleBlock]:
     """Every query block of the layer (test, then sets by name), with its blocks under the views it is compared
     over (``views``: set (``None``: test) -> tuple of view names, projected as ``(set, view)``)."""
     eng = fitted.engine
@@ -181,7 +179,7 @@ def block_jobs(fitted: Any, gens: dict[str, Rows], scored: dict[str, Any], views
 
 
 def sample_tables(
-    fitted: FittedLayer,
+    fitted: Fitted,
     gens: dict[str, Rows],
     scored: dict[str, Any],
     parts: PartDir,

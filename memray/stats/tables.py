@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,14 +25,12 @@ from memray.stats import Mapper
 from memray.stats.catalog import OPTIONAL, SCHEMAS, TABLES, empty, sort_frame
 from memray.stats.config import CTConfig, EvidenceConfig
 from memray.stats.copies import Sources
+from memray.stats.engine import Fitted
 from memray.stats.evidence import LayerEvidence, evidence_frames
 from memray.stats.parts import Part, PartDir, PartsTable
 from memray.stats.samples import sample_tables
 from memray.stats.significance import bootstrap_ct, cell_p_values, ct_p_value_from_cells
 from memray.stats.verdict import add_significance, verdict_table
-
-if TYPE_CHECKING:
-    from memray.stats.score import FittedLayer
 
 __all__ = ["OPTIONAL", "SCHEMAS", "TABLES", "ScoreResult", "Sources", "Table", "concat_pieces", "empty",
            "layer_tables"]  # fmt: skip
@@ -121,7 +119,7 @@ def bootstrap_seed(cfg: CTConfig, layer: int) -> int:
 
 
 def layer_tables(
-    fitted: FittedLayer,
+    fitted: Fitted,
     n_train: int,
     test: Rows,
     gens: dict[str, Rows],
