@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from memray.fingerprint.evaluate import wilson_interval
 from memray.job.config import audit_config_from_dict
 from memray.job.local import LocalEngine
 from memray.job.run import run_job
@@ -48,16 +49,6 @@ ENCODER = {
     "layers": "all",
     "batch_size": 128,
 }
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score 95% interval of k/n."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = k / n
-    c = (p + z * z / (2 * n)) / (1 + z * z / n)
-    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return c - h, c + h
 
 
 def zoo_sets(zoo: Path) -> pd.DataFrame:
@@ -176,7 +167,7 @@ def main() -> None:
         for group in ("memorizer", "honest", "hard_negative"):
             g = flags[flags.group == group]
             k, n = int(g[method].sum()), len(g)
-            lo, hi = wilson(k, n)
+            lo, hi = wilson_interval(k, n)
             cells.append(f"{group} {k}/{n} [{lo:.2f}, {hi:.2f}]")
         print(f"  {method:<16} " + "; ".join(cells))
     print("\nper set (reported seeds):")

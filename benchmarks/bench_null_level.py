@@ -18,17 +18,10 @@ from collections import Counter
 
 import numpy as np
 
+from memray.fingerprint.evaluate import wilson_interval
 from memray.io.features import FeatureSet
 from memray.stats.config import CTConfig
 from memray.stats.layers import score_features
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a proportion k/n."""
-    p = k / n
-    c = (p + z * z / (2 * n)) / (1 + z * z / n)
-    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return c - h, c + h
 
 
 def world(rng: np.random.Generator, n_train: int, n: int, m: int, d: int) -> list[FeatureSet]:
@@ -62,7 +55,7 @@ def main() -> None:
         if v["verdict"] not in ("no_evidence", "undefined"):
             flagged += 1
             carried[v["test"].split(":")[0]] += 1
-    lo, hi = wilson(flagged, args.worlds)
+    lo, hi = wilson_interval(flagged, args.worlds)
     print(f"null worlds {args.worlds} (m={args.m}, n={args.n}, 2 layers, seed {args.seed}), alpha {args.alpha}: "
           f"flagged {flagged} = {flagged / args.worlds:.3f} (Wilson 95% {lo:.3f}-{hi:.3f}); carried by "
           f"{dict(carried)}; {time.perf_counter() - t0:.0f} s")  # fmt: skip
