@@ -142,28 +142,44 @@ def iter_shard(
         whose ``sample_id`` is the unit's name (after any samples it did yield). A shard without any image yields
         nothing.
     """
+    rows = _ShardRows(plan, prepare, views)
     held: dict[str, Any] | None = None
-    shape: tuple[int, ...] | None = None
-    n = 0
+    for nxt in rows.samples(max_pixels, storage_options):
+        if held is not None:
+            yield held
+        held = nxt
+    if held is not None:
+        held[SHARD_ROWS] = rows.n
+        yield held
 
-    def row(sample_id: str, status: str, error: str, image: np.ndarray, rgb: np.ndarray | None = None) -> dict:
-        nonlocal n
-        n += 1
-        out = {schema.SET: plan.set_name, SHARD: plan.shard, ROW: n - 1, SHARD_ROWS: ROWS_UNKNOWN}
+
+class _ShardRows:
+    """The rows of one shard as :func:`iter_shard` yields them, numbered as they are made."""
+
+    def __init__(self, plan: ShardPlan, prepare: Any, views: Callable[[np.ndarray, np.ndarray], np.ndarray] | None):
+        self.plan, self.prepare, self.views = plan, prepare, views
+        self.n = 0
+        self.shape: tuple[int, ...] | None = None
+
+    def row(self, sample_id: str, status: str, error: str, image: np.ndarray, rgb: np.ndarray | None = None) -> dict:
+        """The next row (``rgb``: the decoded image, for the views; failed rows get zero views)."""
+        self.n += 1
+        out = {schema.SET: self.plan.set_name, SHARD: self.plan.shard, ROW: self.n - 1, SHARD_ROWS: ROWS_UNKNOWN}
         out |= {schema.SAMPLE_ID: sample_id, schema.STATUS: status, schema.ERROR: error, IMAGE: image}
-        if views is not None:
-            under = views(rgb if rgb is not None else np.zeros((8, 8, 3), np.uint8), image)
+        if self.views is not None:
+            under = self.views(rgb if rgb is not None else np.zeros((8, 8, 3), np.uint8), image)
             out[VIEWS] = under if rgb is not None else np.zeros_like(under)
         return out
 
-    def failed() -> np.ndarray:
-        nonlocal shape
-        if shape is None:
-            shape = tuple(prepare(np.zeros((8, 8, 3), np.uint8)).shape)
-        return np.zeros(shape, np.uint8)
+    def failed(self) -> np.ndarray:
+        """A zero image of the prepared shape (the shape of an 8×8 image's preparation until one decoded)."""
+        if self.shape is None:
+            self.shape = tuple(self.prepare(np.zeros((8, 8, 3), np.uint8)).shape)
+        return np.zeros(self.shape, np.uint8)
 
-    def samples() -> Iterator[dict[str, Any]]:
-        nonlocal shape
+    def samples(self, max_pixels: int, storage_options: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
+        """Every row of the shard's units in order; decode failures and unreadable units as rows."""
+        plan = self.plan
         for unit in plan.units:
             try:
                 for sample_id, payload in read_unit(unit, storage_options):
@@ -172,22 +188,14 @@ def iter_shard(
                             rgb = decode_array(payload)
                         else:
                             rgb = decode_image(payload, max_pixels=max_pixels)
-                        image = np.ascontiguousarray(prepare(rgb), dtype=np.uint8)
-                        shape = image.shape
-                        yield row(sample_id, STATUS_OK, "", image, rgb)
+                        image = np.ascontiguousarray(self.prepare(rgb), dtype=np.uint8)
+                        self.shape = image.shape
+                        yield self.row(sample_id, STATUS_OK, "", image, rgb)
                     except ImageDecodeError as exc:
-                        yield row(sample_id, exc.status, str(exc), failed())
+                        yield self.row(sample_id, exc.status, str(exc), self.failed())
             except UnitReadError as exc:  # one bad file/archive: report it and read on
                 log.warning("set %s %s: %s", plan.set_name, plan.key, exc)
-                yield row(unit.name, STATUS_UNREADABLE, str(exc), failed())
-
-    for nxt in samples():
-        if held is not None:
-            yield held
-        held = nxt
-    if held is not None:
-        held[SHARD_ROWS] = n
-        yield held
+                yield self.row(unit.name, STATUS_UNREADABLE, str(exc), self.failed())
 
 
 def read_shard(

@@ -173,10 +173,28 @@ def layer_tables(
         "ct_stability": pd.DataFrame(stab, columns=schema.STABILITY_SCHEMA.names) if stab else empty("ct_stability"),
         "copies": empty("copies"),
     }
-    ev_cfg = evidence or EvidenceConfig()
+    out.update(per_sample_tables(fitted, gens, scored, parts, mapper, sources, train_name, views, evidence))
+    return out
+
+
+def per_sample_tables(
+    fitted: Fitted,
+    gens: dict[str, Rows],
+    scored: dict[str, Any],
+    parts: PartDir,
+    mapper: Mapper,
+    sources: Sources | None,
+    train_name: str,
+    views: dict[str | None, tuple[str, ...]] | None,
+    evidence: EvidenceConfig | None,
+) -> dict[str, pd.DataFrame | list[Part]]:
+    """The per-sample tables (``neighbors``, ``copies``: part files written by tasks) and what they give per set:
+    ``replication`` and ``memorized`` (:func:`memray.stats.evidence.evidence_frames`)."""
+    cfg, ev_cfg = fitted.cfg, evidence or EvidenceConfig()
+    out: dict[str, pd.DataFrame | list[Part]] = {}
     samples, ev = sample_tables(fitted, gens, scored, parts, mapper, sources, train_name, views, ev_cfg.q)
     out.update(samples)
-    le = LayerEvidence(layer, fitted.test_cells, {n: scored[n].cell for n in names}, int(cfg.cells),
+    le = LayerEvidence(fitted.layer, fitted.test_cells, {n: scored[n].cell for n in sorted(gens)}, int(cfg.cells),
                        fitted.neighbour_ids, sources, train_name)  # fmt: skip
     out.update(evidence_frames(ev, le, ev_cfg, cfg.alpha, int(cfg.seed)))
     return out
