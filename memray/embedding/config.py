@@ -14,7 +14,7 @@ Preprocess = Literal["paper", "model"]
 PREPROCESS_PRESETS: tuple[str, ...] = get_args(Preprocess)
 
 
-def _layers_ok(v: Any) -> bool:
+def _layers_ok(v: object) -> bool:
     return v == "all" or (len(v) > 0 and min(v) >= 0 and len(set(v)) == len(v))
 
 

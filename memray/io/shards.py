@@ -41,6 +41,8 @@ SHARD_ROWS = "shard_rows"
 IMAGE = "image"
 VIEWS = "views"
 """Column of a read row holding its image under the further views (V, C, S, S) (:func:`iter_shard`)."""
+Prepare = Callable[[np.ndarray], np.ndarray]
+"""An (H, W, 3) uint8 RGB image → the encoder's uint8 (C, S, S) input (:func:`memray.embedding.embed.make_prepare`)."""
 ROWS_UNKNOWN = -1
 """``shard_rows`` of a streamed row that is not its shard's last (see :func:`iter_shard`)."""
 
@@ -118,7 +120,7 @@ def plan_shards(
 
 def iter_shard(
     plan: ShardPlan,
-    prepare: Any,
+    prepare: Prepare,
     max_pixels: int,
     storage_options: dict[str, Any] | None = None,
     views: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
@@ -156,7 +158,7 @@ def iter_shard(
 class _ShardRows:
     """The rows of one shard as :func:`iter_shard` yields them, numbered as they are made."""
 
-    def __init__(self, plan: ShardPlan, prepare: Any, views: Callable[[np.ndarray, np.ndarray], np.ndarray] | None):
+    def __init__(self, plan: ShardPlan, prepare: Prepare, views: Callable[[np.ndarray, np.ndarray], np.ndarray] | None):
         self.plan, self.prepare, self.views = plan, prepare, views
         self.n = 0
         self.shape: tuple[int, ...] | None = None
@@ -200,7 +202,7 @@ class _ShardRows:
 
 def read_shard(
     plan: ShardPlan,
-    prepare: Any,
+    prepare: Prepare,
     max_pixels: int,
     storage_options: dict[str, Any] | None = None,
     views: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,

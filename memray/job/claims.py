@@ -18,7 +18,7 @@ from typing import Any
 
 from memray.io.claim import Claim, acquire
 from memray.job.config import AuditConfig
-from memray.job.keys import fit_key
+from memray.job.keys import Listed, fit_key
 from memray.job.markers import fit_done
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def _claim(cfg: AuditConfig, folder: str, reference: bool) -> Claim:
 
 
 @contextlib.contextmanager
-def audit_claims(cfg: AuditConfig, checked: Any) -> Iterator[AuditClaims]:
+def audit_claims(cfg: AuditConfig, checked: Listed) -> Iterator[AuditClaims]:
     """Hold the output claim, and the reference claim unless the reference is finished for this audit's fit.
 
     ``checked``: the preflight (:class:`memray.job.preflight.Preflight`; its listings give the fit key).

@@ -151,7 +151,7 @@ def under_ray_job() -> bool:
     return bool(os.environ.get("RAY_JOB_ID"))
 
 
-def refuse_relative_under_ray_job(key: str, value: Any) -> None:
+def refuse_relative_under_ray_job(key: str, value: object) -> None:
     """Under ``ray job submit`` refuse a relative ``output``/``reference``: the job runs in a temporary copy of the
     working dir, where anything written there would be lost."""
     if under_ray_job() and _is_relative(value):
@@ -162,12 +162,12 @@ def refuse_relative_under_ray_job(key: str, value: Any) -> None:
         )
 
 
-def _is_relative(path: Any) -> bool:
+def _is_relative(path: object) -> bool:
     """A local path (no URL scheme) that is not absolute."""
     return isinstance(path, str) and bool(path) and "://" not in path and not os.path.isabs(path)
 
 
-def _resolve(value: Any, base: Path) -> Any:
+def _resolve(value: object, base: Path) -> object:
     """``value`` (a path or a list of paths) with relative local paths made absolute against ``base``."""
     if isinstance(value, (list, tuple)):
         return [_resolve(v, base) for v in value]

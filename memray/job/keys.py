@@ -10,7 +10,7 @@ purpose.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -64,7 +64,17 @@ def embed_key(cfg: AuditConfig, weights: dict[str, Any] | None = None) -> str:
     return stage_embed_key(stage_configs(cfg)["embed"], weights)
 
 
-def fit_key(cfg: AuditConfig, checked: Any) -> str:
+class Listed(Protocol):
+    """What the keys (and a reference's record) read of a preflight (:class:`memray.job.preflight.Preflight`)."""
+
+    plans: dict[str, list[Any]]
+    files: dict[str, list[Any]]
+    weights: dict[str, Any]
+
+    def listing(self, name: str) -> list[str]: ...
+
+
+def fit_key(cfg: AuditConfig, checked: Listed) -> str:
     """Key of a layer's fit (``fit/<key>/layer_<ℓ>/``): the embed key (weights included), the training set's listing
     and the fit settings (:data:`FIT_FIELDS`); scoring-only settings are not in it."""
     ct = to_dict(cfg.ct)
@@ -73,7 +83,7 @@ def fit_key(cfg: AuditConfig, checked: Any) -> str:
     return digest({"embed_key": ekey, "train": checked.listing(cfg.train.name), "fit": fit})
 
 
-def score_key(ekey: str, cfg: AuditConfig, checked: Any) -> str:
+def score_key(ekey: str, cfg: AuditConfig, checked: Listed) -> str:
     """Key of the layer tables (``layers/layer_<ℓ>/done.json``): the embed key ``ekey``, the scoring stage config
     (C_T, fingerprint, set labels and image columns) and the listing of every set."""
     listings = {spec.name: checked.listing(spec.name) for spec in cfg.sets}

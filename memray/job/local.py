@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from memray.embedding.identity import SOURCE_HUB, WeightsChangedError, weights_identity, weights_mismatch
 from memray.io import finite, schema, storage
 from memray.io.features import FeatureSet, features_to_table, parquet_options
-from memray.io.shards import IMAGE, ROW, STATUS_OK, VIEWS, ShardPlan, read_shard
+from memray.io.shards import IMAGE, ROW, STATUS_OK, VIEWS, Prepare, ShardPlan, read_shard
 from memray.job.markers import shard_done, shard_record, write_shard_marker
 from memray.job.shard_files import finish_shard, parts_url
 from memray.job.views import view_prepares
@@ -80,7 +80,7 @@ def embed_shards(
     plans: list[ShardPlan],
     out: str,
     meta: dict[str, Any],
-    prepare: Any,
+    prepare: Prepare,
     max_pixels: int,
     embed_key: str,
     weights: dict[str, Any] | None = None,

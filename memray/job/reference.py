@@ -33,7 +33,7 @@ from memray.config import digest
 from memray.embedding.identity import describe_weights, show_identity, weights_identity
 from memray.io import storage
 from memray.job.config import AuditConfig
-from memray.job.keys import fit_key, stage_configs
+from memray.job.keys import Listed, fit_key, stage_configs
 from memray.job.listing_changes import file_changes, file_entries, shard_changes
 from memray.job.markers import REFERENCE_FILE
 from memray.job.resume import differing_fields, weights_pending
@@ -45,7 +45,7 @@ class ReferenceMismatchError(ValueError):
     """The reference was made from another training set or encoder; the message names the fields."""
 
 
-def record(cfg: AuditConfig, checked: Any) -> dict[str, Any]:
+def record(cfg: AuditConfig, checked: Listed) -> dict[str, Any]:
     """What a reference holds: the encoder's stage config, the weights' identity and the train/test sets with their
     listings (a digest, plus what names a changed file later: the shard count of an image set, the files of an
     embeddings set)."""
@@ -59,7 +59,7 @@ def record(cfg: AuditConfig, checked: Any) -> dict[str, Any]:
     return {"embed": stage_configs(cfg)["embed"], "weights": weights_identity(checked.weights), "sets": sets}
 
 
-def differences(cfg: AuditConfig, checked: Any, old: dict[str, Any]) -> list[str]:
+def differences(cfg: AuditConfig, checked: Listed, old: dict[str, Any]) -> list[str]:
     """``["embed.model: 'a' → 'b'", "train set 'train' changed since the reference was made: added x.png", …]``
     between a reference's record and this run: a changed listing is described by its files
     (:mod:`memray.job.listing_changes`), or by its digests when they cannot be named."""
@@ -87,7 +87,7 @@ def differences(cfg: AuditConfig, checked: Any, old: dict[str, Any]) -> list[str
     return diff or listings
 
 
-def check_reference(cfg: AuditConfig, checked: Any) -> bool:
+def check_reference(cfg: AuditConfig, checked: Listed) -> bool:
     """Read-only: whether ``cfg.reference`` exists already; refuses one made from other sets or encoder.
 
     Raises:
@@ -108,7 +108,7 @@ def check_reference(cfg: AuditConfig, checked: Any) -> bool:
     return True
 
 
-def claim_reference(cfg: AuditConfig, checked: Any) -> bool:
+def claim_reference(cfg: AuditConfig, checked: Listed) -> bool:
     """Write the reference's record if it is new; returns whether it existed (checked as above)."""
     existed = check_reference(cfg, checked)
     if cfg.reference and not existed:
@@ -127,7 +127,7 @@ def embeddings_root(cfg: AuditConfig, set_name: str) -> str:
     return cfg.output
 
 
-def fit_roots(cfg: AuditConfig, checked: Any, layers: list[int]) -> dict[int, tuple[str, bool]]:
+def fit_roots(cfg: AuditConfig, checked: Listed, layers: list[int]) -> dict[int, tuple[str, bool]]:
     """Each layer's fit workspace and whether it is kept (in a reference) or removed once the layer is scored.
 
     Keyed by :func:`fit_key` in the output folder too, so a run resumed after a crash mid-layer reuses a

@@ -66,7 +66,7 @@ def weights_pending(weights: dict[str, Any] | None) -> bool:
     return (weights or {}).get("source") == SOURCE_HUB and weights_identity(weights) is None
 
 
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(data: object, prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (lists stay values)."""
     if not isinstance(data, dict):
         return {prefix: data}

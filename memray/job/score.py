@@ -28,6 +28,7 @@ from memray.job.config import AuditConfig
 from memray.job.markers import clear_layer_marker, layer_done, read_layer_marker, write_layer_marker
 from memray.job.views import set_views
 from memray.stats import Mapper
+from memray.stats.engine import Fitted
 from memray.stats.layers import Extra, LayerSets, Piece, score_layers
 from memray.stats.parts import Part, PartDir
 from memray.stats.score import ScoreResult
@@ -198,7 +199,7 @@ def run_scoring(
     if fingerprints:
         labels = {g.name: g.label for g in cfg.generated}
 
-        def extra(fitted: Any, scored: dict[str, Any]) -> dict[str, pd.DataFrame]:
+        def extra(fitted: Fitted, scored: dict[str, Any]) -> dict[str, pd.DataFrame]:
             return {"fingerprints": curves_frame(subset_curves(fitted, scored, labels, subsets))}
 
     t0 = time.perf_counter()

@@ -52,6 +52,7 @@ from memray.io.shards import (
     SHARD_ROWS,
     STATUS_OK,
     VIEWS,
+    Prepare,
     RowRanges,
     ShardPlan,
     contiguous_runs,
@@ -162,7 +163,10 @@ def _finish_task(*args: Any) -> dict[str, int]:
 
 
 def _read_fn(
-    prepare: Any, max_pixels: int, storage_options: dict[str, Any] | None, views: dict[str, ViewPrepare] | None = None
+    prepare: Prepare,
+    max_pixels: int,
+    storage_options: dict[str, Any] | None,
+    views: dict[str, ViewPrepare] | None = None,
 ) -> Callable[[dict[str, Any]], Iterator[dict[str, Any]]]:
     def read(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
         with user_errors():
@@ -290,7 +294,7 @@ class _Assembly:
         self.progress.shard(plan, rows_read)
 
 
-def _dataset(cfg: AuditConfig, todo: list[ShardPlan], out: str, prepare: Any, weights: dict | None) -> Any:
+def _dataset(cfg: AuditConfig, todo: list[ShardPlan], out: str, prepare: Prepare, weights: dict | None) -> Any:
     """The Ray Data pipeline of ``todo``: a read task per shard (flat-mapped rows), then the embedding actor pool."""
     res, so = cfg.resources, cfg.storage
     ds = ray.data.from_items([{"plan": p.to_json()} for p in todo], override_num_blocks=len(todo))
@@ -326,7 +330,7 @@ def run_embedding(
     plans: list[ShardPlan],
     out: str,
     meta: dict[str, Any],
-    prepare: Any,
+    prepare: Prepare,
     embed_key: str = "",
     before_writing: Callable[[], Any] | None = None,
     weights: dict[str, Any] | None = None,

@@ -66,7 +66,7 @@ def user_errors() -> Iterator[None]:
         raise UserCodeException("UDF failed to process a data block.") from exc
 
 
-def raise_own_errors(ds: Any) -> None:
+def raise_own_errors(ds: ray.data.Dataset) -> None:
     """Make ``ds`` (and the datasets derived from it) raise its map functions' own exceptions, which
     :func:`user_errors` shaped, instead of wrapping them (``DataContext.raise_original_map_exception``)."""
     ds.context.raise_original_map_exception = True

@@ -16,12 +16,13 @@ from memray.job.config import AuditConfig
 from memray.job.preflight import Preflight, add_sets
 from memray.job.probes import probe_root, with_probe_sets
 from memray.probes.build import ProbeSet, build_probes
+from memray.probes.config import ProbesConfig
 
 log = logging.getLogger(__name__)
 
 
 @ray.remote
-def _build(train_urls: list[str], pcfg: Any, root: str, so: dict | None, column: str | None) -> list[ProbeSet]:
+def _build(train_urls: list[str], pcfg: ProbesConfig, root: str, so: dict | None, column: str | None) -> list[ProbeSet]:
     return build_probes(train_urls, pcfg, root, so, column)
 
 

@@ -16,7 +16,7 @@ from memray.ray.errors import settle
 
 
 @ray.remote
-def _run_item(fn: Callable[[Any], Any], item: Any) -> tuple[str, Any]:
+def _run_item(fn: Callable[[Any], Any], item: object) -> tuple[str, Any]:
     return ray.get_runtime_context().get_node_id(), fn(item)
 
 

@@ -119,7 +119,7 @@ DEFAULT_VIEWS: tuple[str, ...] = ("identity", "hflip", "shift:1", "crop:0.9")
 """``evidence.views`` by default: identity, the mirror, the four 1-pixel shifts and a 0.9 centre crop (7 views)."""
 
 
-def _views_ok(views: Any) -> bool:
+def _views_ok(views: object) -> bool:
     return (
         isinstance(views, tuple)
         and all(isinstance(v, str) and _VIEW_SPEC.match(v) for v in views)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +18,7 @@ import pandas as pd
 from memray.io import schema
 from memray.io.rows import Rows
 from memray.stats import Mapper
-from memray.stats.engine import as_rows, project
+from memray.stats.engine import Fitted, as_rows, project
 from memray.stats.topk import merged_topk, share_below, topk_round
 
 IDENTITY = "identity"
@@ -52,7 +51,7 @@ class LayerTrain:
 
 
 def global_neighbours(
-    fitted: Any, gens: dict[str, np.ndarray | Rows], k: int, mapper: Mapper = map
+    fitted: Fitted, gens: dict[str, np.ndarray | Rows], k: int, mapper: Mapper = map
 ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """One top-k round for the test set (its nearest only is kept) and every generated set (features (m, d)),
     the lists returned to the caller (a layer's tables have tasks write them instead, :mod:`memray.stats.samples`).
@@ -74,7 +73,7 @@ def global_neighbours(
 
 
 def copies_frame(
-    fitted: Any,
+    fitted: LayerTrain | Fitted,
     ids: dict[str, np.ndarray],
     found: dict[str, tuple[np.ndarray, np.ndarray]],
     test_d1: np.ndarray,

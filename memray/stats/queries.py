@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import numpy as np
 
@@ -23,7 +22,7 @@ from memray.io.rows import Rows
 from memray.stats import Mapper, ScoreInputError
 from memray.stats.pca import ROW_BLOCK
 from memray.stats.space import LayerSpace
-from memray.stats.workspace import block_count, block_range
+from memray.stats.workspace import Workspace, block_count, block_range
 
 QUERY_ROWS = 64 * ROW_BLOCK
 """Rows per query block (memory of a projection task, not results)."""
@@ -47,7 +46,7 @@ def query_key(prefix: str, cell: int, g: int) -> str:
     return f"{prefix}/cell_{cell:04d}/block_{g:06d}"
 
 
-def put_queries(qws: Any, prefix: str, g: int, start: int, z: np.ndarray, cells: np.ndarray) -> None:
+def put_queries(qws: Workspace, prefix: str, g: int, start: int, z: np.ndarray, cells: np.ndarray) -> None:
     """Write block ``g``'s projected rows ``z`` (m, k), set rows ``start …``, by cell."""
     for c in np.unique(cells).tolist():
         local = np.flatnonzero(cells == c)
@@ -90,7 +89,7 @@ class Projected:
         return out
 
 
-def read_block(qws: Any, block: QueryBlock) -> np.ndarray:
+def read_block(qws: Workspace, block: QueryBlock) -> np.ndarray:
     """A block's projected rows (stop - start, k) float64, in set order, from its cell parts."""
     out: np.ndarray | None = None
     for c in block.cells:
@@ -111,7 +110,7 @@ class ProjectItem:
     g: int
 
 
-def project_item(item: ProjectItem, qws: Any, space: LayerSpace, block_rows: int) -> np.ndarray:
+def project_item(item: ProjectItem, qws: Workspace, space: LayerSpace, block_rows: int) -> np.ndarray:
     """Read, check, project and assign block ``item.g``; write its cell parts; return its cells (rows,) int64."""
     start, stop = block_range(item.g, block_rows, item.rows.n)
     x = _finite(item.rows.read(start, stop), item.label, start)
@@ -123,7 +122,11 @@ def project_item(item: ProjectItem, qws: Any, space: LayerSpace, block_rows: int
 
 
 def project_sets(
-    qws: Any, space: LayerSpace, sets: list[tuple[str, Rows, str]], block_rows: int = QUERY_ROWS, mapper: Mapper = map
+    qws: Workspace,
+    space: LayerSpace,
+    sets: list[tuple[str, Rows, str]],
+    block_rows: int = QUERY_ROWS,
+    mapper: Mapper = map,
 ) -> list[Projected]:
     """Project every ``(prefix, rows, label)`` set, one mapper item per block of ``block_rows`` rows.
 
