@@ -39,7 +39,7 @@ def test_fid_from_per_set_statistics_of_the_files_equals_fid_of_the_features(tmp
 
     def stats_of(names: list[str]) -> dict:
         calls.append(names)  # one batch of sets, as a job maps them to tasks
-        stats = map(partial(set_feature_stats, layer=4, so=None), [files[n] for n in names])
+        stats = map(partial(set_feature_stats, layer=4, storage_options=None), [files[n] for n in names])
         return dict(zip(names, stats, strict=True))
 
     got = fid_from_stats(stats_of, labels)

@@ -61,15 +61,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_probes(out: str, so: dict | None) -> None:
+def print_probes(out: str, storage_options: dict | None) -> None:
     """The probe table (C_T per layer and probe) and the recommendation, from a run folder."""
     import pandas as pd
 
     from memray.io import schema, storage
 
-    with storage.open_url(storage.join(out, schema.PROBES_FILE), "rb", so) as fh:
+    with storage.open_url(storage.join(out, schema.PROBES_FILE), "rb", storage_options) as fh:
         table = pd.read_parquet(fh)
-    summary = storage.read_json(storage.join(out, schema.PROBES_SUMMARY_FILE), so)
+    summary = storage.read_json(storage.join(out, schema.PROBES_SUMMARY_FILE), storage_options)
     wide = table.pivot(index=schema.LAYER, columns=schema.PROBE, values=schema.CT)
     print("\nProbe C_T per layer (rows) and probe (columns); negative and significant = detected:")
     print(wide.round(1).to_string())

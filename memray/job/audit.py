@@ -129,13 +129,13 @@ def embed(run: AuditRun, engine: Engine) -> dict[str, list[ShardPlan]]:
 
 def collect(run: AuditRun, groups: dict[str, list[ShardPlan]]) -> tuple[Counts, Pieces]:
     """Every set's counts and feature files; ``errors.parquet`` written; a set without a row refused."""
-    cfg, so = run.cfg, run.cfg.storage
-    errors, counts, pieces = collect_all(groups, run.checked, so)
+    cfg, storage_options = run.cfg, run.cfg.storage
+    errors, counts, pieces = collect_all(groups, run.checked, storage_options)
     for name, fl in run.checked.files.items():  # sets given as embeddings
         n = sum(f.n for f in fl)
         counts[name] = set_counts(read=n, embedded=n)
         pieces[name] = [(f.url, f.n) for f in fl if f.n]
-    with storage.open_output(storage.join(cfg.output, schema.ERRORS_FILE), so) as fh:
+    with storage.open_output(storage.join(cfg.output, schema.ERRORS_FILE), storage_options) as fh:
         pq.write_table(errors, fh)
     for name, c in counts.items():
         log.info(
@@ -171,7 +171,7 @@ def finish(
     run: AuditRun, engine: Engine, pieces: Pieces, scored: tuple[Any, Any, dict | None, list[int]]
 ) -> AuditResult:
     """``run.json`` and the tables, fingerprints and their baseline, the probes, ``report.html``."""
-    cfg, so = run.cfg, run.cfg.storage
+    cfg, storage_options = run.cfg, run.cfg.storage
     result, curves, subsets, layers = scored
     s = run.stats
     stats = {k: s[k] for k in ("started_utc", "counts", "layers", "embed", "score")}
@@ -182,11 +182,13 @@ def finish(
     run_meta["labels"] = {g.name: g.label for g in cfg.generated}
     run_meta.pop("memray_version")  # write_results records it once
     mapper = run.mapper or engine.mapper(cfg)
-    write_results(cfg.output, result, run_meta, so, mapper)  # the per-sample tables are assembled by tasks
+    write_results(cfg.output, result, run_meta, storage_options, mapper)  # the per-sample tables are assembled by tasks
     attribution = finish_fingerprints_and_probes(run, result, curves, subsets, layers, pieces, mapper)
-    report = next(iter(mapper(partial(write_report, so=so), [cfg.output])))  # a task: it reads per-sample tables
+    report = next(
+        iter(mapper(partial(write_report, storage_options=storage_options), [cfg.output]))
+    )  # a task: it reads per-sample tables
     log.info("audit done in %.1f s; results in %s", stats["seconds"], cfg.output)
-    return AuditResult(cfg.output, result.ct_scores, stats, attribution, result.verdicts, report, so)
+    return AuditResult(cfg.output, result.ct_scores, stats, attribution, result.verdicts, report, storage_options)
 
 
 def run_stages(

@@ -58,11 +58,11 @@ class AuditClaims:
 
 
 def _claim(cfg: AuditConfig, folder: str, reference: bool) -> Claim:
-    so = cfg.storage
+    storage_options = cfg.storage
     if reference:
-        return acquire(folder, cfg.claim_lease_s, so, "memray audit (reference)", "reference ", "built",
+        return acquire(folder, cfg.claim_lease_s, storage_options, "memray audit (reference)", "reference ", "built",
                        REFERENCE_ADVICE)  # fmt: skip
-    return acquire(folder, cfg.claim_lease_s, so, "memray audit (output)", "", "written", OUTPUT_ADVICE)
+    return acquire(folder, cfg.claim_lease_s, storage_options, "memray audit (output)", "", "written", OUTPUT_ADVICE)
 
 
 @contextlib.contextmanager

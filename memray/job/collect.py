@@ -30,7 +30,7 @@ def set_counts(read: int = 0, embedded: int = 0, reported: int = 0, skipped: int
 
 
 def collect_errors(
-    out: str, plans: list[ShardPlan], skipped: dict[str, list[tuple[str, str]]], so: dict | None
+    out: str, plans: list[ShardPlan], skipped: dict[str, list[tuple[str, str]]], storage_options: dict | None
 ) -> tuple[pa.Table, Counts, Pieces]:
     """All error rows (plus one ``skipped`` row per skipped file), per-set counts and feature files.
 
@@ -39,13 +39,13 @@ def collect_errors(
     """
     tables, counts, pieces = [], {}, {}
     for plan in plans:
-        stats = read_shard_marker(out, plan, so)
+        stats = read_shard_marker(out, plan, storage_options)
         if int(stats["rows_embedded"]):
             pieces.setdefault(plan.set_name, []).append((shard_url(out, plan, ".parquet"), int(stats["rows_embedded"])))
         c = counts.setdefault(plan.set_name, set_counts())
         for k in ("rows_read", "rows_embedded", "rows_reported"):
             c[k] += int(stats[k])
-        with storage.open_url(shard_url(out, plan, ".errors.parquet"), "rb", so) as fh:
+        with storage.open_url(shard_url(out, plan, ".errors.parquet"), "rb", storage_options) as fh:
             tables.append(pq.read_table(fh).cast(schema.ERRORS_SCHEMA))
     for name, entries in skipped.items():
         counts.setdefault(name, set_counts())
@@ -66,14 +66,14 @@ def collect_errors(
 
 
 def collect_all(
-    groups: dict[str, list[ShardPlan]], checked: Preflight, so: dict | None
+    groups: dict[str, list[ShardPlan]], checked: Preflight, storage_options: dict | None
 ) -> tuple[pa.Table, Counts, Pieces]:
     """:func:`collect_errors` over every embedding root (the output, and the reference when there is one)."""
     tables, counts, pieces = [], {}, {}
     for root, group in groups.items():
         names = {plan.set_name for plan in group}
         skipped = {k: v for k, v in checked.skipped.items() if k in names}  # each set's skipped files once
-        t, c, p = collect_errors(root, group, skipped, so)
+        t, c, p = collect_errors(root, group, skipped, storage_options)
         tables.append(t)
         counts.update(c)
         pieces.update(p)
@@ -97,20 +97,20 @@ def check_embedded(cfg: AuditConfig, counts: dict[str, dict[str, int]], pieces: 
         raise ValueError(f"set {spec.name!r}: its inputs hold no image or embedding row{skipped}; give at least one")
 
 
-def embedded_layers(pieces: list[tuple[str, int]], so: dict | None) -> list[int]:
+def embedded_layers(pieces: list[tuple[str, int]], storage_options: dict | None) -> list[int]:
     """Layer numbers present in a set's embeddings (from its first feature file's schema)."""
-    with storage.open_url(pieces[0][0], "rb", so) as fh:
+    with storage.open_url(pieces[0][0], "rb", storage_options) as fh:
         names = pq.read_schema(fh).names
     return sorted(x for x in (schema.parse_layer_column(n) for n in names) if x is not None)
 
 
-def previous_stats(out: str, so: dict | None) -> list[dict[str, Any]]:
+def previous_stats(out: str, storage_options: dict | None) -> list[dict[str, Any]]:
     """The runs recorded in an earlier ``run.json`` of this folder (oldest first), for the resume history."""
     url = storage.join(out, schema.RUN_FILE)
-    if not storage.exists(url, so):
+    if not storage.exists(url, storage_options):
         return []
     try:
-        old = storage.read_json(url, so).get("stats", {})
+        old = storage.read_json(url, storage_options).get("stats", {})
     except (OSError, ValueError):
         return []
     history = list(old.get("history", []))

@@ -41,9 +41,11 @@ def sources_for(plans: dict[str, list[ShardPlan]]) -> Callable[[str, np.ndarray]
     return sources
 
 
-def set_feature_stats(files: list[tuple[str, int]], layer: int, so: dict | None) -> tuple[np.ndarray, np.ndarray]:
+def set_feature_stats(
+    files: list[tuple[str, int]], layer: int, storage_options: dict | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean (d,) and covariance (d, d) of one layer of a set's feature files (``(url, rows)`` in order)."""
-    rows = set_rows(files, layer, so)
+    rows = set_rows(files, layer, storage_options)
     return feature_stats(rows.read(0, rows.n))
 
 
@@ -82,20 +84,20 @@ def fid_from_stats(
     return pd.DataFrame(rows, columns=schema.ATTRIBUTION_SCHEMA.names)
 
 
-def write_fid_attribution(out: str, df: pd.DataFrame, layer: int, so: dict | None) -> str:
+def write_fid_attribution(out: str, df: pd.DataFrame, layer: int, storage_options: dict | None) -> str:
     """Write the FID-nearest attribution (its layer and rule in the metadata) and return its URL."""
     meta = {"method": "FID-nearest: smallest Frechet distance of last-layer features to a labelled set", "layer": layer}
     url = storage.join(out, FID_ATTRIBUTION_FILE)
-    write_attribution(url, df, meta, so)
+    write_attribution(url, df, meta, storage_options)
     return url
 
 
-def write_report(out: str, so: dict | None) -> str | None:
+def write_report(out: str, storage_options: dict | None) -> str | None:
     """Build ``report.html`` in the run folder; a failure is logged (the tables are already written), not raised."""
     try:
         from memray.report import build_report
 
-        return build_report(out, so)
+        return build_report(out, storage_options)
     except Exception:  # the report must not lose a finished audit
         log.exception("could not write %s in %s; rebuild it with: memray report %s", schema.REPORT_FILE, out, out)
         return None

@@ -48,9 +48,9 @@ def finish_fingerprints_and_probes(
 def _fid_baseline(run: AuditRun, last: int, pieces: dict[str, list[tuple[str, int]]], mapper: Mapper) -> None:
     """FID-nearest attribution of the unlabelled sets from per-set feature statistics, each computed by a task that
     reads the set's files (no feature reaches the driver)."""
-    cfg, so = run.cfg, run.cfg.storage
+    cfg, storage_options = run.cfg, run.cfg.storage
     gens = [g for g in cfg.generated if not is_probe_set(g.name)]
-    set_stats = partial(set_feature_stats, layer=last, so=so)
+    set_stats = partial(set_feature_stats, layer=last, storage_options=storage_options)
 
     def stats_of(names: list[str]) -> dict[str, Any]:
         return dict(zip(names, mapper(set_stats, [pieces[n] for n in names]), strict=True))
@@ -58,6 +58,6 @@ def _fid_baseline(run: AuditRun, last: int, pieces: dict[str, list[tuple[str, in
     try:  # a baseline beside the result: its failure (a set too small for a covariance) is logged
         fid = fid_from_stats(stats_of, {g.name: g.label for g in gens})
         if fid is not None:
-            write_fid_attribution(cfg.output, fid, last, so)
+            write_fid_attribution(cfg.output, fid, last, storage_options)
     except (ValueError, np.linalg.LinAlgError) as exc:
         log.warning("FID-nearest baseline not computed: %s", exc)

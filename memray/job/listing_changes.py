@@ -35,7 +35,7 @@ def describe(old: Entries, new: Entries) -> str | None:
 
 
 def shard_changes(
-    root: str, set_name: str, plans: list[Any], so: dict[str, Any] | None, old_shards: int | None = None
+    root: str, set_name: str, plans: list[Any], storage_options: dict[str, Any] | None, old_shards: int | None = None
 ) -> str | None:
     """What changed in an image set's files since its shards under ``root/embeddings/<set_name>/`` were embedded.
 
@@ -45,7 +45,7 @@ def shard_changes(
     """
     folder = storage.join(root, "embeddings", set_name)
     try:
-        fs, path = storage.filesystem(folder, so)
+        fs, path = storage.filesystem(folder, storage_options)
         keys = sorted(m.rsplit("/", 1)[-1].removesuffix(SHARD_MARKER) for m in fs.glob(f"{path}/shard-*{SHARD_MARKER}"))
     except Exception as exc:  # a description only: the refusal stands without it
         log.debug("cannot list %s: %s", folder, exc)
@@ -56,7 +56,7 @@ def shard_changes(
     for key in keys:
         plan = current.get(key)
         try:
-            stats = storage.read_json(storage.join(folder, key + SHARD_MARKER), so)
+            stats = storage.read_json(storage.join(folder, key + SHARD_MARKER), storage_options)
         except (OSError, ValueError):
             continue
         if plan is not None and stats.get("listing_digest") == plan.listing_digest():

@@ -48,7 +48,7 @@ NODE_ID = "local"  # the node id of every shard and task of this engine
 
 def embed_shard(
     embedder: LayerEmbedder, plan: ShardPlan, rows: list[dict[str, Any]], out: str, meta: dict[str, Any],
-    key: tuple[str, dict | None], so: dict | None, views: tuple[str, ...] = (),
+    key: tuple[str, dict | None], storage_options: dict | None, views: tuple[str, ...] = (),
 ) -> int:  # fmt: skip
     """Embed one shard's rows (:func:`memray.io.shards.read_shard`) and write its files and, last, its marker
     (``key``: the embed key and the weights record). ``views``: the names of the further views the rows carry
@@ -68,10 +68,12 @@ def embed_shard(
             feats = embedder.embed_prepared(np.concatenate([r[VIEWS] for r in batch]))
             under = {v: {k: x[j :: len(views)] for k, x in feats.items()} for j, v in enumerate(views)}
         table = features_to_table(FeatureSet(ids, layers), views=under)
-        with storage.open_output(storage.join(parts_url(out, plan.set_name, plan.shard), parts[-1]), so) as fh:
+        with storage.open_output(
+            storage.join(parts_url(out, plan.set_name, plan.shard), parts[-1]), storage_options
+        ) as fh:
             pq.write_table(table, fh, **parquet_options(table.schema))
-    got = finish_shard(out, plan, parts, errors, meta, so)
-    write_shard_marker(out, plan, shard_record(plan, len(rows), got, *key, bad, views), so)
+    got = finish_shard(out, plan, parts, errors, meta, storage_options)
+    write_shard_marker(out, plan, shard_record(plan, len(rows), got, *key, bad, views), storage_options)
     return len(rows)
 
 
@@ -84,7 +86,7 @@ def embed_shards(
     max_pixels: int,
     embed_key: str,
     weights: dict[str, Any] | None = None,
-    so: dict | None = None,
+    storage_options: dict | None = None,
     before_writing: Callable[[], Any] | None = None,
     views: dict[str, ViewPrepare] | None = None,
 ) -> dict[str, Any]:
@@ -99,11 +101,13 @@ def embed_shards(
         WeightsChangedError: the embedder loaded other weights than ``weights`` (nothing is written).
     """
     names = {k: tuple(v.name for v in vp.views) for k, vp in (views or {}).items()}
-    todo = [p for p in plans if not shard_done(out, p, embed_key, so, names.get(p.set_name, ()))]
+    todo = [p for p in plans if not shard_done(out, p, embed_key, storage_options, names.get(p.set_name, ()))]
 
     def read(plan: ShardPlan) -> list[dict[str, Any]]:
         under = (views or {}).get(plan.set_name)
-        return read_shard(plan, prepare, max_pixels, so, under if under is not None and under.views else None)
+        return read_shard(
+            plan, prepare, max_pixels, storage_options, under if under is not None and under.views else None
+        )
 
     log.info("embed: %d of %d shards to do (%d already done)", len(todo), len(plans), len(plans) - len(todo))
     t0, rows = time.perf_counter(), 0
@@ -120,7 +124,7 @@ def embed_shards(
                 shard_rows = future.result()
                 if k + 1 < len(todo):
                     future = pool.submit(read, todo[k + 1])
-                rows += embed_shard(embedder, plan, shard_rows, out, meta, (embed_key, weights), so,
+                rows += embed_shard(embedder, plan, shard_rows, out, meta, (embed_key, weights), storage_options,
                                     names.get(plan.set_name, ()))  # fmt: skip
                 log.info("embed: %d/%d shards (%s %s, %d rows)", k + 1, len(todo), plan.set_name, plan.key,
                          len(shard_rows))  # fmt: skip
@@ -159,8 +163,8 @@ class LocalEngine:
         from memray.job.probes import probe_root, with_probe_sets
         from memray.probes.build import build_probes
 
-        so = cfg.storage
-        sets = build_probes(list(cfg.train.urls), cfg.probes, probe_root(cfg), so, cfg.train.image_column)
+        storage_options = cfg.storage
+        sets = build_probes(list(cfg.train.urls), cfg.probes, probe_root(cfg), storage_options, cfg.train.image_column)
         log.info("probes: %d set(s) of %d image(s) under %s", len(sets), sets[0].n if sets else 0, probe_root(cfg))
         full = with_probe_sets(cfg, sets)
         return full, add_sets(checked, full, [s.set_name for s in sets]), {s.probe: dict(s.params) for s in sets}

@@ -61,24 +61,26 @@ def shard_record(
     return record
 
 
-def write_shard_marker(out: str, plan: ShardPlan, record: dict[str, Any], so: dict | None) -> None:
+def write_shard_marker(out: str, plan: ShardPlan, record: dict[str, Any], storage_options: dict | None) -> None:
     """Write a shard's marker (after its feature and error files)."""
-    storage.write_json(shard_url(out, plan, SHARD_MARKER), record, so)
+    storage.write_json(shard_url(out, plan, SHARD_MARKER), record, storage_options)
 
 
-def read_shard_marker(out: str, plan: ShardPlan, so: dict | None) -> dict[str, Any]:
+def read_shard_marker(out: str, plan: ShardPlan, storage_options: dict | None) -> dict[str, Any]:
     """A shard's marker (``FileNotFoundError`` when it has none)."""
-    return storage.read_json(shard_url(out, plan, SHARD_MARKER), so)
+    return storage.read_json(shard_url(out, plan, SHARD_MARKER), storage_options)
 
 
-def shard_done(out: str, plan: ShardPlan, embed_key: str, so: dict | None, views: tuple[str, ...] = ()) -> bool:
+def shard_done(
+    out: str, plan: ShardPlan, embed_key: str, storage_options: dict | None, views: tuple[str, ...] = ()
+) -> bool:
     """Whether a shard's outputs are complete and were made from its current listing with this embed key, under
     the further ``views`` (a marker without ``views`` has none)."""
     marker = shard_url(out, plan, SHARD_MARKER)
-    if not storage.exists(marker, so):
+    if not storage.exists(marker, storage_options):
         return False
     try:
-        stats = storage.read_json(marker, so)
+        stats = storage.read_json(marker, storage_options)
     except (OSError, ValueError) as exc:
         log.warning("set %s %s: unreadable marker (%s); embedding it again", plan.set_name, plan.key, exc)
         return False
@@ -94,9 +96,9 @@ def shard_done(out: str, plan: ShardPlan, embed_key: str, so: dict | None, views
     if int(stats.get("rows_embedded", 0)) == 0:
         return True
     try:
-        with storage.open_url(shard_url(out, plan, ".parquet"), "rb", so) as fh:
+        with storage.open_url(shard_url(out, plan, ".parquet"), "rb", storage_options) as fh:
             rows = pq.ParquetFile(fh).metadata.num_rows
-        with storage.open_url(shard_url(out, plan, ".errors.parquet"), "rb", so) as fh:
+        with storage.open_url(shard_url(out, plan, ".errors.parquet"), "rb", storage_options) as fh:
             pq.ParquetFile(fh)
     except Exception as exc:  # truncated or overwritten by hand: redo rather than fail later
         log.warning("set %s %s: damaged shard files (%s); embedding it again", plan.set_name, plan.key, exc)
@@ -111,19 +113,21 @@ def shard_done(out: str, plan: ShardPlan, embed_key: str, so: dict | None, views
 # layers ---------------------------------------------------------------------------------------------------------
 
 
-def read_layer_marker(layer_dir: str, so: dict | None) -> dict[str, Any]:
+def read_layer_marker(layer_dir: str, storage_options: dict | None) -> dict[str, Any]:
     """A finished layer's marker (``FileNotFoundError`` when it has none)."""
-    return storage.read_json(storage.join(layer_dir, LAYER_MARKER), so)
+    return storage.read_json(storage.join(layer_dir, LAYER_MARKER), storage_options)
 
 
-def layer_done(layer_dir: str, score_key: str, files: Callable[[dict[str, Any]], list[str]], so: dict | None) -> bool:
+def layer_done(
+    layer_dir: str, score_key: str, files: Callable[[dict[str, Any]], list[str]], storage_options: dict | None
+) -> bool:
     """Whether the layer's marker exists with ``score_key`` and the current layout (a ``parts`` list) and every
     Parquet file ``files(marker)`` names opens."""
     marker = storage.join(layer_dir, LAYER_MARKER)
-    if not storage.exists(marker, so):
+    if not storage.exists(marker, storage_options):
         return False
     try:
-        record = storage.read_json(marker, so)
+        record = storage.read_json(marker, storage_options)
         if record.get("score_key") != score_key:
             log.info("score: %s was made from other inputs or settings; scoring it again", layer_dir)
             return False
@@ -131,7 +135,7 @@ def layer_done(layer_dir: str, score_key: str, files: Callable[[dict[str, Any]],
             log.info("score: %s has an earlier layout; scoring it again", layer_dir)
             return False
         for url in files(record):
-            with storage.open_url(url, "rb", so) as fh:
+            with storage.open_url(url, "rb", storage_options) as fh:
                 pq.ParquetFile(fh)
     except Exception as exc:  # a damaged or missing table: score the layer again
         log.warning("score: %s is damaged (%s); scoring it again", layer_dir, exc)
@@ -139,39 +143,43 @@ def layer_done(layer_dir: str, score_key: str, files: Callable[[dict[str, Any]],
     return True
 
 
-def clear_layer_marker(layer_dir: str, so: dict | None) -> None:
+def clear_layer_marker(layer_dir: str, storage_options: dict | None) -> None:
     """Remove a layer's marker: the layer is unfinished from here on."""
-    storage.remove(storage.join(layer_dir, LAYER_MARKER), so)
+    storage.remove(storage.join(layer_dir, LAYER_MARKER), storage_options)
 
 
-def write_layer_marker(layer_dir: str, stats: dict[str, Any], score_key: str, parts: dict, so: dict | None) -> None:
+def write_layer_marker(
+    layer_dir: str, stats: dict[str, Any], score_key: str, parts: dict, storage_options: dict | None
+) -> None:
     """Write a layer's marker (after its tables): ``stats``, ``score_key`` and ``parts`` (per table, its part files
     ``[[path relative to the layer, rows, group], …]``)."""
-    storage.write_json(storage.join(layer_dir, LAYER_MARKER), {**stats, "score_key": score_key, "parts": parts}, so)
+    storage.write_json(
+        storage.join(layer_dir, LAYER_MARKER), {**stats, "score_key": score_key, "parts": parts}, storage_options
+    )
 
 
 # fits -----------------------------------------------------------------------------------------------------------
 
 
-def fit_done(reference: str | None, key: str, so: dict | None) -> bool:
+def fit_done(reference: str | None, key: str, storage_options: dict | None) -> bool:
     """Whether ``reference`` holds a complete fit of ``key`` (and so its embeddings): an audit then only reads it."""
     if not reference:
         return False
     try:
-        return key in (storage.read_json(storage.join(reference, REFERENCE_FILE), so).get(FITS) or {})
+        return key in (storage.read_json(storage.join(reference, REFERENCE_FILE), storage_options).get(FITS) or {})
     except FileNotFoundError:
         return False
 
 
-def write_fit_marker(reference: str, key: str, layers: list[int], so: dict | None) -> None:
+def write_fit_marker(reference: str, key: str, layers: list[int], storage_options: dict | None) -> None:
     """Record in ``reference.json`` that every layer's fit of ``key`` is written (call while holding its claim)."""
     url = storage.join(reference, REFERENCE_FILE)
-    data = storage.read_json(url, so)
+    data = storage.read_json(url, storage_options)
     finished = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     data[FITS] = {**(data.get(FITS) or {}), key: {"layers": sorted(layers), "finished": finished}}
-    storage.write_json(url, data, so)
+    storage.write_json(url, data, storage_options)
 
 
-def workspace_fit_done(url: str, so: dict | None) -> bool:
+def workspace_fit_done(url: str, storage_options: dict | None) -> bool:
     """Whether the fit workspace at ``url`` (``fit/<fit key>/layer_<ℓ>``) holds its complete fit."""
-    return Workspace(url, so).exists(FIT_KEY)
+    return Workspace(url, storage_options).exists(FIT_KEY)

@@ -174,7 +174,7 @@ def check_gallery(
     cfg: AuditConfig,
     preprocessing: dict[str, Any],
     allow_mismatch: bool,
-    so: dict | None,
+    storage_options: dict | None,
     weights: dict[str, Any] | None = None,
 ) -> None:
     """Refuse a gallery whose curves were made with another encoder (weights digest included), preprocessing or
@@ -184,7 +184,7 @@ def check_gallery(
     if cfg.fingerprint is None or not cfg.fingerprint.gallery:
         return
     url = cfg.fingerprint.gallery
-    rec = gallery_record(url, so)
+    rec = gallery_record(url, storage_options)
     if not rec.get("job"):
         log.warning("%s: the gallery does not record its encoder and C_T config; it cannot be checked", url)
         return
@@ -226,22 +226,22 @@ def preflight(cfg: AuditConfig, allow_gallery_mismatch: bool = False) -> Preflig
     from memray.job.reference import check_reference
     from memray.job.resume import check_output_folder, planned_weights
 
-    so = cfg.storage
+    storage_options = cfg.storage
     refuse_relative_under_ray_job("output", cfg.output)  # configs built in Python, not read by load_audit_config
     refuse_relative_under_ray_job("reference", cfg.reference)
-    check_output_folder(cfg, so)  # an output folder of another embed config is refused before Ray starts
+    check_output_folder(cfg, storage_options)  # an output folder of another embed config is refused before Ray starts
     plans: dict[str, list[ShardPlan]] = {}
     skipped: dict[str, list[tuple[str, str]]] = {}
     files: dict[str, list[Any]] = {}
     for spec in cfg.sets:
         skipped[spec.name] = []
         if spec.is_embeddings:
-            files[spec.name] = list_embedding_files(list(spec.embeddings), so)
+            files[spec.name] = list_embedding_files(list(spec.embeddings), storage_options)
             if not files[spec.name]:
                 raise PreflightError(f"set {spec.name!r}: no feature Parquet under {', '.join(spec.embeddings)}")
-            check_embedding_ids(files[spec.name], spec.name, so)
+            check_embedding_ids(files[spec.name], spec.name, storage_options)
             continue
-        plans[spec.name] = plan_shards(spec, cfg.resources.shard_rows, so, skipped=skipped[spec.name])
+        plans[spec.name] = plan_shards(spec, cfg.resources.shard_rows, storage_options, skipped=skipped[spec.name])
         root = plans[spec.name][0].units[0].root.rstrip("/") + "/"  # skipped files get ids like the others'
         skipped[spec.name] = [(u.removeprefix(root), why) for u, why in skipped[spec.name]]
     layers = check_embedding_layers(files)
@@ -249,18 +249,18 @@ def preflight(cfg: AuditConfig, allow_gallery_mismatch: bool = False) -> Preflig
     if cfg.embed is not None and plans:  # images to embed (torch is imported only then)
         from memray.embedding.embed import check_encoder
 
-        encoder = check_encoder(cfg.embed, so)
-        weights = planned_weights(cfg, so)
+        encoder = check_encoder(cfg.embed, storage_options)
+        weights = planned_weights(cfg, storage_options)
     if encoder and layers and {int(k): int(v) for k, v in encoder.get("dims", {}).items()} != layers:
         raise PreflightError(
             f"the embeddings sets have layers {layers} ({{layer: dim}}) but embed.model {cfg.embed.model!r} with "
             f"embed.layers={cfg.embed.layers!r} makes {encoder.get('dims')}: every set must come from one encoder"
         )
-    known = {name: set_rows(p, so) for name, p in plans.items()}
+    known = {name: set_rows(p, storage_options) for name, p in plans.items()}
     known.update({name: sum(f.n for f in fl) for name, fl in files.items()})
     check_not_empty(known, plans, files)
     check_subset_size(cfg, known)
-    check_gallery(cfg, preprocessing_record(cfg), allow_gallery_mismatch, so, weights)
+    check_gallery(cfg, preprocessing_record(cfg), allow_gallery_mismatch, storage_options, weights)
     checked = Preflight(plans, skipped, encoder, known, files, layers, weights)
     check_reference(cfg, checked)  # a reference made from other sets or another encoder is refused here
     shown = [
@@ -274,13 +274,13 @@ def preflight(cfg: AuditConfig, allow_gallery_mismatch: bool = False) -> Preflig
 def add_sets(checked: Preflight, cfg: AuditConfig, names: list[str]) -> Preflight:
     """``checked`` plus the shard plans of the sets ``names`` of ``cfg``: sets the job writes itself (the probe
     sets), planned without listing the other inputs again."""
-    so = cfg.storage
+    storage_options = cfg.storage
     plans, skipped, known = dict(checked.plans), dict(checked.skipped), dict(checked.known_rows)
     for spec in cfg.sets:
         if spec.name in names:
             skipped[spec.name] = []
-            plans[spec.name] = plan_shards(spec, cfg.resources.shard_rows, so, skipped=skipped[spec.name])
-            known[spec.name] = set_rows(plans[spec.name], so)
+            plans[spec.name] = plan_shards(spec, cfg.resources.shard_rows, storage_options, skipped=skipped[spec.name])
+            known[spec.name] = set_rows(plans[spec.name], storage_options)
     return dataclasses.replace(checked, plans=plans, skipped=skipped, known_rows=known)
 
 

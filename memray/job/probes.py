@@ -54,10 +54,10 @@ def finish_probes(
     sets = probe_names(cfg)
     if not sets:
         return None
-    so = cfg.storage
+    storage_options = cfg.storage
     table = probe_table(ct_scores, sets)
     summary = recommend(table, ct_scores, sets, cfg.ct.alpha, params)
     record = to_dict(cfg.probes) if cfg.probes is not None else None
-    write_probe_outputs(table, summary, cfg.output, so, {"job": job, "probes": record})
+    write_probe_outputs(table, summary, cfg.output, storage_options, {"job": job, "probes": record})
     log.info("probes: %s", summary["recommendation"]["text"])
     return summary

@@ -74,12 +74,14 @@ def differences(cfg: AuditConfig, checked: Listed, old: dict[str, Any]) -> list[
         if was.get("name") != now["name"]:
             diff.append(f"sets.{role}.name: {was.get('name')!r} → {now['name']!r}")
         if was.get("listing") != now["listing"]:
-            so = cfg.storage
+            storage_options = cfg.storage
             if now["name"] in checked.files:
                 what = file_changes(was.get("files"), checked.files[now["name"]])
             else:
                 plans = checked.plans.get(now["name"], [])
-                what = shard_changes(cfg.reference, was.get("name", now["name"]), plans, so, was.get("shards"))
+                what = shard_changes(
+                    cfg.reference, was.get("name", now["name"]), plans, storage_options, was.get("shards")
+                )
             if what:
                 diff.append(f"{role} set {now['name']!r} changed since the reference was made: {what}")
             else:
@@ -95,11 +97,11 @@ def check_reference(cfg: AuditConfig, checked: Listed) -> bool:
     """
     if not cfg.reference:
         return False
-    so = cfg.storage
+    storage_options = cfg.storage
     url = storage.join(cfg.reference, REFERENCE_FILE)
-    if not storage.exists(url, so):
+    if not storage.exists(url, storage_options):
         return False
-    diff = differences(cfg, checked, storage.read_json(url, so))
+    diff = differences(cfg, checked, storage.read_json(url, storage_options))
     if diff:
         raise ReferenceMismatchError(
             f"reference={cfg.reference} holds another training/test set or encoder ({'; '.join(diff)}): give a new "
@@ -112,8 +114,8 @@ def claim_reference(cfg: AuditConfig, checked: Listed) -> bool:
     """Write the reference's record if it is new; returns whether it existed (checked as above)."""
     existed = check_reference(cfg, checked)
     if cfg.reference and not existed:
-        so = cfg.storage
-        storage.write_json(storage.join(cfg.reference, REFERENCE_FILE), record(cfg, checked), so)
+        storage_options = cfg.storage
+        storage.write_json(storage.join(cfg.reference, REFERENCE_FILE), record(cfg, checked), storage_options)
         log.info("reference %s: new; the train/test embeddings and fits are kept there", cfg.reference)
     elif existed:
         log.info("reference %s: reusing its embeddings and fits", cfg.reference)

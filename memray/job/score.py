@@ -57,7 +57,7 @@ class FileSource:
         out: str,
         fit_roots: dict[int, tuple[str, bool]] | None = None,
     ) -> None:
-        self.cfg, self.pieces, self.out, self.so = cfg, pieces, out, cfg.storage
+        self.cfg, self.pieces, self.out, self.storage_options = cfg, pieces, out, cfg.storage
         self.fit_roots = fit_roots or {}
         # the further views each set's files hold: sets embedded by the job (images) have the configured ones
         embedded = set_views(cfg)
@@ -65,10 +65,14 @@ class FileSource:
 
     def sets(self, layer: int) -> LayerSets:
         cfg = self.cfg
-        rows = {spec.name: set_rows(self.pieces[spec.name], layer, self.so) for spec in cfg.sets}  # handles only
+        rows = {
+            spec.name: set_rows(self.pieces[spec.name], layer, self.storage_options) for spec in cfg.sets
+        }  # handles only
         under = {s.name: names for s, names in zip(cfg.sets, self.views, strict=True) if names and self.pieces[s.name]}
         views = {
-            None if name == cfg.test.name else name: {v: set_rows(self.pieces[name], layer, self.so, v) for v in names}
+            None if name == cfg.test.name else name: {
+                v: set_rows(self.pieces[name], layer, self.storage_options, v) for v in names
+            }
             for name, names in under.items()
         }
         gens = {g.name: rows[g.name] for g in cfg.generated}
@@ -81,25 +85,25 @@ class FileSource:
         return storage.join(self.out, "fit", f"{kind}_layer_{layer}")
 
     def workspace(self, layer: int) -> Workspace:
-        return Workspace(self._fit_root(layer)[0], self.so)
+        return Workspace(self._fit_root(layer)[0], self.storage_options)
 
     def query_workspace(self, layer: int) -> Workspace:
         root = self._scratch("queries", layer)
-        storage.remove(root, self.so, recursive=True)  # never read another run's projections
-        return Workspace(root, self.so)
+        storage.remove(root, self.storage_options, recursive=True)  # never read another run's projections
+        return Workspace(root, self.storage_options)
 
     def partition_workspace(self, layer: int) -> Callable[[int], Workspace]:
         root = self._scratch("partitions", layer)
-        storage.remove(root, self.so, recursive=True)  # never reuse a partition fit of other settings
-        return lambda seed: Workspace(storage.join(root, str(seed)), self.so)
+        storage.remove(root, self.storage_options, recursive=True)  # never reuse a partition fit of other settings
+        return lambda seed: Workspace(storage.join(root, str(seed)), self.storage_options)
 
     def release(self, layer: int, partitions: bool) -> None:
         url, keep = self._fit_root(layer)
         if not keep:
-            storage.remove(url, self.so, recursive=True)  # the fit workspace, once the tables are made
-        storage.remove(self._scratch("queries", layer), self.so, recursive=True)
+            storage.remove(url, self.storage_options, recursive=True)  # the fit workspace, once the tables are made
+        storage.remove(self._scratch("queries", layer), self.storage_options, recursive=True)
         if partitions:
-            storage.remove(self._scratch("partitions", layer), self.so, recursive=True)
+            storage.remove(self._scratch("partitions", layer), self.storage_options, recursive=True)
 
 
 class FolderSink:
@@ -109,8 +113,8 @@ class FolderSink:
     A layer is checked once per run (its marker read, every file's footer opened): the answer is kept, and only this
     sink changes the folder afterwards (the run holds the output's claim)."""
 
-    def __init__(self, out: str, score_key: str, names: tuple[str, ...], so: dict | None) -> None:
-        self.out, self.score_key, self.names, self.so = out, score_key, names, so
+    def __init__(self, out: str, score_key: str, names: tuple[str, ...], storage_options: dict | None) -> None:
+        self.out, self.score_key, self.names, self.storage_options = out, score_key, names, storage_options
         self._done: dict[int, bool] = {}
 
     def layer_dir(self, layer: int) -> str:
@@ -123,14 +127,16 @@ class FolderSink:
         return self._done[layer]
 
     def _check(self, layer: int) -> bool:
-        return layer_done(self.layer_dir(layer), self.score_key, lambda record: self._files(layer, record), self.so)
+        return layer_done(
+            self.layer_dir(layer), self.score_key, lambda record: self._files(layer, record), self.storage_options
+        )
 
     def part_dir(self, layer: int) -> PartDir:
         layer_dir = self.layer_dir(layer)
-        clear_layer_marker(layer_dir, self.so)  # the layer is unfinished from here on
+        clear_layer_marker(layer_dir, self.storage_options)  # the layer is unfinished from here on
         self._done[layer] = False
-        storage.remove(storage.join(layer_dir, "parts"), self.so, recursive=True)
-        return PartDir(storage.join(layer_dir, "parts"), self.so)
+        storage.remove(storage.join(layer_dir, "parts"), self.storage_options, recursive=True)
+        return PartDir(storage.join(layer_dir, "parts"), self.storage_options)
 
     def _parts(self, layer: int, listed: list[list[Any]]) -> list[Part]:
         return [Part(storage.join(self.layer_dir(layer), rel), int(n), tuple(g)) for rel, n, g in listed]
@@ -155,22 +161,22 @@ class FolderSink:
             url = storage.join(layer_dir, name)
             if isinstance(table, list):  # part files the tasks wrote under parts/, listed relative to the layer
                 parts[name] = [[p.url.removeprefix(layer_dir + "/"), p.rows, list(p.group)] for p in table]
-                storage.remove(url, self.so)  # a whole-table file of an earlier layout
+                storage.remove(url, self.storage_options)  # a whole-table file of an earlier layout
                 continue
-            with storage.open_output(url, self.so) as fh:
+            with storage.open_output(url, self.storage_options) as fh:
                 table.to_parquet(fh, index=False)
-        write_layer_marker(layer_dir, stats, self.score_key, parts, self.so)
+        write_layer_marker(layer_dir, stats, self.score_key, parts, self.storage_options)
         self._done[layer] = True
 
     def read(self, layer: int) -> tuple[dict[str, Piece], dict[str, Any]]:
         layer_dir, out = self.layer_dir(layer), {}
-        record = read_layer_marker(layer_dir, self.so)
+        record = read_layer_marker(layer_dir, self.storage_options)
         parts = record.get("parts", {})
         for name in self.names:
             if name in parts:
                 out[name] = self._parts(layer, parts[name])
                 continue
-            with storage.open_url(storage.join(layer_dir, name), "rb", self.so) as fh:
+            with storage.open_url(storage.join(layer_dir, name), "rb", self.storage_options) as fh:
                 out[name] = pd.read_parquet(fh)
         return out, record
 

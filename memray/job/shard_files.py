@@ -33,7 +33,7 @@ def parts_url(out: str, set_name: str, shard: int) -> str:
 
 
 def finish_shard(
-    out: str, plan: ShardPlan, parts: list[str], errors: list[list], meta: dict[str, Any], so: dict | None
+    out: str, plan: ShardPlan, parts: list[str], errors: list[list], meta: dict[str, Any], storage_options: dict | None
 ) -> dict[str, int]:
     """Write a shard from its part files (names in row order) and error rows, then delete its parts folder.
 
@@ -54,10 +54,10 @@ def finish_shard(
     check([str(e[1]) for e in errors])
     folder, url, n_ok = parts_url(out, plan.set_name, plan.shard), shard_url(out, plan, ".parquet"), 0
     if parts:
-        with storage.open_output(url, so) as fh, contextlib.ExitStack() as stack:
+        with storage.open_output(url, storage_options) as fh, contextlib.ExitStack() as stack:
             writer, buf = None, []
             for name in parts:
-                with storage.open_url(storage.join(folder, name), "rb", so) as part:
+                with storage.open_url(storage.join(folder, name), "rb", storage_options) as part:
                     table = pq.read_table(part)
                 check(table.column(schema.SAMPLE_ID).to_pylist())
                 if writer is None:
@@ -69,11 +69,11 @@ def finish_shard(
                     writer.write_table(pa.concat_tables(buf))
                     buf = []
     else:
-        storage.remove(url, so)
+        storage.remove(url, storage_options)
     cols = [list(c) for c in zip(*errors, strict=True)] if errors else [[]] * 4
     cols[0] = [plan.set_name] * len(errors)
     table = pa.table(dict(zip(schema.ERRORS_SCHEMA.names, cols, strict=True)), schema=schema.ERRORS_SCHEMA)
-    with storage.open_output(shard_url(out, plan, ".errors.parquet"), so) as fh:
+    with storage.open_output(shard_url(out, plan, ".errors.parquet"), storage_options) as fh:
         pq.write_table(table, fh)
-    storage.remove(folder, so, recursive=True)
+    storage.remove(folder, storage_options, recursive=True)
     return {"rows_embedded": n_ok, "rows_reported": len(errors)}

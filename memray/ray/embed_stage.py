@@ -102,7 +102,7 @@ class EmbedActor:
         self.node = ray.get_runtime_context().get_node_id()
         who = f"the embedding actor on node {self.node}"
         self.weights_error = weights_mismatch(self.embedder.weights_info, expected_weights, who)
-        self.out, self.so, self.view_names = out, storage_options, tuple(view_names)
+        self.out, self.storage_options, self.view_names = out, storage_options, tuple(view_names)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with user_errors():
@@ -148,7 +148,9 @@ class EmbedActor:
             bad = finite.nonfinite_rows(batch[schema.SAMPLE_ID][idx[ok]], layers)
             part = f"rows-{first:09d}-{last:09d}.parquet"
             table = features_to_table(FeatureSet(batch[schema.SAMPLE_ID][idx[ok]], layers), views=views or None)
-            with storage.open_output(storage.join(parts_url(self.out, set_name, shard), part), self.so) as fh:
+            with storage.open_output(
+                storage.join(parts_url(self.out, set_name, shard), part), self.storage_options
+            ) as fh:
                 pq.write_table(table, fh, **parquet_options(table.schema))
         cols = (ROW, schema.SAMPLE_ID, schema.STATUS, schema.ERROR)
         errors = [[int(batch[ROW][i]), *(str(batch[c][i]) for c in cols[1:])] for i in idx[~ok]]
@@ -177,10 +179,10 @@ def _read_fn(
     return read
 
 
-def _load_record(embed_cfg: dict[str, Any], so: dict | None) -> dict[str, Any]:
+def _load_record(embed_cfg: dict[str, Any], storage_options: dict | None) -> dict[str, Any]:
     from memray.embedding.weights import load_model
 
-    return load_model(from_dict(EmbedConfig, embed_cfg, "embed"), so)[1]
+    return load_model(from_dict(EmbedConfig, embed_cfg, "embed"), storage_options)[1]
 
 
 def resolve_weights(cfg: AuditConfig, planned: dict[str, Any]) -> dict[str, Any]:
@@ -189,11 +191,11 @@ def resolve_weights(cfg: AuditConfig, planned: dict[str, Any]) -> dict[str, Any]
     state-dict digest), against which every actor then checks its own."""
     if planned.get("source") != SOURCE_HUB or weights_identity(planned) is not None:
         return planned
-    res, so = cfg.resources, cfg.storage
+    res, storage_options = cfg.resources, cfg.storage
     task = ray.remote(_load_record).options(
         num_cpus=res.actor_num_cpus, num_gpus=res.actor_num_gpus, resources=dict(res.actor_resources) or None
     )
-    record = ray.get(task.remote(to_dict(cfg.embed), so))
+    record = ray.get(task.remote(to_dict(cfg.embed), storage_options))
     log.info("hub weights %s (revision %s): state_sha256 %s", record.get("hf_hub_id"), record.get("revision"),
              record.get("state_sha256"))  # fmt: skip
     return record
@@ -223,13 +225,18 @@ class _Assembly:
         todo: list[ShardPlan],
         out: str,
         meta: dict,
-        so: dict | None,
+        storage_options: dict | None,
         key: tuple,
         cpus: float,
         views: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.plans = {(p.set_name, p.shard): p for p in todo}
-        self.out, self.meta, self.so, self.key = out, meta, so, key  # key: (embed key, weights record)
+        self.out, self.meta, self.storage_options, self.key = (
+            out,
+            meta,
+            storage_options,
+            key,
+        )  # key: (embed key, weights record)
         self.views = views or {}  # set -> the further views its shards hold
         self.meta_ref, self.task = ray.put(meta), _finish_task.options(num_cpus=cpus)
         self.ranges: dict[tuple[str, int], RowRanges] = defaultdict(RowRanges)
@@ -258,7 +265,7 @@ class _Assembly:
                 self.started.add(key)
                 parts = [r[PART] for r in cover if r[PART]]
                 errors = [e for r in cover for e in json.loads(r[ERRORS])]
-                ref = self.task.remote(self.out, self.plans[key], parts, errors, self.meta_ref, self.so)
+                ref = self.task.remote(self.out, self.plans[key], parts, errors, self.meta_ref, self.storage_options)
                 bad: dict = {}
                 for r in cover:
                     bad = finite.merge(bad, finite.from_json(json.loads(r[NONFINITE])))
@@ -282,25 +289,25 @@ class _Assembly:
         """Once the stream ended: mark shards that had no row at all; refuse shards with rows missing."""
         for key, plan in self.plans.items():
             if key not in self.started and key not in self.ranges:  # a shard with no image at all
-                self._mark(plan, 0, finish_shard(self.out, plan, [], [], self.meta, self.so))
+                self._mark(plan, 0, finish_shard(self.out, plan, [], [], self.meta, self.storage_options))
         short = [f"set {k[0]} {self.plans[k].key}: got {r.rows} rows" for k, r in self.ranges.items()]
         if short:
             raise RuntimeError(f"{'; '.join(short)}, expected more; rerun to resume")
 
     def _mark(self, plan: ShardPlan, rows_read: int, got: dict[str, int], bad: dict | None = None) -> None:
         record = shard_record(plan, rows_read, got, *self.key, bad, self.views.get(plan.set_name, ()))
-        write_shard_marker(self.out, plan, record, self.so)
+        write_shard_marker(self.out, plan, record, self.storage_options)
         self.rows += rows_read
         self.progress.shard(plan, rows_read)
 
 
 def _dataset(cfg: AuditConfig, todo: list[ShardPlan], out: str, prepare: Prepare, weights: dict | None) -> Any:
     """The Ray Data pipeline of ``todo``: a read task per shard (flat-mapped rows), then the embedding actor pool."""
-    res, so = cfg.resources, cfg.storage
+    res, storage_options = cfg.resources, cfg.storage
     ds = ray.data.from_items([{"plan": p.to_json()} for p in todo], override_num_blocks=len(todo))
     raise_own_errors(ds)
     views = view_prepares(cfg, prepare)  # query sets: their images under each further view, same read
-    ds = ds.flat_map(_read_fn(prepare, cfg.max_image_pixels, so, views), num_cpus=res.read_num_cpus)
+    ds = ds.flat_map(_read_fn(prepare, cfg.max_image_pixels, storage_options, views), num_cpus=res.read_num_cpus)
     with warnings.catch_warnings():  # max_restarts has no named parameter in Ray 2.60 (only **ray_remote_args)
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         return ds.map_batches(
@@ -309,7 +316,7 @@ def _dataset(cfg: AuditConfig, todo: list[ShardPlan], out: str, prepare: Prepare
                 "embed_cfg": to_dict(cfg.embed),
                 "num_threads": res.torch_threads,
                 "out": out,
-                "storage_options": so,
+                "storage_options": storage_options,
                 "expected_weights": weights,
                 "view_names": extra_view_names(cfg),
             },
@@ -343,14 +350,14 @@ def run_embedding(
     was only to be read). Returns rows read, seconds, the node ids of the actors and ``driver_bytes``: the Arrow
     bytes of the records the driver received (no features travel through it).
     """
-    so = cfg.storage
+    storage_options = cfg.storage
     names = set_views(cfg)
-    todo = [p for p in plans if not shard_done(out, p, embed_key, so, names.get(p.set_name, ()))]
+    todo = [p for p in plans if not shard_done(out, p, embed_key, storage_options, names.get(p.set_name, ()))]
     log.info("embed: %d of %d shards to do (%d already done)", len(todo), len(plans), len(plans) - len(todo))
     if todo and before_writing is not None:
         before_writing()
     t0 = time.perf_counter()
-    asm = _Assembly(todo, out, meta, so, (embed_key, weights), cfg.resources.read_num_cpus, names)
+    asm = _Assembly(todo, out, meta, storage_options, (embed_key, weights), cfg.resources.read_num_cpus, names)
     if todo:
         ds = _dataset(cfg, todo, out, prepare, weights)
         try:

@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 
 
 @ray.remote
-def _build(train_urls: list[str], pcfg: ProbesConfig, root: str, so: dict | None, column: str | None) -> list[ProbeSet]:
-    return build_probes(train_urls, pcfg, root, so, column)
+def _build(
+    train_urls: list[str], pcfg: ProbesConfig, root: str, storage_options: dict | None, column: str | None
+) -> list[ProbeSet]:
+    return build_probes(train_urls, pcfg, root, storage_options, column)
 
 
 def add_probe_sets(cfg: AuditConfig, checked: Preflight) -> tuple[AuditConfig, Preflight, dict[str, dict[str, Any]]]:
@@ -32,9 +34,11 @@ def add_probe_sets(cfg: AuditConfig, checked: Preflight) -> tuple[AuditConfig, P
 
     Returns ``(config, preflight, {probe: params})``.
     """
-    so = cfg.storage
+    storage_options = cfg.storage
     task = _build.options(num_cpus=min(1.0, cfg.resources.actor_num_cpus or 1.0))
-    sets = ray.get(task.remote(list(cfg.train.urls), cfg.probes, probe_root(cfg), so, cfg.train.image_column))
+    sets = ray.get(
+        task.remote(list(cfg.train.urls), cfg.probes, probe_root(cfg), storage_options, cfg.train.image_column)
+    )
     log.info("probes: %d set(s) of %d image(s) under %s", len(sets), sets[0].n if sets else 0, probe_root(cfg))
     full = with_probe_sets(cfg, sets)
     return full, add_sets(checked, full, [s.set_name for s in sets]), {s.probe: dict(s.params) for s in sets}

@@ -107,9 +107,12 @@ class PartsTable:
         """Write the table to ``url`` (memray's ``meta`` in the schema metadata; ``storage_options`` of its store,
         default the parts') by streaming; returns its rows."""
         sch = with_meta(SCHEMAS[self.name], meta)
-        so = self.storage_options if storage_options is None else storage_options
+        storage_options = self.storage_options if storage_options is None else storage_options
         total = 0
-        with open_output(url, so) as fh, pq.ParquetWriter(fh, sch, compression="zstd", write_statistics=True) as writer:
+        with (
+            open_output(url, storage_options) as fh,
+            pq.ParquetWriter(fh, sch, compression="zstd", write_statistics=True) as writer,
+        ):
             held: list[pa.Table] = []
             count = 0
             for t in self.batches():
