@@ -285,9 +285,15 @@ VIEW_SEP = "@"
 _VIEW_COL = re.compile(r"^layer_(\d+)@([A-Za-z0-9.+-]+)$")
 
 
+PIXEL_LAYER = -1
+"""The layer number of pixel space (:mod:`memray.embedding.pixels`): an evidence space beside the encoder's layers,
+column ``pixels``; no C_T is reported for it."""
+PIXEL_COLUMN = "pixels"
+
+
 def layer_column(layer: int) -> str:
-    """Column name of layer ℓ in a feature table."""
-    return f"layer_{int(layer)}"
+    """Column name of layer ℓ in a feature table (``pixels`` for :data:`PIXEL_LAYER`)."""
+    return PIXEL_COLUMN if int(layer) == PIXEL_LAYER else f"layer_{int(layer)}"
 
 
 def view_column(layer: int, view: str = "") -> str:
@@ -299,11 +305,16 @@ def view_column(layer: int, view: str = "") -> str:
 def parse_view_column(name: str) -> tuple[int, str] | None:
     """``(ℓ, view)`` of a ``layer_<ℓ>@<view>`` column, or ``None`` for other columns (identity ones included)."""
     m = _VIEW_COL.match(name)
-    return (int(m.group(1)), m.group(2)) if m else None
+    if m:
+        return int(m.group(1)), m.group(2)
+    base, sep, view = name.partition(VIEW_SEP)
+    return (PIXEL_LAYER, view) if base == PIXEL_COLUMN and sep and view else None
 
 
 def parse_layer_column(name: str) -> int | None:
     """The layer number of a ``layer_<ℓ>`` column, or ``None`` for other columns."""
+    if name == PIXEL_COLUMN:
+        return PIXEL_LAYER
     m = _LAYER_COL.match(name)
     return int(m.group(1)) if m else None
 

@@ -27,12 +27,13 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from memray.embedding.identity import SOURCE_HUB, WeightsChangedError, weights_identity, weights_mismatch
+from memray.embedding.pixels import with_pixels
 from memray.io import finite, schema, storage
 from memray.io.features import FeatureSet, features_to_table, parquet_options
 from memray.io.shards import IMAGE, ROW, STATUS_OK, VIEWS, Prepare, ShardPlan, read_shard
 from memray.job.markers import shard_done, shard_record, write_shard_marker
 from memray.job.shard_files import finish_shard, parts_url
-from memray.job.views import view_prepares
+from memray.job.views import pixel_size, view_prepares
 
 if TYPE_CHECKING:
     from memray.embedding.embed import LayerEmbedder
@@ -48,7 +49,7 @@ NODE_ID = "local"  # the node id of every shard and task of this engine
 
 def embed_shard(
     embedder: LayerEmbedder, plan: ShardPlan, rows: list[dict[str, Any]], out: str, meta: dict[str, Any],
-    key: tuple[str, dict | None], storage_options: dict | None, views: tuple[str, ...] = (),
+    key: tuple[str, dict | None], storage_options: dict | None, views: tuple[str, ...] = (), pixels: int = 0,
 ) -> int:  # fmt: skip
     """Embed one shard's rows (:func:`memray.io.shards.read_shard`) and write its files and, last, its marker
     (``key``: the embed key and the weights record). ``views``: the names of the further views the rows carry
@@ -60,12 +61,14 @@ def embed_shard(
     for i in range(0, len(ok), bs):
         batch = ok[i : i + bs]
         ids = np.array([r[schema.SAMPLE_ID] for r in batch], dtype=object)
-        layers = embedder.embed_prepared(np.stack([r[IMAGE] for r in batch]))
+        images = np.stack([r[IMAGE] for r in batch])
+        layers = with_pixels(embedder.embed_prepared(images), images, pixels)
         bad = finite.merge(bad, finite.nonfinite_rows(ids, layers))
         parts.append(f"rows-{int(batch[0][ROW]):09d}-{int(batch[-1][ROW]):09d}.parquet")
         under = None
         if views:  # each row's (V, C, S, S) view images, row-major: row, then view
-            feats = embedder.embed_prepared(np.concatenate([r[VIEWS] for r in batch]))
+            view_images = np.concatenate([r[VIEWS] for r in batch])
+            feats = with_pixels(embedder.embed_prepared(view_images), view_images, pixels)
             under = {v: {k: x[j :: len(views)] for k, x in feats.items()} for j, v in enumerate(views)}
         table = features_to_table(FeatureSet(ids, layers), views=under)
         with storage.open_output(
@@ -73,7 +76,7 @@ def embed_shard(
         ) as fh:
             pq.write_table(table, fh, **parquet_options(table.schema))
     got = finish_shard(out, plan, parts, errors, meta, storage_options)
-    write_shard_marker(out, plan, shard_record(plan, len(rows), got, *key, bad, views), storage_options)
+    write_shard_marker(out, plan, shard_record(plan, len(rows), got, *key, bad, views, pixels), storage_options)
     return len(rows)
 
 
@@ -89,6 +92,7 @@ def embed_shards(
     storage_options: dict | None = None,
     before_writing: Callable[[], Any] | None = None,
     views: dict[str, ViewPrepare] | None = None,
+    pixels: int = 0,
 ) -> dict[str, Any]:
     """Embed every shard of ``plans`` under ``out`` that is not done yet, in this process (the module docstring).
 
@@ -101,7 +105,8 @@ def embed_shards(
         WeightsChangedError: the embedder loaded other weights than ``weights`` (nothing is written).
     """
     names = {k: tuple(v.name for v in vp.views) for k, vp in (views or {}).items()}
-    todo = [p for p in plans if not shard_done(out, p, embed_key, storage_options, names.get(p.set_name, ()))]
+    todo = [p for p in plans
+            if not shard_done(out, p, embed_key, storage_options, names.get(p.set_name, ()), pixels)]  # fmt: skip
 
     def read(plan: ShardPlan) -> list[dict[str, Any]]:
         under = (views or {}).get(plan.set_name)
@@ -125,7 +130,7 @@ def embed_shards(
                 if k + 1 < len(todo):
                     future = pool.submit(read, todo[k + 1])
                 rows += embed_shard(embedder, plan, shard_rows, out, meta, (embed_key, weights), storage_options,
-                                    names.get(plan.set_name, ()))  # fmt: skip
+                                    names.get(plan.set_name, ()), pixels)  # fmt: skip
                 log.info("embed: %d/%d shards (%s %s, %d rows)", k + 1, len(todo), plan.set_name, plan.key,
                          len(shard_rows))  # fmt: skip
     dt = time.perf_counter() - t0
@@ -194,7 +199,7 @@ class LocalEngine:
 
         prepare = self.prepare or make_prepare(cfg.embed)
         return embed_shards(make, plans, root, meta, prepare, cfg.max_image_pixels, embed_key, weights, cfg.storage,
-                            before_writing, view_prepares(cfg, prepare))  # fmt: skip
+                            before_writing, view_prepares(cfg, prepare), pixel_size(cfg))  # fmt: skip
 
     def mapper(self, cfg: AuditConfig) -> Callable[[Callable[[Any], Any], Iterable[Any]], list[Any]]:
         return local_map

@@ -48,15 +48,19 @@ def shard_record(
     weights: dict[str, Any] | None,
     nonfinite: dict | None = None,
     views: tuple[str, ...] = (),
+    pixels: int = 0,
 ) -> dict[str, Any]:
     """A shard marker's contents: ``rows_read``, the ``written`` counts (``rows_embedded``, ``rows_reported``, as
     :func:`memray.job.shard_files.finish_shard` returns them), ``embed_key``, ``weights`` (when there is a record),
-    ``nonfinite`` (``{layer: [rows, [sample ids]]}``), ``views`` (the further views the shard's file holds, when
-    any: :mod:`memray.embedding.views`), ``listing_digest`` and ``listing``."""
+    ``nonfinite`` (``{layer: [rows, [sample ids]]}``), ``pixels`` (the side of pixel space, when on), ``views``
+    (the further views the shard's file holds, when any: :mod:`memray.embedding.views`), ``listing_digest`` and
+    ``listing``."""
     record = {"rows_read": rows_read, **written, "embed_key": embed_key, **({"weights": weights} if weights else {})}
     record[finite.NONFINITE_KEY] = finite.to_json(nonfinite or {})
     if views:
         record["views"] = list(views)
+    if pixels:
+        record["pixels"] = int(pixels)
     record.update(listing_digest=plan.listing_digest(), listing=plan.listing())
     return record
 
@@ -72,7 +76,12 @@ def read_shard_marker(out: str, plan: ShardPlan, storage_options: dict | None) -
 
 
 def shard_done(
-    out: str, plan: ShardPlan, embed_key: str, storage_options: dict | None, views: tuple[str, ...] = ()
+    out: str,
+    plan: ShardPlan,
+    embed_key: str,
+    storage_options: dict | None,
+    views: tuple[str, ...] = (),
+    pixels: int = 0,
 ) -> bool:
     """Whether a shard's outputs are complete and were made from its current listing with this embed key, under
     the further ``views`` (a marker without ``views`` has none)."""
@@ -88,6 +97,10 @@ def shard_done(
         log.info(
             "set %s %s: its input files changed since it was embedded; embedding it again", plan.set_name, plan.key
         )
+        return False
+    if int(stats.get("pixels", 0)) != int(pixels):
+        log.info("set %s %s: embedded with pixel space %s, now %s; embedding it again", plan.set_name, plan.key,
+                 stats.get("pixels", 0), pixels)  # fmt: skip
         return False
     if list(stats.get("views", [])) != list(views):
         log.info("set %s %s: embedded under views %s, now %s; embedding it again", plan.set_name, plan.key,

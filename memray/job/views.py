@@ -26,6 +26,11 @@ def set_views(cfg: AuditConfig) -> dict[str, tuple[str, ...]]:
     return {s.name: (names if s.name != cfg.train.name else ()) for s in cfg.sets}
 
 
+def pixel_size(cfg: AuditConfig) -> int:
+    """The side of pixel space every image set is embedded with (``evidence.pixels``; 0: none)."""
+    return int(cfg.evidence.pixels)
+
+
 def view_prepares(cfg: AuditConfig, prepare: Callable[[np.ndarray], np.ndarray]) -> dict[str, ViewPrepare] | None:
     """Set name -> its views' preparation (:class:`ViewPrepare`) for the read tasks; ``None`` when views are off
     (rows then carry no ``views`` column, as before views existed)."""

@@ -42,6 +42,7 @@ import ray
 from memray.config import from_dict, to_dict
 from memray.embedding.config import EmbedConfig
 from memray.embedding.identity import SOURCE_HUB, WeightsChangedError, weights_identity, weights_mismatch
+from memray.embedding.pixels import with_pixels
 from memray.embedding.views import ViewPrepare
 from memray.io import finite, schema, storage
 from memray.io.features import FeatureSet, features_to_table, parquet_options
@@ -61,7 +62,7 @@ from memray.io.shards import (
 from memray.job.config import AuditConfig
 from memray.job.markers import shard_done, shard_record, write_shard_marker
 from memray.job.shard_files import finish_shard, parts_url
-from memray.job.views import extra_view_names, set_views, view_prepares
+from memray.job.views import extra_view_names, pixel_size, set_views, view_prepares
 from memray.ray.errors import one_line, raise_own_errors, user_errors
 from memray.ray.session import started_local
 
@@ -94,6 +95,7 @@ class EmbedActor:
         storage_options: dict | None = None,
         expected_weights: dict[str, Any] | None = None,
         view_names: tuple[str, ...] = (),
+        pixels: int = 0,
     ) -> None:
         from memray.embedding.embed import LayerEmbedder
 
@@ -103,11 +105,13 @@ class EmbedActor:
         who = f"the embedding actor on node {self.node}"
         self.weights_error = weights_mismatch(self.embedder.weights_info, expected_weights, who)
         self.out, self.storage_options, self.view_names = out, storage_options, tuple(view_names)
+        self.pixels = int(pixels)  # the side of pixel space added to every row's features (0: none)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with user_errors():
             ok = (batch[schema.STATUS] == STATUS_OK) & (not self.weights_error)
             feats = self.embedder.embed_prepared(batch[IMAGE][ok]) if ok.any() else {}
+            feats = with_pixels(feats, batch[IMAGE][ok], self.pixels)
             at = np.cumsum(ok) - 1  # position of each ok row of the batch in ``feats``
             under, vat = self._embed_views(batch, ok)
             records = []
@@ -135,7 +139,7 @@ class EmbedActor:
         images = np.concatenate([np.asarray(stacks[i], dtype=np.uint8) for i in np.flatnonzero(sel)])
         if len(images) != nv * int(sel.sum()):
             raise RuntimeError(f"view images: {len(images)} for {int(sel.sum())} rows × {nv} views")
-        feats = self.embedder.embed_prepared(images)
+        feats = with_pixels(self.embedder.embed_prepared(images), images, self.pixels)
         vat[sel] = np.arange(int(sel.sum()))
         return {v: {k: x[j::nv] for k, x in feats.items()} for j, v in enumerate(self.view_names)}, vat
 
@@ -229,6 +233,7 @@ class _Assembly:
         key: tuple,
         cpus: float,
         views: dict[str, tuple[str, ...]] | None = None,
+        pixels: int = 0,
     ) -> None:
         self.plans = {(p.set_name, p.shard): p for p in todo}
         self.out, self.meta, self.storage_options, self.key = (
@@ -238,6 +243,7 @@ class _Assembly:
             key,
         )  # key: (embed key, weights record)
         self.views = views or {}  # set -> the further views its shards hold
+        self.pixels = pixels  # the side of pixel space in every shard (0: none)
         self.meta_ref, self.task = ray.put(meta), _finish_task.options(num_cpus=cpus)
         self.ranges: dict[tuple[str, int], RowRanges] = defaultdict(RowRanges)
         # task → (shard, rows read, rows embedded, NaN/inf rows the actors found)
@@ -295,7 +301,7 @@ class _Assembly:
             raise RuntimeError(f"{'; '.join(short)}, expected more; rerun to resume")
 
     def _mark(self, plan: ShardPlan, rows_read: int, got: dict[str, int], bad: dict | None = None) -> None:
-        record = shard_record(plan, rows_read, got, *self.key, bad, self.views.get(plan.set_name, ()))
+        record = shard_record(plan, rows_read, got, *self.key, bad, self.views.get(plan.set_name, ()), self.pixels)
         write_shard_marker(self.out, plan, record, self.storage_options)
         self.rows += rows_read
         self.progress.shard(plan, rows_read)
@@ -319,6 +325,7 @@ def _dataset(cfg: AuditConfig, todo: list[ShardPlan], out: str, prepare: Prepare
                 "storage_options": storage_options,
                 "expected_weights": weights,
                 "view_names": extra_view_names(cfg),
+                "pixels": pixel_size(cfg),
             },
             compute=ray.data.ActorPoolStrategy(size=res.actors),
             num_cpus=res.actor_num_cpus,
@@ -352,12 +359,13 @@ def run_embedding(
     """
     storage_options = cfg.storage
     names = set_views(cfg)
-    todo = [p for p in plans if not shard_done(out, p, embed_key, storage_options, names.get(p.set_name, ()))]
+    pixels = pixel_size(cfg)
+    todo = [p for p in plans if not shard_done(out, p, embed_key, storage_options, names.get(p.set_name, ()), pixels)]
     log.info("embed: %d of %d shards to do (%d already done)", len(todo), len(plans), len(plans) - len(todo))
     if todo and before_writing is not None:
         before_writing()
     t0 = time.perf_counter()
-    asm = _Assembly(todo, out, meta, storage_options, (embed_key, weights), cfg.resources.read_num_cpus, names)
+    asm = _Assembly(todo, out, meta, storage_options, (embed_key, weights), cfg.resources.read_num_cpus, names, pixels)
     if todo:
         ds = _dataset(cfg, todo, out, prepare, weights)
         try:

@@ -135,7 +135,9 @@ class EvidenceConfig:
     encoder's resize; :mod:`memray.embedding.views`): ``identity``, ``hflip``, ``shift:<k>`` (the four k-pixel
     shifts, edge-replicated), ``crop:<s>`` (the centred s-crop, zoomed back by the encoder's resize). A sample's
     evidence distance is its smallest over the views its set and the test set both have; C_T uses identity only.
-    ``["identity"]`` turns views off. ``q``: the test quantile below which a sample counts as a replica (the
+    ``["identity"]`` turns views off. ``pixels``: pixel space (:mod:`memray.embedding.pixels`) at this size (grey
+    ``pixels × pixels`` of the prepared image) as a further evidence space beside the layers, no C_T; 0 = off.
+    ``q``: the test quantile below which a sample counts as a replica (the
     threshold of ``share_below``); ``r0``: the replication rate the test must exceed (its null is ``rate ≤ r0``;
     keep ``r0 ≈ q/2``).
     """
@@ -146,6 +148,7 @@ class EvidenceConfig:
         default=DEFAULT_VIEWS,
         metadata=rule("(a list of identity, hflip, shift:<1..16>, crop:<0.5 ≤ s < 1>)", _views_ok),
     )
+    pixels: int = field(default=16, metadata=rule("(0 = off, or 4 to 64)", lambda v: v == 0 or 4 <= v <= 64))
     q: float = field(default=0.01, metadata=rule("(0 < q < 0.5)", lambda v: 0 < v < 0.5))
     r0: float = field(default=0.005, metadata=rule("(0 ≤ r0 < q)", lambda v: 0 <= v < 0.5))
 

@@ -24,6 +24,7 @@ import pandas as pd
 
 from memray.io.features import FeatureSet
 from memray.io.rows import ArrayRows, Rows
+from memray.io.schema import PIXEL_LAYER
 from memray.stats import Mapper
 from memray.stats.config import CTConfig, EvidenceConfig
 from memray.stats.evidence import ViewSets, check_views, project_views
@@ -32,6 +33,8 @@ from memray.stats.score import FittedLayer, GenScore, ScoreInputError, check_dim
 from memray.stats.tables import ScoreResult, Sources, concat_pieces, layer_tables
 
 log = logging.getLogger(__name__)
+CT_TABLES = ("ct_scores", "ct_cells", "ct_stability", "fingerprints")
+"""The tables of C_T and its curve: none for pixel space (:data:`memray.io.schema.PIXEL_LAYER`)."""
 
 #: ``extra(fitted, scored) -> {table name: DataFrame}``: further per-layer tables (the fingerprint subset curves).
 Extra = Callable[[FittedLayer, dict[str, GenScore]], dict[str, pd.DataFrame]]
@@ -124,6 +127,8 @@ def score_one_layer(
                               views=under, evidence=evidence)  # fmt: skip
         if extra is not None:
             tables.update(extra(fitted, scored))
+        if layer == PIXEL_LAYER:  # an evidence space, not a layer of the C_T curve: its C_T tables stay empty
+            tables.update({k: v.iloc[0:0] for k, v in tables.items() if k in CT_TABLES})
     finally:
         fitted.close()
     stats = {"layer": layer, "seconds": time.perf_counter() - t0, "n_train": train.n}
