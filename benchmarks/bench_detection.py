@@ -153,7 +153,7 @@ def main() -> None:
     run_audit(args.zoo, sets, args.out, args.threads)
     audit_s = time.perf_counter() - t0
     dev, test = sets[sets.seed.isin(args.dev_seeds)], sets[~sets.seed.isin(args.dev_seeds)]
-    layers = sorted(pd.read_parquet(args.out / "ct_scores.parquet").layer.unique())
+    layers = sorted(pd.read_parquet(args.out / "replication.parquet").layer.unique())  # pixel space (-1) too
     scores = {ly: per_image(args.out, dev, ly, args.q) for ly in layers}
     ok = [ly for ly in layers if scores[ly]["fpr"] <= 0.05] or layers
     layer = max(ok, key=lambda ly: scores[ly]["recall"])

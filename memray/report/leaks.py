@@ -25,6 +25,13 @@ EXPLANATION = (
 )
 
 
+def space_name(layer: int, long: bool = False) -> str:
+    """How a layer is named in the report: its number, or ``pixels`` for pixel space."""
+    if layer == schema.PIXEL_LAYER:
+        return "pixels"
+    return f"layer {layer}" if long else str(layer)
+
+
 def best_layer(rep: pd.DataFrame) -> pd.Series:
     """A set's replication row to show: the layer with the smallest p (then the largest rate)."""
     d = rep.assign(_p=rep[schema.P_VALUE].fillna(2.0), _r=-rep[schema.RATE].fillna(-1.0))
@@ -41,7 +48,7 @@ def replication_rows(ctx: Context, rep: pd.DataFrame) -> list[list]:
         r = best_layer(d)
         verdict = ctx.verdict.get(name, "")
         rows.append([
-            (esc(name), ""), (badge(verdict) if verdict else "", ""), (str(int(r[schema.LAYER])), "num"),
+            (esc(name), ""), (badge(verdict) if verdict else "", ""), (space_name(int(r[schema.LAYER])), "num"),
             (f"{num(100 * r[schema.SHARE_BELOW], 1)}% (exp. {num(100 * r[schema.EXPECTED_SHARE], 1)}%)", "num"),
             (f"{num(100 * r[schema.RATE], 1)}% [{num(100 * r[schema.CI_LOW], 1)}, {num(100 * r[schema.CI_HIGH], 1)}]",
              "num"),
@@ -69,7 +76,7 @@ def leaked_gallery(ctx: Context, name: str, mem: pd.DataFrame, layer: int) -> st
     shown = d.head(SHOWN_IMAGES)
     ctx.thumbs.prefetch(shown[schema.TRAIN_SOURCE], train_col)
     ctx.thumbs.prefetch([gen_src.get(str(s)) for g in shown[schema.GEN_SAMPLES] for s in g], gen_cols.get(name))
-    out = [f"<h3>{esc(name)} <small>layer {layer}: {len(d)} leaked training image(s)</small></h3>"]
+    out = [f"<h3>{esc(name)} <small>{space_name(layer, long=True)}: {len(d)} leaked training image(s)</small></h3>"]
     for r in shown.itertuples(index=False):
         tid = getattr(r, schema.TRAIN_ID)
         tag, why = ctx.thumbs.img(getattr(r, schema.TRAIN_SOURCE), f"training {tid}")
