@@ -19,7 +19,8 @@ from memray.io.shards import STATUS_OK, ShardPlan, plan_shards, read_shard
 from memray.job.shard_files import finish_shard, parts_url, shard_url
 from memray.ray.embed_stage import run_embedding
 
-MARKER_KEYS = {"rows_read", "rows_embedded", "rows_reported", "embed_key", "listing_digest", "listing", "nonfinite"}
+MARKER_KEYS = {"rows_read", "rows_embedded", "rows_reported", "embed_key", "listing_digest", "listing", "nonfinite",
+               "pixels"}  # fmt: skip
 
 
 def _layer_encodings(path: Path) -> dict[str, tuple[set[str], str]]:
