@@ -114,6 +114,11 @@ class CTConfig:
         return {k: getattr(self, k) for k, v in PRESETS[self.mode].items() if getattr(self, k) != v}
 
 
+def seed_word(layer: int) -> int:
+    """A layer number as a seed word: itself for the encoder's layers, ``2³² − 1`` for pixel space (−1)."""
+    return int(layer) % 2**32
+
+
 _VIEW_SPEC = re.compile(r"^(identity|hflip|shift:([1-9]|1[0-6])|crop:0?\.\d+)$")
 DEFAULT_VIEWS: tuple[str, ...] = ("identity", "hflip", "shift:1", "crop:0.9")
 """``evidence.views`` by default: identity, the mirror, the four 1-pixel shifts and a 0.9 centre crop (7 views)."""

@@ -26,7 +26,7 @@ import pandas as pd
 from memray.io import schema
 from memray.io.rows import Rows
 from memray.stats import Mapper
-from memray.stats.config import EvidenceConfig
+from memray.stats.config import EvidenceConfig, seed_word
 from memray.stats.copies import Sources
 from memray.stats.engine import EngineLayer, project
 from memray.stats.leaks import Hits, LeakTable, concentration_test, leaked_images
@@ -115,7 +115,7 @@ CONCENTRATION_PERMUTATIONS = 999
 
 def concentration_seed(seed: int, layer: int, name: str) -> list[int]:
     """The concentration test's seed words: ``[ct.seed, layer, crc32(set name)]``."""
-    return [int(seed), int(layer), zlib.crc32(name.encode("utf-8"))]
+    return [int(seed), seed_word(layer), zlib.crc32(name.encode("utf-8"))]
 
 
 def empty_memorized() -> pd.DataFrame:

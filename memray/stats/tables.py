@@ -23,7 +23,7 @@ from memray.io import schema
 from memray.io.rows import Rows
 from memray.stats import Mapper
 from memray.stats.catalog import OPTIONAL, SCHEMAS, TABLES, empty, sort_frame
-from memray.stats.config import CTConfig, EvidenceConfig
+from memray.stats.config import CTConfig, EvidenceConfig, seed_word
 from memray.stats.copies import Sources
 from memray.stats.engine import Fitted
 from memray.stats.evidence import LayerEvidence, evidence_frames
@@ -115,7 +115,7 @@ def concat_pieces(name: str, pieces: list[pd.DataFrame | list[Part]], storage_op
 def bootstrap_seed(cfg: CTConfig, layer: int) -> int:
     """The bootstrap's seed of one layer: ``SeedSequence([ct.seed, layer])``'s first word (each set's draws are
     further keyed by its name, :func:`memray.stats.significance.bootstrap_replicates`)."""
-    return int(np.random.SeedSequence([int(cfg.seed), int(layer)]).generate_state(1)[0])
+    return int(np.random.SeedSequence([int(cfg.seed), seed_word(layer)]).generate_state(1)[0])
 
 
 def layer_tables(
