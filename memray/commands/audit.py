@@ -176,7 +176,10 @@ def print_summary(result) -> None:
             where = f" ({row[schema.TEST]})" if row[schema.P_HOLM] < alpha else ""
             where += f" at layers {row[schema.LAYERS]}" if row[schema.LAYERS] else ""
             if row[schema.REPLICATION_LAYERS]:
-                where += f"; replicating at layers {row[schema.REPLICATION_LAYERS]}"
+                spaces = [
+                    "pixels" if x == str(schema.PIXEL_LAYER) else x for x in row[schema.REPLICATION_LAYERS].split(",")
+                ]
+                where += f"; replicating at {', '.join(spaces)}"
             cells = f"; flagged {_cells(row[schema.FLAGGED_CELLS])}" if row[schema.FLAGGED_CELLS] else ""
             advice = row[schema.ADVICE] and row[schema.VERDICT] != schema.VERDICT_COPYING
             note = f"\n    note: {row[schema.ADVICE]}" if advice else ""
