@@ -99,7 +99,7 @@ def test_reference_reuse_and_embeddings_inputs_equal_one_audit_of_everything(ray
     assert list(json.loads((ref / "reference.json").read_text())["fits"]) == [fit_key(first, preflight(first))]
     assert not (tmp_path / "x" / "embeddings" / "train").exists()  # the training embeddings live in the reference
     fits = sorted(ref.glob("fit/*/layer_*/fit.npz"))
-    assert len(fits) == 6
+    assert len(fits) == 6 + 1  # the six layers and pixel space
     stamps = [p.stat().st_mtime_ns for p in fits]
 
     second = audit_config(inputs, str(tmp_path / "y"), reference=str(ref), **BLOCKS)
