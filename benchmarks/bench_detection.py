@@ -6,7 +6,10 @@ the default views and evidence) scores every zoo set against the zoo's training 
 
 - **C_T**: Holm over the set's C_T p-values (one per layer) at α;
 - **+ replication**: Holm over C_T and replication p-values; **+ concentration**: and the concentration p-values;
-- **full verdict**: ``verdicts.parquet`` (C_T, cells, replication, concentration in one Holm family).
+- **verdict copying**: ``verdicts.parquet`` says ``copying`` (C_T, cells, replication, concentration in one Holm
+  family; a per-image test rejected);
+- **any rejection**: ``copying`` or ``closer_to_training`` (only C_T or cells rejected: the set sits closer to the
+  training set than held-out data, which honest generators that oversample dense regions or collapse also do).
 
 A set is *flagged* when the method rejects. Per group (honest, hard negative, memorizer) the flagged count with its
 Wilson 95% interval. Per image, on the sets with ground truth (``truth.parquet``): a generated image is flagged when
@@ -51,6 +54,9 @@ ENCODER = {
 }
 
 
+METHODS = ("C_T", "+ replication", "+ concentration", "verdict copying", "any rejection")
+
+
 def zoo_sets(zoo: Path) -> pd.DataFrame:
     """One row per generated set of the zoo: name, kind, seed, group, folder."""
     meta = json.loads((zoo / "zoo.json").read_text())
@@ -62,7 +68,7 @@ def zoo_sets(zoo: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["name", "kind", "seed", "group", "folder"])
 
 
-def run_audit(zoo: Path, sets: pd.DataFrame, out: Path, threads: int) -> Path:
+def run_audit(zoo: Path, sets: pd.DataFrame, out: Path, threads: int, statistic: str = "relative") -> Path:
     """The audit of every zoo set (resumes: a rerun reuses finished shards and layers)."""
     data = {
         "train": {"name": "train", "urls": [str(zoo / "train")]},
@@ -71,6 +77,7 @@ def run_audit(zoo: Path, sets: pd.DataFrame, out: Path, threads: int) -> Path:
         "output": str(out),
         "embed": ENCODER,
         "ct": {"mode": "paper", "bootstrap": 0, "top_k": 5},
+        "evidence": {"statistic": statistic},
         "resources": {"torch_threads": threads, "shard_rows": 4096},
     }
     run_job(audit_config_from_dict(data, "bench_detection"), LocalEngine())
@@ -92,9 +99,10 @@ def flagged_by_method(out: Path, alpha: float) -> pd.DataFrame:
             p = np.concatenate(ps)
             return bool(len(p) and holm(p).min() < alpha)
 
-        rows.append((name, rejects(p_ct), rejects(p_ct, p_rep), rejects(p_ct, p_rep, p_conc),
-                     ver.loc[name, "verdict"] in ("copying", "localized_copying")))  # fmt: skip
-    return pd.DataFrame(rows, columns=["name", "C_T", "+ replication", "+ concentration", "full verdict"])
+        verdict = ver.loc[name, "verdict"]
+        rows.append((name, rejects(p_ct), rejects(p_ct, p_rep), rejects(p_ct, p_rep, p_conc), verdict == "copying",
+                     verdict in ("copying", "closer_to_training")))  # fmt: skip
+    return pd.DataFrame(rows, columns=["name", *METHODS])
 
 
 def per_image(out: Path, sets: pd.DataFrame, layer: int, q: float) -> dict[str, float]:
@@ -146,11 +154,12 @@ def main() -> None:
     ap.add_argument("--q", type=float, default=0.01)
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--statistic", choices=["relative", "distance"], default="relative", help="evidence.statistic")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     sets = zoo_sets(args.zoo)
     t0 = time.perf_counter()
-    run_audit(args.zoo, sets, args.out, args.threads)
+    run_audit(args.zoo, sets, args.out, args.threads, args.statistic)
     audit_s = time.perf_counter() - t0
     dev, test = sets[sets.seed.isin(args.dev_seeds)], sets[~sets.seed.isin(args.dev_seeds)]
     layers = sorted(pd.read_parquet(args.out / "replication.parquet").layer.unique())  # pixel space (-1) too
@@ -162,7 +171,7 @@ def main() -> None:
     print(f"zoo {args.zoo}: {len(sets)} sets; audit {audit_s:.0f} s; evidence layer {layer} (chosen on seeds "
           f"{args.dev_seeds}); reported on seeds {seeds}, alpha {args.alpha}, q {args.q}")  # fmt: skip
     print("\nsets flagged, per method and group (Wilson 95%):")
-    for method in ("C_T", "+ replication", "+ concentration", "full verdict"):
+    for method in METHODS:
         cells = []
         for group in ("memorizer", "honest", "hard_negative"):
             g = flags[flags.group == group]

@@ -6,7 +6,7 @@
     import memray
     res = memray.audit(train="data/train", test="data/test", generated={"model_a": "samples/a"},
                        output="runs/audit", model="vit_base_patch16_224.orig_in21k", weights="vitb16.safetensors")
-    res.verdicts            # one row per generated set: copying / localized_copying / no_evidence, Holm p, layers
+    res.verdicts            # one row per generated set: copying / closer_to_training / no_evidence, Holm p, tests
     res.table("copies")     # each generated sample's nearest training images, with test_quantile and sources
     res.report              # report.html
 """

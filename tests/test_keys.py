@@ -33,9 +33,10 @@ class Checked:
     ("weights", "embed", "fit", "score"),
     [
         # the score key and the job digest changed, on purpose, when the evidence settings (views, pixels, replication)
-        # joined the score stage (before: e413d023f12c / 68cc6aca3430, digest 79fc65d5aeb1); embed and fit keys did not
-        (None, "099fa80bb049", "96526d655301", "d265296830be"),  # random-init weights: the config keys them
-        (FILE_WEIGHTS, "7d427f3114e7", "d5530f8157f4", "29f691f8cb11"),  # a file's SHA-256 in every key
+        # joined the score stage (before: e413d023f12c / 68cc6aca3430, digest 79fc65d5aeb1), and again with
+        # evidence.statistic (before: d265296830be / 29f691f8cb11, digest c0789c632760); embed and fit keys did not
+        (None, "099fa80bb049", "96526d655301", "7606cab310d6"),  # random-init weights: the config keys them
+        (FILE_WEIGHTS, "7d427f3114e7", "d5530f8157f4", "50db32d118b5"),  # a file's SHA-256 in every key
     ],
 )
 def test_stage_keys_keep_their_values(weights: dict | None, embed: str, fit: str, score: str) -> None:
@@ -46,8 +47,8 @@ def test_stage_keys_keep_their_values(weights: dict | None, embed: str, fit: str
 
 
 def test_job_digest_keeps_its_value_and_ignores_where_outputs_go() -> None:
-    assert job_digest(audit_config(INPUTS, "/out/run", reference="/ref")) == "c0789c632760"
-    assert job_digest(audit_config(INPUTS, "/elsewhere")) == "c0789c632760"
+    assert job_digest(audit_config(INPUTS, "/out/run", reference="/ref")) == "ac4bb8efecd4"
+    assert job_digest(audit_config(INPUTS, "/elsewhere")) == "ac4bb8efecd4"
 
 
 def test_features_key_keeps_its_value_and_follows_the_bytes() -> None:

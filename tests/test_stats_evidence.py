@@ -40,7 +40,7 @@ def scored():
         "copy": {"hflip": fs(copies_h, "c")},
     }
     cfg = CTConfig(mode="meehan", cells=3, top_k=2, bootstrap=0, min_gen_per_cell=5)
-    ev = EvidenceConfig(q=0.05, r0=0.02)
+    ev = EvidenceConfig(q=0.05, r0=0.02, statistic="distance")
     sets = {"fresh": fs(fresh, "f"), "copy": fs(copies, "c")}
     res = score_features(fs(train, "tr"), fs(test, "t"), sets, cfg, views=views, evidence=ev)
     return res, train, test, sets, views, ev, leaked
@@ -81,7 +81,8 @@ def test_views_must_match_their_set_row_for_row():
         check_views({"g": {"hflip": ArrayRows(np.zeros((4, 2), np.float32))}}, {None: rows, "g": rows}, 1)
 
 
-def test_held_out_samples_under_views_keep_test_quantile_calibrated():
+@pytest.mark.parametrize(("statistic", "top_k"), [("distance", 1), ("relative", 4)])
+def test_held_out_samples_under_views_keep_test_quantile_calibrated(statistic: str, top_k: int):
     """Fresh samples with fresh views: the share of test_quantile below 0.05 stays near 0.05 (seeded, 2,000)."""
     rng = np.random.default_rng(11)
     d, n, m = 6, 2000, 2000
@@ -93,9 +94,10 @@ def test_held_out_samples_under_views_keep_test_quantile_calibrated():
 
     test, tv = draw(n, "t")
     gen, gv = draw(m, "g")
-    cfg = CTConfig(mode="meehan", cells=3, top_k=1, bootstrap=0)
-    res = score_features(fs(train, "tr"), test, {"held": gen}, cfg, views={None: tv, "held": gv})
-    tq = res.copies["test_quantile"].to_numpy()
+    cfg = CTConfig(mode="meehan", cells=3, top_k=top_k, bootstrap=0)
+    ev = EvidenceConfig(statistic=statistic)
+    res = score_features(fs(train, "tr"), test, {"held": gen}, cfg, views={None: tv, "held": gv}, evidence=ev)
+    tq = res.copies.loc[res.copies["rank"] == 1, "test_quantile"].to_numpy()
     # Var of the share: q(1-q)/m from the samples plus about the same from the test set's own quantile
     assert abs(np.mean(tq < 0.05) - 0.05) < 4 * np.sqrt(2 * 0.05 * 0.95 / m)
     assert abs(np.median(tq) - 0.5) < 0.05
@@ -113,3 +115,48 @@ def test_memorized_lists_the_leaked_images_with_their_copies(scored):
     rep = res.replication.set_index("gen_set")
     assert rep.loc["copy", "concentration_p"] < 0.01 and rep.loc["copy", "same_image_pairs"] >= 12 * 10
     assert rep.loc["fresh", "concentration_p"] > 0.05
+
+
+def relative_l2(q: np.ndarray, t: np.ndarray, k: int) -> np.ndarray:
+    """Brute-force d_1 / d_k (Euclidean) of each query over all training rows."""
+    d = np.sqrt(((q[:, None, :].astype(np.float64) - t[None, :, :]) ** 2).sum(-1))
+    d.sort(axis=1)
+    return d[:, 0] / d[:, k - 1]
+
+
+def test_relative_score_is_the_smallest_ratio_over_views_and_sets_test_quantile(scored):
+    """evidence.statistic=relative: each sample's score is min over views of d_1/d_k (brute force); copies'
+    test_quantile is that score's rank among the test samples' scores; the copied rows are hits."""
+    _, train, test, sets, views, _, _ = scored
+    cfg = CTConfig(mode="meehan", cells=3, top_k=3, bootstrap=0, min_gen_per_cell=5)
+    ev = EvidenceConfig(q=0.05, r0=0.02, statistic="relative")
+    res = score_features(fs(train, "tr"), fs(test, "t"), sets, cfg, views=views, evidence=ev)
+    t_score = np.minimum(relative_l2(test, train, 3), relative_l2(views[None]["hflip"].layers[1], train, 3))
+    top = res.copies[res.copies["rank"] == 1].set_index("sample_id")
+    for name in ("fresh", "copy"):
+        want = np.minimum(relative_l2(sets[name].layers[1], train, 3),
+                          relative_l2(views[name]["hflip"].layers[1], train, 3))  # fmt: skip
+        got_q = top.loc[sets[name].ids, "test_quantile"].to_numpy()
+        want_q = (t_score[None, :] < want[:, None]).mean(axis=1)
+        np.testing.assert_allclose(got_q, want_q, atol=1e-12)
+    assert (top.loc[sets["copy"].ids[:60], "test_quantile"] == 0).all()  # exact copies: score 0
+    rep = res.replication.set_index("gen_set")
+    assert rep.loc["copy", "n_below"] >= 60 and rep.loc["copy", "p_value"] < 1e-10
+
+
+def test_relative_score_does_not_flag_hub_samples():
+    """Samples at the centre of a tight training cluster (a "hub": short distance to MANY training rows) are
+    flagged by the distance score but not by the relative one; exact copies are flagged by both."""
+    rng = np.random.default_rng(5)
+    d = 6
+    centres = rng.normal(scale=4.0, size=(20, d))
+    train = (centres[rng.integers(0, 20, 2000)] + rng.normal(size=(2000, d))).astype(np.float32)
+    test = (centres[rng.integers(0, 20, 1000)] + rng.normal(size=(1000, d))).astype(np.float32)
+    hubs = (centres[rng.integers(0, 20, 300)] + rng.normal(scale=0.05, size=(300, d))).astype(np.float32)
+    cfg = CTConfig(mode="meehan", cells=3, top_k=5, bootstrap=0, min_gen_per_cell=5)
+    got = {}
+    for statistic in ("distance", "relative"):
+        ev = EvidenceConfig(q=0.01, r0=0.005, statistic=statistic)
+        res = score_features(fs(train, "tr"), fs(test, "t"), {"hub": fs(hubs, "h")}, cfg, evidence=ev)
+        got[statistic] = res.replication.set_index("gen_set").loc["hub", "p_value"]
+    assert got["distance"] < 1e-3 and got["relative"] > 0.05, got

@@ -122,15 +122,16 @@ def test_verdict_table_from_hand_tables():
     assert list(v.columns) == schema.VERDICTS_SCHEMA.names
     pa.Table.from_pandas(v, schema=schema.VERDICTS_SCHEMA, preserve_index=False)  # the types fit
     v = v.set_index(schema.GEN_SET)
-    assert v[schema.VERDICT].to_dict() == {"copy": schema.VERDICT_COPYING, "local": schema.VERDICT_LOCALIZED,
+    # without per-image tests a rejection is set-level: closer_to_training, never copying
+    assert v[schema.VERDICT].to_dict() == {"copy": schema.VERDICT_CLOSER, "local": schema.VERDICT_CLOSER,
                                            "none": schema.VERDICT_NONE, "undef": schema.VERDICT_UNDEFINED}  # fmt: skip
     # one Holm family per set (2 C_T + 4 cells): copy: 1e-5·6 = 6e-5 (cell L1:c0), 1e-4·5 = 5e-4 (C_T L1), 0.2·4;
     # local: 0.001·6 = 0.006 (L2:c1), 0.002·5 = 0.01 (L1:c1), then ≥ 0.3·4 → 1
     assert v.loc["copy", schema.P_HOLM] == pytest.approx(6e-5) and v.loc["copy", schema.TEST] == "cell:L1:c0"
     assert v.loc["local", schema.P_HOLM] == pytest.approx(0.006) and v.loc["local", schema.TEST] == "cell:L2:c1"
     assert v.loc["none", schema.P_HOLM] == 1.0 and v[schema.N_TESTS].tolist() == [6, 6, 6, 0]
-    assert v[schema.LAYERS].tolist() == ["1", "", "", ""]
-    assert v[schema.FLAGGED_CELLS].tolist() == ["L1:c0", "L1:c1,L2:c1", "", ""]
+    assert v[schema.LAYERS].tolist() == [[1], [], [], []]
+    assert v[schema.FLAGGED_CELLS].tolist() == [["L1:c0"], ["L1:c1", "L2:c1"], [], []]
     assert v[schema.LOCALIZED].tolist() == [True, True, False, False]
     assert math.isnan(v.loc["undef", schema.P_HOLM]) and v[schema.N_GEN].tolist() == [300, 300, 300, 30]
     assert v[schema.ADVICE].tolist()[:3] == ["", "", ""]
@@ -190,15 +191,18 @@ def test_localized_and_plain_copying_verdicts():
     local = s[s[schema.GEN_SET] == "local"]
     assert (local[schema.CT] > 0).all() and (local[schema.P_HOLM] > 0.5).all()  # C_T itself says "underfit"
     assert (s[schema.CI_LOW] <= s[schema.CT]).all() and (s[schema.CT] <= s[schema.CI_HIGH]).all()
-    assert v.loc["local", schema.VERDICT] == schema.VERDICT_LOCALIZED
+    assert v.loc["local", schema.VERDICT] == schema.VERDICT_CLOSER  # top_k = 0: no per-image test
     nb = res.neighbors
     copied = nb[(nb[schema.GEN_SET] == "local") & nb[schema.SAMPLE_ID].str.startswith("c")]
     cell = {layer: np.unique(copied[copied[schema.LAYER] == layer][schema.CELL]) for layer in layers}
     assert all(len(x) == 1 for x in cell.values())  # the copies share one cell per layer
-    assert v.loc["local", schema.FLAGGED_CELLS] == f"L1:c{cell[1][0]},L2:c{cell[2][0]}"
-    assert v.loc["copy", schema.VERDICT] == schema.VERDICT_COPYING and v.loc["copy", schema.LAYERS] == "1,2"
-    assert v.loc["copy", schema.FLAGGED_CELLS].count("L1:") == 10 and v.loc["copy", schema.LOCALIZED]
-    assert v.loc["fresh", schema.VERDICT] == schema.VERDICT_NONE and v.loc["fresh", schema.FLAGGED_CELLS] == ""
+    assert v.loc["local", schema.FLAGGED_CELLS] == [f"L1:c{cell[1][0]}", f"L2:c{cell[2][0]}"]
+    assert v.loc["local", schema.LAYERS] == [] and v.loc["local", schema.TEST].startswith("cell:")
+    assert v.loc["copy", schema.VERDICT] == schema.VERDICT_CLOSER and v.loc["copy", schema.LAYERS] == [1, 2]
+    assert (
+        sum(c.startswith("L1:") for c in v.loc["copy", schema.FLAGGED_CELLS]) == 10 and v.loc["copy", schema.LOCALIZED]
+    )
+    assert v.loc["fresh", schema.VERDICT] == schema.VERDICT_NONE and v.loc["fresh", schema.FLAGGED_CELLS] == []
     assert (v[schema.ADVICE] == "").all()
 
 
@@ -212,7 +216,24 @@ def test_replication_and_concentration_join_the_family_by_hand():
     # 8 tests: 0.004·8 = 0.032 (replication L2) < 0.05; then 0.009·7 = 0.063
     assert v[schema.VERDICT] == schema.VERDICT_COPYING and v[schema.TEST] == "replication:L2"
     assert v[schema.P_HOLM] == pytest.approx(0.032) and v[schema.N_TESTS] == 8
-    assert v[schema.REPLICATION_LAYERS] == "2" and v[schema.LAYERS] == ""
+    assert v[schema.REPLICATION_LAYERS] == [2] and v[schema.LAYERS] == []
     v2 = verdict_table(*add_significance(sc, ce), alpha=0.05, min_gen_per_cell=20, replication=rep.assign(
         **{schema.P_VALUE: [0.2, 0.3]})).iloc[0]  # fmt: skip
     assert v2[schema.VERDICT] == schema.VERDICT_NONE and v2[schema.P_HOLM] == pytest.approx(0.072)
+
+
+def test_copying_names_the_per_image_test_that_carried_it():
+    """A C_T p smaller than the replication p: both rejected, the verdict is copying and ``test`` names the
+    replication test (the one that makes it copying), with its own adjusted p."""
+    sc = pd.DataFrame({schema.GEN_SET: "g", schema.LAYER: [1, 2], schema.CT: [-5.0, 0.3], schema.N_GEN: 300,
+                       schema.P_VALUE: [1e-9, 0.4]})  # fmt: skip
+    ce = cell_rows(1, [500, 500], [True, True], "g").assign(**{schema.P_VALUE: [0.5, 0.6]})
+    rep = pd.DataFrame({schema.GEN_SET: "g", schema.LAYER: [1, 2], schema.P_VALUE: [0.3, 0.001],
+                        schema.CONCENTRATION_P: [0.5, 0.5]})  # fmt: skip
+    v = verdict_table(*add_significance(sc, ce), alpha=0.05, min_gen_per_cell=20, replication=rep).iloc[0]
+    # Holm over 8: 1e-9·8 (ct:L1), then 0.001·7 = 0.007 (replication:L2), both < 0.05
+    assert v[schema.VERDICT] == schema.VERDICT_COPYING and v[schema.TEST] == "replication:L2"
+    assert v[schema.P_HOLM] == pytest.approx(0.007) and v[schema.LAYERS] == [1] and v[schema.REPLICATION_LAYERS] == [2]
+    v2 = verdict_table(*add_significance(sc, ce), alpha=0.05, min_gen_per_cell=20, replication=rep.assign(
+        **{schema.P_VALUE: [0.3, 0.2]})).iloc[0]  # fmt: skip
+    assert v2[schema.VERDICT] == schema.VERDICT_CLOSER and v2[schema.TEST] == "ct:L1"

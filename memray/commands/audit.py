@@ -157,9 +157,9 @@ def write_config(cfg, path: str) -> None:
     log.info("wrote the config of this run to %s", path)
 
 
-def _cells(text: str, shown: int = 4) -> str:
-    """``"L1:c0,L1:c1,…"`` shortened to its first ``shown`` cells and a count."""
-    cells = [c for c in text.split(",") if c]
+def _cells(flagged, shown: int = 4) -> str:
+    """``["L1:c0", "L1:c1", …]`` shortened to its first ``shown`` cells and a count."""
+    cells = [str(c) for c in flagged]
     return ",".join(cells) if len(cells) <= shown else f"{len(cells)} cells ({','.join(cells[:shown])}, …)"
 
 
@@ -174,16 +174,16 @@ def print_summary(result) -> None:
               f"per layer; alpha = {alpha:g}):")  # fmt: skip
         for _, row in v[~v[schema.GEN_SET].map(is_probe_set)].iterrows():
             where = f" ({row[schema.TEST]})" if row[schema.P_HOLM] < alpha else ""
-            where += f" at layers {row[schema.LAYERS]}" if row[schema.LAYERS] else ""
-            if row[schema.REPLICATION_LAYERS]:
-                spaces = [
-                    "pixels" if x == str(schema.PIXEL_LAYER) else x for x in row[schema.REPLICATION_LAYERS].split(",")
-                ]
+            layers, reps, flagged = (list(row[c]) for c in (schema.LAYERS, schema.REPLICATION_LAYERS,
+                                                            schema.FLAGGED_CELLS))  # fmt: skip
+            where += f" C_T at layers {','.join(map(str, layers))}" if layers else ""
+            if reps:
+                spaces = ["pixels" if x == schema.PIXEL_LAYER else str(x) for x in reps]
                 where += f"; replicating at {', '.join(spaces)}"
-            cells = f"; flagged {_cells(row[schema.FLAGGED_CELLS])}" if row[schema.FLAGGED_CELLS] else ""
+            cells = f"; flagged {_cells(flagged)}" if flagged else ""
             advice = row[schema.ADVICE] and row[schema.VERDICT] != schema.VERDICT_COPYING
             note = f"\n    note: {row[schema.ADVICE]}" if advice else ""
-            print(f"  {row[schema.GEN_SET]:<16} {row[schema.VERDICT]:<18} p_holm={row[schema.P_HOLM]:.2g}{where}"
+            print(f"  {row[schema.GEN_SET]:<16} {row[schema.VERDICT]:<19} p_holm={row[schema.P_HOLM]:.2g}{where}"
                   f"{cells}{note}")  # fmt: skip
     scores = result.ct_scores[~result.ct_scores[schema.GEN_SET].map(is_probe_set)]
     table = scores.pivot(index=schema.LAYER, columns=schema.GEN_SET, values=schema.CT)

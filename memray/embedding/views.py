@@ -2,7 +2,7 @@
 
 A generator that memorized an image may emit it mirrored, shifted by a pixel or slightly cropped; a ViT is not
 invariant to these (one pixel at 28 px is eight at 224), so a copy under a transform looks like a fresh image.
-Every test and generated image is therefore embedded under each view, and its evidence distance is the smallest
+Every test and generated image is therefore embedded under each view, and its evidence score is the smallest
 over views (:mod:`memray.stats.evidence`); the training set is embedded once, identity only.
 
 Views act on the **decoded source pixels**, before the encoder's resize and crop:

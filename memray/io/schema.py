@@ -57,7 +57,7 @@ RANK = "rank"
 TRAIN_ID = "train_id"
 DISTANCE = "distance"
 VIEW = "view"  # the view (memray.embedding.views) whose embedding was nearest: "identity", "hflip", "dx+1", …
-VIEWS_USED = "views_used"  # comma-separated views a sample's evidence distance is the smallest over
+VIEWS_USED = "views_used"  # comma-separated views a sample's evidence score is the smallest over
 N_BELOW = "n_below"
 SHARE_BELOW = "share_below"
 EXPECTED_SHARE = "expected_share"
@@ -87,9 +87,9 @@ ROLE_TEST = "test"
 ROLE_GEN = "gen"
 
 # Verdict of a generated set (verdicts.parquet).
-VERDICT_COPYING = "copying"  # a C_T or replication test rejected (Holm over the set's whole family, level alpha)
-VERDICT_LOCALIZED = "localized_copying"  # only cell tests rejected (same family)
-VERDICT_NONE = "no_evidence"  # neither
+VERDICT_COPYING = "copying"  # a per-image test (replication, concentration) rejected (Holm, the set's whole family)
+VERDICT_CLOSER = "closer_to_training"  # only set-level tests (C_T, cells) rejected (same family)
+VERDICT_NONE = "no_evidence"  # no test rejected
 VERDICT_UNDEFINED = "undefined"  # no layer has a defined C_T (too few generated samples; see advice)
 
 # Status of a cell in ct_cells.
@@ -193,12 +193,12 @@ VERDICTS_SCHEMA = pa.schema(
         (VERDICT, pa.string()),
         (ALPHA, pa.float64()),
         (P_HOLM, pa.float64()),  # smallest Holm-adjusted p of the set's family (C_T, cells, replication)
-        (TEST, pa.string()),  # the test with that p: "ct:L3", "cell:L3:c5" or "replication:L3"
+        (TEST, pa.string()),  # the test with that p: "ct:L3", "cell:L3:c5", "replication:L3", "concentration:L3"
         (N_TESTS, pa.int64()),  # the family's size (defined tests)
-        (LAYERS, pa.string()),  # layers whose C_T test is rejected in the family, e.g. "1,2,3"
-        (REPLICATION_LAYERS, pa.string()),  # layers whose replication or concentration test is rejected
+        (LAYERS, pa.list_(pa.int32())),  # layers whose C_T test is rejected in the family, e.g. [1, 2, 3]
+        (REPLICATION_LAYERS, pa.list_(pa.int32())),  # layers (-1: pixels) whose replication/concentration is
         (LOCALIZED, pa.bool_()),  # some cell rejected in the family
-        (FLAGGED_CELLS, pa.string()),  # e.g. "L3:c5,L4:c5"
+        (FLAGGED_CELLS, pa.list_(pa.string())),  # e.g. ["L3:c5", "L4:c5"]
         (N_GEN, pa.int64()),
         (ADVICE, pa.string()),  # sample-size guidance, "" when the set is large enough
     ]

@@ -114,6 +114,9 @@ class AuditConfig:
                     f"generated set {g.name!r}: names starting with {PROBE_SET_PREFIX!r} are reserved for the probe "
                     "sets memray builds (probes: section); rename the set"
                 )
+        if self.evidence.statistic == "relative" and self.ct.top_k == 1:
+            raise ConfigError("evidence.statistic=relative divides by the k-th nearest distance: set ct.top_k >= 2 "
+                              "(default 5) or evidence.statistic: distance")  # fmt: skip
         if self.embed is None and not all(s.is_embeddings for s in self.sets):
             object.__setattr__(self, "embed", EmbedConfig())  # images to embed: the default embedder
         names = [self.train.name, self.test.name, *(g.name for g in self.generated)]

@@ -18,7 +18,7 @@ from memray.stats import Mapper
 class AuditResult:
     """Where the results are, the main tables, the verdicts and the job's stats.
 
-    ``verdicts``: one row per generated set (``copying`` / ``localized_copying`` / ``no_evidence`` /
+    ``verdicts``: one row per generated set (``copying`` / ``closer_to_training`` / ``no_evidence`` /
     ``undefined``, Holm p, layers, advice); ``report``: URL of ``report.html`` (``None`` if it failed);
     :meth:`table` reads any other table of the run (``copies``, ``ct_cells``, ``neighbors``, ``errors``, …).
     """

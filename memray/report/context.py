@@ -14,7 +14,7 @@ from memray.report.load import RunData, is_probe
 from memray.report.thumbs import Thumbnails
 
 DEFAULT_ALPHA = 0.05
-SEVERITY = {schema.VERDICT_COPYING: 0, schema.VERDICT_LOCALIZED: 1, schema.VERDICT_NONE: 2, schema.VERDICT_UNDEFINED: 3}
+SEVERITY = {schema.VERDICT_COPYING: 0, schema.VERDICT_CLOSER: 1, schema.VERDICT_NONE: 2, schema.VERDICT_UNDEFINED: 3}
 
 
 @dataclass

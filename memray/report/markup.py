@@ -16,7 +16,7 @@ Text = str | float | None  # a string cell of a table (NaN/None when missing)
 
 VERDICT_CLASS = {
     schema.VERDICT_COPYING: "bad",
-    schema.VERDICT_LOCALIZED: "warn",
+    schema.VERDICT_CLOSER: "warn",
     schema.VERDICT_NONE: "ok",
     schema.VERDICT_UNDEFINED: "muted",
 }
@@ -61,6 +61,16 @@ def esc(value: object) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return html.escape(str(value))
+
+
+def items(value: object) -> list:
+    """A list column's value (a list, a numpy array from Parquet, None) as a list; a legacy comma-joined string
+    is split."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    if isinstance(value, str):
+        return [x.strip() for x in value.split(",") if x.strip()]
+    return list(value)
 
 
 def isnan(value: object) -> bool:
@@ -113,22 +123,22 @@ def closer_than(test_quantile: SupportsFloat | None, short: bool = False) -> str
     return f"closer than {pct:.{digits}f}% of test{tail}"
 
 
-def cell_list(flagged: Text, shown: int = 3) -> str:
-    """A compact HTML form of a FLAGGED_CELLS string ``L3:c5,L4:c5,…``: count, then per layer, the full list in a
-    tooltip, e.g. ``12 cells: L1 ×4, L2 ×5, L3 ×3``."""
-    if isnan(flagged) or not str(flagged).strip():
+def cell_list(flagged: object, shown: int = 3) -> str:
+    """A compact HTML form of a FLAGGED_CELLS list ``["L3:c5", "L4:c5", …]``: count, then per layer, the full list
+    in a tooltip, e.g. ``12 cells: L1 ×4, L2 ×5, L3 ×3``."""
+    cells = [str(x) for x in items(flagged)]
+    if not cells:
         return "–"
-    items = [x.strip() for x in str(flagged).split(",") if x.strip()]
-    if len(items) <= shown:
-        return esc(", ".join(items))
+    if len(cells) <= shown:
+        return esc(", ".join(cells))
     per_layer: dict[str, int] = {}
-    for item in items:
+    for item in cells:
         layer = item.split(":", 1)[0]
         per_layer[layer] = per_layer.get(layer, 0) + 1
     layers = [f"{k} ×{v}" for k, v in per_layer.items()]
     more = f", … ({len(layers)} layers)" if len(layers) > 4 else ""
-    text = f"{len(items)} cells: {', '.join(layers[:4])}{more}"
-    return f'<span title="{esc(", ".join(items))}">{esc(text)}</span>'
+    text = f"{len(cells)} cells: {', '.join(layers[:4])}{more}"
+    return f'<span title="{esc(", ".join(cells))}">{esc(text)}</span>'
 
 
 def badge(verdict: Text) -> str:

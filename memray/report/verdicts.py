@@ -7,7 +7,7 @@ import pandas as pd
 
 from memray.io import schema
 from memray.report.context import Context
-from memray.report.markup import Cell, badge, cell_list, esc, integer, isnan, note, num, pval, table
+from memray.report.markup import Cell, badge, cell_list, esc, integer, isnan, items, note, num, pval, table
 
 Section = tuple[str, str, str]
 STRONGEST_CELLS = 3  # per set, besides the flagged ones
@@ -39,7 +39,10 @@ def summary_line(ctx: Context) -> str:
     for name in ctx.sets:
         groups.setdefault(ctx.verdict.get(name, ""), []).append(name)
     parts = []
-    for verdict, words in ((schema.VERDICT_COPYING, "show copying"), (schema.VERDICT_LOCALIZED, "localized copying")):
+    for verdict, words in (
+        (schema.VERDICT_COPYING, "show copying"),
+        (schema.VERDICT_CLOSER, "sit closer to the training set than held-out data"),
+    ):
         names = groups.get(verdict, [])
         if names:
             parts.append(f"<b>{len(names)} of {len(ctx.sets)} set(s) {words}</b> ({esc(', '.join(names))})")
@@ -63,10 +66,12 @@ def verdict_section(ctx: Context) -> Section:
             rows.append([
                 esc(name), esc(labels.get(name)), badge(r[schema.VERDICT]),
                 (f"{num(ct)} (L{layer})" if layer is not None else "–", "num"), (pval(r[schema.P_HOLM]), "num"),
-                esc(r[schema.LAYERS] or "–"), cell_list(r[schema.FLAGGED_CELLS]), (integer(r[schema.N_GEN]), "num"),
+                esc(r[schema.TEST] or "–"), esc(", ".join(map(str, items(r[schema.LAYERS]))) or "–"),
+                cell_list(r[schema.FLAGGED_CELLS]), (integer(r[schema.N_GEN]), "num"),
                 esc(r[schema.ADVICE] or ""),
             ])  # fmt: skip
-        header = ["set", "label", "verdict", "min C_T (layer)", "Holm p", "layers", "localized cells", "n_gen"]
+        header = ["set", "label", "verdict", "min C_T (layer)", "Holm p", "test", "C_T layers", "flagged cells"]
+        header.append("n_gen")
         body = summary_line(ctx)
         body += table([*header, "advice"], rows) if rows else note("verdicts.parquet has no non-probe set.", True)
     else:

@@ -122,6 +122,8 @@ def seed_word(layer: int) -> int:
 _VIEW_SPEC = re.compile(r"^(identity|hflip|shift:([1-9]|1[0-6])|crop:0?\.\d+)$")
 DEFAULT_VIEWS: tuple[str, ...] = ("identity", "hflip", "shift:1", "crop:0.9")
 """``evidence.views`` by default: identity, the mirror, the four 1-pixel shifts and a 0.9 centre crop (7 views)."""
+STATISTICS = ("relative", "distance")
+"""The evidence scores of :func:`memray.stats.copies.evidence_score`."""
 
 
 def _views_ok(views: object) -> bool:
@@ -139,9 +141,13 @@ class EvidenceConfig:
     ``views``: the transforms every test and generated image is also embedded under (source pixels, before the
     encoder's resize; :mod:`memray.embedding.views`): ``identity``, ``hflip``, ``shift:<k>`` (the four k-pixel
     shifts, edge-replicated), ``crop:<s>`` (the centred s-crop, zoomed back by the encoder's resize). A sample's
-    evidence distance is its smallest over the views its set and the test set both have; C_T uses identity only.
+    evidence score is its smallest over the views its set and the test set both have; C_T uses identity only.
     ``["identity"]`` turns views off. ``pixels``: pixel space (:mod:`memray.embedding.pixels`) at this size (grey
     ``pixels × pixels`` of the prepared image) as a further evidence space beside the layers, no C_T; 0 = off.
+    ``statistic``: a sample's evidence score from its top-k list in a view (:func:`memray.stats.copies.evidence_score`):
+    ``relative`` (default) ``d_1 / d_k``, the nearest training sample's distance over the k-th's (``ct.top_k``):
+    about 1 for a sample that sits among many training images alike ("hub" images, dense regions, mode collapse),
+    near 0 for one that sits on ONE training image (a copy); ``distance``: ``d_1`` itself.
     ``q``: the test quantile below which a sample counts as a replica (the
     threshold of ``share_below``); ``r0``: the replication rate the test must exceed (its null is ``rate ≤ r0``;
     keep ``r0 ≈ q/2``).
@@ -153,6 +159,7 @@ class EvidenceConfig:
         default=DEFAULT_VIEWS,
         metadata=rule("(a list of identity, hflip, shift:<1..16>, crop:<0.5 ≤ s < 1>)", _views_ok),
     )
+    statistic: str = field(default="relative", metadata=rule("(relative or distance)", lambda v: v in STATISTICS))
     pixels: int = field(default=16, metadata=rule("(0 = off, or 4 to 64)", lambda v: v == 0 or 4 <= v <= 64))
     q: float = field(default=0.01, metadata=rule("(0 < q < 0.5)", lambda v: 0 < v < 0.5))
     r0: float = field(default=0.005, metadata=rule("(0 ≤ r0 < q)", lambda v: 0 <= v < 0.5))

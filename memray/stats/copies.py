@@ -28,6 +28,32 @@ Sources = Callable[[str, np.ndarray], list[str | None]]
 """``(set name, sample ids) -> source strings`` (:class:`memray.io.fetch.Locator`), for the copy evidence."""
 
 
+def evidence_score(dist: np.ndarray, statistic: str) -> np.ndarray:
+    """(rows,) evidence score of top-k lists ``dist`` (rows, k), ascending, ``inf`` padded.
+
+    ``distance``: ``d_1``. ``relative``: ``d_1 / d_k``, with ``d_k`` the k-th distance (the last finite one where a
+    list is short) and 0 where ``d_1 = 0``: a sample on ONE training image scores near 0, one among many alike
+    (a "hub", a dense region) near 1 (the nearest-over-neighbourhood ratio of Carlini et al. 2023's extraction
+    criterion). Either score is computed the same way for test and generated samples, so ranks stay calibrated.
+
+    Raises:
+        ValueError: ``relative`` with lists of one column (no k-th neighbour).
+    """
+    d = np.asarray(dist, np.float64)
+    if statistic == "distance":
+        return d[:, 0].copy()
+    if statistic != "relative":
+        raise ValueError(f"evidence.statistic={statistic!r}: use relative or distance")
+    if d.shape[1] < 2:
+        raise ValueError("evidence.statistic=relative needs ct.top_k >= 2 (the k-th nearest distance)")
+    kth = np.where(np.isfinite(d), d, -np.inf).max(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = d[:, 0] / kth
+    out[d[:, 0] == 0] = 0.0
+    out[~np.isfinite(d[:, 0])] = np.inf
+    return out
+
+
 def neighbour_ids(train: Rows, nn: np.ndarray) -> np.ndarray:
     """Sample ids (object array) of training rows ``nn`` (int64), ``None`` where ``nn`` is -1."""
     nn = np.asarray(nn, np.int64)
@@ -80,9 +106,13 @@ def copies_frame(
     sources: Sources | None = None,
     train_name: str = "train",
     views: dict[str, np.ndarray] | None = None,
+    scores: dict[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """``copies.parquet`` rows of one layer (schema.COPIES_SCHEMA), rank 1 = nearest.
 
+    ``test_quantile``: without ``scores``, each row's distance against ``test_d1`` (the test set's nearest
+    distances); with ``scores`` (set name -> (m,) evidence scores, :func:`evidence_score`), each sample's score
+    against ``test_d1`` holding the test set's scores, the same on all of the sample's rows.
     ``ids``: set name -> sample ids of its rows; ``sources(set_name, sample_ids)`` -> their source strings
     (:class:`memray.io.fetch.Locator`; the training set is ``train_name``), ``None`` = no sources (features
     given as arrays); ``views``: set name -> (m,) the view each row's lists were found under (default identity).
@@ -94,6 +124,7 @@ def copies_frame(
         ok = rows.reshape(-1) >= 0
         flat_rows = rows.reshape(-1)[ok]
         sid = np.repeat(np.asarray(ids[name], dtype=object).astype(str), k)[ok]
+        score = np.repeat(scores[name], k) if scores is not None else dist.reshape(-1)
         view = np.repeat(np.asarray((views or {}).get(name, np.full(m, IDENTITY, dtype=object)), dtype=object), k)
         train_ids = fitted.neighbour_ids(flat_rows)
         frame = pd.DataFrame(
@@ -104,7 +135,7 @@ def copies_frame(
                 schema.RANK: np.tile(np.arange(1, k + 1, dtype=np.int32), m)[ok],
                 schema.TRAIN_ID: train_ids,
                 schema.DISTANCE: dist.reshape(-1)[ok],
-                schema.TEST_QUANTILE: share_below(test_d1, dist.reshape(-1)[ok]),
+                schema.TEST_QUANTILE: share_below(test_d1, score[ok]),
                 schema.GEN_SOURCE: None,
                 schema.TRAIN_SOURCE: None,
                 schema.VIEW: view[ok],

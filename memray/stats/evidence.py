@@ -3,13 +3,13 @@
 Views (:mod:`memray.embedding.views`) reach the scoring loop as further row handles of the test set and of each
 generated set (the same rows, in the same order, embedded under a transform: feature columns
 ``layer_<ℓ>@<view>``). They are projected into the layer's space in one round of tasks and searched in the top-k
-round with the identity rows; a sample's **evidence distance** is its nearest training sample over the whole
-training set, the smallest over identity and the views its set shares with the test set, computed the same way for
-test samples (:mod:`memray.stats.samples`). C_T, its cells and ``neighbors.parquet`` use identity only: the paper's
-statistic does not move.
+round with the identity rows; a sample's **evidence score** (:func:`memray.stats.copies.evidence_score` of its
+top-k list over the whole training set: ``d_1 / d_k`` or ``d_1``) is the smallest over identity and the views its set
+shares with the test set, computed the same way for test samples (:mod:`memray.stats.samples`). C_T, its cells
+and ``neighbors.parquet`` use identity only: the paper's statistic does not move.
 
 :func:`evidence_frames`: per generated set, the replication test of :mod:`memray.stats.replication` on the
-evidence distances, stratified by the samples' identity cells (cells are fit on T only, so test and generated
+evidence scores, stratified by the samples' identity cells (cells are fit on T only, so test and generated
 samples of a cell stay exchangeable under the null whatever the views); the samples below their cell's threshold
 ("hits") then give the concentration test and the per-image leak tests of :mod:`memray.stats.leaks`.
 """
@@ -30,7 +30,7 @@ from memray.stats.config import EvidenceConfig, seed_word
 from memray.stats.copies import Sources
 from memray.stats.engine import EngineLayer, project
 from memray.stats.leaks import Hits, LeakTable, concentration_test, leaked_images
-from memray.stats.replication import Thresholds, replication_from_thresholds, thresholds
+from memray.stats.replication import Thresholds, replication_from_thresholds
 from memray.stats.samples import Evidence
 
 #: set (``None``: the test set) -> view name -> the set's rows under that view
@@ -96,7 +96,7 @@ def evidence_frames(
     (``ct.top_k = 0``)."""
     rep, mem = [], []
     for name in sorted(ev.gens if ev is not None else []):
-        thr = thresholds(ev.test_d1(name), le.test_cells, le.n_cells, cfg.q)
+        thr = ev.thresholds[name]
         r = replication_from_thresholds(thr, ev.gens[name], le.gen_cells[name], cfg.r0, alpha)
         hits = set_hits(ev, name, le, thr)
         pairs, p_conc = concentration_test(hits, CONCENTRATION_PERMUTATIONS, concentration_seed(seed, le.layer, name))

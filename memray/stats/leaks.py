@@ -1,7 +1,7 @@
 """Which training images leaked: per training image, an exact test of whether generated samples fall on it more
 often than test samples do, with false-discovery control over the images, and a per-set concentration test.
 
-Inputs per layer: for every test and generated sample its **hit** — whether its evidence distance is below its
+Inputs per layer: for every test and generated sample its **hit** — whether its evidence score is below its
 cell's test q-quantile (:mod:`memray.stats.replication`) — and the training row it hit (its nearest over views).
 
 **Per image** j: x_j generated and y_j test samples hit it, T_j = x_j + y_j. Under "generated and test samples

@@ -22,11 +22,11 @@ import pandas as pd
 from memray.io import schema
 from memray.io.rows import Rows
 from memray.stats import Mapper
-from memray.stats.copies import IDENTITY, LayerTrain, Sources, copies_frame
+from memray.stats.copies import IDENTITY, LayerTrain, Sources, copies_frame, evidence_score
 from memray.stats.engine import Fitted
 from memray.stats.parts import Part, PartDir
 from memray.stats.queries import QueryBlock
-from memray.stats.replication import thresholds
+from memray.stats.replication import Thresholds, thresholds
 from memray.stats.topk import merged_topk, topk_round
 
 
@@ -50,9 +50,9 @@ class BlockContext:
     """What every block task of a layer shares (shipped once per mapper call).
 
     ``items``: the top-k round's item count (0: no copies); ``test_d1``: per generated set, the test set's evidence
-    distances (global nearest, smallest over the views the set shares with the test set) for its
-    ``test_quantile``; ``thresholds``: per generated set, each cell's test q-quantile of them (a sample below it
-    is a *hit*, :mod:`memray.stats.replication`).
+    scores (:func:`memray.stats.copies.evidence_score` of ``statistic`` over the whole training set, smallest over
+    the views the set shares with the test set) for its ``test_quantile``; ``thresholds``: per generated set, each
+    cell's test q-quantile of them (a sample below it is a *hit*, :mod:`memray.stats.replication`).
     """
 
     train: LayerTrain
@@ -64,6 +64,7 @@ class BlockContext:
     train_name: str
     test_d1: dict[str, np.ndarray] | None = None
     thresholds: dict[str, np.ndarray] | None = None
+    statistic: str = "distance"
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,13 @@ class SampleBlock:
 
 
 def nearest_over_views(ctx: BlockContext, job: SampleBlock) -> tuple[np.ndarray, ...]:
-    """The block's merged top-k lists under each view, and per row the view whose nearest distance is smallest
-    (ties: the first, identity first): ``(dist (rows, k), train rows (rows, k), view index (rows,), d1 (rows, V),
-    r1 (rows, V))`` with ``d1``, ``r1`` every view's nearest distance and training row (column 0: identity)."""
+    """The block's merged top-k lists under each view, and per row the view whose evidence score is smallest
+    (ties: the first, identity first): ``(dist (rows, k), train rows (rows, k), view index (rows,), s (rows, V),
+    r1 (rows, V))`` with ``s`` every view's score (:func:`memray.stats.copies.evidence_score`) and ``r1`` its
+    nearest training row (column 0: identity)."""
     lists = [merged_topk(ctx.qws, job.block, ctx.items, ctx.k)]
     lists += [merged_topk(ctx.qws, b, ctx.items, ctx.k) for _, b in job.views]
-    d1 = np.stack([d[:, 0] for d, _ in lists], axis=1)
+    d1 = np.stack([evidence_score(d, ctx.statistic) for d, _ in lists], axis=1)
     r1 = np.stack([r[:, 0] for _, r in lists], axis=1)
     best = np.argmin(d1, axis=1)
     at = np.arange(len(best))
@@ -119,11 +121,13 @@ def run_block(job: SampleBlock, ctx: BlockContext) -> tuple[Part, Part | None, N
         return neighbours, None, (d1, r1)
     names = np.array([IDENTITY, *(v for v, _ in job.views)], dtype=object)[best]
     test_d1 = (ctx.test_d1 or {})[job.name]
+    score = d1[np.arange(len(best)), best]
+    per_row = {job.name: score} if ctx.statistic != "distance" else None  # distance: each rank's own quantile
     df = copies_frame(ctx.train, {job.name: ids}, {job.name: (dist, rows)}, test_d1, ctx.sources, ctx.train_name,
-                      {job.name: names})  # fmt: skip
+                      {job.name: names}, per_row)  # fmt: skip
     df = df.sort_values([schema.SAMPLE_ID, schema.RANK], kind="stable", ignore_index=True)
-    hit = dist[:, 0] < (ctx.thresholds or {})[job.name][job.cell]  # NaN threshold (no test sample): never
-    nearest = (dist[:, 0], rows[:, 0], np.asarray(ids, dtype=object)[hit])
+    hit = score < (ctx.thresholds or {})[job.name][job.cell]  # NaN threshold (no test sample): never
+    nearest = (score, rows[:, 0], np.asarray(ids, dtype=object)[hit])
     return neighbours, ctx.parts.write("copies", tag, df, (job.name, layer)), nearest
 
 
@@ -133,7 +137,9 @@ class Evidence:
     view's nearest distance (column 0 identity, then ``test_views``) and ``test_rows`` its training row;
     ``gens``: set -> (m,) its smallest distance over ``views[set]`` (the views it shares with the test set) and
     ``gen_rows`` the training row it hit there; ``hit_ids``: set -> the sample ids of its hits, in row order
-    (read by the block tasks: the caller never reads query rows)."""
+    (read by the block tasks: the caller never reads query rows); ``thresholds``: set -> its cells' thresholds
+    (the test q-quantiles of the test scores over the set's views). Distances here are evidence scores
+    (:func:`memray.stats.copies.evidence_score`)."""
 
     test: np.ndarray
     test_rows: np.ndarray
@@ -142,13 +148,14 @@ class Evidence:
     gen_rows: dict[str, np.ndarray]
     views: dict[str, tuple[str, ...]]
     hit_ids: dict[str, np.ndarray]
+    thresholds: dict[str, Thresholds]
 
     def test_d1(self, name: str) -> np.ndarray:
-        """(n_P,) the test set's evidence distances over set ``name``'s views."""
+        """(n_P,) the test set's evidence scores over set ``name``'s views."""
         return self.test_nearest(name)[0]
 
     def test_nearest(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """(n_P,) each the test set's evidence distances and training rows over set ``name``'s views."""
+        """(n_P,) each the test set's evidence scores and training rows over set ``name``'s views."""
         return test_over(self.test, self.test_rows, self.test_views, self.views[name])
 
 
@@ -188,12 +195,14 @@ def sample_tables(
     train_name: str = "train",
     views: dict[str | None, tuple[str, ...]] | None = None,
     q: float = 0.01,
+    statistic: str = "distance",
 ) -> tuple[dict[str, list[Part]], Evidence | None]:
     """The layer's ``neighbors`` (and, with ``ct.top_k``, ``copies``) parts, in input order (test, sets by name,
     blocks), written by tasks; ``scored``: name -> the set's search result (``dist``, ``nn``, ``cell``);
     ``views``: set (``None``: the test set) -> the further views projected for it (``engine.projected[(set,
     view)]``); a generated set is compared over the views it shares with the test set; ``q``: the test quantile
-    of the hits' thresholds. Returns the parts and, with top-k, the layer's :class:`Evidence`."""
+    of the hits' thresholds; ``statistic``: the evidence score (:func:`memray.stats.copies.evidence_score`). Returns
+    the parts and, with top-k, the layer's :class:`Evidence`."""
     eng, cfg, names = fitted.engine, fitted.cfg, sorted(gens)
     test_views = tuple((views or {}).get(None, ()))
     shared = {n: tuple(v for v in (views or {}).get(n, ()) if v in test_views) for n in names}
@@ -201,18 +210,19 @@ def sample_tables(
     k = cfg.top_k if names else 0
     blocks = [b for j in jobs for b in (j.block, *(vb for _, vb in j.views))]
     items = topk_round(eng.ws, eng.fit, eng.qws, blocks, k, cfg, mapper) if k else 0
-    ctx = BlockContext(LayerTrain(fitted.layer, fitted.train), eng.qws, parts, k, items, sources, train_name)
+    ctx = BlockContext(LayerTrain(fitted.layer, fitted.train), eng.qws, parts, k, items, sources, train_name,
+                       statistic=statistic)  # fmt: skip
     n_test = sum(j.name is None for j in jobs) if k else len(jobs)
     done = list(mapper(partial(run_block, ctx=ctx), jobs[:n_test]))
     evidence = None
-    if n_test < len(jobs):  # the generated blocks' test_quantile needs the test set's evidence distances
+    if n_test < len(jobs):  # the generated blocks' test_quantile needs the test set's evidence scores
         d1 = np.concatenate([e[0] for _, _, e in done])
         r1 = np.concatenate([e[1] for _, _, e in done])
-        ev = Evidence(d1, r1, test_views, {}, {}, shared, {})
+        ev = Evidence(d1, r1, test_views, {}, {}, shared, {}, {})
         test_d1 = {n: ev.test_d1(n) for n in names}
         cells = int(cfg.cells)
-        thr = {n: thresholds(test_d1[n], fitted.test_cells, cells, q).t for n in names}
-        ctx = dataclasses.replace(ctx, test_d1=test_d1, thresholds=thr)
+        ev.thresholds.update({n: thresholds(test_d1[n], fitted.test_cells, cells, q) for n in names})
+        ctx = dataclasses.replace(ctx, test_d1=test_d1, thresholds={n: t.t for n, t in ev.thresholds.items()})
         gen_done = list(mapper(partial(run_block, ctx=ctx), jobs[n_test:]))
         for n in names:
             got = [e for j, (_, _, e) in zip(jobs[n_test:], gen_done, strict=True) if j.name == n]

@@ -192,7 +192,8 @@ def per_sample_tables(
     ``replication`` and ``memorized`` (:func:`memray.stats.evidence.evidence_frames`)."""
     cfg, ev_cfg = fitted.cfg, evidence or EvidenceConfig()
     out: dict[str, pd.DataFrame | list[Part]] = {}
-    samples, ev = sample_tables(fitted, gens, scored, parts, mapper, sources, train_name, views, ev_cfg.q)
+    samples, ev = sample_tables(fitted, gens, scored, parts, mapper, sources, train_name, views, ev_cfg.q,
+                                ev_cfg.statistic)  # fmt: skip
     out.update(samples)
     le = LayerEvidence(fitted.layer, fitted.test_cells, {n: scored[n].cell for n in sorted(gens)}, int(cfg.cells),
                        fitted.neighbour_ids, sources, train_name)  # fmt: skip

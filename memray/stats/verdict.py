@@ -1,9 +1,13 @@
-"""Per-set verdicts: one family-wise test over C_T, its cells and the replication rate; sample-size advice.
+"""Per-set verdicts: one family-wise test over C_T, its cells, replication and concentration; sample-size advice.
 
 A verdict is about a generated SET. Its tests — C_T per layer, every kept cell per layer (a model that copies in
-one region and underfits elsewhere can average out to an unremarkable C_T), the replication-rate test per layer —
-form one family, Holm-corrected together at ``ct.alpha`` (:func:`verdict_table`). ``copying``: a C_T or replication
-test is rejected; ``localized_copying``: only cells are; ``undefined``: no test is defined.
+one region and underfits elsewhere can average out to an unremarkable C_T), the replication-rate and
+concentration tests per layer and pixel space — form one family, Holm-corrected together at ``ct.alpha``
+(:func:`verdict_table`). ``copying``: a per-image test (replication or concentration) is rejected: samples sit on
+particular training images closer than held-out images do; ``closer_to_training``: only set-level tests (C_T,
+cells) are: the set as a whole sits closer to the training set than held-out data, which copying below the
+per-image tests' resolution does, and so does an honest generator that oversamples dense regions or collapses
+onto modes; ``undefined``: no test is defined.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import pandas as pd
 from memray.io import schema
 from memray.stats.significance import holm
 
+_PER_IMAGE = ("replication:", "concentration:")  # tests on samples falling on training images
 _USABLE = (schema.CELL_OK, schema.CELL_FEW_GEN)  # cells that more generated samples would keep
 
 
@@ -156,11 +161,13 @@ def verdict_table(
     layers) and its replication p-values (one per layer, :mod:`memray.stats.replication`) are Holm-adjusted
     together (:func:`family`), valid under any dependence between them, so a set that does not copy is flagged at
     most ``alpha`` of the time whichever test would fire. ``verdict``: ``undefined`` if no test is defined; else
-    ``copying`` if a C_T or replication test is rejected; else ``localized_copying`` if only cells are; else
-    ``no_evidence``. ``test``: the test with the smallest adjusted p (the one that carried the verdict) and
-    ``p_holm`` that p; ``layers``: the layers whose C_T test is rejected ("1,2,3"); ``replication_layers``: the
-    layers whose replication test is; ``flagged_cells``: rejected cells ("L3:c5,L4:c5"); ``n_tests``: the family's
-    size; ``advice``: :func:`sample_size_advice`.
+    ``copying`` if a replication or concentration test is rejected (per-image evidence);
+    ``closer_to_training`` if only C_T or cells are; else ``no_evidence``. ``test``: the test with the smallest
+    adjusted p (for ``copying``, among the per-image tests: the one that carried the verdict) and ``p_holm`` that p;
+    ``layers``: the layers whose C_T test is
+    rejected (a list); ``replication_layers``: the layers (−1: pixel space) whose replication or concentration test
+    is; ``flagged_cells``: rejected cells (``["L3:c5", "L4:c5"]``); ``n_tests``: the family's size; ``advice``:
+    :func:`sample_size_advice`.
     """
     rows = []
     for name in sorted(ct_scores[schema.GEN_SET].unique()):
@@ -171,19 +178,20 @@ def verdict_table(
         adj = holm(p) if len(p) else p
         hit = [t for t, a in zip(tests, adj, strict=True) if a < alpha]
         best = int(np.argmin(adj)) if len(adj) else -1
-        layers = ",".join(t.removeprefix("ct:L") for t in hit if t.startswith("ct:"))
-        per_set = {t.split(":L")[1] for t in hit if t.startswith(("replication:", "concentration:"))}
-        rep_layers = ",".join(sorted(per_set, key=int))
-        cells = ",".join(t.removeprefix("cell:") for t in hit if t.startswith("cell:"))
+        layers = [int(t.removeprefix("ct:L")) for t in hit if t.startswith("ct:")]
+        rep_layers = sorted({int(t.split(":L")[1]) for t in hit if t.startswith(_PER_IMAGE)})
+        cells = [t.removeprefix("cell:") for t in hit if t.startswith("cell:")]
         n_gen = int(sc[schema.N_GEN].iloc[0])
         if best < 0:
             verdict = schema.VERDICT_UNDEFINED
-        elif layers or rep_layers:
+        elif rep_layers:
             verdict = schema.VERDICT_COPYING
-        elif cells:
-            verdict = schema.VERDICT_LOCALIZED
+        elif layers or cells:
+            verdict = schema.VERDICT_CLOSER
         else:
             verdict = schema.VERDICT_NONE
+        if verdict == schema.VERDICT_COPYING:  # the test that carried it: the smallest p among its kind
+            best = min((i for i, t in enumerate(tests) if t.startswith(_PER_IMAGE)), key=lambda i: adj[i])
         advice = sample_size_advice(ce, n_gen, min_gen_per_cell, coverage) if len(ce) else ""
         rows.append((name, verdict, float(alpha), float(adj[best]) if best >= 0 else math.nan,
                      tests[best] if best >= 0 else "", len(tests), layers, rep_layers, bool(cells), cells, n_gen,
