@@ -214,6 +214,14 @@ def test_cli_score(tmp_path, capsys):
     run = json.loads((out / schema.RUN_FILE).read_text())
     assert run["config"]["metric"] == "l2" and run["config"]["search_rows"] == 2
     assert run["inputs"]["gen"] == {"copier": str(paths["copies"]), "fresh": str(paths["fresh"])}
+    assert run["evidence"]["statistic"] == "relative" and "(replication:L" in printed  # the copier's per-image test
+    common = ["score", "--train", str(paths["train"]), "--test", str(paths["test"]), "--gen", str(paths["fresh"]),
+              "--mode", "meehan", "--cells", "4"]  # fmt: skip
+    assert main([*common, "--statistic", "distance", "--top-k", "1", "--out", str(tmp_path / "d")]) == 0
+    assert json.loads((tmp_path / "d" / schema.RUN_FILE).read_text())["evidence"]["statistic"] == "distance"
+    capsys.readouterr()
+    assert main([*common, "--top-k", "1", "--out", str(tmp_path / "bad")]) == 2
+    assert "--top-k 2 or more" in capsys.readouterr().err
 
 
 @pytest.mark.timeout(120)

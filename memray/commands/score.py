@@ -8,7 +8,7 @@ import datetime as dt
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from memray.stats.config import METRICS, MODES, CTConfig
+from memray.stats.config import METRICS, MODES, STATISTICS, CTConfig, EvidenceConfig
 
 if TYPE_CHECKING:  # the engine (numpy, scipy, faiss) is imported by run(), not by `memray --help`
     from memray.stats.score import ScoreResult
@@ -54,6 +54,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--bootstrap", type=int, help="bootstrap resamples of the 95%% interval (1000; 0 = none)")
     p.add_argument("--partitions", type=int, help="also score under N seeded k-means partitions (1)")
     p.add_argument("--top-k", type=int, help="global nearest training samples per generated sample (5; 0 = none)")
+    p.add_argument("--statistic", choices=STATISTICS, help="evidence score: relative (d1/dk, needs --top-k >= 2) or "
+                   "distance (d1); default relative")  # fmt: skip
     p.add_argument("--layer", type=int, default=1, help="layer number given to .npy files (default 1)")
     p.add_argument("--out", required=True, help="output folder or s3:// prefix")
     p.set_defaults(func=run)
@@ -102,9 +104,10 @@ def summary(result: ScoreResult) -> str:
         lines.append(f"{row.gen_set:<{width}}  {row.layer:>5}  {row.ct:>9.3f}  {ci:>17}  {row.p_value:>8.2g}  "
                      f"{row.cells_kept}/{row.cells_total}")  # fmt: skip
     if result.verdicts is not None:
-        lines.append("verdicts (Holm over layers):")
+        lines.append("verdicts (one Holm family per set: C_T, cells, replication, concentration):")
         for row in result.verdicts.itertuples(index=False):
-            where = f" at layers {row.layers}" if row.layers else ""
+            where = f" ({row.test})" if row.test else ""
+            where += f"; C_T at layers {','.join(map(str, row.layers))}" if len(row.layers) else ""
             lines.append(f"  {row.gen_set:<{width}}  {row.verdict}  p_holm={row.p_holm:.2g}{where}")
     return "\n".join(lines)
 
@@ -119,17 +122,23 @@ def run(args: argparse.Namespace) -> int:
     from memray.stats.results import write_results
 
     cfg = build_config(args)
+    evidence = EvidenceConfig(statistic=getattr(args, "statistic", None) or EvidenceConfig.statistic)
+    if evidence.statistic == "relative" and cfg.top_k == 1:
+        raise ValueError("--statistic relative divides by the k-th nearest distance: give --top-k 2 or more, "
+                         "or --statistic distance")  # fmt: skip
     gen_files = parse_gen(args.gen)
     train = load_features(args.train, layer=args.layer)
     test = load_features(args.test, layer=args.layer)
     gens = {name: load_features(path, layer=args.layer) for name, path in gen_files.items()}
     sets = {"train": train, "test": test, **{f"gen/{k}": v for k, v in gens.items()}}
-    sink = FolderSink(args.out, features_key(to_dict(cfg), sets), TABLES, None)  # a rerun skips finished layers
-    result = score_features(train, test, gens, cfg, sink=sink)
+    key = features_key({**to_dict(cfg), "evidence": to_dict(evidence)}, sets)
+    sink = FolderSink(args.out, key, TABLES, None)  # a rerun skips finished layers
+    result = score_features(train, test, gens, cfg, sink=sink, evidence=evidence)
     run_meta = {
         "command": "score",
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "inputs": {"train": args.train, "test": args.test, "gen": gen_files, "npy_layer": args.layer},
+        "evidence": to_dict(evidence),
         "counts": {"train": len(train), "test": len(test), "gen": {k: len(v) for k, v in gens.items()}},
     }
     paths = write_results(args.out, result, run_meta)
