@@ -71,8 +71,8 @@ class ItemBounds:
         nonzero = np.einsum("ij,ij->i", unit, unit) > 0
         pivots = _unit(np.vstack([unit[nonzero].sum(axis=0, keepdims=True), c]))
         a = _angles(unit[nonzero], pivots)
-        if not len(a):  # only zero rows: every distance is 1
-            a = np.full((1, len(pivots)), np.nan)
+        if not len(a):  # only zero rows (every distance is 1): ranges [0, π] bound nothing
+            a = np.array([[0.0], [np.pi]]).repeat(len(pivots), axis=1)
         return cls(metric, pivots=pivots, amin=a.min(axis=0), amax=a.max(axis=0), has_zero=bool((~nonzero).any()))
 
     def sides(self) -> tuple[int, ...]:
@@ -99,8 +99,7 @@ class ItemBounds:
         out = []
         for side in self.sides():
             f = phi if side == 1 else np.pi - phi
-            with np.errstate(invalid="ignore"):  # NaN ranges (only zero rows) bound nothing
-                gap = np.nanmax(np.stack([np.zeros_like(f), f - hi, lo - f]), axis=0).max(axis=1)
+            gap = np.maximum(f - hi, lo - f).max(axis=1)
             d = 1.0 - np.cos(np.clip(gap - ANGLE_SLACK, 0.0, np.pi)) - 1e-12
             if side == 1 and self.has_zero:
                 d = np.minimum(d, 1.0 - 1e-12)  # a zero row is at distance 1 (its cosine is 0)

@@ -143,17 +143,18 @@ def _side_topk(shard: TrainShard, queries: np.ndarray, side: int, k: int, cfg: C
 
 def answer(
     shard: TrainShard, bounds: ItemBounds, queries: np.ndarray, cells: np.ndarray, limit: np.ndarray, k: int,
-    cfg: CTConfig,
+    cfg: CTConfig, lower: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:  # fmt: skip
     """The item's k best rows for queries (m, k) of cells ``cells`` (m,), searched only where a bound can reach
-    ``limit`` (m,) (a query's k-th distance so far, inf = none): ``(dist (m, k), ids (m, k), searches)``.
+    ``limit`` (m,) (a query's k-th distance so far, inf = none): ``(dist (m, k), ids (m, k), searches)``;
+    ``lower``: ``bounds.lower(queries, cells)`` when already computed.
 
     Each query searches its most promising side first; the other side (1 − |cos|) only where its bound can beat
     the k-th distance that leaves. Every row left out is farther than ``limit`` or than k rows of the lists.
     """
     m = len(queries)
     dist, ids = np.full((m, k), np.inf), np.full((m, k), -1, dtype=np.int64)
-    lower = bounds.lower(queries, cells)  # (m, sides)
+    lower = bounds.lower(queries, cells) if lower is None else lower  # (m, sides)
     sides = np.array(bounds.sides())
     order = np.argsort(lower, axis=1, kind="stable")
     searches = 0

@@ -90,11 +90,12 @@ def topk_key(block: QueryBlock, index: int, home: bool) -> str:
 
 
 def _flush(task: TopkTask, shard: TrainShard, bounds: ItemBounds, pending: list, out: TaskResult) -> None:
-    """Search the pending parts ``(block index, block rows, z, cells, limit)`` as one batch; write a list per block."""
+    """Search the pending parts ``(block index, block rows, z, cells, limit, lower)`` as one batch; write a list per
+    block."""
     if not pending:
         return
-    z, cells, limit = (np.concatenate([p[i] for p in pending]) for i in (2, 3, 4))
-    dist, ids, searches = answer(shard, bounds, z, cells, limit, task.k, task.cfg)
+    z, cells, limit, lower = (np.concatenate([p[i] for p in pending]) for i in (2, 3, 4, 5))
+    dist, ids, searches = answer(shard, bounds, z, cells, limit, task.k, task.cfg, lower)
     out.searches += searches
     at = np.cumsum([0] + [len(p[1]) for p in pending])
     for bi in sorted({p[0] for p in pending}):
@@ -125,12 +126,11 @@ def run_topk_task(task: TopkTask) -> TaskResult:
             local, qz = np.asarray(part["rows"], np.int64) - block.start, np.asarray(part["z"], np.float64)
             cells = np.full(len(local), c, dtype=np.int64)
             limit = np.full(len(local), np.inf) if home else task.limits[bi][local]
-            if not home:  # keep only the queries some side of the item can still serve
-                near = ~(bounds.lower(qz, cells).min(axis=1) > limit)
-                local, qz, cells, limit = local[near], qz[near], cells[near], limit[near]
-            if len(local):
-                pending.append((bi, local, qz, cells, limit))
-                held += len(local)
+            lower = bounds.lower(qz, cells)
+            near = ~(lower.min(axis=1) > limit)  # the queries some side of the item can still serve
+            if near.any():
+                pending.append((bi, local[near], qz[near], cells[near], limit[near], lower[near]))
+                held += int(near.sum())
         if held >= TASK_ROWS:
             _flush(task, shard, bounds, pending, out)
             held = 0
