@@ -83,3 +83,59 @@ def test_near_duplicate_training_rows_are_ranked_exactly(metric):
     np.testing.assert_allclose(dist, np.take_along_axis(dense, order, 1), rtol=1e-9, atol=1e-15)
     halves = [_item_topk(train[s], rows[s], queries, 5, cfg) for s in (slice(0, 2600), slice(2600, None))]
     assert merge_topk(halves, len(queries), 5)[1].tolist() == ids.tolist()  # the grouping into items does not matter
+
+
+def _clustered(seed=3, d=8):
+    """Separated clusters with exact ties (duplicate, doubled and negated training rows, a zero row) and queries
+    far from their cell (between clusters, far out, a zero query, copies of training rows)."""
+    rng = np.random.default_rng(seed)
+    centres = 20 * rng.normal(size=(6, d))
+    base = centres[rng.integers(0, 6, 500)] + rng.normal(size=(500, d))
+    train = np.concatenate([base, base[:40], 2 * base[40:70], -base[70:100], np.zeros((1, d))]).astype(np.float32)
+    between = (centres[rng.integers(0, 6, 40)] + centres[rng.integers(0, 6, 40)]) / 2 + rng.normal(size=(40, d))
+    far = 5 * centres[rng.integers(0, 6, 20)] + 30 * rng.normal(size=(20, d))
+    gen = np.concatenate([between, far, np.zeros((1, d)), base[:30], -base[100:110]]).astype(np.float32)
+    test = (centres[rng.integers(0, 6, 120)] + rng.normal(size=(120, d))).astype(np.float32)
+    return train, test, gen
+
+
+def _round(metric, search_rows, cells=4):
+    from memray.stats.engine import as_rows, project
+    from memray.stats.search import load_item, plan_search
+    from memray.stats.topk import merged_topk, topk_round
+
+    train, test, gen = _clustered()
+    cfg = CTConfig(mode="meehan", metric=metric, cells=cells, pca_dim=None, kmeans_nredo=1, search_rows=search_rows)
+    fitted = fit_layer(1, train, None, test, cfg)
+    eng = fitted.engine
+    project(eng, [(None, eng.test_rows, "test"), ("g", as_rows(gen), "g")])
+    blocks = eng.projected[None].blocks() + eng.projected["g"].blocks()
+    lists = topk_round(eng.ws, eng.fit, eng.qws, blocks, 5, cfg)
+    found = [merged_topk(eng.qws, b, lists, 5) for b in blocks]
+    parts = [load_item(eng.ws, item) for item in plan_search(eng.fit.block_cells, cfg.search_rows)]
+    tz, rows = np.concatenate([z for z, _ in parts]), np.concatenate([r for _, r in parts])
+    queries = np.concatenate([test, gen]).astype(np.float64)  # no PCA: the projected rows are the features
+    fitted.close()
+    return lists, found, queries, tz, rows
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine_abs", "cosine"])
+@pytest.mark.parametrize("search_rows", [10_000, 97])
+def test_pruned_round_equals_brute_force_float64(metric, search_rows):
+    """Far queries, exact ties (ordered by training row), zero rows: the pruned lists are the dense float64 ones."""
+    _, found, queries, tz, rows = _round(metric, search_rows)
+    dist = np.concatenate([d for d, _ in found])
+    ids = np.concatenate([i for _, i in found])
+    dense = np.stack([distance(np.repeat(q[None], len(tz), 0), tz, metric) for q in queries])
+    order = np.lexsort((np.broadcast_to(rows, dense.shape), dense), axis=1)[:, :5]
+    np.testing.assert_array_equal(ids, rows[order])
+    np.testing.assert_array_equal(dist, np.take_along_axis(dense, order, 1))  # the same float64 values, bit for bit
+    assert (dist[:, 0] == dist[:, 1]).sum() >= 30  # the ties were there to be ordered
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine_abs"])
+def test_round_skips_items_that_cannot_beat_the_kth_distance(metric):
+    lists, _, queries, _, _ = _round(metric, 10_000, cells=6)
+    full = len(queries) * lists.items * (2 if metric == "cosine_abs" else 1)
+    assert lists.items == 6
+    assert lists.searches < 0.6 * full  # separated clusters: most (query, item) pairs are provably too far
