@@ -27,7 +27,7 @@ from memray.stats.engine import Fitted
 from memray.stats.parts import Part, PartDir
 from memray.stats.queries import QueryBlock
 from memray.stats.replication import Thresholds, thresholds
-from memray.stats.topk import merged_topk, topk_round
+from memray.stats.topk import TopkLists, merged_topk, topk_round
 
 
 def neighbor_frame(role: str, gen_set: str | None, layer: int, ids, cell, nn_ids, dist) -> pd.DataFrame:
@@ -49,17 +49,18 @@ def neighbor_frame(role: str, gen_set: str | None, layer: int, ids, cell, nn_ids
 class BlockContext:
     """What every block task of a layer shares (shipped once per mapper call).
 
-    ``items``: the top-k round's item count (0: no copies); ``test_d1``: per generated set, the test set's evidence
-    scores (:func:`memray.stats.copies.evidence_score` of ``statistic`` over the whole training set, smallest over
-    the views the set shares with the test set) for its ``test_quantile``; ``thresholds``: per generated set, each
-    cell's test q-quantile of them (a sample below it is a *hit*, :mod:`memray.stats.replication`).
+    ``items``: where the top-k round left its lists (``None``: no copies); ``test_d1``: per generated set, the test
+    set's evidence scores (:func:`memray.stats.copies.evidence_score` of ``statistic`` over the whole training set,
+    smallest over the views the set shares with the test set) for its ``test_quantile``; ``thresholds``: per
+    generated set, each cell's test q-quantile of them (a sample below it is a *hit*,
+    :mod:`memray.stats.replication`).
     """
 
     train: LayerTrain
     qws: Any
     parts: PartDir
     k: int
-    items: int
+    items: TopkLists | None
     sources: Sources | None
     train_name: str
     test_d1: dict[str, np.ndarray] | None = None
@@ -209,7 +210,7 @@ def sample_tables(
     jobs = block_jobs(fitted, gens, scored, {None: test_views, **shared})
     k = cfg.top_k if names else 0
     blocks = [b for j in jobs for b in (j.block, *(vb for _, vb in j.views))]
-    items = topk_round(eng.ws, eng.fit, eng.qws, blocks, k, cfg, mapper) if k else 0
+    items = topk_round(eng.ws, eng.fit, eng.qws, blocks, k, cfg, mapper) if k else None
     ctx = BlockContext(LayerTrain(fitted.layer, fitted.train), eng.qws, parts, k, items, sources, train_name,
                        statistic=statistic)  # fmt: skip
     n_test = sum(j.name is None for j in jobs) if k else len(jobs)
