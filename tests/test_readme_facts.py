@@ -3,10 +3,12 @@ cluster's job address. Each check reads the README's own words, so a README that
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,37 @@ def test_the_test_count_and_gpu_tests_are_the_suite_s() -> None:
     assert stated and all(abs(n - total) <= TESTS_TOLERANCE * total for n in stated), (stated, total)
     skipped = re.search(r"`N passed, (\d+) skipped` — the (\w+) GPU tests", README)
     assert skipped and int(skipped.group(1)) == NUMBERS[skipped.group(2)] == gpu, (skipped, gpu)
+
+
+def _field_type(cls: type, name: str) -> type | None:
+    """The dataclass type of field ``name`` of ``cls`` (``X | None`` unwrapped), or None for a leaf; KeyError if
+    ``cls`` has no such field."""
+    hints = typing.get_type_hints(cls)
+    if name not in {f.name for f in dataclasses.fields(cls)}:
+        raise KeyError(f"{cls.__name__}.{name}")
+    kinds = [t for t in (typing.get_args(hints[name]) or (hints[name],)) if dataclasses.is_dataclass(t)]
+    return kinds[0] if kinds else None
+
+
+def test_every_field_of_the_configuration_reference_is_a_config_field() -> None:
+    from memray.job.config import AuditConfig
+
+    table = README.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    names = []
+    for cell in re.findall(r"^\| (`[^|]*`) \|", table, re.M):
+        first, *more = re.findall(r"`([\w.]+)`", cell)
+        section = first.rsplit(".", 1)[0] + "." if "." in first else ""
+        names += [first, *(m if "." in m else section + m for m in more)]
+    assert len(names) > 40, names
+    unknown = []
+    for dotted in names:
+        cls: type | None = AuditConfig
+        for part in dotted.split("."):
+            if cls is None:  # inside a mapping (storage_options.op_timeout_s): not a dataclass field
+                break
+            try:
+                cls = _field_type(cls, part)
+            except KeyError:
+                unknown.append(dotted)
+                break
+    assert not unknown, unknown
