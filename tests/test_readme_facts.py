@@ -36,7 +36,13 @@ def make_bench() -> list[str]:
     return re.findall(r"benchmarks/(\w+\.py)", recipe.group(1))
 
 
-def test_every_benchmark_and_config_the_readme_names_exists() -> None:
+def test_every_file_and_make_target_the_readme_names_exists() -> None:
+    top = "benchmarks|data|deploy|docs|examples|jobs|memray|models|scripts|tests"  # the repository's folders
+    paths = set(re.findall(rf"(?<![\w/.-])((?:{top})/[\w./-]*\w)", README))  # not inside another path or URL
+    assert len(paths) > 20 and not [p for p in paths if not (ROOT / p).exists()], sorted(paths)
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
+    named = set(re.findall(r"`make (\w+)", README))
+    assert {"demo", "test", "bench"} <= named <= targets, (named, targets)
     benches = set(re.findall(r"\b(bench_\w+\.py)\b", README))
     assert benches and benches <= {p.name for p in (ROOT / "benchmarks").glob("*.py")}, benches
     named = set(re.findall(r"`((?:[\w.-]+/)*[\w.-]+\.ya?ml)", README))
