@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from ray_helpers import audit_config, make_inputs
+import ray
+from ray.util.annotations import RayDeprecationWarning
+from ray_helpers import audit_config, make_inputs, sample_images, write_npz
 
+import memray
 from memray.embedding.embed import LayerEmbedder, make_prepare
 from memray.embedding.views import extra_views
 from memray.io import schema
@@ -17,6 +23,7 @@ from memray.io.config import DatasetSpec
 from memray.io.features import FeatureSet, table_to_features, write_features
 from memray.io.shards import STATUS_OK, ShardPlan, plan_shards, read_shard
 from memray.job.shard_files import finish_shard, parts_url, shard_url
+from memray.ray import embed_stage
 from memray.ray.embed_stage import run_embedding
 
 MARKER_KEYS = {"rows_read", "rows_embedded", "rows_reported", "embed_key", "listing_digest", "listing", "nonfinite",
@@ -183,3 +190,65 @@ def _decoded(plan: ShardPlan) -> list[np.ndarray]:
 
     payloads = [payload for unit in plan.units for _, payload in read_unit(unit, None)]
     return [decode_array(p) if isinstance(p, np.ndarray) else decode_image(p) for p in payloads]
+
+
+class _Warnings:
+    """Every ``warnings.warn`` call while installed, seen before any filter: a ``catch_warnings`` that ignores a
+    warning around the call hides nothing here. Each: (category, message, the file the warning names)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[type[Warning], str, str]] = []
+        warn = warnings.warn
+
+        def spy(message: Any, category: type[Warning] | None = None, stacklevel: int = 1, *args: Any, **kw: Any):
+            cat = type(message) if isinstance(message, Warning) else category or UserWarning
+            try:
+                where = sys._getframe(stacklevel).f_code.co_filename  # stacklevel 1: the line calling warn
+            except ValueError:
+                where = "?"
+            self.calls.append((cat, str(message), where))
+            return warn(message, category, stacklevel + 1, *args, **kw)
+
+        monkeypatch.setattr(warnings, "warn", spy)
+
+    def shown_deprecations(self) -> list[str]:
+        """Ray's own deprecation category (Ray shows each once per module), any FutureWarning, and any deprecation
+        naming memray's lines (Ray names the caller's line).
+
+        Plain DeprecationWarnings at Ray's own lines stay out: ``DataContext()`` sets its own deprecated fields on
+        every use of Ray Data, and Python's default filters hide them.
+        """
+        own = str(Path(memray.__file__).parent)
+        return [
+            f"{cat.__name__}: {message} ({where})"
+            for cat, message, where in self.calls
+            if issubclass(cat, (RayDeprecationWarning, FutureWarning))
+            or (issubclass(cat, (DeprecationWarning, PendingDeprecationWarning)) and where.startswith(own))
+        ]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("local", [True, False], ids=["own-ray", "cluster"])
+def test_a_run_warns_of_nothing_deprecated_and_keeps_the_restart_policy(
+    ray_local, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, local: bool
+) -> None:
+    monkeypatch.setattr(embed_stage, "started_local", lambda: local)  # a Ray this process started, or a cluster's
+    restarts: list[int | None] = []
+    options = ray.actor.ActorClass.options
+
+    def spy(self: Any, **kwargs: Any) -> Any:  # the embedding actors are created in this process
+        meta = getattr(self, "__ray_metadata__", None)
+        if meta is not None and "MapBatches(EmbedActor)" in meta.class_name:
+            restarts.append(kwargs.get("max_restarts"))
+        return options(self, **kwargs)
+
+    monkeypatch.setattr(ray.actor.ActorClass, "options", spy)
+    npz = write_npz(tmp_path / "in" / "few.npz", sample_images("test", 20))
+    cfg = audit_config({k: npz for k in ("train", "test", "copy", "real")}, str(tmp_path / "out"))
+    plans = plan_shards(DatasetSpec(name="few", urls=(npz,)), 16)
+    warned = _Warnings(monkeypatch)
+    stats = run_embedding(cfg, plans, str(tmp_path / "out"), {"job": "t"}, make_prepare(cfg.embed))
+    assert stats["rows"] == 20
+    assert warned.shown_deprecations() == []
+    # a Ray of our own fails on a crashed actor (a rerun resumes); a cluster's actors are restarted in the run
+    assert restarts and set(restarts) == {0 if local else -1}

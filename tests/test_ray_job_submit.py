@@ -68,8 +68,9 @@ def _free_port_range(n: int, low: int = 20000, high: int = 32000) -> int:
     raise RuntimeError(f"no {n} consecutive free ports in [{low}, {high})")
 
 
-def _get_json(url: str) -> object:
-    with urllib.request.urlopen(url, timeout=5) as resp:
+def _get_json(url: str, token: str | None = None) -> object:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as resp:
         return json.loads(resp.read())
 
 
@@ -82,6 +83,7 @@ class RayHead:
     dashboard_url: str
     env: dict[str, str]
     log: Path
+    token: str | None = None
 
     def processes(self) -> list[psutil.Process]:
         """Every live process of this head: the ``ray start`` process's descendants, its process group, and anything
@@ -127,8 +129,11 @@ class RayHead:
         return self.log.read_text(errors="replace")[-3000:]
 
 
-def _start_head(log: Path) -> RayHead:
-    """Start a 2-CPU head with the dashboard on free ports; return once its job server answers."""
+def _start_head(log: Path, token: str | None = None) -> RayHead:
+    """Start a 2-CPU head with the dashboard on free ports; return once its job server answers.
+
+    With ``token``: token authentication on (``RAY_AUTH_MODE=token``, the token in ``RAY_AUTH_TOKEN``), and a home
+    folder of its own beside ``log``, so that no ``~/.ray/auth_token`` of this machine takes part."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # the job's `python` is this venv's
@@ -137,6 +142,9 @@ def _start_head(log: Path) -> RayHead:
         HF_HUB_OFFLINE="1",
         RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",  # nothing to drain on a test head: stop at once, not after 30 s
     )
+    if token:
+        (log.parent / "home").mkdir(exist_ok=True)
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, HOME=str(log.parent / "home"))
     temp_dir = f"/tmp/mrj-{uuid.uuid4().hex[:8]}"  # short: Ray's unix socket paths live under it (108-byte limit)
     gcs, dash, node_mgr, obj_mgr, client, agent_grpc, agent_http, metrics, runtime_env = _free_ports(9)
     first_worker = _free_port_range(WORKER_PORTS)
@@ -154,11 +162,11 @@ def _start_head(log: Path) -> RayHead:
     with open(log, "ab") as fh:
         proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)  # fmt: skip
-    head = RayHead(proc, temp_dir, f"http://127.0.0.1:{dash}", env, log)
+    head = RayHead(proc, temp_dir, f"http://127.0.0.1:{dash}", env, log, token)
     deadline = time.monotonic() + HEAD_START_TIMEOUT_S
     while time.monotonic() < deadline and proc.poll() is None:
         with contextlib.suppress(OSError, ValueError):
-            if isinstance(_get_json(f"{head.dashboard_url}/api/jobs/"), list):  # the job server's list of jobs
+            if isinstance(_get_json(f"{head.dashboard_url}/api/jobs/", token), list):  # the job server's list of jobs
                 return head
         time.sleep(0.5)
     left = head.stop()
@@ -169,6 +177,16 @@ def _start_head(log: Path) -> RayHead:
 @pytest.fixture
 def ray_head(tmp_path: Path) -> Iterator[RayHead]:
     """A private Ray head with dashboard and job server; stopped afterwards, and no process of it may remain."""
+    yield from _head(tmp_path, None)
+
+
+@pytest.fixture
+def ray_token_head(tmp_path: Path) -> Iterator[RayHead]:
+    """As :func:`ray_head`, with token authentication on."""
+    yield from _head(tmp_path, uuid.uuid4().hex + uuid.uuid4().hex)
+
+
+def _head(tmp_path: Path, token: str | None) -> Iterator[RayHead]:
     pytest.importorskip(
         "ray.dashboard.optional_deps",
         reason="ray[default] is not installed (pip install -e '.[cluster]'): no dashboard or job server",
@@ -176,7 +194,7 @@ def ray_head(tmp_path: Path) -> Iterator[RayHead]:
     log = tmp_path / "ray_head.log"
     for attempt in range(3):  # a free port can be taken between probing and binding: retry on new ones
         try:
-            head = _start_head(log)
+            head = _start_head(log, token)
             break
         except RuntimeError:
             if attempt == 2:
@@ -227,3 +245,28 @@ def test_ray_job_submit_audit_writes_to_absolute_output(ray_head: RayHead, tmp_p
     assert len(scores) == 2 * len(layers) and np.isfinite(scores[schema.CT]).all()
     run = json.loads((out / schema.RUN_FILE).read_text())
     assert run["job_digest"] == digest(result_dict(cfg))  # written by the job for exactly the submitted config
+
+
+@pytest.mark.timeout(300)
+def test_ray_job_submit_to_a_head_with_token_authentication(ray_token_head: RayHead, tmp_path: Path) -> None:
+    """As the README says: the submitting shell needs ``RAY_AUTH_MODE=token`` and the token (``RAY_AUTH_TOKEN``);
+    the job's driver then joins the head (not a Ray of its own) through :func:`memray.ray.session.init_ray`."""
+    probe = "from memray.ray.session import init_ray, started_local; init_ray(); import ray; " \
+            "print('joined', ray.cluster_resources()['CPU'], 'own' if started_local() else 'head')"  # fmt: skip
+    submit = [str(RAY_CLI), "job", "submit", "--address", ray_token_head.dashboard_url,
+              "--runtime-env-json", json.dumps({"env_vars": {"PYTHONPATH": str(REPO)}}),
+              "--", "python", "-c", probe]  # fmt: skip
+    (tmp_path / "client").mkdir()
+    client = {k: v for k, v in ray_token_head.env.items() if not k.startswith("RAY_AUTH")}
+    client["HOME"] = str(tmp_path / "client")  # no token file either
+
+    def run(**auth: str) -> subprocess.CompletedProcess:
+        env = {**client, **auth}
+        return subprocess.run(submit, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+
+    for auth in ({}, {"RAY_AUTH_TOKEN": ray_token_head.token}):  # no token; the token but not the mode
+        res = run(**auth)
+        assert res.returncode != 0 and "Missing authentication token" in res.stderr, (auth, res.stderr[-2000:])
+    res = run(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=ray_token_head.token)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "joined 2.0 head" in res.stdout, res.stdout[-2000:]

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -314,29 +313,30 @@ def _dataset(cfg: AuditConfig, todo: list[ShardPlan], out: str, prepare: Prepare
     raise_own_errors(ds)
     views = view_prepares(cfg, prepare)  # query sets: their images under each further view, same read
     ds = ds.flat_map(_read_fn(prepare, cfg.max_image_pixels, storage_options, views), num_cpus=res.read_num_cpus)
-    with warnings.catch_warnings():  # max_restarts has no named parameter in Ray 2.60 (only **ray_remote_args)
-        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        return ds.map_batches(
-            EmbedActor,
-            fn_constructor_kwargs={
-                "embed_cfg": to_dict(cfg.embed),
-                "num_threads": res.torch_threads,
-                "out": out,
-                "storage_options": storage_options,
-                "expected_weights": weights,
-                "view_names": extra_view_names(cfg),
-                "pixels": pixel_size(cfg),
-            },
-            compute=ray.data.ActorPoolStrategy(size=res.actors),
-            num_cpus=res.actor_num_cpus,
-            num_gpus=res.actor_num_gpus,
-            resources=dict(res.actor_resources) or None,
-            batch_size=res.embed_batch_size,
-            batch_format="numpy",
-            # A Ray we started ourselves is this machine: a crashed actor is resumed by a rerun. On a cluster,
-            # lost nodes are replaced in the run (Ray then logs that restarts need the actor's arguments).
-            max_restarts=0 if started_local() else -1,
-        )
+    # Ray 2.60 deprecates map_batches' **ray_remote_args and names no parameter for max_restarts (ActorPoolStrategy
+    # and DataContext have none either). map_batches_internal, the developer API that map_batches calls after checking
+    # batch_size (set here, at least 1), takes it without the warning.
+    return ds.map_batches_internal(
+        EmbedActor,
+        fn_constructor_kwargs={
+            "embed_cfg": to_dict(cfg.embed),
+            "num_threads": res.torch_threads,
+            "out": out,
+            "storage_options": storage_options,
+            "expected_weights": weights,
+            "view_names": extra_view_names(cfg),
+            "pixels": pixel_size(cfg),
+        },
+        compute=ray.data.ActorPoolStrategy(size=res.actors),
+        num_cpus=res.actor_num_cpus,
+        num_gpus=res.actor_num_gpus,
+        resources=dict(res.actor_resources) or None,
+        batch_size=res.embed_batch_size,
+        batch_format="numpy",
+        # A Ray we started ourselves is this machine: a crashed actor is resumed by a rerun. On a cluster,
+        # lost nodes are replaced in the run (Ray then logs that restarts need the actor's arguments).
+        max_restarts=0 if started_local() else -1,
+    )
 
 
 def run_embedding(
