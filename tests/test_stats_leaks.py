@@ -68,3 +68,20 @@ def test_a_memorizer_of_few_images_is_found_and_its_images_listed():
     assert len(found & set(leaked.tolist())) >= 27 and len(found - set(leaked.tolist())) <= 2
     s, p = concentration_test(hits, permutations=499, seed=0)
     assert s >= 30 * 10 and p == pytest.approx(1 / 500)
+
+
+def test_concentration_p_resolves_below_what_holm_needs_and_stops_early_on_null_sets():
+    """Defaults: a strong memorizer's p reaches 1/20,000 (999 fixed permutations could not go below 0.001, which
+    Holm over ~100 tests never rejects); a null set stops at its 20th exceedance, p = 20/L, close to the p of a
+    long fixed run (the same statistic, 20,000 permutations: within Monte-Carlo error)."""
+    rng = np.random.default_rng(8)
+    h = null_hits(rng, 500, 1000, 2000)
+    leaked = rng.choice(2000, 30, replace=False)
+    gen_hit, gen_row = h.gen_hit.copy(), h.gen_row.copy()
+    gen_hit[:150], gen_row[:150] = True, np.repeat(leaked, 5)
+    _, p = concentration_test(Hits(gen_hit, gen_row, h.test_hit, h.test_row), seed=1)
+    assert p == pytest.approx(1 / 20_000) and p * 100 < 0.05
+    _, p_seq = concentration_test(h, seed=2)
+    _, p_fixed = concentration_test(h, permutations=20_000, seed=3, exceedances=10**9)
+    assert p_seq == pytest.approx(p_fixed, abs=4 * math.sqrt(p_fixed * (1 - p_fixed) / 20) + 1e-3)
+    assert p_seq > 0.05 and 20 / p_seq < 20_000  # it stopped early

@@ -99,7 +99,7 @@ def evidence_frames(
         thr = ev.thresholds[name]
         r = replication_from_thresholds(thr, ev.gens[name], le.gen_cells[name], cfg.r0, alpha)
         hits = set_hits(ev, name, le, thr)
-        pairs, p_conc = concentration_test(hits, CONCENTRATION_PERMUTATIONS, concentration_seed(seed, le.layer, name))
+        pairs, p_conc = concentration_test(hits, seed=concentration_seed(seed, le.layer, name))
         used = ",".join(("identity", *ev.views[name]))
         rep.append((name, le.layer, used, r.m, r.n, r.k_obs, r.share_below, r.expected_share, r.rate, r.ci_low,
                     r.ci_high, r.p_value, r.q, r.r0, r.cells, r.m_dropped, pairs, p_conc))  # fmt: skip
@@ -107,10 +107,6 @@ def evidence_frames(
     out = {"replication": pd.DataFrame(rep, columns=schema.REPLICATION_SCHEMA.names)}
     out["memorized"] = pd.concat(mem, ignore_index=True) if mem else empty_memorized()
     return out
-
-
-CONCENTRATION_PERMUTATIONS = 999
-"""Label permutations of the concentration test (p resolution 0.001)."""
 
 
 def concentration_seed(seed: int, layer: int, name: str) -> list[int]:
