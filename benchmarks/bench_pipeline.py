@@ -1,9 +1,11 @@
 """Whole audit job on Ray vs a bare in-process loop (decode → embed), and 1× vs 2× the images.
 
 Prints, side by side in one run:
-- images/s of the bare loop (list → read → decode → prepare → embed, one process, no Ray, no scoring),
-- images/s of the whole Ray job (read, decode, embed in an actor pool, shard files, per-layer FAISS + C_T),
-  and their ratio (goal ≥ 0.8× on 2 cores);
+- images/s of the bare loop (list → read → decode → prepare → embed, one process, no Ray, no scoring), doing the
+  job's forward passes: the training images once, every test and generated image under each of the default
+  ``evidence.views`` (7 with the defaults; ``--views identity`` for one);
+- images/s of the whole Ray job (read, decode, embed in an actor pool, shard files, per-layer FAISS + C_T and all
+  the evidence), and their ratio (goal ≥ 0.8× on 2 cores): the job's overhead over the same embedding work;
 - wall time of the Ray job on 2× the images over 1× (goal ≤ 2.2×), with the peak resident memory of the
   driver plus all Ray processes.
 
@@ -27,9 +29,11 @@ from PIL import Image
 
 from memray.embedding.config import EmbedConfig
 from memray.embedding.embed import LayerEmbedder, make_prepare
+from memray.embedding.views import extra_views
 from memray.io.images import decode_image
 from memray.job.config import audit_config_from_dict
 from memray.ray.pipeline import run_audit
+from memray.stats.config import DEFAULT_VIEWS
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 
@@ -85,22 +89,27 @@ class PeakRSS:
         self._thread.join()
 
 
-def bare_loop(folders: list[Path], embed: EmbedConfig, threads: int) -> tuple[int, float]:
-    """Decode → prepare → embed every image in one process; returns (images, seconds)."""
+def bare_loop(folders: dict[str, Path], embed: EmbedConfig, threads: int, views: list[str]) -> tuple[int, float]:
+    """Decode → prepare → embed every image in one process, the test and generated images also under ``views``
+    (the training images once); returns (images, seconds)."""
     t0 = time.perf_counter()
     prepare = make_prepare(embed)
     embedder = LayerEmbedder(embed, num_threads=threads)
+    under = extra_views(views)
     n = 0
-    for folder in folders:
+    for role, folder in folders.items():
         files = sorted(p.name for p in folder.iterdir())
         for i in range(0, len(files), embed.batch_size):
-            batch = [prepare(decode_image((folder / f).read_bytes())) for f in files[i : i + embed.batch_size]]
-            embedder.embed_prepared(np.stack(batch))
-            n += len(batch)
+            images = [decode_image((folder / f).read_bytes()) for f in files[i : i + embed.batch_size]]
+            batch = [prepare(x) for x in images]
+            batch += [prepare(v(x)) for v in (under if role != "train" else ()) for x in images]
+            for j in range(0, len(batch), embed.batch_size):
+                embedder.embed_prepared(np.stack(batch[j : j + embed.batch_size]))
+            n += len(images)
     return n, time.perf_counter() - t0
 
 
-def ray_job(folders: dict[str, Path], embed: dict, out: Path, threads: int) -> tuple[int, float, int]:
+def ray_job(folders: dict[str, Path], embed: dict, out: Path, threads: int, views: list[str]) -> tuple[int, float, int]:
     """The whole audit job on the local Ray; returns (images, seconds, peak RSS bytes)."""
     cfg = audit_config_from_dict(
         {
@@ -110,6 +119,7 @@ def ray_job(folders: dict[str, Path], embed: dict, out: Path, threads: int) -> t
             "output": str(out),
             "embed": embed,
             "ct": {"mode": "paper"},
+            "evidence": {"views": views},
             "resources": {"actors": 1, "actor_num_cpus": 1, "torch_threads": threads, "shard_rows": 512},
         }
     )
@@ -127,6 +137,7 @@ def main() -> None:
     ap.add_argument("--model", default="vit_tiny_patch16_224")
     ap.add_argument("--img-size", type=int, default=112)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--views", nargs="+", default=list(DEFAULT_VIEWS), help="evidence.views of the job (and loop)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     embed = {"model": args.model, "random_init": True, "model_kwargs": {"img_size": args.img_size}, "batch_size": 64}
@@ -138,9 +149,13 @@ def main() -> None:
             folders = {k: Path(tmp) / f"x{scale}" / k for k in ("train", "test", "gen")}
             for f, size, seed in zip(folders.values(), (n, n // 4, n // 4), (0, 1, 2), strict=True):
                 write_images(f, size, seed + 10 * scale)
-            results[scale] = ray_job(folders, embed, Path(tmp) / f"out{scale}", args.threads)
-            bare[scale] = bare_loop(list(folders.values()), EmbedConfig(**embed), args.threads)
-    print(f"model {args.model} @ {args.img_size}px (random init), {args.threads} CPU threads")
+            results[scale] = ray_job(folders, embed, Path(tmp) / f"out{scale}", args.threads, args.views)
+            bare[scale] = bare_loop(folders, EmbedConfig(**embed), args.threads, args.views)
+    passes = 1 + len(extra_views(args.views))
+    print(
+        f"model {args.model} @ {args.img_size}px (random init), {args.threads} CPU threads, views {args.views} "
+        f"(test and generated images embedded {passes}× in both)"
+    )
     print("GiB = peak resident memory of the driver and every Ray process")
     for scale in (1, 2):
         (n, t, m), (nb, tb) = results[scale], bare[scale]
