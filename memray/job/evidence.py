@@ -59,11 +59,13 @@ def subset_feature_stats(
     return [feature_stats(x[idx]) for idx in subsets]
 
 
-def fid_attribution(features: dict[str, np.ndarray], labels: dict[str, str | None]) -> pd.DataFrame | None:
+def fid_attribution(
+    features: dict[str, np.ndarray], labels: dict[str, str | None], method: str = "FID-nearest"
+) -> pd.DataFrame | None:
     """FID-nearest attribution of the unlabelled sets among the labelled ones (schema.ATTRIBUTION_SCHEMA), from each
     set's features (n, d); see :func:`fid_from_stats`."""
     sets = {n: labels.get(n) for n in features}
-    return fid_from_stats(lambda names: {n: feature_stats(features[n]) for n in names}, sets)
+    return fid_from_stats(lambda names: {n: feature_stats(features[n]) for n in names}, sets, method)
 
 
 def fid_from_stats(
