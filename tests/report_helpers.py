@@ -158,12 +158,26 @@ def make_run(root: Path, source_prefix: str | None = None, probes: bool = True) 
     labels = {"copier": "model_a", "clean": "model_b", "local": None, "probe_flipped": None}
     fp = [(s, labels[s], 0, ly, v) for s, vals in CT.items() for ly, v in zip(LAYERS, vals, strict=True)]
     write_table(root / schema.FINGERPRINTS_FILE, fp, schema.FINGERPRINTS_SCHEMA)
-    att = [("local", None, "model_a", 0.8, "model_b", 0.3)]
+    att = [("C_T curve (1nn, alpha=0.5)", "local", None, "model_a", 0.8, "model_b", 0.3)]
     write_table(root / schema.ATTRIBUTION_FILE, att, schema.ATTRIBUTION_SCHEMA)
-    fid = [("local", None, "model_b", 12.5, "model_a", 1.5)]  # disagrees with the curve
+    fid = [("FID-nearest (layer 3)", "local", None, "model_b", 12.5, "model_a", 1.5)]  # disagrees with the curve
     write_table(root / "attribution_fid.parquet", fid, schema.ATTRIBUTION_SCHEMA)
-    acc = {"method": ["C_T curve"], "correct": [2], "total": [2], "accuracy": [1.0], "ci_low": [0.34], "ci_high": [1.0]}
+    acc = {
+        "method": ["C_T curve", "FID-nearest (layer 3)"], "correct": [2, 4], "total": [4, 4], "accuracy": [0.5, 1.0],
+        "ci_low": [0.15, 0.51], "ci_high": [0.85, 1.0], "runs": [2, 2], "run_ci_low": [0.0, 1.0], "run_ci_high": [1, 1],
+    }  # fmt: skip
     pd.DataFrame(acc).to_csv(root / "evaluation/accuracy.csv", index=False)
+    comp = {
+        "method": ["FID-nearest (layer 3)"], "reference": ["C_T curve"], "accuracy": [1.0], "reference_accuracy": [0.5],
+        "diff": [0.5], "diff_low": [0.0], "diff_high": [1.0], "only_method": [2], "only_reference": [0],
+        "p_mcnemar": [0.5],
+    }  # fmt: skip
+    pd.DataFrame(comp).to_csv(root / "evaluation/comparison.csv", index=False)
+    open_set = {
+        "family": ["model_a", "model_b", "all"], "threshold": [0.4, 0.5, 0.45], "absent_queries": [2, 2, 4],
+        "absent_unknown": [2, 1, 3], "present_queries": [2, 2, 4], "present_unknown": [0, 1, 1],
+    }  # fmt: skip
+    pd.DataFrame(open_set).to_csv(root / "evaluation/open_set.csv", index=False)
     conf = {"true_label": ["model_a", "model_b"], "model_a": [1, 0], "model_b": [0, 1]}
     pd.DataFrame(conf).to_csv(root / "evaluation/confusion.csv", index=False)
     if probes:

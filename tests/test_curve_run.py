@@ -12,8 +12,16 @@ import pytest
 
 from memray.config import ConfigError
 from memray.fingerprint.config import FingerprintConfig
-from memray.fingerprint.curve_run import compute_curves, fingerprint_run, plan_subsets
+from memray.fingerprint.curve_run import (
+    compute_curves,
+    curve_names,
+    fingerprint_run,
+    finish_fingerprints,
+    plan_record,
+    plan_subsets,
+)
 from memray.fingerprint.curves import read_curves, to_gallery
+from memray.fingerprint.fid import feature_stats
 from memray.io import schema
 from memray.io.features import FeatureSet
 from memray.stats.config import CTConfig
@@ -116,3 +124,27 @@ def test_unlabelled_sets_are_attributed_against_the_labelled_ones(tmp_path: Path
     assert sorted(att["query"].str.split("#").str[0].unique()) == ["broad_b", "copy_b"]
     assert (att.predicted == np.where(att["query"].str.startswith("copy"), "copier", "wide")).all()
     assert (tmp_path / "gallery.parquet").exists() and not (tmp_path / "evaluation").exists()  # one run per label
+
+
+def test_the_evaluation_puts_fid_nearest_beside_the_curve(tmp_path: Path) -> None:
+    """With the labelled curves' feature statistics, evaluation/ has FID-nearest rows and the paired comparison."""
+    train, test, gens = _toy_features(1)
+    cfg = CTConfig.preset("paper", cells=3, min_gen_per_cell=5)
+    fitted = {layer: fit_layer(layer, train[layer], np.arange(600).astype(str), test[layer], cfg) for layer in (1, 2)}
+    fcfg = FingerprintConfig(subset_size=80)
+    gens = {**gens, "copy2": gens["copy"], "broad2": gens["broad"]}
+    labels = {"copy": "copier", "copy2": "copier", "broad": "wide", "broad2": "wide"}
+    plan = plan_subsets({k: len(v) for k, v in gens.items()}, fcfg)
+    curves = compute_curves(fitted, gens, labels, fcfg, plan)
+    names = curve_names(plan)
+    stats = {
+        2: {n: feature_stats(gens[s].layers[2][idx]) for s in gens for n, idx in zip(names[s], plan[s], strict=True)}
+    }
+    out = finish_fingerprints(curves, plan_record(plan, {k: len(v) for k, v in gens.items()}), fcfg, cfg,
+                              str(tmp_path), layer_stats=stats)  # fmt: skip
+    acc = pd.read_csv(tmp_path / "evaluation" / "accuracy.csv").set_index("method")
+    assert acc.loc["FID-nearest (layer 2)", "total"] == 12 and acc.loc["FID-nearest (layer 2)", "runs"] == 4
+    comp = pd.read_csv(tmp_path / "evaluation" / "comparison.csv")
+    assert "FID-nearest (layer 2)" in set(comp.method) and out["accuracy"].shape[0] == len(acc)
+    rows = pd.read_parquet(tmp_path / "evaluation" / "evaluation.parquet")
+    assert rows.groupby("method").size().eq(12).all()

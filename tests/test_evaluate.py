@@ -3,11 +3,13 @@ run on synthetic generators (curves from fit_layer + compute_curves vs the featu
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import synthetic
 from scipy.stats import binomtest
@@ -23,6 +25,7 @@ from memray.fingerprint.evaluate import (
     format_table,
     protocol_masks,
     wilson_interval,
+    write_evaluation,
 )
 from memray.fingerprint.fid import feature_stats, match_fid_runs, read_fid_table
 from memray.fingerprint.match import UNKNOWN, Gallery, GalleryError
@@ -216,3 +219,33 @@ def test_fid_nearest_with_explicit_curve_run_mapping(tmp_path: Path) -> None:
     pd.DataFrame(rows).to_csv(mapping, index=False)
     acc = _cli_accuracy(tmp_path, "--curves", str(DATA / "layerchoice_Ffull_score.txt"), "--fid", str(mapping))
     assert tuple(acc.loc["FID-nearest (scalar)", ["correct", "total"]]) == (5, 6)
+
+
+def test_every_method_side_by_side_with_runs_resampled_and_paired_comparisons(tmp_path: Path) -> None:
+    """FID-nearest at each layer given sits beside the curve and single-layer C_T, every row names its method, the
+    intervals resample runs, and each method is compared with the curve on the same queries."""
+    rng = np.random.default_rng(0)
+    names = [f"{lab}{r}#{s}" for lab in "ab" for r in range(2) for s in range(2)]
+    runs = [n.split("#")[0] for n in names]
+    labels = [n[0] for n in names]
+    curves = Gallery(np.array(names), np.array(labels), rng.normal(size=(8, 3)), (1, 2, 3), np.array(runs))
+    # layer 3: features of label a centred at 0, of b at 5 → FID-nearest is right on every query
+    feats = {n: rng.normal(0 if n[0] == "a" else 5, 1, size=(200, 4)) for n in names}
+    stats = {3: {n: feature_stats(x) for n, x in feats.items()}}
+    ev = evaluate(curves, FingerprintConfig(), layer_stats=stats, n_boot=500, boot_seed=1)
+    acc = ev.summary.set_index("method")
+    assert acc.loc["FID-nearest (layer 3)", "correct"] == 8 and acc.loc["FID-nearest (layer 3)", "runs"] == 4
+    assert {"run_ci_low", "run_ci_high"} <= set(acc.columns)
+    assert (acc["run_ci_low"] <= acc["accuracy"]).all() and (acc["accuracy"] <= acc["run_ci_high"]).all()
+    rows = ev.rows
+    assert list(rows.columns) == [*schema.ATTRIBUTION_SCHEMA.names, "correct"] and rows.columns[0] == "method"
+    assert set(rows.method) == set(acc.index) and (ev.attribution.method == acc.index[0]).all()
+    comp = ev.comparison.set_index("method")
+    assert comp.loc["FID-nearest (layer 3)", "reference"] == acc.index[0] and len(comp) == len(acc) - 1
+    wrong = 8 - int(acc.iloc[0]["correct"])
+    assert comp.loc["FID-nearest (layer 3)", "only_method"] == wrong
+    assert ev.bootstrap == {"unit": "run", "n": 500, "seed": 1}
+    write_evaluation(str(tmp_path), ev, {"x": 1})
+    assert (tmp_path / "comparison.csv").exists()
+    meta = json.loads(pq.read_schema(tmp_path / EVALUATION_FILE).metadata[schema.META_KEY])
+    assert meta["bootstrap"] == {"unit": "run", "n": 500, "seed": 1}

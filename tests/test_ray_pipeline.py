@@ -105,7 +105,7 @@ def test_fid_baseline_from_per_set_statistics_computed_in_tasks(ray_local, tmp_p
     got = pd.read_parquet(tmp_path / "out" / schema.ATTRIBUTION_FID_FILE)
     last = max(result.stats["layers"])
     feats = {g.name: in_process_features(cfg, g).layers[last] for g in cfg.generated}
-    want = fid_attribution(feats, {g.name: g.label for g in cfg.generated})
+    want = fid_attribution(feats, {g.name: g.label for g in cfg.generated}, f"FID-nearest (layer {last})")
     assert got[schema.QUERY].tolist() == ["real"] and got[schema.PREDICTED].tolist() == ["kde"]
     pd.testing.assert_frame_equal(got, want.astype(got.dtypes.to_dict()), rtol=1e-9)  # None → the file's null
 

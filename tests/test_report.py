@@ -96,6 +96,9 @@ def test_verdicts_cells_fingerprint_probes_errors_config(full: tuple[Path, Page]
     assert "local" in page.text["cells"] and "few_gen" in page.text["cells"]
     fp = page.text["fingerprint"]
     assert "model_a" in fp and "⚠" in fp and "disagree on 1 of 1" in fp and "Confusion" in fp
+    assert "On this gallery FID-nearest (layer 3) attributes best: 4/4 correct (1.00) against the paper's C_T " in fp
+    assert "curve's 2/4 (0.50), +0.50 (95% interval over resampled runs [+0.00, +1.00]" in fp
+    assert "called unknown 3/4" in fp and "wrongly called unknown 1/4" in fp and "threshold 0.450" in fp
     assert "Use layers 1-2 for pixel copies" in page.text["probes"]
     assert "decode_error" in page.text["errors"] and "bad <png>" in page.text["errors"]
     cfg = page.text["config"]

@@ -35,7 +35,20 @@ def _matcher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, help="weight of cosine in α·cos + (1−α)/(1+L2) (default 0.5)")
     p.add_argument("--matcher", choices=["1nn", "knn", "centroid"], help="default 1nn (the paper's)")
     p.add_argument("--k", type=int, help="neighbours for --matcher knn (default 3)")
-    p.add_argument("--open-set-threshold", type=float, help="best similarity below this → 'unknown'")
+    p.add_argument(
+        "--open-set-threshold",
+        type=_threshold,
+        help="best similarity below this → 'unknown'; 'calibrated': calibrated on the gallery, one family left out",
+    )
+
+
+def _threshold(text: str) -> float | str:
+    if text == "calibrated":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number or 'calibrated'") from None
 
 
 def _config(args: argparse.Namespace) -> FingerprintConfig:
@@ -73,6 +86,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="FID per run for the FID-nearest baseline: 'NAME value' lines or CSV run,fid[,curve_run]",
     )
     ev.add_argument("--no-single-layer", action="store_true", help="omit the per-layer C_T baselines")
+    ev.add_argument("--boot", type=int, default=2000, help="draws of the bootstrap over runs (default 2000)")
+    ev.add_argument("--boot-seed", type=int, default=0, help="seed of the bootstrap over runs (default 0)")
     ev.add_argument("--out", help="output folder (local or s3://)")
     _matcher_args(ev)
     ga = sub.add_parser(
@@ -108,9 +123,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from memray.fingerprint.compare import winner_sentence
     from memray.fingerprint.curves import read_curves, to_gallery
     from memray.fingerprint.evaluate import evaluate, format_table, write_evaluation
     from memray.fingerprint.fid import match_fid_runs, read_fid_table
+    from memray.fingerprint.open_set import open_set_sentence
 
     fcfg = _config(args)
     curves, split = to_gallery(read_curves(args.curves), args.curves)
@@ -119,9 +136,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.fid:
         runs = dict(zip(curves.runs.tolist(), curves.labels.tolist(), strict=True))
         fid = match_fid_runs(read_fid_table(args.fid), runs)
-    ev = evaluate(curves, fcfg, protocol, split, fid=fid, single_layer=not args.no_single_layer)
+    ev = evaluate(
+        curves, fcfg, protocol, split, fid=fid, single_layer=not args.no_single_layer, n_boot=args.boot,
+        boot_seed=args.boot_seed,
+    )  # fmt: skip
     print(f"{args.curves}: {len(curves)} curves × {len(curves.layers)} layers, protocol {protocol}")
     print(format_table(ev.summary))
+    print(f"(runs resampled: {args.boot} seeded draws, seed {args.boot_seed})")
+    print("\n" + winner_sentence(ev.summary, ev.comparison))
+    if ev.open_set is not None:
+        print(open_set_sentence(ev.open_set))
     print("\nconfusion (curve method; rows = true label):")
     print(ev.confusion.to_string())
     if args.out:
@@ -155,16 +179,20 @@ def _attribute(args: argparse.Namespace) -> int:
     from memray.fingerprint.curves import read_curves, read_gallery, to_gallery
     from memray.fingerprint.evaluate import write_attribution
     from memray.fingerprint.match import attribute
+    from memray.fingerprint.open_set import resolve_open_set
     from memray.job.preflight import check_curve_files
 
     fcfg = _config(args)
     check_curve_files(args.gallery, args.queries, args.allow_mismatch)
     gallery = read_gallery(args.gallery)
     queries, _ = to_gallery(read_curves(args.queries), args.queries)
+    fcfg, record = resolve_open_set(fcfg, gallery)
+    if record:
+        print(f"open set: {record['open_set']}")
     att = attribute(queries, gallery, fcfg)
     print(att.to_string(index=False))
     if args.out:
-        meta = {"fingerprint": to_dict(fcfg), "gallery": args.gallery, "queries": args.queries}
+        meta = {"fingerprint": to_dict(fcfg), "gallery": args.gallery, "queries": args.queries, **record}
         write_attribution(join(args.out, schema.ATTRIBUTION_FILE), att, meta)
         print(f"wrote {join(args.out, schema.ATTRIBUTION_FILE)}")
     return 0

@@ -15,9 +15,11 @@ class FingerprintConfig:
     ``subset_size``: images per curve (the paper's 500). ``subsets``: ``"disjoint"`` splits each generated set into
     ``n_subsets`` disjoint chunks; ``"bootstrap"`` draws ``n_subsets`` seeded samples with replacement.
     ``alpha``: weight of cosine in the similarity ``α·cos + (1−α)/(1+‖a−b‖)``. ``open_set_threshold``: queries
-    whose best similarity is below it are attributed to ``unknown`` (``None`` = closed set). ``gallery``: URL
+    whose best similarity is below it are attributed to ``unknown`` (``None`` = closed set; ``"calibrated"`` =
+    calibrated on the gallery by leaving one family out, :mod:`memray.fingerprint.open_set`). ``gallery``: URL
     of a saved gallery (``gallery.parquet`` of an earlier run) to attribute against; ``None`` = the labelled
-    generated sets of this run.
+    generated sets of this run. ``fid_layers``: the layers of the FID-nearest baselines in the evaluation
+    (``last``, ``all`` or ``none``).
     """
 
     SECTION = "fingerprint"
@@ -29,8 +31,9 @@ class FingerprintConfig:
     alpha: float = field(default=0.5, metadata=rule("in [0, 1]", lambda v: 0.0 <= v <= 1.0))
     matcher: Literal["1nn", "knn", "centroid"] = "1nn"
     k: int = field(default=3, metadata=at_least(1))
-    open_set_threshold: float | None = None
+    open_set_threshold: float | Literal["calibrated"] | None = None
     gallery: str | None = field(default=None, metadata=NON_EMPTY)
+    fid_layers: Literal["last", "all", "none"] = "last"
 
     def __post_init__(self) -> None:
         validate(self)

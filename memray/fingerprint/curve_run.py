@@ -19,6 +19,7 @@ from memray.fingerprint.config import FingerprintConfig
 from memray.fingerprint.curves import normalize_curves, to_gallery, write_fingerprints, write_gallery
 from memray.fingerprint.evaluate import evaluate, write_attribution, write_evaluation
 from memray.fingerprint.match import Gallery, attribute
+from memray.fingerprint.open_set import resolve_open_set
 from memray.io import schema
 from memray.io.features import FeatureSet
 from memray.io.storage import join
@@ -153,6 +154,11 @@ def fingerprint_run(
     )
 
 
+def curve_names(plan: dict[str, list[np.ndarray]]) -> dict[str, list[str]]:
+    """Each set's curve names in subset order, as :func:`curves_to_gallery` names them (``set`` or ``set#i``)."""
+    return {k: [k] if len(v) == 1 else [f"{k}#{i}" for i in range(len(v))] for k, v in plan.items()}
+
+
 def plan_record(plan: dict[str, list[np.ndarray]], sizes: dict[str, int]) -> dict[str, dict[str, int]]:
     """What the subset plan used of each set, recorded beside the curves."""
     return {k: {"n": sizes[k], "curves": len(v), "rows_used": int(sum(len(i) for i in v))} for k, v in plan.items()}
@@ -166,6 +172,7 @@ def finish_fingerprints(
     out_url: str,
     gallery: Gallery | None = None,
     job: dict[str, Any] | None = None,
+    layer_stats: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Write ``fingerprints.parquet`` and attribute (with a gallery) or evaluate (labelled curves) them.
 
@@ -177,6 +184,9 @@ def finish_fingerprints(
 
     ``job``: the encoder, preprocessing and C_T/subset settings the curves depend on
     (:func:`memray.job.preflight.gallery_comparable`), recorded so a later run can check a gallery is comparable.
+    ``layer_stats``: layer → labelled curve name → ``(mu, sigma)`` of its images' features, for the evaluation's
+    FID-nearest baselines (:func:`memray.fingerprint.evaluate.evaluate`). ``open_set_threshold: calibrated`` is
+    resolved against the gallery (:func:`memray.fingerprint.open_set.resolve_open_set`) and recorded.
 
     Returns:
         ``{"fingerprints", "attribution", "evaluation", "accuracy"}`` (each only when computed).
@@ -200,13 +210,15 @@ def finish_fingerprints(
     if gallery is None and known.any() and not known.all():
         gallery, queries = found.select(known), found.select(~known)
     if gallery is not None:
-        att = attribute(queries, gallery, fcfg)
-        write_attribution(join(out_url, schema.ATTRIBUTION_FILE), att, {**meta, "gallery_size": len(gallery)})
+        used, record = resolve_open_set(fcfg, gallery)
+        att = attribute(queries, gallery, used)
+        meta_att = {**meta, "gallery_size": len(gallery), **record}
+        write_attribution(join(out_url, schema.ATTRIBUTION_FILE), att, meta_att)
         out["attribution"] = att
     labelled = found.select(known)
     runs = pd.Series(labelled.runs).groupby(pd.Series(labelled.labels)).nunique()
     if len(runs) >= 2 and (runs >= 2).any():  # leave-one-run-out needs a second run of some label
-        ev = evaluate(labelled, fcfg, protocol="leave-one-run-out")
+        ev = evaluate(labelled, fcfg, protocol="leave-one-run-out", layer_stats=layer_stats)
         write_evaluation(join(out_url, EVALUATION_DIR), ev, meta)
         out["evaluation"], out["accuracy"] = ev.attribution, ev.summary
     return out

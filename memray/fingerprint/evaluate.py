@@ -8,20 +8,25 @@ Protocols (every curve set is one :class:`~memray.fingerprint.match.Gallery`):
 
 A query counts as correct when the prediction equals its label; when its label has no curve in its gallery,
 only ``unknown`` (open set) is correct. Baselines use the same protocol and 1-NN: **FID-nearest (scalar)**
-(|ΔFID| between runs, the authors' baseline), **FID-nearest (features)** (Fréchet distance between the feature
-statistics of the query's and the gallery curve's images) and **single-layer C_T** (|ΔC_T| at one layer,
-NaN → 0 as for the curves). Their ``score`` is −distance.
+(|ΔFID| between runs, the authors' baseline), **FID-nearest (features)** / **FID-nearest (layer ℓ)** (Fréchet
+distance between the feature statistics of the query's and the gallery curve's images, at one layer) and
+**single-layer C_T** (|ΔC_T| at one layer, NaN → 0 as for the curves). Their ``score`` is −distance.
+
+Accuracy carries two 95% intervals: Wilson (queries as independent) and a cluster bootstrap over runs
+(:mod:`memray.fingerprint.compare`; seeded, the seed and draws recorded); every method is compared with the
+curve method on the same queries (paired bootstrap over runs, exact McNemar).
 
 Files written by :func:`write_evaluation`: ``attribution.parquet`` (the curve method only,
-:data:`~memray.io.schema.ATTRIBUTION_SCHEMA`), ``evaluation.parquet`` (every method: ``method`` + attribution
-columns + ``correct``), ``accuracy.csv`` (the side-by-side table) and ``confusion.csv`` (curve method).
+:data:`~memray.io.schema.ATTRIBUTION_SCHEMA`), ``evaluation.parquet`` (every method: attribution columns, whose
+``method`` names it, + ``correct``), ``accuracy.csv`` (the side-by-side table), ``comparison.csv`` (each method
+vs the curve) and ``confusion.csv`` (curve method).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -30,19 +35,32 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.stats import norm
 
+from memray.fingerprint.compare import RunBootstrap, compare_methods
 from memray.fingerprint.config import FingerprintConfig
 from memray.fingerprint.fid import fd_matrix
-from memray.fingerprint.match import UNKNOWN, Gallery, GalleryError, attribute, attribute_by_distance
+from memray.fingerprint.match import (
+    UNKNOWN,
+    Gallery,
+    GalleryError,
+    attribute,
+    attribute_by_distance,
+    method_name,
+)
+from memray.fingerprint.open_set import OpenSetCalibration, calibrate_open_set
 from memray.io import schema
 from memray.io.storage import join, open_output
 
 PROTOCOLS: tuple[str, ...] = ("split", "leave-one-run-out")
-METHOD = "method"
+METHOD = schema.METHOD
 CORRECT = "correct"
 EVALUATION_FILE = schema.EVALUATION_FILE
 ACCURACY_FILE = schema.ACCURACY_FILE
 CONFUSION_FILE = schema.CONFUSION_FILE
-SUMMARY_COLUMNS = (METHOD, "correct", "total", "accuracy", "ci_low", "ci_high")
+COMPARISON_FILE = schema.COMPARISON_FILE
+OPEN_SET_FILE = schema.OPEN_SET_FILE
+# ci_*: Wilson (queries independent); run_ci_*: cluster bootstrap over the query runs (the honest one)
+SUMMARY_COLUMNS = (METHOD, "correct", "total", "accuracy", "ci_low", "ci_high", "runs", "run_ci_low", "run_ci_high")
+N_BOOT = 2000
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,9 @@ class Evaluation:
     rows: pd.DataFrame  # every method: method + ATTRIBUTION_SCHEMA + correct
     summary: pd.DataFrame  # SUMMARY_COLUMNS, one row per method
     confusion: pd.DataFrame  # true label (rows) × predicted label (columns), curve method
+    comparison: pd.DataFrame | None = None  # compare.COMPARISON_COLUMNS: each method vs the curve method
+    open_set: OpenSetCalibration | None = None  # the open set calibrated by leaving one family out
+    bootstrap: dict[str, Any] | None = None  # {"unit": "run", "n": draws, "seed": seed}
 
 
 def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -97,14 +118,6 @@ def _correct(att: pd.DataFrame, curves: Gallery, allowed: np.ndarray) -> np.ndar
     return out
 
 
-def method_name(fcfg: FingerprintConfig) -> str:
-    """Row name of the curve method in the accuracy table, e.g. ``C_T curve (1nn, alpha=0.5)``."""
-    extra = f", k={fcfg.k}" if fcfg.matcher == "knn" else ""
-    if fcfg.open_set_threshold is not None:
-        extra += f", open set < {fcfg.open_set_threshold:g}"
-    return f"C_T curve ({fcfg.matcher}{extra}, alpha={fcfg.alpha:g})"
-
-
 def evaluate(
     curves: Gallery,
     fcfg: FingerprintConfig,
@@ -113,6 +126,9 @@ def evaluate(
     fid: dict[str, float] | None = None,
     feature_stats: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     single_layer: bool = True,
+    layer_stats: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None,
+    n_boot: int = N_BOOT,
+    boot_seed: int = 0,
 ) -> Evaluation:
     """Attribute the protocol's queries with the curve method and the baselines, and score them.
 
@@ -123,44 +139,77 @@ def evaluate(
         fid: run → scalar FID (FID-nearest baseline), e.g. from :func:`memray.fingerprint.fid.match_fid_runs`.
         feature_stats: curve name → ``(mu, sigma)`` of the curve's images' features (feature-FID baseline).
         single_layer: add one single-layer C_T baseline per layer.
+        layer_stats: layer → curve name → ``(mu, sigma)`` of the curve's images at that layer: one
+            ``FID-nearest (layer ℓ)`` baseline per layer given.
+        n_boot, boot_seed: draws and seed of the cluster bootstrap over query runs.
     """
     unlabelled = [n for n, lab in zip(curves.names, curves.labels, strict=True) if lab is None]
     if unlabelled:
         raise GalleryError(f"evaluation needs a label on every curve; unlabelled: {unlabelled[:5]}")
     qrows, allowed = protocol_masks(curves, protocol, split)
     queries = curves.select(qrows)
+    open_set = calibrate_open_set(curves, fcfg)  # reported beside; the methods below are closed set when calibrated
+    if fcfg.open_set_threshold == "calibrated":
+        fcfg = replace(fcfg, open_set_threshold=None)
     results: list[tuple[str, pd.DataFrame]] = [(method_name(fcfg), attribute(queries, curves, fcfg, allowed))]
+    results += _baselines(curves, qrows, queries, allowed, fid, feature_stats, single_layer, layer_stats)
+    boot = RunBootstrap.draw(queries.runs, n_boot, boot_seed)
+    frames, summary = [], []
+    for name, att in results:
+        ok = _correct(att, curves, allowed)
+        frames.append(att.assign(**{METHOD: name, CORRECT: ok}))
+        lo, hi = wilson_interval(int(ok.sum()), len(ok))
+        rlo, rhi = boot.interval(queries.runs, ok)
+        summary.append((name, int(ok.sum()), len(ok), float(ok.mean()), lo, hi, len(boot.runs), rlo, rhi))
+    rows = pd.concat(frames, ignore_index=True)[[*(f.name for f in schema.ATTRIBUTION_SCHEMA), CORRECT]]
+    comparison = compare_methods(rows, results[0][0], boot, dict(zip(queries.names, queries.runs, strict=True)))
+    return Evaluation(
+        protocol,
+        results[0][1],
+        rows,
+        pd.DataFrame(summary, columns=list(SUMMARY_COLUMNS)),
+        confusion_matrix(results[0][1]),
+        comparison=comparison,
+        open_set=open_set,
+        bootstrap={"unit": "run", "n": n_boot, "seed": boot_seed},
+    )
+
+
+def _baselines(
+    curves: Gallery,
+    qrows: np.ndarray,
+    queries: Gallery,
+    allowed: np.ndarray,
+    fid: dict[str, float] | None,
+    feature_stats: dict[str, tuple[np.ndarray, np.ndarray]] | None,
+    single_layer: bool,
+    layer_stats: dict[int, dict[str, tuple[np.ndarray, np.ndarray]]] | None,
+) -> list[tuple[str, pd.DataFrame]]:
+    """(method name, attribution) of every baseline asked for, in table order."""
+    results: list[tuple[str, pd.DataFrame]] = []
     if fid is not None:
         missing = sorted({r for r in curves.runs if r not in fid})
         if missing:
             raise GalleryError(f"no FID for runs {missing[:5]}; add them to the FID file or map names (curve_run)")
         f = np.array([fid[r] for r in curves.runs])
-        results.append(
-            ("FID-nearest (scalar)", attribute_by_distance(queries, curves, np.abs(f[qrows, None] - f), allowed))
-        )
-    if feature_stats is not None:
-        missing = [n for n in curves.names if n not in feature_stats]
+        name = "FID-nearest (scalar)"
+        results.append((name, attribute_by_distance(queries, curves, np.abs(f[qrows, None] - f), allowed, name)))
+    by_name = [("FID-nearest (features)", feature_stats)] if feature_stats is not None else []
+    by_name += [(f"FID-nearest (layer {ly})", st) for ly, st in sorted((layer_stats or {}).items())]
+    for name, st in by_name:
+        missing = [n for n in curves.names if n not in st]
         if missing:
-            raise GalleryError(f"no feature statistics for curves {missing[:5]}")
-        stats = [feature_stats[n] for n in curves.names]
+            raise GalleryError(f"{name}: no feature statistics for curves {missing[:5]}")
+        stats = [st[n] for n in curves.names]
         dist = fd_matrix([stats[i] for i in qrows], stats)
-        results.append(("FID-nearest (features)", attribute_by_distance(queries, curves, dist, allowed)))
+        results.append((name, attribute_by_distance(queries, curves, dist, allowed, name)))
     if single_layer and len(curves.layers) > 1:
         x = np.nan_to_num(curves.curves, nan=0.0)
         for j, layer in enumerate(curves.layers):
             dist = np.abs(x[qrows, j][:, None] - x[None, :, j])
-            results.append((f"single-layer C_T (layer {layer})", attribute_by_distance(queries, curves, dist, allowed)))
-    frames, summary = [], []
-    for name, att in results:
-        ok = _correct(att, curves, allowed)
-        frames.append(att.assign(**{CORRECT: ok}).assign(**{METHOD: name}))
-        lo, hi = wilson_interval(int(ok.sum()), len(ok))
-        summary.append((name, int(ok.sum()), len(ok), float(ok.mean()), lo, hi))
-    rows = pd.concat(frames, ignore_index=True)
-    rows = rows[[METHOD, *[f.name for f in schema.ATTRIBUTION_SCHEMA], CORRECT]]
-    method = results[0][1]
-    confusion = confusion_matrix(method)
-    return Evaluation(protocol, method, rows, pd.DataFrame(summary, columns=list(SUMMARY_COLUMNS)), confusion)
+            name = f"single-layer C_T (layer {layer})"
+            results.append((name, attribute_by_distance(queries, curves, dist, allowed, name)))
+    return results
 
 
 def confusion_matrix(att: pd.DataFrame) -> pd.DataFrame:
@@ -174,12 +223,13 @@ def confusion_matrix(att: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_table(summary: pd.DataFrame) -> str:
-    """The accuracy table as aligned text: method, correct/total, accuracy, 95% Wilson CI."""
+    """The accuracy table as aligned text: method, correct/total, accuracy, 95% Wilson CI, 95% CI over runs."""
     width = max(len("method"), *(len(m) for m in summary[METHOD]))
-    lines = [f"{'method':<{width}}  correct   accuracy  95% CI (Wilson)"]
+    lines = [f"{'method':<{width}}  correct   accuracy  95% CI (Wilson)   95% CI (runs resampled)"]
     for r in summary.itertuples(index=False):
         frac = f"{r.correct}/{r.total}"
-        lines.append(f"{r.method:<{width}}  {frac:>7}   {r.accuracy:8.3f}  [{r.ci_low:.3f}, {r.ci_high:.3f}]")
+        runs = f"[{r.run_ci_low:.3f}, {r.run_ci_high:.3f}]" if hasattr(r, "run_ci_low") else ""
+        lines.append(f"{r.method:<{width}}  {frac:>7}   {r.accuracy:8.3f}  [{r.ci_low:.3f}, {r.ci_high:.3f}]  {runs}")
     return "\n".join(lines)
 
 
@@ -198,11 +248,19 @@ def write_attribution(
 def write_evaluation(out_url: str, ev: Evaluation, metadata: dict[str, Any] | None = None) -> None:
     """Write attribution.parquet, evaluation.parquet, accuracy.csv and confusion.csv under ``out_url``."""
     meta = {**(metadata or {}), "protocol": ev.protocol, "accuracy": ev.summary.to_dict(orient="records")}
+    meta["bootstrap"] = ev.bootstrap
+    if ev.open_set is not None:
+        meta["open_set"] = {"threshold": ev.open_set.threshold, "table": ev.open_set.table.to_dict(orient="records")}
     write_attribution(join(out_url, schema.ATTRIBUTION_FILE), ev.attribution, meta)
     rows = pa.Table.from_pandas(ev.rows, preserve_index=False)
     rows = rows.replace_schema_metadata({schema.META_KEY: json.dumps(meta, sort_keys=True, default=str).encode()})
     with open_output(join(out_url, EVALUATION_FILE)) as fh:
         pq.write_table(rows, fh)
-    for name, df, index in ((ACCURACY_FILE, ev.summary, False), (CONFUSION_FILE, ev.confusion, True)):
+    tables = [(ACCURACY_FILE, ev.summary, False), (CONFUSION_FILE, ev.confusion, True)]
+    if ev.comparison is not None:
+        tables.append((COMPARISON_FILE, ev.comparison, False))
+    if ev.open_set is not None:
+        tables.append((OPEN_SET_FILE, ev.open_set.table, False))
+    for name, df, index in tables:
         with open_output(join(out_url, name)) as fh:
             fh.write(df.to_csv(index=index).encode())

@@ -164,12 +164,22 @@ def decide_knn(
     return uniq[order[0]], votes[order[0]] / kk, uniq[order[1]], votes[order[1]] / kk
 
 
-def _centroids(gallery: Gallery, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def label_centroids(gallery: Gallery, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-label mean curve (NaN → 0 first) over ``rows``: (labels (c,), centroids (c, L)), labels sorted."""
     curves = np.nan_to_num(gallery.curves[rows], nan=0.0)
     labs = gallery.labels[rows]
     uniq = np.array(sorted(set(labs.tolist())), dtype=object)
     return uniq, np.stack([curves[labs == lab].mean(0) for lab in uniq])
+
+
+def method_name(fcfg: FingerprintConfig) -> str:
+    """Name of the curve method (the ``method`` column), e.g. ``C_T curve (1nn, alpha=0.5)``."""
+    extra = f", k={fcfg.k}" if fcfg.matcher == "knn" else ""
+    if isinstance(fcfg.open_set_threshold, str):
+        extra += f", open set {fcfg.open_set_threshold}"
+    elif fcfg.open_set_threshold is not None:
+        extra += f", open set < {fcfg.open_set_threshold:g}"
+    return f"C_T curve ({fcfg.matcher}{extra}, alpha={fcfg.alpha:g})"
 
 
 def attribute(
@@ -186,11 +196,19 @@ def attribute(
     Returns:
         A DataFrame with :data:`~memray.io.schema.ATTRIBUTION_SCHEMA` columns. ``score``: best similarity (1nn),
         vote share (knn) or similarity to the label's centroid (centroid); ``runner_up`` is the best other label
-        and ``margin = score − runner_up's score``. Open set: when the best similarity to any gallery curve
-        (centroid: any centroid) is below ``open_set_threshold``, ``predicted = "unknown"``, ``runner_up`` holds
-        the closed-set winner and ``margin = best similarity − threshold`` (< 0).
+        and ``margin = score − runner_up's score``: a difference of two similarities, each in [−α, 1], so it lies
+        in [0, 1 + α] and exceeds ``score`` whenever the runner-up's similarity is negative (its cosine with the
+        query is negative, common for near-zero curves such as held-out real data). Open set: when the best
+        similarity to any gallery curve (centroid: any centroid) is below ``open_set_threshold``,
+        ``predicted = "unknown"``, ``runner_up`` holds the closed-set winner and
+        ``margin = best similarity − threshold`` (< 0).
     """
     align_layers(queries, gallery)
+    if isinstance(cfg.open_set_threshold, str):
+        raise GalleryError(
+            "open_set_threshold='calibrated' is resolved against a gallery first "
+            "(memray.fingerprint.open_set.resolve_open_set)"
+        )
     if any(lab is None or (isinstance(lab, float) and np.isnan(lab)) for lab in gallery.labels):
         raise GalleryError("every gallery curve needs a label; drop unlabelled curves or give them one")
     if allowed is None:
@@ -202,7 +220,7 @@ def attribute(
         if use.size == 0:
             raise GalleryError(f"query {queries.names[qi]!r} has no gallery curve to compare with")
         if cfg.matcher == "centroid":
-            labs, cents = _centroids(gallery, use)
+            labs, cents = label_centroids(gallery, use)
             s = similarity_matrix(queries.curves[qi : qi + 1], cents, cfg.alpha)[0]
             pred, score, runner, rscore = decide_1nn(s, labs)
         elif cfg.matcher == "knn":
@@ -216,20 +234,25 @@ def attribute(
         if cfg.open_set_threshold is not None and best < cfg.open_set_threshold:
             pred, runner, score, margin = UNKNOWN, pred, best, best - cfg.open_set_threshold
         rows.append((queries.names[qi], queries.labels[qi], pred, score, runner, margin))
-    return attribution_frame(rows)
+    return attribution_frame(rows, method_name(cfg))
 
 
-def attribution_frame(rows: list[tuple]) -> pd.DataFrame:
-    """Rows ``(query, true_label, predicted, score, runner_up, margin)`` as a typed attribution DataFrame."""
+def attribution_frame(rows: list[tuple], method: str) -> pd.DataFrame:
+    """Rows ``(query, true_label, predicted, score, runner_up, margin)`` of ``method`` as a typed attribution table."""
     cols = [f.name for f in schema.ATTRIBUTION_SCHEMA]
-    df = pd.DataFrame(rows, columns=cols)
+    df = pd.DataFrame([(method, *r) for r in rows], columns=cols)
     for c in (schema.SCORE, schema.MARGIN):
         df[c] = df[c].astype(np.float64)
     return df
 
 
-def attribute_by_distance(queries: Gallery, gallery: Gallery, dist: np.ndarray, allowed: np.ndarray) -> pd.DataFrame:
-    """1-NN by a precomputed distance (q, g) (baselines): score = −distance, ties as in :func:`decide_1nn`."""
+def attribute_by_distance(
+    queries: Gallery, gallery: Gallery, dist: np.ndarray, allowed: np.ndarray, method: str = "distance 1-NN"
+) -> pd.DataFrame:
+    """1-NN by a precomputed distance (q, g) (baselines): score = −distance, ties as in :func:`decide_1nn`.
+
+    ``margin`` = runner-up label's distance − the winner's (≥ 0).
+    """
     rows = []
     for qi in range(len(queries)):
         use = np.flatnonzero(allowed[qi])
@@ -237,4 +260,4 @@ def attribute_by_distance(queries: Gallery, gallery: Gallery, dist: np.ndarray, 
             raise GalleryError(f"query {queries.names[qi]!r} has no gallery curve to compare with")
         pred, score, runner, rscore = decide_1nn(-dist[qi, use], gallery.labels[use])
         rows.append((queries.names[qi], queries.labels[qi], pred, score, runner, score - rscore))
-    return attribution_frame(rows)
+    return attribution_frame(rows, method)

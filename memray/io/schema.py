@@ -37,6 +37,7 @@ PREDICTED = "predicted"
 SCORE = "score"
 RUNNER_UP = "runner_up"
 MARGIN = "margin"
+METHOD = "method"  # the attribution method of a row: the curve (with its matcher), FID-nearest at a layer, …
 P_VALUE = "p_value"  # one-sided p of "no copying" (small when C_T or a cell's Z is very negative)
 P_HOLM = "p_holm"  # Holm-adjusted p (over a set's layers for C_T; over its kept cells × layers for cells)
 CI_LOW = "ci_low"  # seeded bootstrap 95% interval of C_T (generated and test samples resampled within cells)
@@ -118,6 +119,8 @@ EVALUATION_DIR = "evaluation"
 EVALUATION_FILE = "evaluation.parquet"
 ACCURACY_FILE = "accuracy.csv"
 CONFUSION_FILE = "confusion.csv"
+COMPARISON_FILE = "comparison.csv"  # evaluation: each method against the curve method (paired)
+OPEN_SET_FILE = "open_set.csv"  # evaluation: the open-set threshold calibrated by leaving one family out
 
 # Metadata key in Parquet schemas holding the JSON config that produced the table.
 META_KEY = b"memray"
@@ -178,6 +181,7 @@ FINGERPRINTS_SCHEMA = pa.schema(
 
 ATTRIBUTION_SCHEMA = pa.schema(
     [
+        (METHOD, pa.string()),
         (QUERY, pa.string()),
         (TRUE_LABEL, pa.string()),
         (PREDICTED, pa.string()),

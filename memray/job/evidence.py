@@ -49,20 +49,34 @@ def set_feature_stats(
     return feature_stats(rows.read(0, rows.n))
 
 
-def fid_attribution(features: dict[str, np.ndarray], labels: dict[str, str | None]) -> pd.DataFrame | None:
+def subset_feature_stats(
+    files: list[tuple[str, int]], layer: int, subsets: list[np.ndarray], storage_options: dict | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Mean (d,) and covariance (d, d) of one layer of each subset's rows (``subsets``: row indices into the set's
+    global row order, as the fingerprint plan gives them): the images each curve was computed on."""
+    rows = set_rows(files, layer, storage_options)
+    x = rows.read(0, rows.n)
+    return [feature_stats(x[idx]) for idx in subsets]
+
+
+def fid_attribution(
+    features: dict[str, np.ndarray], labels: dict[str, str | None], method: str = "FID-nearest"
+) -> pd.DataFrame | None:
     """FID-nearest attribution of the unlabelled sets among the labelled ones (schema.ATTRIBUTION_SCHEMA), from each
     set's features (n, d); see :func:`fid_from_stats`."""
     sets = {n: labels.get(n) for n in features}
-    return fid_from_stats(lambda names: {n: feature_stats(features[n]) for n in names}, sets)
+    return fid_from_stats(lambda names: {n: feature_stats(features[n]) for n in names}, sets, method)
 
 
 def fid_from_stats(
-    stats_of: Callable[[list[str]], dict[str, tuple[np.ndarray, np.ndarray]]], labels: dict[str, str | None]
+    stats_of: Callable[[list[str]], dict[str, tuple[np.ndarray, np.ndarray]]],
+    labels: dict[str, str | None],
+    method: str = "FID-nearest",
 ) -> pd.DataFrame | None:
     """FID-nearest attribution of the unlabelled sets among the labelled ones (schema.ATTRIBUTION_SCHEMA).
 
     ``labels``: every set's label (``None``: unlabelled); ``stats_of(names)``: each named set's feature mean and
-    covariance. ``score`` is the Fréchet distance to the
+    covariance; ``method`` fills the ``method`` column. ``score`` is the Fréchet distance to the
     predicted label's nearest set (lower = closer), ``margin`` the runner-up label's distance minus it. ``None``
     when there is no labelled or no unlabelled set.
     """
@@ -80,7 +94,7 @@ def fid_from_stats(
             best[lab] = min(best.get(lab, np.inf), float(dist[qi, gi]))
         ranked = sorted(best.items(), key=lambda kv: (kv[1], kv[0]))
         runner = ranked[1] if len(ranked) > 1 else (None, np.nan)
-        rows.append((q, None, ranked[0][0], ranked[0][1], runner[0], runner[1] - ranked[0][1]))
+        rows.append((method, q, None, ranked[0][0], ranked[0][1], runner[0], runner[1] - ranked[0][1]))
     return pd.DataFrame(rows, columns=schema.ATTRIBUTION_SCHEMA.names)
 
 

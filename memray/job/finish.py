@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from memray.fingerprint.curve_run import finish_fingerprints, plan_record
+from memray.fingerprint.curve_run import curve_names, finish_fingerprints, plan_record
 from memray.fingerprint.curves import read_gallery
-from memray.job.evidence import fid_from_stats, set_feature_stats, write_fid_attribution
+from memray.job.evidence import fid_from_stats, set_feature_stats, subset_feature_stats, write_fid_attribution
 from memray.job.preflight import gallery_comparable
 from memray.job.probes import finish_probes, is_probe_set
 from memray.job.result import AuditRun
@@ -37,12 +37,50 @@ def finish_fingerprints_and_probes(
         fp = cfg.fingerprint
         gallery = read_gallery(fp.gallery) if fp.gallery else None
         job = gallery_comparable(cfg, run.meta["preprocessing"], run.checked.weights)
-        out = finish_fingerprints(curves, plan_record(subsets, run.sizes), fp, cfg.ct, cfg.output, gallery, job)
+        stats = _curve_stats(run, subsets, layers, pieces, mapper)
+        record = plan_record(subsets, run.sizes)
+        out = finish_fingerprints(curves, record, fp, cfg.ct, cfg.output, gallery, job, stats)
         attribution = out.get("attribution")
         if gallery is None:  # the FID-nearest baseline needs the gallery sets' features: this run's labelled sets
             _fid_baseline(run, layers[-1], pieces, mapper)
     finish_probes(cfg, result.ct_scores, run.probe_params, {k: run.meta[k] for k in ("job_digest", "preprocessing")})
     return attribution
+
+
+def _curve_stats(
+    run: AuditRun,
+    subsets: dict[str, list[np.ndarray]],
+    layers: list[int],
+    pieces: dict[str, list[tuple[str, int]]],
+    mapper: Mapper,
+) -> dict[int, dict[str, Any]] | None:
+    """Per labelled curve, its images' feature statistics at ``fingerprint.fid_layers`` (the evaluation's FID-nearest
+    baselines), one task per set and layer; ``None`` when there is no evaluation (< 2 labels or no label with 2
+    runs) or ``fid_layers: none``."""
+    cfg = run.cfg
+    fp = cfg.fingerprint
+    sets = [g for g in cfg.generated if g.label and not is_probe_set(g.name) and g.name in subsets]
+    runs = pd.Series([g.label for g in sets]).value_counts()
+    if fp is None or fp.fid_layers == "none" or len(runs) < 2 or not (runs >= 2).any():
+        return None
+    chosen = [layers[-1]] if fp.fid_layers == "last" else list(layers)
+    jobs = [(g.name, layer) for layer in chosen for g in sets]
+    names = curve_names({g.name: subsets[g.name] for g in sets})
+    task = partial(_subset_stats, storage_options=cfg.storage)
+    out: dict[int, dict[str, Any]] = {layer: {} for layer in chosen}
+    try:  # a baseline beside the result: a subset too small for a covariance is logged, not fatal
+        results = mapper(task, [(pieces[name], layer, subsets[name]) for name, layer in jobs])
+        for (name, layer), stats in zip(jobs, results, strict=True):
+            out[layer].update(zip(names[name], stats, strict=True))
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        log.warning("FID-nearest baselines of the evaluation not computed: %s", exc)
+        return None
+    return out
+
+
+def _subset_stats(item: tuple[list[tuple[str, int]], int, list[np.ndarray]], storage_options: dict | None) -> list:
+    """A task: :func:`subset_feature_stats` of one set's layer (``item`` = its files, the layer, its subsets)."""
+    return subset_feature_stats(*item, storage_options)
 
 
 def _fid_baseline(run: AuditRun, last: int, pieces: dict[str, list[tuple[str, int]]], mapper: Mapper) -> None:
@@ -56,7 +94,7 @@ def _fid_baseline(run: AuditRun, last: int, pieces: dict[str, list[tuple[str, in
         return dict(zip(names, mapper(set_stats, [pieces[n] for n in names]), strict=True))
 
     try:  # a baseline beside the result: its failure (a set too small for a covariance) is logged
-        fid = fid_from_stats(stats_of, {g.name: g.label for g in gens})
+        fid = fid_from_stats(stats_of, {g.name: g.label for g in gens}, f"FID-nearest (layer {last})")
         if fid is not None:
             write_fid_attribution(cfg.output, fid, last, storage_options)
     except (ValueError, np.linalg.LinAlgError) as exc:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from memray.fingerprint.compare import winner_sentence
+from memray.fingerprint.open_set import OpenSetCalibration, open_set_sentence
 from memray.io import schema
 from memray.report import figures
 from memray.report.context import Context
@@ -71,8 +73,15 @@ def _evaluation(ctx: Context) -> str:
     if acc is None and conf is None:
         return note("No leave-one-run-out evaluation in this run (it needs ≥ 2 labels, one with ≥ 2 runs).", True)
     out = ""
-    if acc is not None:
-        out += "<h3>Evaluation: accuracy (95% Wilson interval)</h3>" + frame_table(acc)
+    if acc is not None and not acc.empty:
+        out += "<h3>Evaluation: which method attributes best on this gallery</h3>"
+        out += note(winner_sentence(acc, ctx.run.table("comparison")))
+        runs = " and over resampled runs (queries of one run are not independent)" if "run_ci_low" in acc else ""
+        out += f"<h3>Accuracy of every method, leave-one-run-out (95% Wilson interval{runs})</h3>"
+        out += frame_table(acc)
+    open_set = ctx.run.table("open_set")
+    if open_set is not None and not open_set.empty:
+        out += note(open_set_sentence(OpenSetCalibration(float(open_set["threshold"].iloc[-1]), open_set)))
     if conf is not None:
         out += "<h3>Confusion matrix (curve method; rows = true label)</h3>" + frame_table(conf)
     return out
@@ -86,7 +95,8 @@ def fingerprint_section(ctx: Context) -> Section:
         return "fingerprint", "Fingerprint attribution", note(ctx.run.why_absent("fingerprints"), True)
     body = note(
         "Each generated set's C_T-layer curve is matched with a gallery of curves of known models (score: higher "
-        "= closer; margin = best − runner-up). The FID-nearest baseline predicts the label of the gallery set with "
+        "= closer; margin = score − runner-up's score, which exceeds the score when the runner-up's similarity is "
+        "negative). The FID-nearest baseline predicts the label of the gallery set with "
         "the smallest Fréchet distance (FD, lower = closer; FD margin = runner-up − best); rows where the two "
         "disagree are highlighted (⚠)."
     )

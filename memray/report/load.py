@@ -54,6 +54,8 @@ TABLES: dict[str, tuple[str, pa.Schema | None]] = {
     "evaluation": (f"{EVALUATION_DIR}/{EVALUATION_FILE}", None),
     "accuracy": (f"{EVALUATION_DIR}/{ACCURACY_FILE}", None),
     "confusion": (f"{EVALUATION_DIR}/{CONFUSION_FILE}", None),
+    "comparison": (f"{EVALUATION_DIR}/{schema.COMPARISON_FILE}", None),
+    "open_set": (f"{EVALUATION_DIR}/{schema.OPEN_SET_FILE}", None),
 }
 
 
