@@ -25,7 +25,7 @@ CT = {  # set → C_T per layer; copier strongest at layer 3, local at layer 2
     "probe_flipped": [-8.0, -7.0, -3.0, -1.0],
 }
 VERDICTS = {  # verdict, p_holm, test, n_tests, layers, replication_layers, localized, flagged_cells
-    "copier": (schema.VERDICT_COPYING, 1e-8, "replication:L3", 20, [2, 3, 4], [3], False, []),
+    "copier": (schema.VERDICT_COPYING, 1e-8, "concentration:L-1", 20, [2, 3, 4], [-1, 3], False, []),
     "clean": (schema.VERDICT_NONE, 0.6, "ct:L1", 20, [], [], False, []),
     "local": (schema.VERDICT_CLOSER, 0.02, "cell:L2:c1", 20, [], [], True, ["L2:c1"]),
     "probe_flipped": (schema.VERDICT_COPYING, 1e-12, "replication:L1", 20, [1, 2, 3], [1], False, []),

@@ -91,7 +91,7 @@ def test_verdicts_cells_fingerprint_probes_errors_config(full: tuple[Path, Page]
     assert "L2:c1" in v and "add ≥ 200 more" in v and "1.0e-08" in v and "probe_flipped" not in v
     rows = page.table_rows("verdict")
     assert [r[0] for r in rows] == GALLERY_SETS
-    assert rows[0][2:7] == [schema.VERDICT_COPYING, "-6.00 (L3)", "1.0e-08", "replication:L3", "2, 3, 4"]
+    assert rows[0][2:7] == [schema.VERDICT_COPYING, "-6.00 (L3)", "1.0e-08", "concentration:pixels", "2, 3, 4"]
     assert rows[1][2] == schema.VERDICT_CLOSER and rows[1][5:8] == ["cell:L2:c1", "–", "L2:c1"]
     assert "local" in page.text["cells"] and "few_gen" in page.text["cells"]
     fp = page.text["fingerprint"]

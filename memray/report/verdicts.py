@@ -33,6 +33,13 @@ def reading_guide(ctx: Context) -> str:
     )
 
 
+def test_label(test: object) -> str:
+    """A family test's name as the report shows it: ``replication:L-1`` → ``replication:pixels``."""
+    if isnan(test) or not str(test):
+        return "–"
+    return str(test).replace(f":L{schema.PIXEL_LAYER}", ":pixels")
+
+
 def summary_line(ctx: Context) -> str:
     """One sentence: how many sets show copying / localized copying, named."""
     groups: dict[str, list[str]] = {}
@@ -66,7 +73,7 @@ def verdict_section(ctx: Context) -> Section:
             rows.append([
                 esc(name), esc(labels.get(name)), badge(r[schema.VERDICT]),
                 (f"{num(ct)} (L{layer})" if layer is not None else "–", "num"), (pval(r[schema.P_HOLM]), "num"),
-                esc(r[schema.TEST] or "–"), esc(", ".join(map(str, items(r[schema.LAYERS]))) or "–"),
+                esc(test_label(r[schema.TEST])), esc(", ".join(map(str, items(r[schema.LAYERS]))) or "–"),
                 cell_list(r[schema.FLAGGED_CELLS]), (integer(r[schema.N_GEN]), "num"),
                 esc(r[schema.ADVICE] or ""),
             ])  # fmt: skip
