@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from memray.config import to_dict
     from memray.io.embedding_inputs import load_feature_input as load_features
     from memray.job.keys import features_key
-    from memray.job.score import TABLES, FolderSink
+    from memray.job.score import TABLES, FolderSink, score_stats
     from memray.stats.layers import score_features
     from memray.stats.results import write_results
 
@@ -125,12 +126,14 @@ def run(args: argparse.Namespace) -> int:
     gens = {name: load_features(path, layer=args.layer) for name, path in gen_files.items()}
     sets = {"train": train, "test": test, **{f"gen/{k}": v for k, v in gens.items()}}
     sink = FolderSink(args.out, features_key(to_dict(cfg), sets), TABLES, None)  # a rerun skips finished layers
+    t0 = time.perf_counter()
     result = score_features(train, test, gens, cfg, sink=sink)
     run_meta = {
         "command": "score",
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "inputs": {"train": args.train, "test": args.test, "gen": gen_files, "npy_layer": args.layer},
         "counts": {"train": len(train), "test": len(test), "gen": {k: len(v) for k, v in gens.items()}},
+        "stats": score_stats(sink.stats, time.perf_counter() - t0),  # seconds per layer and stage
     }
     paths = write_results(args.out, result, run_meta)
     print(summary(result))
