@@ -85,7 +85,12 @@ def _run_json(prefix: str, labels: dict[str, str | None]) -> dict:
         },
         "preprocessing": {"preset": "paper", "transform": "Resize(32)"},
         "memray_version": "9.9.9",
-        "stats": {"counts": counts, "seconds": 12.5, "nodes": [{"host": "node-a", "gpus": 1}]},
+        "stats": {
+            "counts": counts,
+            "seconds": 12.5,
+            "nodes": [{"host": "node-a", "gpus": 1}],
+            "score": {"seconds": 9.0, "stages": {"fit": 6.25, "statistic": 1.5, "bootstrap": 0.0}},
+        },
         "labels": labels,
         "inputs": {"train": [f"{prefix}/train.npz"]},
         "layers": LAYERS,

@@ -59,6 +59,39 @@ def test_memray_score_resumes_finished_layers_and_rescores_changed_features(tmp_
     assert any(p.stat().st_mtime_ns != t for p, t in stamps.items())
 
 
+def test_memray_score_records_seconds_per_stage_and_layer_in_run_json(tmp_path: Path) -> None:
+    """``run.json`` says what each stage of each scored layer cost (seconds, never negative) and the totals."""
+    out = tmp_path / "out"
+    argv = [
+        "score",
+        "--train",
+        str(EXAMPLES / "train.npz"),
+        "--test",
+        str(EXAMPLES / "test.npz"),
+        "--gen",
+        f"copier={EXAMPLES / 'copier.npz'}",
+        "--bootstrap",
+        "20",
+        "--partitions",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    stats = json.loads((out / schema.RUN_FILE).read_text())["stats"]
+    layers = sorted(pd.read_parquet(out / "ct_scores.parquet")["layer"].unique().tolist())
+    assert sorted(int(k) for k in stats["layers"]) == layers and len(layers) >= 2
+    stages = {"fit", "statistic", "views", "partitions", "bootstrap", "tables", "samples", "evidence"}
+    for layer in layers:
+        rec = stats["layers"][str(layer)]
+        assert set(rec["stages"]) == stages, rec
+        assert rec["seconds"] >= 0 and all(v >= 0 for v in rec["stages"].values())
+        assert sum(rec["stages"].values()) <= rec["seconds"] + 1e-6  # the stages are parts of the layer's time
+    assert set(stats["stages"]) == stages and stats["seconds"] >= 0
+    for name in stages:  # the totals add up the layers' stage seconds
+        assert stats["stages"][name] == pytest.approx(sum(stats["layers"][str(ly)]["stages"][name] for ly in layers))
+
+
 def test_features_key_follows_content_not_names() -> None:
     ids = np.array(["a", "b"], dtype=object)
     x = np.arange(8, dtype=np.float32).reshape(2, 4)

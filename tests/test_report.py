@@ -104,6 +104,7 @@ def test_verdicts_cells_fingerprint_probes_errors_config(full: tuple[Path, Page]
     cfg = page.text["config"]
     assert "vit_tiny_patch16_224" in cfg and "9.9.9" in cfg and "randomly initialised" in cfg
     assert "ct.seed" in cfg and "fingerprint.seed" in cfg
+    assert "fit 6.2, statistic 1.5, bootstrap 0.0" in cfg  # what each scoring stage cost (run.json's stats.score)
 
 
 def test_minimal_old_run_says_what_is_missing(tmp_path: Path) -> None:

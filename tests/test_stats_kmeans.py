@@ -217,6 +217,26 @@ def test_lloyd_stops_early_only_when_no_restart_moves():
     assert calls.count("_lloyd_item") == 1 and calls.count("_objective_item") == 1  # update, then objective
 
 
+def test_lloyd_passes_carry_only_the_restarts_still_moving():
+    """A restart whose centroids stopped changing is left out of later passes; the result is unchanged (the
+    reference Lloyd updates every restart every pass)."""
+    restarts: list[int] = []
+
+    def spying(fn, items):
+        if getattr(getattr(fn, "func", fn), "__name__", "") == "_lloyd_item":
+            restarts.append(len(fn.args[1]))  # the centroids (R', cells, k) the pass assigns to
+        return map(fn, items)
+
+    x = blobs(6, 4, 3000, 8, scale=1.2)  # overlapping clusters: restarts converge at different iterations
+    cfg = CTConfig(pca_dim=6, cells=6, kmeans_nredo=6, kmeans_niter=40, block_rows=700, seed=3)
+    with tempfile.TemporaryDirectory() as tmp:
+        got = fit_space(ArrayRows(x), cfg, Workspace(tmp), spying)
+        z = np.concatenate([Workspace(tmp).get(f"proj/block_{g:06d}")["z"] for g in range(5)])
+    ref, *_ = reference_kmeans(z, [str(i) for i in range(len(x))], cfg, 700, True)
+    assert got.space.centroids.tobytes() == ref.tobytes()
+    assert restarts[0] == 6 and restarts == sorted(restarts, reverse=True) and restarts[-1] < 6, restarts
+
+
 def test_same_config_gives_the_same_centroids_another_seed_other_ones():
     x = blobs(5, 4, 800, 3, scale=1.0)
     cfg = CTConfig(pca_dim=None, cells=4, kmeans_nredo=1, block_rows=300)

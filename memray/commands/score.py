@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     from memray.config import to_dict
     from memray.io.embedding_inputs import load_feature_input as load_features
     from memray.job.keys import features_key
-    from memray.job.score import TABLES, FolderSink
+    from memray.job.score import TABLES, FolderSink, score_stats
     from memray.stats.layers import score_features
     from memray.stats.results import write_results
 
@@ -133,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
     sets = {"train": train, "test": test, **{f"gen/{k}": v for k, v in gens.items()}}
     key = features_key({**to_dict(cfg), "evidence": to_dict(evidence)}, sets)
     sink = FolderSink(args.out, key, TABLES, None)  # a rerun skips finished layers
+    t0 = time.perf_counter()
     result = score_features(train, test, gens, cfg, sink=sink, evidence=evidence)
     run_meta = {
         "command": "score",
@@ -140,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         "inputs": {"train": args.train, "test": args.test, "gen": gen_files, "npy_layer": args.layer},
         "evidence": to_dict(evidence),
         "counts": {"train": len(train), "test": len(test), "gen": {k: len(v) for k, v in gens.items()}},
+        "stats": score_stats(sink.stats, time.perf_counter() - t0),  # seconds per layer and stage
     }
     paths = write_results(args.out, result, run_meta)
     print(summary(result))

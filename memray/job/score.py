@@ -33,10 +33,11 @@ from memray.stats.layers import Extra, LayerSets, Piece, score_layers
 from memray.stats.parts import Part, PartDir
 from memray.stats.score import ScoreResult
 from memray.stats.tables import Sources, concat_pieces
+from memray.stats.timing import stage_totals
 from memray.stats.workspace import Workspace
 
 log = logging.getLogger(__name__)
-LAYER_STATS = ("seconds", "n_train", "space_dim", "train_rank", "degenerate")  # per layer, into run.json
+LAYER_STATS = ("seconds", "stages", "n_train", "space_dim", "train_rank", "degenerate")  # per layer, into run.json
 TABLES = (schema.CT_SCORES_FILE, schema.CT_CELLS_FILE, schema.NEIGHBORS_FILE, schema.COPIES_FILE, schema.STABILITY_FILE,
           schema.REPLICATION_FILE, schema.MEMORIZED_FILE)  # fmt: skip
 
@@ -116,6 +117,7 @@ class FolderSink:
     def __init__(self, out: str, score_key: str, names: tuple[str, ...], storage_options: dict | None) -> None:
         self.out, self.score_key, self.names, self.storage_options = out, score_key, names, storage_options
         self._done: dict[int, bool] = {}
+        self.stats: dict[int, dict[str, Any]] = {}  # every layer read back: its stats (for score_stats)
 
     def layer_dir(self, layer: int) -> str:
         return storage.join(self.out, "layers", f"layer_{layer}")
@@ -178,6 +180,7 @@ class FolderSink:
                 continue
             with storage.open_url(storage.join(layer_dir, name), "rb", self.storage_options) as fh:
                 out[name] = pd.read_parquet(fh)
+        self.stats[layer] = record
         return out, record
 
 
@@ -220,6 +223,14 @@ def run_scoring(
     curves = cat.pop(schema.FINGERPRINTS_FILE, None)
     if curves is not None:
         curves = curves.sort_values([schema.GEN_SET, schema.SUBSET, schema.LAYER], kind="stable", ignore_index=True)
-    per_layer = {str(layer): {k: s.get(k) for k in LAYER_STATS} for layer, s in done.items()}
-    stats = {"seconds": dt, "nodes": sorted(getattr(mapper, "nodes", ())), "layers": per_layer}
+    stats = {**score_stats(done, dt), "nodes": sorted(getattr(mapper, "nodes", ()))}
     return ScoreResult.from_tables(cat, cfg.ct), curves, stats
+
+
+def score_stats(done: dict[int, dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """The scoring's record for ``run.json``: its ``seconds``, per layer :data:`LAYER_STATS` (the seconds of each
+    stage under ``stages``, :mod:`memray.stats.timing`) and per stage the seconds summed over the layers.
+
+    A layer read back from an earlier run keeps the seconds it took then."""
+    per_layer = {str(layer): {k: s.get(k) for k in LAYER_STATS} for layer, s in done.items()}
+    return {"seconds": seconds, "stages": stage_totals(done.values()), "layers": per_layer}

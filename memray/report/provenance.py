@@ -77,6 +77,9 @@ def _timings(stats: dict[str, Any]) -> list[tuple[str, str]]:
     for stage in ("embed", "score"):
         if isinstance(stats.get(stage), dict):
             out.append((f"{stage} seconds", esc(_secs(stats[stage].get("seconds")))))
+    parts = (stats.get("score") or {}).get("stages") if isinstance(stats.get("score"), dict) else None
+    if isinstance(parts, dict) and parts:  # seconds of each scoring stage, summed over the layers
+        out.append(("score seconds by stage", esc(", ".join(f"{k} {_secs(v)}" for k, v in parts.items()))))
     nodes = [n for n in stats.get("nodes") or [] if isinstance(n, dict)]
     if nodes:
         text = "; ".join(

@@ -215,16 +215,24 @@ def lloyd(
     kept local rows or ``None``) each, stopping early only when no restart's centroids changed; then one pass for
     the exact objective of the final centroids.
 
+    A restart whose update left its centroids unchanged is a fixed point (the next pass would assign the same rows
+    and give the same sums), so later passes carry only the restarts still moving: the same centroids as updating
+    every restart every pass, for less work when restarts converge at different iterations.
+
     Returns:
         final centroids (R, cells, k) float64 and each restart's exact objective for them.
     """
-    centroids = np.asarray(init, dtype=np.float64)
+    centroids = np.array(init, dtype=np.float64)
+    moving = np.arange(len(centroids))
     for _ in range(niter):
-        total = reduce_ordered(mapper(partial(_lloyd_item, ws, centroids), items), merge_lloyd)
-        new = lloyd_update(centroids, total)
-        if np.array_equal(new, centroids):
+        current = centroids[moving]
+        total = reduce_ordered(mapper(partial(_lloyd_item, ws, current), items), merge_lloyd)
+        new = lloyd_update(current, total)
+        changed = np.array([not np.array_equal(a, b) for a, b in zip(new, current, strict=True)], dtype=bool)
+        centroids[moving] = new
+        moving = moving[changed]
+        if not len(moving):
             break
-        centroids = new
     total = reduce_ordered(mapper(partial(_objective_item, ws, centroids), items), merge_lloyd)
     return centroids, [math.fsum(p) for p in total.objective]
 

@@ -31,6 +31,7 @@ from memray.stats.evidence import ViewSets, check_views, project_views
 from memray.stats.parts import Part, PartDir
 from memray.stats.score import FittedLayer, GenScore, ScoreInputError, check_dims, fit_layer, partition_runs
 from memray.stats.tables import ScoreResult, Sources, concat_pieces, layer_tables
+from memray.stats.timing import EXTRA, StageTimes
 
 log = logging.getLogger(__name__)
 CT_TABLES = ("ct_scores", "ct_cells", "ct_stability", "fingerprints")
@@ -107,31 +108,37 @@ def score_one_layer(
     evidence: EvidenceConfig | None = None,
 ) -> tuple[dict[str, Piece], dict[str, Any]]:
     """Fit, one search round, partitions, the layer's tables (keyed by table name; per-sample ones as part files
-    under ``parts``) and its stats. The sets' views (:mod:`memray.stats.evidence`) are projected after the round
-    and searched with the copies' top-k round."""
+    under ``parts``) and its stats, with the seconds of each stage (``stages``, :mod:`memray.stats.timing`). The
+    sets' views (:mod:`memray.stats.evidence`) are projected after the round and searched with the copies' top-k
+    round."""
     t0 = time.perf_counter()
     train, test, gens, views = source.sets(layer)
     check_dims(train.dim, {f"set {n!r}": rows for n, rows in {"test": test, **gens}.items()}, layer)
     check_views(views, {None: test, **gens}, layer)
     ws, qws = source.workspace(layer), source.query_workspace(layer)
-    fitted = fit_layer(layer, train, None, test, cfg, mapper, ws=ws, qws=qws)
+    times = StageTimes()
+    with times.stage("fit"):
+        fitted = fit_layer(layer, train, None, test, cfg, mapper, ws=ws, qws=qws)
     try:
         xs = {n: gens[n] for n in sorted(gens)}
-        scored = fitted.score_sets(xs, mapper, {n: f"gen set {n!r}, layer {layer}" for n in xs})  # one round
-        under = project_views(fitted.engine, views, mapper) if cfg.top_k else {}
+        with times.stage("statistic"):
+            scored = fitted.score_sets(xs, mapper, {n: f"gen set {n!r}, layer {layer}" for n in xs})  # one round
+        with times.stage("views"):
+            under = project_views(fitted.engine, views, mapper) if cfg.top_k else {}
         runs = None
         if cfg.partitions > 1:
-            part_ws = source.partition_workspace(layer)
-            runs = partition_runs(layer, train, None, test, xs, cfg, mapper, part_ws)
+            with times.stage("partitions"):
+                runs = partition_runs(layer, train, None, test, xs, cfg, mapper, source.partition_workspace(layer))
         tables = layer_tables(fitted, train.n, test, gens, scored, mapper, sources, train_name, runs, parts=parts,
-                              views=under, evidence=evidence)  # fmt: skip
+                              views=under, evidence=evidence, times=times)  # fmt: skip
         if extra is not None:
-            tables.update(extra(fitted, scored))
+            with times.stage(EXTRA):
+                tables.update(extra(fitted, scored))
         if layer == PIXEL_LAYER:  # an evidence space, not a layer of the C_T curve: its C_T tables stay empty
             tables.update({k: v.iloc[0:0] for k, v in tables.items() if k in CT_TABLES})
     finally:
         fitted.close()
-    stats = {"layer": layer, "seconds": time.perf_counter() - t0, "n_train": train.n}
+    stats = {"layer": layer, "seconds": time.perf_counter() - t0, "n_train": train.n, "stages": times.seconds}
     stats.update(space_dim=fitted.space.dim, train_rank=fitted.space.rank, degenerate=fitted.space.degenerate)
     log.info("score: layer %d, %d train / %d test, %.1f s", layer, train.n, test.n, stats["seconds"])
     return tables, stats

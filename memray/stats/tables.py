@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ from memray.stats.evidence import LayerEvidence, evidence_frames
 from memray.stats.parts import Part, PartDir, PartsTable
 from memray.stats.samples import sample_tables
 from memray.stats.significance import bootstrap_ct, cell_p_values, ct_p_value_from_cells
+from memray.stats.timing import StageTimes
 from memray.stats.verdict import add_significance, verdict_table
 
 __all__ = ["OPTIONAL", "SCHEMAS", "TABLES", "ScoreResult", "Sources", "Table", "concat_pieces", "empty",
@@ -132,6 +134,7 @@ def layer_tables(
     parts: PartDir,
     views: dict[str | None, tuple[str, ...]] | None = None,
     evidence: EvidenceConfig | None = None,
+    times: StageTimes | None = None,
 ) -> dict[str, pd.DataFrame | list[Part]]:
     """One fitted layer's table pieces from its scored sets (``scored``: name -> GenScore of a round of ``fitted``).
 
@@ -140,16 +143,20 @@ def layer_tables(
     and the top-k copies (``ct.top_k``) are written by tasks run through ``mapper`` as part files under ``parts``
     (:func:`memray.stats.samples.sample_tables`): those tables are lists of parts; the others are frames.
     ``views``: set (``None``: test) -> its further views, projected (:func:`memray.stats.evidence.project_views`);
-    ``evidence``: the replication test's settings (``None``: :class:`EvidenceConfig` defaults).
+    ``evidence``: the replication test's settings (``None``: :class:`EvidenceConfig` defaults). ``times``: where
+    the seconds of the ``bootstrap``, ``tables``, ``samples`` and ``evidence`` stages go (:mod:`memray.stats.timing`).
     """
     layer, cfg = fitted.layer, fitted.cfg
+    times = times or StageTimes()
     names = sorted(gens)
     scores, cells, stab = [], [], []
     cis: dict[str, tuple[float, float]] = {}
     if cfg.bootstrap:  # one call for every set: the test resamples are drawn once per cell
         defined = {n: (scored[n].dist, scored[n].cell) for n in names if not np.isnan(scored[n].ct)}
-        cis = bootstrap_ct(fitted.test_dist, fitted.test_cells, defined, fitted.train_counts, cfg.min_gen_per_cell,
-                           cfg.bootstrap, bootstrap_seed(cfg, layer))  # fmt: skip
+        with times.stage("bootstrap"):
+            cis = bootstrap_ct(fitted.test_dist, fitted.test_cells, defined, fitted.train_counts,
+                               cfg.min_gen_per_cell, cfg.bootstrap, bootstrap_seed(cfg, layer))  # fmt: skip
+    t0 = time.perf_counter()
     for name in names:
         g = scored[name]
         st = g.cells
@@ -173,7 +180,8 @@ def layer_tables(
         "ct_stability": pd.DataFrame(stab, columns=schema.STABILITY_SCHEMA.names) if stab else empty("ct_stability"),
         "copies": empty("copies"),
     }
-    out.update(per_sample_tables(fitted, gens, scored, parts, mapper, sources, train_name, views, evidence))
+    times.seconds["tables"] += time.perf_counter() - t0
+    out.update(per_sample_tables(fitted, gens, scored, parts, mapper, sources, train_name, views, evidence, times))
     return out
 
 
@@ -187,15 +195,18 @@ def per_sample_tables(
     train_name: str,
     views: dict[str | None, tuple[str, ...]] | None,
     evidence: EvidenceConfig | None,
+    times: StageTimes | None = None,
 ) -> dict[str, pd.DataFrame | list[Part]]:
     """The per-sample tables (``neighbors``, ``copies``: part files written by tasks) and what they give per set:
     ``replication`` and ``memorized`` (:func:`memray.stats.evidence.evidence_frames`)."""
-    cfg, ev_cfg = fitted.cfg, evidence or EvidenceConfig()
+    cfg, ev_cfg, times = fitted.cfg, evidence or EvidenceConfig(), times or StageTimes()
     out: dict[str, pd.DataFrame | list[Part]] = {}
-    samples, ev = sample_tables(fitted, gens, scored, parts, mapper, sources, train_name, views, ev_cfg.q,
-                                ev_cfg.statistic)  # fmt: skip
+    with times.stage("samples"):
+        samples, ev = sample_tables(fitted, gens, scored, parts, mapper, sources, train_name, views, ev_cfg.q,
+                                    ev_cfg.statistic)  # fmt: skip
     out.update(samples)
     le = LayerEvidence(fitted.layer, fitted.test_cells, {n: scored[n].cell for n in sorted(gens)}, int(cfg.cells),
                        fitted.neighbour_ids, sources, train_name)  # fmt: skip
-    out.update(evidence_frames(ev, le, ev_cfg, cfg.alpha, int(cfg.seed)))
+    with times.stage("evidence"):
+        out.update(evidence_frames(ev, le, ev_cfg, cfg.alpha, int(cfg.seed)))
     return out
