@@ -134,9 +134,9 @@ def run_block(job: SampleBlock, ctx: BlockContext) -> tuple[Part, Part | None, N
 
 @dataclass(frozen=True)
 class Evidence:
-    """A layer's evidence (global nearest training sample, smallest over views): ``test`` (n_P, V_P) every test
-    view's nearest distance (column 0 identity, then ``test_views``) and ``test_rows`` its training row;
-    ``gens``: set -> (m,) its smallest distance over ``views[set]`` (the views it shares with the test set) and
+    """A layer's evidence (global nearest training sample, smallest score over views): ``test`` (n_P, V_P) every
+    test view's evidence score (column 0 identity, then ``test_views``) and ``test_rows`` its nearest training row;
+    ``gens``: set -> (m,) its smallest score over ``views[set]`` (the views it shares with the test set) and
     ``gen_rows`` the training row it hit there; ``hit_ids``: set -> the sample ids of its hits, in row order
     (read by the block tasks: the caller never reads query rows); ``thresholds``: set -> its cells' thresholds
     (the test q-quantiles of the test scores over the set's views). Distances here are evidence scores
