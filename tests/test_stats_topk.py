@@ -120,9 +120,11 @@ def _round(metric, search_rows, cells=4):
 
 
 @pytest.mark.parametrize("metric", ["l2", "cosine_abs", "cosine"])
-@pytest.mark.parametrize("search_rows", [10_000, 97])
-def test_pruned_round_equals_brute_force_float64(metric, search_rows):
-    """Far queries, exact ties (ordered by training row), zero rows: the pruned lists are the dense float64 ones."""
+@pytest.mark.parametrize("search_rows,group_rows", [(10_000, 512), (97, 512), (10_000, 12)])
+def test_pruned_round_equals_brute_force_float64(metric, search_rows, group_rows, monkeypatch):
+    """Far queries, exact ties (ordered by training row), zero rows, items of one or many groups: the pruned lists
+    are the dense float64 ones."""
+    monkeypatch.setattr("memray.stats.bounds.GROUP_ROWS", group_rows)
     _, found, queries, tz, rows = _round(metric, search_rows)
     dist = np.concatenate([d for d, _ in found])
     ids = np.concatenate([i for _, i in found])
@@ -139,3 +141,29 @@ def test_round_skips_items_that_cannot_beat_the_kth_distance(metric):
     full = len(queries) * lists.items * (2 if metric == "cosine_abs" else 1)
     assert lists.items == 6
     assert lists.searches < 0.6 * full  # separated clusters: most (query, item) pairs are provably too far
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine_abs"])
+def test_groups_within_an_item_prune_more_rows(metric, monkeypatch):
+    """Splitting each item into groups of nearby rows leaves out more of the item's rows: the same lists, less work."""
+    whole, found, _, _, _ = _round(metric, 10_000, cells=2)
+    monkeypatch.setattr("memray.stats.bounds.GROUP_ROWS", 12)
+    split, found_split, _, _, _ = _round(metric, 10_000, cells=2)
+    assert split.searches < 0.5 * whole.searches
+    for (d, i), (d2, i2) in zip(found, found_split, strict=True):
+        np.testing.assert_array_equal(i, i2)
+        np.testing.assert_array_equal(d, d2)
+
+
+def test_split_rows_groups_nearby_rows_deterministically():
+    from memray.stats.bounds import split_rows
+
+    rng = np.random.default_rng(0)
+    centres = 10 * rng.normal(size=(4, 6))
+    pick = rng.integers(0, 4, 400)
+    z = centres[pick] + 0.1 * rng.normal(size=(400, 6))
+    lab = split_rows(z, "l2", target=100)
+    assert lab.tolist() == split_rows(z, "l2", target=100).tolist() and lab.max() < 4
+    spread = sum(((z[lab == g] - z[lab == g].mean(0)) ** 2).sum() for g in np.unique(lab))
+    assert spread < 0.5 * ((z - z.mean(0)) ** 2).sum()  # groups of nearby rows, not a split by position
+    assert split_rows(z, "cosine", target=1000).tolist() == [0] * 400

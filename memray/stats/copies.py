@@ -89,10 +89,11 @@ def global_neighbours(
     sets += [(n, as_rows(x), f"generated features {n!r}, layer {eng.layer}") for n, x in gens.items()]
     project(eng, sets, mapper)
     blocks = {n: eng.projected[n].blocks() for n in [None, *gens]}
-    items = topk_round(eng.ws, eng.fit, eng.qws, [b for bs in blocks.values() for b in bs], k, fitted.cfg, mapper)
-    found = {}
+    every = [b for bs in blocks.values() for b in bs]
+    items = topk_round(eng.ws, eng.fit, eng.qws, every, k, fitted.cfg, mapper, groups=[0] * len(every))
+    found, cache = {}, {}
     for n, bs in blocks.items():
-        lists = [merged_topk(eng.qws, b, items, k) for b in bs]
+        lists = [merged_topk(eng.qws, b, items, k, cache) for b in bs]
         found[n] = (np.concatenate([d for d, _ in lists]), np.concatenate([r for _, r in lists]))
     test_d1 = found.pop(None)[0][:, 0]
     return test_d1, found

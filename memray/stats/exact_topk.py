@@ -7,7 +7,8 @@ the copies) is scanned exhaustively in float64. Lists are ordered by (distance, 
 
 :func:`answer` searches only where an item's lower bounds (:class:`memray.stats.bounds.ItemBounds`) can beat a
 query's current k-th distance (``limit``): a row it leaves out is provably farther than k rows already found, so
-the merged lists are those of the unpruned search, bit for bit. For 1 − |cos| the two signs are searched as
+the merged lists are those of the unpruned search, bit for bit. An item's rows are split into groups of nearby rows
+(:func:`memray.stats.bounds.split_rows`), each with its own bounds. For 1 − |cos| the two signs are searched as
 separate cosine searches of q and −q (rows with q̂·t̂ ≥ 0 from the first, < 0 from the second: their cosine distance
 is then exactly their 1 − |cos|), each only where its own bound can win.
 """
@@ -21,7 +22,7 @@ import numpy as np
 from memray.stats.bounds import ItemBounds
 from memray.stats.config import CTConfig
 from memray.stats.faiss_backend import faiss_scope
-from memray.stats.index import TrainShard, _scores, _tolerance, prepare
+from memray.stats.index import TrainShard, _rowdot, _scores, _tolerance, prepare
 
 BATCH_BYTES = 128 * 1024**2  # memory bound of one query batch's candidate rows (float64)
 EXHAUSTIVE_BYTES = 32 * 1024**2  # memory bound of one block of the exhaustive float64 scan
@@ -94,7 +95,8 @@ def _shard_topk(shard: TrainShard, queries: np.ndarray, k: int, cfg: CTConfig, m
             rr, cc = np.nonzero(first & (approx <= (kth + 2.0 * tol)[:, None]))
             t = cand[rr, cc]
             exact = np.full(cand.shape, np.inf)
-            exact[rr, cc] = _scores(qb[rr], shard.train[t], metric, shard.norms[t])
+            qn = np.sqrt(_rowdot(qb, qb))  # once per query, not per candidate
+            exact[rr, cc] = _scores(qb[rr], shard.train[t], metric, shard.norms[t], qn[rr])
             bs, bi = _lex_topk(exact, shard.train_ids[cand], kk)
             dist[start : start + len(qb)], ids[start : start + len(qb)] = bs, bi
             if c < n:
@@ -141,32 +143,49 @@ def _side_topk(shard: TrainShard, queries: np.ndarray, side: int, k: int, cfg: C
     return np.where(other, np.inf, dist), np.where(other, -1, ids)
 
 
-def answer(
-    shard: TrainShard, bounds: ItemBounds, queries: np.ndarray, cells: np.ndarray, limit: np.ndarray, k: int,
-    cfg: CTConfig, lower: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, int]:  # fmt: skip
-    """The item's k best rows for queries (m, k) of cells ``cells`` (m,), searched only where a bound can reach
-    ``limit`` (m,) (a query's k-th distance so far, inf = none): ``(dist (m, k), ids (m, k), searches)``;
-    ``lower``: ``bounds.lower(queries, cells)`` when already computed.
+FIRST_RANKS = 1  # each query's most promising (group, side) units searched first, one rank at a time
 
-    Each query searches its most promising side first; the other side (1 − |cos|) only where its bound can beat
-    the k-th distance that leaves. Every row left out is farther than ``limit`` or than k rows of the lists.
+
+def answer(
+    shards: list[TrainShard], bounds: ItemBounds, queries: np.ndarray, cells: np.ndarray, limit: np.ndarray, k: int,
+    cfg: CTConfig, lower: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, float]:  # fmt: skip
+    """The k best rows of an item's groups (``shards[g]``: group g's rows) for queries (m, k) of cells ``cells``
+    (m,), each group and side searched only where its bound can reach the query's k-th distance so far (``limit``
+    (m,), inf = none): ``(dist (m, k), ids (m, k), searches)``, ``searches`` in whole-item units (a query searching
+    a group of a tenth of the item's rows on one side counts 0.1). ``lower``: ``bounds.lower(queries, cells)``.
+
+    A unit is a (group, side). Each query first searches its :data:`FIRST_RANKS` most promising units, one rank at
+    a time; then every other unit, in the order of its mean bound, answers the queries its bound can still serve,
+    the limits tightening after each. Every row left out is farther than ``limit`` or than k rows of the lists.
     """
-    m = len(queries)
+    m, sides = len(queries), bounds.sides()
     dist, ids = np.full((m, k), np.inf), np.full((m, k), -1, dtype=np.int64)
-    lower = bounds.lower(queries, cells) if lower is None else lower  # (m, sides)
-    sides = np.array(bounds.sides())
-    order = np.argsort(lower, axis=1, kind="stable")
-    searches = 0
+    low = (bounds.lower(queries, cells) if lower is None else lower).reshape(m, -1)  # (m, G·sides), unit g·S + s
+    units = low.shape[1]
+    sizes = np.array([len(s.train_ids) for s in shards], np.float64)
+    share = np.repeat(sizes / max(sizes.sum(), 1.0), len(sides))
+    done = np.zeros((m, units), dtype=bool)
     limit = np.asarray(limit, np.float64).copy()
-    for rank in range(len(sides)):
-        lb = np.take_along_axis(lower, order[:, rank : rank + 1], axis=1)[:, 0]
-        for side_at, side in enumerate(sides.tolist()):
-            sel = np.flatnonzero((order[:, rank] == side_at) & ~(lb > limit))
-            if not len(sel):
-                continue
-            d, i = _side_topk(shard, queries[sel], side, k, cfg)
-            dist[sel], ids[sel] = merge_topk([(dist[sel], ids[sel]), (d, i)], len(sel), k)
-            searches += len(sel)
-        limit = np.minimum(limit, dist[:, -1])
+    searches = 0.0
+
+    def run(u: int, sel: np.ndarray) -> None:
+        nonlocal searches
+        g, s = divmod(u, len(sides))
+        d, i = _side_topk(shards[g], queries[sel], sides[s], k, cfg)
+        dist[sel], ids[sel] = merge_topk([(dist[sel], ids[sel]), (d, i)], len(sel), k)
+        done[sel, u] = True
+        limit[sel] = np.minimum(limit[sel], dist[sel, -1])
+        searches += len(sel) * share[u]
+
+    order = np.argsort(low, axis=1, kind="stable")
+    for rank in range(min(FIRST_RANKS, units)):
+        best = order[:, rank]
+        ok = ~(low[np.arange(m), best] > limit)
+        for u in np.unique(best[ok]).tolist():
+            run(u, np.flatnonzero(ok & (best == u)))
+    for u in np.argsort(np.where(np.isfinite(low), low, 0.0).mean(axis=0), kind="stable").tolist():
+        sel = np.flatnonzero(~done[:, u] & ~(low[:, u] > limit))
+        if len(sel):
+            run(u, sel)
     return dist, ids, searches

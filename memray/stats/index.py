@@ -44,28 +44,37 @@ def prepare(x: np.ndarray, metric: str) -> np.ndarray:
 
 
 def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Σ_i a[..., i]·b[..., i] accumulated left to right, so each pair's value is the same in any batch shape.
+    """Σ_i a[..., i]·b[..., i] by a fixed pairwise tree (halves added elementwise, zero-padded to a power of two), so
+    each pair's value is the same in any batch shape.
 
     (``np.einsum``/``np.sum`` are faster but may pick their summation order from the array strides.)
     """
-    acc = a[..., 0] * b[..., 0]
-    for i in range(1, a.shape[-1]):
-        acc = acc + a[..., i] * b[..., i]
-    return acc
+    p = a * b
+    width = p.shape[-1]
+    if width == 0:
+        return np.zeros(p.shape[:-1])
+    full = 1 << (width - 1).bit_length()
+    if full != width:  # adding 0.0 is exact: the padded tree sums the same terms in the same order
+        p = np.concatenate([p, np.zeros((*p.shape[:-1], full - width))], axis=-1)
+    while full > 1:
+        full //= 2
+        p = p[..., :full] + p[..., full:]
+    return p[..., 0]
 
 
-def _scores(q: np.ndarray, t: np.ndarray, metric: str, t_norm: np.ndarray | None = None) -> np.ndarray:
+def _scores(
+    q: np.ndarray, t: np.ndarray, metric: str, t_norm: np.ndarray | None = None, q_norm: np.ndarray | None = None
+) -> np.ndarray:
     """Exact float64 search scores of broadcastable (..., k) rows: squared L2, 1 − cos or 1 − |cos|.
 
-    ``t_norm``: ``sqrt(_rowdot(t, t))`` when already known (the same values, computed once per shard).
+    ``t_norm`` / ``q_norm``: ``sqrt(_rowdot(t, t))`` / ``sqrt(_rowdot(q, q))`` when already known (the same values,
+    computed once per shard or query batch).
     """
     if metric == "l2":
-        acc = np.zeros(np.broadcast_shapes(q.shape, t.shape)[:-1])
-        for i in range(q.shape[-1]):
-            diff = q[..., i] - t[..., i]
-            acc = acc + diff * diff
-        return acc
-    den = np.sqrt(_rowdot(q, q)) * (np.sqrt(_rowdot(t, t)) if t_norm is None else t_norm)
+        diff = q - t
+        return _rowdot(diff, diff)
+    qn = np.sqrt(_rowdot(q, q)) if q_norm is None else q_norm
+    den = qn * (np.sqrt(_rowdot(t, t)) if t_norm is None else t_norm)
     cos = np.clip(np.divide(_rowdot(q, t), den, out=np.zeros_like(den), where=den > 0), -1.0, 1.0)
     return 1.0 - (np.abs(cos) if metric == "cosine_abs" else cos)
 

@@ -6,7 +6,8 @@ projection's :data:`~memray.stats.pca.ROW_BLOCK`, so every row is projected in t
 set were projected whole: results do not depend on the blocks). One task per block (:func:`project_item`, run through
 the caller's mapper) reads the block's rows, refuses NaN/inf, projects them into the layer's space, assigns their
 cells, writes each cell's rows to ``<prefix>/cell_{c:04d}/block_{g:06d}`` of the query workspace (``z`` (m, k)
-float64 and ``rows`` (m,) int64 positions in the set, in order) and returns the block's cells. The caller keeps only
+float64 and ``rows`` (m,) int64 positions in the set, in order) and the whole block to ``<prefix>/all/block_{g:06d}``
+(with its ``cells``), and returns the block's cells. The caller keeps only
 the cells (8 B per row: :class:`Projected`); search and top-k items read the projected rows back from the workspace,
 as they read the training rows.
 """
@@ -46,11 +47,19 @@ def query_key(prefix: str, cell: int, g: int) -> str:
     return f"{prefix}/cell_{cell:04d}/block_{g:06d}"
 
 
+def block_key(prefix: str, g: int) -> str:
+    """Query-workspace key of block ``g``'s projected rows in every cell (``z``, ``rows``, ``cells``): what a far
+    top-k round reads in one piece."""
+    return f"{prefix}/all/block_{g:06d}"
+
+
 def put_queries(qws: Workspace, prefix: str, g: int, start: int, z: np.ndarray, cells: np.ndarray) -> None:
-    """Write block ``g``'s projected rows ``z`` (m, k), set rows ``start …``, by cell."""
+    """Write block ``g``'s projected rows ``z`` (m, k), set rows ``start …``, by cell and whole (:func:`block_key`)."""
     for c in np.unique(cells).tolist():
         local = np.flatnonzero(cells == c)
         qws.put(query_key(prefix, c, g), z=np.ascontiguousarray(z[local]), rows=local.astype(np.int64) + start)
+    rows = np.arange(start, start + len(z), dtype=np.int64)
+    qws.put(block_key(prefix, g), z=np.ascontiguousarray(z), rows=rows, cells=np.asarray(cells, np.int64))
 
 
 @dataclass(frozen=True)

@@ -89,8 +89,8 @@ def nearest_over_views(ctx: BlockContext, job: SampleBlock) -> tuple[np.ndarray,
     (ties: the first, identity first): ``(dist (rows, k), train rows (rows, k), view index (rows,), s (rows, V),
     r1 (rows, V))`` with ``s`` every view's score (:func:`memray.stats.copies.evidence_score`) and ``r1`` its
     nearest training row (column 0: identity)."""
-    lists = [merged_topk(ctx.qws, job.block, ctx.items, ctx.k)]
-    lists += [merged_topk(ctx.qws, b, ctx.items, ctx.k) for _, b in job.views]
+    cache: dict[str, dict] = {}  # the block and its views share their list files (one group)
+    lists = [merged_topk(ctx.qws, b, ctx.items, ctx.k, cache) for b in (job.block, *(vb for _, vb in job.views))]
     d1 = np.stack([evidence_score(d, ctx.statistic) for d, _ in lists], axis=1)
     r1 = np.stack([r[:, 0] for _, r in lists], axis=1)
     best = np.argmin(d1, axis=1)
@@ -210,7 +210,8 @@ def sample_tables(
     jobs = block_jobs(fitted, gens, scored, {None: test_views, **shared})
     k = cfg.top_k if names else 0
     blocks = [b for j in jobs for b in (j.block, *(vb for _, vb in j.views))]
-    items = topk_round(eng.ws, eng.fit, eng.qws, blocks, k, cfg, mapper) if k else None
+    groups = [ji for ji, j in enumerate(jobs) for _ in range(1 + len(j.views))]  # a job reads its group's files
+    items = topk_round(eng.ws, eng.fit, eng.qws, blocks, k, cfg, mapper, groups) if k else None
     ctx = BlockContext(LayerTrain(fitted.layer, fitted.train), eng.qws, parts, k, items, sources, train_name,
                        statistic=statistic)  # fmt: skip
     n_test = sum(j.name is None for j in jobs) if k else len(jobs)

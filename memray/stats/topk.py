@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 
 from memray.stats import Mapper
-from memray.stats.bounds import ItemBounds
+from memray.stats.bounds import ItemBounds, split_rows
 from memray.stats.config import CTConfig
 from memray.stats.exact_topk import _item_topk, answer, merge_topk  # noqa: F401  (_item_topk: one item's search)
 from memray.stats.fit import FitResult
 from memray.stats.index import TrainShard
-from memray.stats.queries import QueryBlock, query_key
+from memray.stats.queries import QueryBlock, block_key, query_key
 from memray.stats.search import SearchItem, load_item, plan_search
 from memray.stats.workspace import Workspace
 
@@ -46,14 +46,16 @@ TASK_ROWS = 65536  # queries an item task searches per batch (memory, not result
 
 @dataclass(frozen=True)
 class TopkTask:
-    """One item's work in a round: the item (its index names its lists), the query blocks, the fit's centroids
-    (bounds) and, in the far round, each block's queries' ``limit`` ((rows,) float64; ``None``: the home round)."""
+    """One item's work in a round: the item (its index names its lists), the query blocks and each block's group
+    (the blocks one reader merges together share a list file per task and flush), the fit's centroids (bounds) and,
+    in the far round, each block's queries' ``limit`` ((rows,) float64; ``None``: the home round)."""
 
     ws: Any
     item: SearchItem
     index: int
     qws: Any
     blocks: tuple[QueryBlock, ...]
+    groups: tuple[int, ...]
     k: int
     cfg: CTConfig
     centroids: np.ndarray
@@ -62,52 +64,66 @@ class TopkTask:
 
 @dataclass
 class TaskResult:
-    """What an item task returns: ``(block index, key)`` of each list it wrote, the home round's ``(block index,
-    block rows, k-th distances)`` and how many (query, side) searches it ran."""
+    """What an item task returns: ``(group, key)`` of each list file it wrote, the home round's ``(block index,
+    block rows, k-th distances)`` and its searches in whole-item units (:func:`memray.stats.exact_topk.answer`)."""
 
     written: list[tuple[int, str]] = dataclasses.field(default_factory=list)
     kth: list[tuple[int, np.ndarray, np.ndarray]] = dataclasses.field(default_factory=list)
-    searches: int = 0
+    searches: float = 0.0
+    flushes: int = 0
 
 
 @dataclass(frozen=True)
 class TopkLists:
-    """Where a round left its lists: ``(prefix, block) -> query-workspace keys``; ``items`` searched, ``searches``
-    (query, item side) searches run (without pruning: every query × every item × sides)."""
+    """Where a round left its lists: ``(prefix, block) -> (its index in the round, the query-workspace keys of its
+    group's list files)``; ``items`` searched, ``searches`` (query, item, side) searches run, in whole-item units
+    (without pruning: every query × every item × sides)."""
 
-    keys: dict[tuple[str, int], tuple[str, ...]]
+    keys: dict[tuple[str, int], tuple[int, tuple[str, ...]]]
     items: int
-    searches: int
+    searches: float
 
-    def of(self, block: QueryBlock) -> tuple[str, ...]:
-        """The keys of ``block``'s lists."""
-        return self.keys.get((block.prefix, block.g), ())
-
-
-def topk_key(block: QueryBlock, index: int, home: bool) -> str:
-    """Query-workspace key of item ``index``'s top-k lists for ``block`` in the home or the far round."""
-    return f"topk/{block.prefix}/block_{block.g:06d}/{'home' if home else 'far'}_{index:05d}"
+    def of(self, block: QueryBlock) -> tuple[int, tuple[str, ...]]:
+        """``block``'s index in the round and the keys of the files holding its lists."""
+        return self.keys.get((block.prefix, block.g), (-1, ()))
 
 
-def _flush(task: TopkTask, shard: TrainShard, bounds: ItemBounds, pending: list, out: TaskResult) -> None:
-    """Search the pending parts ``(block index, block rows, z, cells, limit, lower)`` as one batch; write a list per
-    block."""
+def topk_key(group: int, index: int, home: bool, flush: int) -> str:
+    """Query-workspace key of item ``index``'s top-k lists for the blocks of ``group`` in the home or the far round
+    (``flush``: the task's batch)."""
+    return f"topk/group_{group:06d}/{'home' if home else 'far'}_{index:05d}_{flush:04d}"
+
+
+def _flush(
+    task: TopkTask, shards: list[TrainShard], bounds: tuple[ItemBounds, ItemBounds], pending: list, out: TaskResult
+) -> None:
+    """Search the pending parts ``(block index, block rows, z, cells, limit)`` as one batch, each query only where
+    the item (``bounds[0]``: its rows as one group) and then a group and side (``bounds[1]``) can still beat its
+    limit; write one list file per block group (arrays ``dist``, ``ids``, ``rows``, ``block``)."""
     if not pending:
         return
-    z, cells, limit, lower = (np.concatenate([p[i] for p in pending]) for i in (2, 3, 4, 5))
-    dist, ids, searches = answer(shard, bounds, z, cells, limit, task.k, task.cfg, lower)
-    out.searches += searches
-    at = np.cumsum([0] + [len(p[1]) for p in pending])
-    for bi in sorted({p[0] for p in pending}):
-        sel = np.concatenate([np.arange(at[j], at[j + 1]) for j, p in enumerate(pending) if p[0] == bi])
-        rows = np.concatenate([p[1] for p in pending if p[0] == bi])
-        if task.limits is None:
-            out.kth.append((bi, rows, dist[sel, -1]))
-        keep = (ids[sel] >= 0).any(axis=1)
-        if keep.any():
-            key = topk_key(task.blocks[bi], task.index, task.limits is None)
-            task.qws.put(key, dist=dist[sel][keep], ids=ids[sel][keep], rows=rows[keep])
-            out.written.append((bi, key))
+    whole, bounds = bounds
+    z, cells, limit = (np.concatenate([p[i] for p in pending]) for i in (2, 3, 4))
+    near = ~(whole.lower(z, cells).min(axis=(1, 2)) > limit)  # the item as one group: a cheap first filter
+    dist, ids = np.full((len(z), task.k), np.inf), np.full((len(z), task.k), -1, dtype=np.int64)
+    if near.any():
+        z, cells, limit = z[near], cells[near], limit[near]
+        d, i, searches = answer(shards, bounds, z, cells, limit, task.k, task.cfg, bounds.lower(z, cells))
+        dist[near], ids[near] = d, i
+        out.searches += searches
+    rows = np.concatenate([p[1] for p in pending])
+    block = np.concatenate([np.full(len(p[1]), p[0], dtype=np.int64) for p in pending])
+    if task.limits is None:
+        at = np.cumsum([0] + [len(p[1]) for p in pending])
+        out.kth += [(p[0], p[1], dist[at[j] : at[j + 1], -1]) for j, p in enumerate(pending)]
+    keep = (ids >= 0).any(axis=1)
+    group = np.asarray(task.groups, np.int64)[block]
+    for gid in np.unique(group[keep]).tolist():
+        sel = np.flatnonzero(keep & (group == gid))
+        key = topk_key(gid, task.index, task.limits is None, out.flushes)
+        task.qws.put(key, dist=dist[sel], ids=ids[sel], rows=rows[sel], block=block[sel])
+        out.written.append((gid, key))
+    out.flushes += 1
     pending.clear()
 
 
@@ -115,68 +131,87 @@ def run_topk_task(task: TopkTask) -> TaskResult:
     """Load the item's training rows once, then answer the round's queries: its own cell's (home round) or, where
     its bounds can beat their ``limit``, the other cells' (far round); lists go to :func:`topk_key`."""
     z, rows = load_item(task.ws, task.item)
-    shard = TrainShard.build(z, rows, task.cfg.metric)
-    bounds = ItemBounds.build(shard.train, task.cfg.metric, task.centroids, task.item.cell)
+    labels = split_rows(z, task.cfg.metric)
+    bounds = ItemBounds.build(z, task.cfg.metric, task.centroids, task.item.cell, labels)
+    whole = ItemBounds.build(z, task.cfg.metric, task.centroids, task.item.cell)
+    shards = [TrainShard.build(z[i], rows[i], task.cfg.metric) for i in (labels == g for g in range(bounds.groups))]
     del z, rows
     out, pending, held = TaskResult(), [], 0
+    home = task.limits is None
     for bi, block in enumerate(task.blocks):
-        home = task.limits is None
-        for c in [c for c in block.cells if (c == task.item.cell) == home]:
-            part = task.qws.get(query_key(block.prefix, c, block.g))
-            local, qz = np.asarray(part["rows"], np.int64) - block.start, np.asarray(part["z"], np.float64)
-            cells = np.full(len(local), c, dtype=np.int64)
-            limit = np.full(len(local), np.inf) if home else task.limits[bi][local]
-            lower = bounds.lower(qz, cells)
-            near = ~(lower.min(axis=1) > limit)  # the queries some side of the item can still serve
-            if near.any():
-                pending.append((bi, local[near], qz[near], cells[near], limit[near], lower[near]))
-                held += int(near.sum())
+        if home and task.item.cell in block.cells:
+            part = task.qws.get(query_key(block.prefix, task.item.cell, block.g))
+            cells = np.full(len(part["rows"]), task.item.cell, dtype=np.int64)
+        elif not home and set(block.cells) - {task.item.cell}:
+            part = task.qws.get(block_key(block.prefix, block.g))  # every cell's rows, in one read
+            cells = np.asarray(part["cells"], np.int64)
+        else:
+            continue
+        far = cells != task.item.cell
+        pick = np.flatnonzero(far) if not home else np.arange(len(cells))
+        local, qz = np.asarray(part["rows"], np.int64)[pick] - block.start, np.asarray(part["z"], np.float64)[pick]
+        limit = np.full(len(local), np.inf) if home else task.limits[bi][local]
+        pending.append((bi, local, qz, cells[pick], limit))
+        held += len(local)
         if held >= TASK_ROWS:
-            _flush(task, shard, bounds, pending, out)
+            _flush(task, shards, (whole, bounds), pending, out)
             held = 0
-    _flush(task, shard, bounds, pending, out)
+    _flush(task, shards, (whole, bounds), pending, out)
     return out
 
 
 def topk_round(
-    ws: Workspace, fit: FitResult, qws: Workspace, blocks: list[QueryBlock], k: int, cfg: CTConfig, mapper: Mapper = map
-) -> TopkLists:
+    ws: Workspace, fit: FitResult, qws: Workspace, blocks: list[QueryBlock], k: int, cfg: CTConfig,
+    mapper: Mapper = map, groups: list[int] | None = None,
+) -> TopkLists:  # fmt: skip
     """The home round, then the far round, of every search item (``fit.block_cells`` plans them) over the query
-    ``blocks``: their lists go to the query workspace, where :func:`merged_topk` reads them."""
-    blocks = list(dict.fromkeys(blocks))
+    ``blocks``: their lists go to the query workspace, where :func:`merged_topk` reads them. ``groups``: per block,
+    the group of blocks one reader merges together (they share list files; default: one group per block)."""
+    first = dict.fromkeys(zip(blocks, groups if groups is not None else range(len(blocks)), strict=True))
+    blocks, grp = [b for b, _ in first], tuple(g for _, g in first)
     items = plan_search(fit.block_cells, cfg.search_rows)
     cent = np.asarray(fit.space.centroids)
-    tasks = [TopkTask(ws, item, i, qws, tuple(blocks), k, cfg, cent) for i, item in enumerate(items)]
-    keys: dict[int, list[str]] = {bi: [] for bi in range(len(blocks))}
+    tasks = [TopkTask(ws, item, i, qws, tuple(blocks), grp, k, cfg, cent) for i, item in enumerate(items)]
+    keys: dict[int, list[str]] = {g: [] for g in grp}
     limits = [np.full(b.stop - b.start, np.inf) for b in blocks]
-    searches = 0
+    searches = 0.0
     for got in mapper(run_topk_task, tasks):
         for bi, rows, kth in got.kth:
             limits[bi][rows] = np.minimum(limits[bi][rows], kth)
-        for bi, key in got.written:
-            keys[bi].append(key)
+        for g, key in got.written:
+            keys[g].append(key)
         searches += got.searches
     if len(items) > 1:
         far = [dataclasses.replace(t, limits=tuple(limits)) for t in tasks]
         for got in mapper(run_topk_task, far):
-            for bi, key in got.written:
-                keys[bi].append(key)
+            for g, key in got.written:
+                keys[g].append(key)
             searches += got.searches
     queries = sum(b.stop - b.start for b in blocks)
-    log.debug("top-%d round: %d queries, %d items, %d searches", k, queries, len(items), searches)
-    lists = {(b.prefix, b.g): tuple(sorted(keys[bi])) for bi, b in enumerate(blocks)}
+    log.debug("top-%d round: %d queries, %d items, %.1f item searches", k, queries, len(items), searches)
+    lists = {(b.prefix, b.g): (bi, tuple(sorted(keys[grp[bi]]))) for bi, b in enumerate(blocks)}
     return TopkLists(lists, len(items), searches)
 
 
-def merged_topk(qws: Workspace, block: QueryBlock, lists: TopkLists, k: int) -> tuple[np.ndarray, np.ndarray]:
+def merged_topk(
+    qws: Workspace, block: QueryBlock, lists: TopkLists, k: int, cache: dict[str, dict] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """A block's k nearest training rows over the whole training set: its lists merged (:func:`merge_topk`),
-    ``(dist (q, k) float64, rows (q, k) int64)`` sorted by (distance, row), ``(inf, -1)`` pads."""
+    ``(dist (q, k) float64, rows (q, k) int64)`` sorted by (distance, row), ``(inf, -1)`` pads. ``cache``: list files
+    already read (a reader merging the blocks of one group reads each file once)."""
     q = block.stop - block.start
     dist, ids = np.full((q, k), np.inf), np.full((q, k), -1, dtype=np.int64)
-    for key in lists.of(block):
-        part = qws.get(key)
-        r = part["rows"]
-        dist[r], ids[r] = merge_topk([(dist[r], ids[r]), (part["dist"], part["ids"])], len(r), k)
+    bi, keys = lists.of(block)
+    for key in keys:
+        if cache is None:
+            part = qws.get(key)
+        else:
+            if key not in cache:
+                cache[key] = qws.get(key)
+            part = cache[key]
+        sel = np.flatnonzero(part["block"] == bi)
+        r = part["rows"][sel]
+        dist[r], ids[r] = merge_topk([(dist[r], ids[r]), (part["dist"][sel], part["ids"][sel])], len(r), k)
     return dist, ids
 
 
