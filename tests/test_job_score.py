@@ -180,3 +180,38 @@ def test_job_scoring_writes_every_table_as_score_features_does(tmp_path: Path, m
 @pytest.fixture(autouse=True)
 def _quiet(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("WARNING")
+
+
+@pytest.mark.timeout(300)
+def test_job_scoring_records_the_score_device_and_refuses_cuda_without_one(tmp_path: Path, monkeypatch) -> None:
+    """``stats.score.score_devices`` says which path computed the layer (numpy: ``cpu``); ``auto`` without CUDA is
+    the numpy path, bit for bit; ``cuda`` without CUDA is one line naming the field."""
+    from memray.config import ConfigError
+    from memray.stats import device
+
+    monkeypatch.setattr(device, "cuda_available", lambda: False)
+    rng = np.random.default_rng(5)
+    x = (rng.normal(scale=3.0, size=(4, 8))[rng.integers(0, 4, 900)] + rng.normal(size=(900, 8))).astype(np.float32)
+    sets = {k: FeatureSet(np.array([f"{k}{i}" for i in range(300)], dtype=object), {1: x[j : j + 300]}, k)
+            for k, j in (("train", 0), ("test", 300), ("gen", 600))}  # fmt: skip
+    pieces = {k: _write_set(tmp_path / "in", k, v, 300) for k, v in sets.items()}
+
+    def run(device_choice: str, out: str) -> tuple[pd.DataFrame, dict]:
+        cfg = audit_config_from_dict({
+            "train": {"name": "train", "embeddings": [str(tmp_path / "in" / "train")]},
+            "test": {"name": "test", "embeddings": [str(tmp_path / "in" / "test")]},
+            "generated": [{"name": "gen", "embeddings": [str(tmp_path / "in" / "gen")]}],
+            "output": str(tmp_path / out), "resources": {"score_device": device_choice},
+            "ct": {"mode": "meehan", "cells": 2, "pca_dim": 4, "kmeans_nredo": 2, "bootstrap": 0, "top_k": 0},
+        })  # fmt: skip
+        result, _, stats = run_scoring(cfg, pieces, [1], map, score_key="k")
+        return result.ct_scores, stats
+
+    cpu, stats = run("cpu", "cpu")
+    assert stats["score_devices"] == ["cpu"]
+    auto, stats = run("auto", "auto")
+    assert stats["score_devices"] == ["cpu"]
+    pd.testing.assert_frame_equal(auto, cpu)
+    with pytest.raises(ConfigError) as info:
+        run("cuda", "cuda")
+    assert "\n" not in str(info.value) and "resources.score_device=cuda" in str(info.value)
