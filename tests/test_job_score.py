@@ -88,6 +88,7 @@ def test_memray_score_records_seconds_per_stage_and_layer_in_run_json(tmp_path: 
         assert rec["seconds"] >= 0 and all(v >= 0 for v in rec["stages"].values())
         assert sum(rec["stages"].values()) <= rec["seconds"] + 1e-6  # the stages are parts of the layer's time
     assert set(stats["stages"]) == stages and stats["seconds"] >= 0
+    assert stats["score_devices"] == ["cpu"]  # the numpy path computed it (--score-device cpu, the default)
     for name in stages:  # the totals add up the layers' stage seconds
         assert stats["stages"][name] == pytest.approx(sum(stats["layers"][str(ly)]["stages"][name] for ly in layers))
 
@@ -180,6 +181,18 @@ def test_job_scoring_writes_every_table_as_score_features_does(tmp_path: Path, m
 @pytest.fixture(autouse=True)
 def _quiet(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("WARNING")
+
+
+def test_memray_score_refuses_cuda_without_a_device_in_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    from memray.stats import device
+
+    monkeypatch.setattr(device, "cuda_available", lambda: False)
+    argv = ["score", "--train", str(EXAMPLES / "train.npz"), "--test", str(EXAMPLES / "test.npz"), "--gen",
+            f"copier={EXAMPLES / 'copier.npz'}", "--score-device", "cuda", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("memray score: error: resources.score_device=cuda: this task sees no CUDA device"), err
+    assert "\n" not in err
 
 
 @pytest.mark.timeout(300)
