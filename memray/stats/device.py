@@ -11,8 +11,9 @@ Agreement with the numpy path (tests/test_stats_device.py): every array float64,
 within a relative 1e-12 (only the order of float64 additions differs: cuBLAS vs OpenBLAS), per-row squared distances
 of the objective bit for bit (the same left-to-right sums), cells exactly the same for the same centroids: the BLAS
 expansion decides rows whose two nearest centroids are farther apart than its error bound, the rest are recomputed
-on the CPU with the numpy path's own formula. GEMMs run on fixed-shape row chunks (the last one padded with zero
-rows), so a row's result does not depend on the block or batch it came in.
+on the CPU with the numpy path's own formula. The moments' and projection's GEMMs run on fixed-shape chunks of
+:data:`TORCH_ROWS` rows (the last one padded with zero rows), so a row's bits do not depend on how many rows follow
+it; the default fit and query blocks are multiples of it.
 """
 
 from __future__ import annotations
