@@ -11,6 +11,7 @@ import yaml
 from memray.config import ConfigError, to_dict
 from memray.io.config import DatasetSpec
 from memray.job.config import AuditConfig, ResourcesConfig, audit_config_from_dict, load_audit_config
+from memray.job.keys import job_digest
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = {
@@ -49,6 +50,7 @@ def _with(dotted: str, value):
         ("resources.embed_batch_size", 2.5, "resources.embed_batch_size=2.5: must be an integer >= 1"),
         ("resources.index_task_num_cpus", -1, "resources.index_task_num_cpus=-1: must be a finite number >= 0"),
         ("resources.faiss_gpu", "no", "resources.faiss_gpu='no': must be true or false"),
+        ("resources.score_device", "gpu", "resources.score_device='gpu': must be one of cpu, auto, cuda"),
         ("resources.actor_resources", {"A100": -1}, "resources.actor_resources={'A100': -1}: must be a mapping"),
         ("resources.actor_resources", ["A100"], "resources.actor_resources=['A100']: must be a mapping"),
         ("max_image_pixels", 1e6, "max_image_pixels=1000000.0: must be an integer >= 1"),
@@ -118,3 +120,15 @@ def test_every_shipped_config_loads_and_round_trips(path, monkeypatch):
     assert audit_config_from_dict(to_dict(cfg)) == cfg
     raw = yaml.safe_load(path.read_text())
     assert cfg.resources.actors == raw["resources"]["actors"]
+
+
+def test_score_device_round_trips_is_recorded_and_keeps_the_digest():
+    """``resources.score_device`` (default cpu) loads, dumps back, and changes numbers only within float64 rounding:
+    it is left out of the resume digest, like the pool sizes."""
+    base = audit_config_from_dict(copy.deepcopy(BASE))
+    assert base.resources.score_device == "cpu"
+    for value in ("auto", "cuda", "cpu"):
+        cfg = audit_config_from_dict(_with("resources.score_device", value))
+        assert cfg.resources.score_device == value and to_dict(cfg)["resources"]["score_device"] == value
+        assert audit_config_from_dict(to_dict(cfg)) == cfg
+        assert job_digest(cfg) == job_digest(base)

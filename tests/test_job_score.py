@@ -88,6 +88,7 @@ def test_memray_score_records_seconds_per_stage_and_layer_in_run_json(tmp_path: 
         assert rec["seconds"] >= 0 and all(v >= 0 for v in rec["stages"].values())
         assert sum(rec["stages"].values()) <= rec["seconds"] + 1e-6  # the stages are parts of the layer's time
     assert set(stats["stages"]) == stages and stats["seconds"] >= 0
+    assert stats["score_devices"] == ["cpu"]  # the numpy path computed it (--score-device cpu, the default)
     for name in stages:  # the totals add up the layers' stage seconds
         assert stats["stages"][name] == pytest.approx(sum(stats["layers"][str(ly)]["stages"][name] for ly in layers))
 
@@ -180,3 +181,50 @@ def test_job_scoring_writes_every_table_as_score_features_does(tmp_path: Path, m
 @pytest.fixture(autouse=True)
 def _quiet(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("WARNING")
+
+
+def test_memray_score_refuses_cuda_without_a_device_in_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    from memray.stats import device
+
+    monkeypatch.setattr(device, "cuda_available", lambda: False)
+    argv = ["score", "--train", str(EXAMPLES / "train.npz"), "--test", str(EXAMPLES / "test.npz"), "--gen",
+            f"copier={EXAMPLES / 'copier.npz'}", "--score-device", "cuda", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("memray score: error: resources.score_device=cuda: this task sees no CUDA device"), err
+    assert "\n" not in err
+
+
+@pytest.mark.timeout(300)
+def test_job_scoring_records_the_score_device_and_refuses_cuda_without_one(tmp_path: Path, monkeypatch) -> None:
+    """``stats.score.score_devices`` says which path computed the layer (numpy: ``cpu``); ``auto`` without CUDA is
+    the numpy path, bit for bit; ``cuda`` without CUDA is one line naming the field."""
+    from memray.config import ConfigError
+    from memray.stats import device
+
+    monkeypatch.setattr(device, "cuda_available", lambda: False)
+    rng = np.random.default_rng(5)
+    x = (rng.normal(scale=3.0, size=(4, 8))[rng.integers(0, 4, 900)] + rng.normal(size=(900, 8))).astype(np.float32)
+    sets = {k: FeatureSet(np.array([f"{k}{i}" for i in range(300)], dtype=object), {1: x[j : j + 300]}, k)
+            for k, j in (("train", 0), ("test", 300), ("gen", 600))}  # fmt: skip
+    pieces = {k: _write_set(tmp_path / "in", k, v, 300) for k, v in sets.items()}
+
+    def run(device_choice: str, out: str) -> tuple[pd.DataFrame, dict]:
+        cfg = audit_config_from_dict({
+            "train": {"name": "train", "embeddings": [str(tmp_path / "in" / "train")]},
+            "test": {"name": "test", "embeddings": [str(tmp_path / "in" / "test")]},
+            "generated": [{"name": "gen", "embeddings": [str(tmp_path / "in" / "gen")]}],
+            "output": str(tmp_path / out), "resources": {"score_device": device_choice},
+            "ct": {"mode": "meehan", "cells": 2, "pca_dim": 4, "kmeans_nredo": 2, "bootstrap": 0, "top_k": 0},
+        })  # fmt: skip
+        result, _, stats = run_scoring(cfg, pieces, [1], map, score_key="k")
+        return result.ct_scores, stats
+
+    cpu, stats = run("cpu", "cpu")
+    assert stats["score_devices"] == ["cpu"]
+    auto, stats = run("auto", "auto")
+    assert stats["score_devices"] == ["cpu"]
+    pd.testing.assert_frame_equal(auto, cpu)
+    with pytest.raises(ConfigError) as info:
+        run("cuda", "cuda")
+    assert "\n" not in str(info.value) and "resources.score_device=cuda" in str(info.value)

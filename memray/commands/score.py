@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from memray.stats.config import METRICS, MODES, STATISTICS, CTConfig, EvidenceConfig
+from memray.stats.device import SCORE_DEVICES
 
 if TYPE_CHECKING:  # the engine (numpy, scipy, faiss) is imported by run(), not by `memray --help`
     from memray.stats.score import ScoreResult
@@ -58,6 +59,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--statistic", choices=STATISTICS, help="evidence score: relative (d1/dk, needs --top-k >= 2) or "
                    "distance (d1); default relative")  # fmt: skip
     p.add_argument("--layer", type=int, default=1, help="layer number given to .npy files (default 1)")
+    p.add_argument("--score-device", choices=SCORE_DEVICES, default="cpu",
+                   help="the fit's float64 arithmetic: cpu (numpy), cuda or auto (torch); in run.json")  # fmt: skip
     p.add_argument("--out", required=True, help="output folder or s3:// prefix")
     p.set_defaults(func=run)
     return p
@@ -119,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     from memray.io.embedding_inputs import load_feature_input as load_features
     from memray.job.keys import features_key
     from memray.job.score import TABLES, FolderSink, score_stats
+    from memray.stats.device import DeviceMapper
     from memray.stats.layers import score_features
     from memray.stats.results import write_results
 
@@ -135,14 +139,15 @@ def run(args: argparse.Namespace) -> int:
     key = features_key({**to_dict(cfg), "evidence": to_dict(evidence)}, sets)
     sink = FolderSink(args.out, key, TABLES, None)  # a rerun skips finished layers
     t0 = time.perf_counter()
-    result = score_features(train, test, gens, cfg, sink=sink, evidence=evidence)
+    mapper = DeviceMapper(map, getattr(args, "score_device", "cpu"))
+    result = score_features(train, test, gens, cfg, mapper, sink=sink, evidence=evidence)
     run_meta = {
         "command": "score",
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "inputs": {"train": args.train, "test": args.test, "gen": gen_files, "npy_layer": args.layer},
         "evidence": to_dict(evidence),
         "counts": {"train": len(train), "test": len(test), "gen": {k: len(v) for k, v in gens.items()}},
-        "stats": score_stats(sink.stats, time.perf_counter() - t0),  # seconds per layer and stage
+        "stats": {**score_stats(sink.stats, time.perf_counter() - t0), "score_devices": sorted(mapper.devices)},
     }
     paths = write_results(args.out, result, run_meta)
     print(summary(result))

@@ -18,6 +18,7 @@ from memray.fingerprint.config import FingerprintConfig
 from memray.io.config import CLAIM_LEASE_S, DatasetSpec, storage_op_timeout
 from memray.probes.config import PROBE_SET_PREFIX, ProbesConfig
 from memray.stats.config import CTConfig, EvidenceConfig
+from memray.stats.device import ScoreDevice
 
 PROBES_DIR = "probes"  # under the output folder
 
@@ -42,6 +43,10 @@ class ResourcesConfig:
     at 1,024), about 10 s of one GPU to redo on resume; small enough that a 100k-image set still reads in parallel
     (one read task per shard) and that each layer column of a shard (~50 MB) is read on its own.
     ``index_task_num_cpus``: CPUs of each search / k-means restart task.
+    ``score_device``: where the scoring tasks' block arithmetic (PCA moments, projection, Lloyd passes, cell
+    assignment) runs, float64 either way (:mod:`memray.stats.device`): ``cpu`` (numpy), ``cuda`` (torch; each
+    task is given a GPU), ``auto`` (CUDA in tasks given a GPU, i.e. with ``faiss_gpu``, else numpy); ``run.json``
+    records the device used (``stats.score.score_devices``).
     ``actor_resources``: custom Ray resources each embedding actor requests (e.g. ``{"A100": 1}`` to pin actors to
     nodes that advertise that resource). ``autoscaling``: the cluster's autoscaler adds nodes on demand, so the
     capacity check against the connected cluster's current resources is skipped.
@@ -58,6 +63,7 @@ class ResourcesConfig:
     embed_batch_size: int = field(default=64, metadata=at_least(1))
     index_task_num_cpus: float = field(default=1.0, metadata=at_least(0))
     faiss_gpu: bool = False
+    score_device: ScoreDevice = "cpu"
     actor_resources: tuple[tuple[str, float], ...] = field(
         default=(), metadata=rule("(non-empty names, amounts >= 0)", _amounts_ok)
     )
@@ -243,6 +249,8 @@ LAYOUT_ONLY_RESOURCES = (
     "index_task_num_cpus",
     "autoscaling",
 )
+# Fields that change numbers only within float64 rounding (README, "GPU scoring"); run.json records their effect.
+ROUNDING_ONLY_RESOURCES = ("score_device",)
 
 
 def result_dict(cfg: AuditConfig) -> dict[str, Any]:
@@ -252,6 +260,6 @@ def result_dict(cfg: AuditConfig) -> dict[str, Any]:
     out.pop("reference", None)  # where embeddings and fits are kept, not what they are
     out.pop("storage_options", None)
     out.pop("claim_lease_s", None)  # how long a claim on the output lasts, not what is written there
-    for name in LAYOUT_ONLY_RESOURCES:
+    for name in LAYOUT_ONLY_RESOURCES + ROUNDING_ONLY_RESOURCES:
         out["resources"].pop(name, None)
     return out

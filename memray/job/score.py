@@ -28,6 +28,7 @@ from memray.job.config import AuditConfig
 from memray.job.markers import clear_layer_marker, layer_done, read_layer_marker, write_layer_marker
 from memray.job.views import set_views
 from memray.stats import Mapper
+from memray.stats.device import DeviceMapper
 from memray.stats.engine import Fitted
 from memray.stats.layers import Extra, LayerSets, Piece, score_layers
 from memray.stats.parts import Part, PartDir
@@ -212,6 +213,7 @@ def run_scoring(
             return {"fingerprints": curves_frame(subset_curves(fitted, scored, labels, subsets))}
 
     t0 = time.perf_counter()
+    mapper = DeviceMapper(mapper, cfg.resources.score_device)  # the block arithmetic on the configured device
     source = FileSource(cfg, pieces, cfg.output, fit_roots)
     sink = FolderSink(cfg.output, score_key, names, cfg.storage)
     todo = [layer for layer in layers if not sink.done(layer)]
@@ -223,7 +225,7 @@ def run_scoring(
     curves = cat.pop(schema.FINGERPRINTS_FILE, None)
     if curves is not None:
         curves = curves.sort_values([schema.GEN_SET, schema.SUBSET, schema.LAYER], kind="stable", ignore_index=True)
-    stats = {**score_stats(done, dt), "nodes": sorted(getattr(mapper, "nodes", ()))}
+    stats = {**score_stats(done, dt), "nodes": sorted(mapper.nodes), "score_devices": sorted(mapper.devices)}
     return ScoreResult.from_tables(cat, cfg.ct), curves, stats
 
 

@@ -75,7 +75,8 @@ class RayRunner:
     def mapper(self, cfg: AuditConfig) -> Mapper:
         from memray.ray.score_stage import RayMapper
 
-        return RayMapper(cfg.resources.index_task_num_cpus, 1.0 if cfg.resources.faiss_gpu else 0.0)
+        res = cfg.resources
+        return RayMapper(res.index_task_num_cpus, 1.0 if res.faiss_gpu or res.score_device == "cuda" else 0.0)
 
     def describe_nodes(self, node_ids: set[str]) -> list[dict[str, Any]]:
         from memray.ray.session import describe_nodes

@@ -24,6 +24,7 @@ class RayMapper:
     """``mapper(fn, items)`` with builtin ``map`` semantics, each item a Ray task; records the nodes used."""
 
     def __init__(self, num_cpus: float = 1.0, num_gpus: float = 0.0) -> None:
+        self.num_gpus = num_gpus  # GPUs per task (0: resources.score_device=auto runs on the CPU)
         self.remote = _run_item.options(num_cpus=num_cpus, num_gpus=num_gpus, scheduling_strategy="SPREAD")
         self.nodes: set[str] = set()
 

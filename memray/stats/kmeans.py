@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from memray.stats import Mapper
+from memray.stats import Mapper, device
 from memray.stats.pca import EPS64
 from memray.stats.space import ASSIGN_BATCH
 from memray.stats.workspace import reduce_ordered
@@ -138,6 +138,11 @@ def lloyd_stats(z: np.ndarray, centroids: np.ndarray, sums: bool = True, objecti
     sums zero, ``objective=False`` leaves ``objective`` empty (a Lloyd update needs only the sums and counts; only
     the final centroids' objective is compared)."""
     centroids = np.asarray(centroids, dtype=np.float64)
+    backend = device.current()
+    if backend is not None:  # torch float64 (memray.stats.device)
+        out_sums, counts, sq = backend.lloyd(z, centroids, sums, objective)
+        parts = () if sq is None else tuple(exact_parts(sq[:, r].tolist()) for r in range(sq.shape[1]))
+        return LloydPartial(out_sums, counts, parts)
     r_count, cells, k = centroids.shape
     out_sums = np.zeros((r_count, cells, k))
     counts = np.zeros((r_count, cells), dtype=np.int64)

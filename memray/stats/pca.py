@@ -25,6 +25,7 @@ import numpy as np
 import scipy.linalg
 import scipy.linalg.blas
 
+from memray.stats import device
 from memray.stats.config import CTConfig
 
 ROW_BLOCK = 1024  # rows per float64 block of the covariance and the projection (memory and cache, not results)
@@ -49,6 +50,9 @@ def moments_of(x: np.ndarray) -> Moments:
     m, d = x.shape
     if m == 0:
         return Moments(0, np.zeros(d), np.zeros((d, d)))
+    backend = device.current()
+    if backend is not None:  # torch float64 (memray.stats.device)
+        return Moments(int(m), *backend.moments(x))
     mean = x.mean(axis=0, dtype=np.float64)
     upper = np.zeros((d, d), order="F")
     buf = np.empty((min(m, ROW_BLOCK), d))

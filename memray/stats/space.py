@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from memray.stats import device
 from memray.stats.pca import EPS64, ROW_BLOCK
 
 ASSIGN_BATCH = 8192  # rows per chunk of the exact centroid assignment (bounds memory, not results)
@@ -62,6 +63,9 @@ class LayerSpace:
             raise ValueError(f"features of shape {x.shape} do not match the fitted dimension {self.mean.shape[0]}")
         if self.components is None:
             return x.astype(np.float64, copy=True)
+        backend = device.current()
+        if backend is not None:  # torch float64 (memray.stats.device)
+            return backend.project(x, self.mean, self.components)
         out = np.empty((len(x), self.components.shape[1]))
         buf = np.empty((min(len(x), ROW_BLOCK), len(self.mean)))
         for start in range(0, len(x), ROW_BLOCK):
@@ -82,6 +86,9 @@ class LayerSpace:
         if len(c) == 1:
             out[:] = 0
             return out
+        backend = device.current()
+        if backend is not None:  # torch float64, near ties on the CPU by the formula below (memray.stats.device)
+            return backend.assign(z, c[None])[:, 0]
         csq = np.einsum("ij,ij->i", c, c)
         for start in range(0, len(z), ASSIGN_BATCH):
             chunk = z[start : start + ASSIGN_BATCH]
