@@ -10,8 +10,10 @@
   ``attribution.parquet``.
 
 Curve files: memray ``fingerprints.parquet``, long/wide CSV or Parquet, or the authors' text format (see
-:mod:`memray.fingerprint.curves`). FID files: ``NAME value`` lines or CSV ``run,fid[,curve_run]`` (see
-:mod:`memray.fingerprint.fid`).
+:mod:`memray.fingerprint.curves`). ``--method`` (``fingerprint.method``): ``auto`` (default) uses ``curve_fd`` when the
+curves carry an ``fd_test`` profile (an audit's files) and ``curve`` otherwise (published curves); ``attribute``
+follows the gallery's method and refuses another explicit one. FID files: ``NAME value`` lines or CSV
+``run,fid[,curve_run]`` (see :mod:`memray.fingerprint.fid`).
 The curve, FID and evaluation modules (pandas, scipy) are imported by the actions only, so ``--help`` stays light.
 """
 
