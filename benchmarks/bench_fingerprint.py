@@ -14,7 +14,8 @@ images' feature statistics at every layer. Methods (1-NN on a distance between t
 - ``FD profile (all layers)``: Σ_ℓ FD_ℓ / median_ℓ (each layer's pairwise FD scaled by its median);
 - ``FD-to-test profile``: the curve of log FD(curve's images, test set) over layers, compared by L2 (a
   fingerprint relative to real data, like C_T);
-- ``curve + FD-to-test``: the C_T curve and the FD-to-test profile, each z-scored per layer, by L2.
+- ``curve + FD-to-test``: the C_T curve and the FD-to-test profile, each z-scored per layer, by L2 (the library's
+  ``fingerprint.method: curve_fd``, :mod:`memray.fingerprint.fd_profile`).
 
 Protocols: ``select`` = leave-one-run-out among the ``--select-seeds`` runs (the method is chosen here);
 ``held-out`` = the ``--report-seed`` runs as queries against the selection runs (no tuning on them);
@@ -41,6 +42,7 @@ from memray.config import from_dict
 from memray.fingerprint.compare import RunBootstrap
 from memray.fingerprint.config import FingerprintConfig
 from memray.fingerprint.curve_run import compute_curves, curve_names, curves_to_gallery, plan_subsets
+from memray.fingerprint.fd_profile import joint_vectors, l2_matrix, log_fd
 from memray.fingerprint.fid import fd_matrix, feature_stats
 from memray.fingerprint.match import Gallery, attribute_by_distance, similarity_matrix
 from memray.io.features import FeatureSet
@@ -105,17 +107,11 @@ def distances(curves: Gallery, stats: dict, test_stats: dict, ref: np.ndarray) -
         fd[ly] = pairwise_fd([stats[ly][n] for n in curves.names])
         out[f"FID-nearest (layer {ly})"] = fd[ly]
     out["FD profile (all layers)"] = sum(fd[ly] / np.median(fd[ly][fd[ly] > 0]) for ly in curves.layers)
-    prof = np.log(
-        np.array([[fd_matrix([stats[ly][n]], [test_stats[ly]])[0, 0] for ly in curves.layers] for n in curves.names])
-    )
-    out["FD-to-test profile"] = np.linalg.norm(prof[:, None] - prof[None], axis=-1)
-    both = np.hstack([_z(x, ref), _z(prof, ref)])
-    out["curve + FD-to-test"] = np.linalg.norm(both[:, None] - both[None], axis=-1)
+    prof = np.array([[log_fd(stats[ly][n], test_stats[ly]) for ly in curves.layers] for n in curves.names])
+    out["FD-to-test profile"] = l2_matrix(prof, prof)
+    both = joint_vectors(x, prof, ref)  # the library's curve_fd (memray.fingerprint.fd_profile)
+    out["curve + FD-to-test"] = l2_matrix(both, both)
     return out
-
-
-def _z(a: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    return (a - a[ref].mean(0)) / (a[ref].std(0) + 1e-12)
 
 
 def score(curves: Gallery, dist: dict[str, np.ndarray], queries: np.ndarray, allowed: np.ndarray) -> pd.DataFrame:

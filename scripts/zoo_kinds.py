@@ -24,6 +24,8 @@ GROUPS = {
     "vae": "honest",
     "pca_gmm": "honest",
     "heldout": "honest",
+    "mlp_gan": "honest",
+    "kde_wide": "honest",
     "collapsed_gan": "hard_negative",
     "blurry_vae": "hard_negative",
     "dense_sampler": "hard_negative",
@@ -39,6 +41,8 @@ MODEL_OF = {
     "blurry_vae": "blurry_vae",
     "small_subset_vae": "small_subset_vae",
     "pca_gmm": "pca_gmm",
+    "mlp_gan": "mlp_gan",
+    "kde_wide": "pca_gmm",
     "dense_sampler": "pca_gmm",
     "copy_mix": "pca_gmm",
 }
@@ -57,6 +61,8 @@ PARAMS: dict[str, dict[str, Any]] = {
         "sampling": "aggregate posterior of the subset: z = mu_j + sigma_j * eps for a random subset image j",
     },
     "pca_gmm": {"pca_dim": 50, "components": 20},
+    "mlp_gan": {"epochs": 60, "z_dim": 64, "width": 256, "lr": 2e-4, "batch": 64},
+    "kde_wide": {"bandwidth": 0.8, "space": "the PCA space of pca_gmm (its pca_dim)", "kernel": "Gaussian"},
     "heldout": {"pool": "heldout/", "replace": False},
     "collapsed_gan": {"modes": 5, "z_noise": 0.05},
     "dense_sampler": {"top_components": 3, "scale": 0.5},
@@ -74,6 +80,7 @@ PARAMS: dict[str, dict[str, Any]] = {
 QUICK: dict[str, dict[str, Any]] = {  # --quick: a few steps each, for the test
     "dcgan": {"epochs": 1, "width": 16},
     "vae": {"epochs": 1},
+    "mlp_gan": {"epochs": 1, "width": 32},
     "small_subset_vae": {"epochs": 5, "subset": 50},
     "pca_gmm": {"pca_dim": 10, "components": 3},
 }
@@ -129,6 +136,8 @@ def model(ctx: Ctx, owner: str, seed: int) -> tuple[Any, dict[str, Any]]:
         p, mseed, start = ctx.params[owner], derived_seed(owner, seed), time.perf_counter()
         if owner == "dcgan":
             fitted: Any = zm.train_dcgan(ctx.train_f, mseed, p["epochs"], p["z_dim"], p["width"], p["lr"], p["batch"])
+        elif owner == "mlp_gan":
+            fitted = zm.train_mlp_gan(ctx.train_f, mseed, *(p[k] for k in ("epochs", "z_dim", "width", "lr", "batch")))
         elif owner == "pca_gmm":
             fitted = zm.fit_pca_gmm(ctx.train_f, mseed, p["pca_dim"], p["components"])
         elif owner == "small_subset_vae":
@@ -258,6 +267,26 @@ def draw_pca_gmm(ctx: Ctx, kind: str, seed: int) -> Drawn:
     return honest(images, sample_seed=sseed, **rec)
 
 
+def draw_mlp_gan(ctx: Ctx, kind: str, seed: int) -> Drawn:
+    """mlp_gan: an MLP generator (no convolution), z ~ N(0, I)."""
+    gen, rec = model(ctx, "mlp_gan", seed)
+    sseed = derived_seed(f"{kind}/sample", seed)
+    z = torch.randn(ctx.n_gen, ctx.params["mlp_gan"]["z_dim"], generator=torch.Generator().manual_seed(sseed))
+    return honest(zm.to_uint8(zm.sample_gan(gen, z)), sample_seed=sseed, **rec)
+
+
+def draw_kde_wide(ctx: Ctx, kind: str, seed: int) -> Drawn:
+    """kde_wide: a wide Gaussian KDE in the PCA space of T (bandwidth × each component's std): its samples sit as far
+    from T as held-out images do (zoo.json ``median_nn_l2``); the kernel centre is recorded, not a copy."""
+    gmm, rec = model(ctx, "pca_gmm", seed)
+    sseed = derived_seed(f"{kind}/sample", seed)
+    rng = np.random.default_rng(sseed)
+    images, rows = zm.sample_pca_kde(ctx.train_f, gmm.pca, ctx.n_gen, rng, ctx.params[kind]["bandwidth"])
+    out = honest(zm.to_uint8(images), sample_seed=sseed, **rec)
+    out.extra["kernel_train_file"] = [ctx.train_names[r] for r in rows]
+    return out
+
+
 def draw_heldout(ctx: Ctx, kind: str, seed: int) -> Drawn:
     """Real held-out images (from heldout/, disjoint from T and P), drawn without replacement."""
     sseed = derived_seed(f"{kind}/sample", seed)
@@ -305,6 +334,8 @@ DRAW = {
     "vae": draw_vae,
     "pca_gmm": draw_pca_gmm,
     "heldout": draw_heldout,
+    "mlp_gan": draw_mlp_gan,
+    "kde_wide": draw_kde_wide,
     "collapsed_gan": draw_gan,
     "blurry_vae": draw_vae,
     "dense_sampler": draw_pca_gmm,

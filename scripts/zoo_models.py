@@ -1,4 +1,5 @@
-"""The small CPU generators of the detection zoo (``scripts/make_zoo.py``): a DCGAN, a VAE, a PCA Gaussian mixture.
+"""The small CPU generators of the detection zoo (``scripts/make_zoo.py``): a DCGAN, an MLP GAN, a VAE, a PCA Gaussian
+mixture and a kernel density estimate in its PCA space.
 
 Images are float32 arrays in [0, 1] of shape ``(n, 28, 28)`` here; ``to_uint8`` rounds them for writing. Every
 function takes its seed explicitly: a model is initialised from ``torch.manual_seed(seed)`` and trained on batches
@@ -94,6 +95,46 @@ def sample_gan(gen: Generator, z: torch.Tensor) -> np.ndarray:
     return gen(z)[:, 0].numpy()
 
 
+# ---- MLP GAN ---------------------------------------------------------------------------------------------------
+def mlp_generator(z_dim: int, width: int) -> nn.Module:
+    """z ``(n, z_dim)`` → image ``(n, 1, 28, 28)`` in [0, 1]: two hidden layers (width, 2·width), no convolution."""
+    return nn.Sequential(
+        nn.Linear(z_dim, width), nn.LeakyReLU(0.2), nn.Linear(width, 2 * width), nn.BatchNorm1d(2 * width),
+        nn.LeakyReLU(0.2), nn.Linear(2 * width, 784), nn.Sigmoid(), nn.Unflatten(1, (1, 28, 28)),
+    )  # fmt: skip
+
+
+def mlp_discriminator(width: int) -> nn.Module:
+    """image ``(n, 1, 28, 28)`` → logit ``(n, 1)``: two hidden layers (2·width, width)."""
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 2 * width), nn.LeakyReLU(0.2), nn.Linear(2 * width, width), nn.LeakyReLU(0.2),
+        nn.Linear(width, 1),
+    )  # fmt: skip
+
+
+def train_mlp_gan(images: np.ndarray, seed: int, epochs: int, z_dim: int, width: int, lr: float, batch: int):
+    """An MLP GAN (non-saturating BCE loss, Adam β1 = 0.5) on ``images`` (n, 28, 28) in [0, 1]; the generator."""
+    torch.manual_seed(seed)
+    gen, disc = mlp_generator(z_dim, width), mlp_discriminator(width)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
+    x_all = torch.from_numpy(images[:, None].astype(np.float32))
+    noise = torch.Generator().manual_seed(seed)
+    for idx in batches(len(images), batch, epochs, np.random.default_rng(seed)):
+        fake = gen(torch.randn(len(idx), z_dim, generator=noise))
+        ones, zeros = torch.ones(len(idx), 1), torch.zeros(len(idx), 1)
+        loss_d = F.binary_cross_entropy_with_logits(disc(x_all[idx]), ones)
+        loss_d = loss_d + F.binary_cross_entropy_with_logits(disc(fake.detach()), zeros)
+        opt_d.zero_grad()
+        loss_d.backward()
+        opt_d.step()
+        loss_g = F.binary_cross_entropy_with_logits(disc(fake), ones)
+        opt_g.zero_grad()
+        loss_g.backward()
+        opt_g.step()
+    return gen.eval()
+
+
 # ---- VAE -------------------------------------------------------------------------------------------------------
 class VAE(nn.Module):
     """Convolutional VAE: 28×28 → two stride-2 convolutions → (μ, log σ²) of ``z_dim``; Bernoulli decoder (logits)."""
@@ -173,6 +214,18 @@ def fit_pca_gmm(images: np.ndarray, seed: int, pca_dim: int, components: int) ->
     gmm = GaussianMixture(components, covariance_type="full", random_state=seed, max_iter=200, reg_covar=1e-4)
     gmm.fit(pca.transform(flat))
     return PcaGmm(pca, gmm.weights_, gmm.means_, np.linalg.cholesky(gmm.covariances_))
+
+
+def sample_pca_kde(
+    images: np.ndarray, pca: PCA, n: int, rng: np.random.Generator, bandwidth: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` images from a Gaussian KDE in the PCA space of ``images`` (n_T, 28, 28) in [0, 1]: a random training
+    row's coordinates + N(0, (bandwidth·σ_k)²) on component k (σ_k: the training coordinates' std), mapped back and
+    clipped. Returns the images (n, 28, 28) and the kernel centres (training rows, (n,))."""
+    z = pca.transform(images.reshape(len(images), -1).astype(np.float64))
+    rows = rng.integers(0, len(images), n)
+    zz = z[rows] + bandwidth * z.std(0) * rng.standard_normal((n, z.shape[1]))
+    return np.clip(pca.inverse_transform(zz), 0.0, 1.0).reshape(n, 28, 28).astype(np.float32), rows
 
 
 def sample_pca_gmm(model: PcaGmm, n: int, rng: np.random.Generator, top: int = 0, scale: float = 1.0) -> np.ndarray:

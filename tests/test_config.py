@@ -54,6 +54,7 @@ def test_explicit_fields_override_the_preset_and_are_on_record():
         CTConfig(mode="paper", kmeans_nredo=1, seed=7, kmeans_sample=100),
         EmbedConfig(layers=(0, 3), pooling=("cls", "mean"), model_kwargs={"img_size": 32, "depth": 2}),
         FingerprintConfig(n_subsets=4, open_set_threshold=0.25, gallery="s3://b/g.parquet"),
+        FingerprintConfig(method="curve_fd", matcher="knn", gallery="g.parquet"),
     ],
     ids=lambda c: type(c).__name__,
 )
@@ -62,6 +63,17 @@ def test_round_trips_keep_equality_and_digest(cfg):
     assert json.loads(json.dumps(data)) == data and "FROM_MODE" not in json.dumps(data)
     back = from_dict(type(cfg), data)
     assert back == cfg and digest(back) == digest(cfg) and to_dict(back) == data
+
+
+def test_fingerprint_method_values_and_the_open_set_rule():
+    assert FingerprintConfig().method == "auto" and from_dict(FingerprintConfig, {"method": "curve"}).method == "curve"
+    old = {k: v for k, v in to_dict(FingerprintConfig(subset_size=50)).items() if k != "method"}
+    assert from_dict(FingerprintConfig, old) == FingerprintConfig(subset_size=50)  # records before the option: auto
+    with pytest.raises(ConfigError, match="method"):
+        FingerprintConfig(method="fid")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="open_set_threshold is a C_T-curve similarity") as exc:
+        FingerprintConfig(method="curve_fd", open_set_threshold="calibrated")
+    assert "\n" not in str(exc.value)
 
 
 def test_an_old_record_with_one_restart_reads_back_as_an_override():

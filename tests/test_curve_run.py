@@ -20,7 +20,9 @@ from memray.fingerprint.curve_run import (
     plan_record,
     plan_subsets,
 )
-from memray.fingerprint.curves import read_curves, to_gallery
+from memray.fingerprint.curves import normalize_curves as read_curves_frame
+from memray.fingerprint.curves import read_curves, read_gallery, to_gallery
+from memray.fingerprint.fd_profile import FD_TEST, log_fd_to_test
 from memray.fingerprint.fid import feature_stats
 from memray.io import schema
 from memray.io.features import FeatureSet
@@ -148,3 +150,76 @@ def test_the_evaluation_puts_fid_nearest_beside_the_curve(tmp_path: Path) -> Non
     assert "FID-nearest (layer 2)" in set(comp.method) and out["accuracy"].shape[0] == len(acc)
     rows = pd.read_parquet(tmp_path / "evaluation" / "evaluation.parquet")
     assert rows.groupby("method").size().eq(12).all()
+
+
+def _ambiguous_curves(query_label: str | None = None) -> pd.DataFrame:
+    """Two layers; A and B two runs each, and a run ``q`` of A whose C_T curve sits on B2's (the paper's similarity
+    picks B) while its FD-to-test profile sits on A's (A near 1, B near 3)."""
+    rows = {"A1": (0.0, 1.0), "A2": (0.2, 1.1), "B1": (0.1, 3.0), "B2": (0.3, 3.1), "q": (0.3, 1.05)}
+    out = []
+    for run, (ct, fd) in rows.items():
+        label = query_label if run == "q" else run[0]
+        for layer, bump in ((1, -0.01), (2, 0.01)):
+            out.append((run, label, 0, layer, ct + (bump if run == "q" else 0.0), fd))
+    df = pd.DataFrame(out, columns=[schema.GEN_SET, schema.LABEL, schema.SUBSET, schema.LAYER, schema.CT, FD_TEST])
+    return df.astype({schema.SUBSET: np.int32, schema.LAYER: np.int32})
+
+
+def test_curve_fd_attributes_what_the_curve_alone_gets_wrong(tmp_path: Path) -> None:
+    """The job's path (finish_fingerprints): with the FD-to-test profile (default auto → curve_fd) the unlabelled run
+    goes to A; with method curve it goes to B. The gallery written records its method and carries the profile, and
+    attributing against that saved gallery gives A again."""
+    curves = _ambiguous_curves()
+    record = {r: {"n": 500, "curves": 1, "rows_used": 500} for r in curves[schema.GEN_SET].unique()}
+    out = finish_fingerprints(curves, record, FingerprintConfig(), None, str(tmp_path / "fd"))
+    assert out["attribution"].set_index("query").loc["q", "predicted"] == "A"
+    assert out["attribution"]["method"].iloc[0] == "C_T curve + FD-to-test (1nn)"
+    paper = finish_fingerprints(curves, record, FingerprintConfig(method="curve"), None, str(tmp_path / "curve"))
+    assert paper["attribution"].set_index("query").loc["q", "predicted"] == "B"
+    meta = json.loads(pq.read_schema(tmp_path / "fd" / schema.FINGERPRINTS_FILE).metadata[schema.META_KEY])
+    assert meta["fingerprint"]["method"] == "curve_fd"  # recorded resolved
+    gpath = tmp_path / "fd" / "gallery.parquet"
+    assert json.loads(pq.read_schema(gpath).metadata[schema.META_KEY])["method"] == "curve_fd"
+    saved = read_gallery(str(gpath))
+    assert saved.method == "curve_fd" and saved.fd_test is not None and len(saved) == 4
+    query = curves[curves[schema.GEN_SET] == "q"]
+    again = finish_fingerprints(query, record, FingerprintConfig(), None, str(tmp_path / "again"), gallery=saved)
+    assert again["attribution"]["predicted"].tolist() == ["A"]
+
+
+def test_a_gallery_queried_with_another_method_is_one_line(tmp_path: Path) -> None:
+    curves = _ambiguous_curves()
+    record = {r: {"n": 500, "curves": 1, "rows_used": 500} for r in curves[schema.GEN_SET].unique()}
+    labelled = curves[curves[schema.GEN_SET] != "q"]
+    published = to_gallery(read_curves_frame(labelled.drop(columns=FD_TEST)))[0]  # C_T values only
+    with_fd = to_gallery(read_curves_frame(labelled))[0]
+    query = curves[curves[schema.GEN_SET] == "q"]
+    for fcfg, gallery, words in (
+        (FingerprintConfig(method="curve_fd"), published, "built with fingerprint.method=curve, this run asks for"),
+        (FingerprintConfig(method="curve"), with_fd, "built with fingerprint.method=curve_fd, this run asks for"),
+    ):
+        with pytest.raises(ConfigError, match=words) as exc:
+            finish_fingerprints(query, record, fcfg, None, str(tmp_path), gallery=gallery)
+        assert "\n" not in str(exc.value)
+    # auto follows a curve-only (published) gallery: the paper's curve, no error
+    auto = finish_fingerprints(query, record, FingerprintConfig(), None, str(tmp_path / "auto"), gallery=published)
+    assert auto["attribution"]["method"].iloc[0].startswith("C_T curve (1nn")
+
+
+def test_fingerprint_run_with_test_features_adds_the_profile(tmp_path: Path) -> None:
+    """Given the test set's features, every curve gets log FD(subset, test) per layer (as computed directly)."""
+    train, test, gens = _toy_features(1)
+    cfg = CTConfig.preset("paper", cells=3, min_gen_per_cell=5)
+    fitted = {layer: fit_layer(layer, train[layer], np.arange(600).astype(str), test[layer], cfg) for layer in (1, 2)}
+    fcfg = FingerprintConfig(subset_size=80)
+    test_set = FeatureSet(np.arange(300).astype(str).astype(object), test)
+    out = fingerprint_run(fitted, gens, {"copy": "copier", "broad": "wide"}, fcfg, str(tmp_path), test=test_set)
+    plan = plan_subsets({k: len(v) for k, v in gens.items()}, fcfg)
+    fp = pd.read_parquet(tmp_path / schema.FINGERPRINTS_FILE)
+    for r in fp.itertuples(index=False):
+        x = gens[r.gen_set].layers[r.layer][plan[r.gen_set][r.subset]]
+        assert r.fd_test == pytest.approx(log_fd_to_test(x, feature_stats(test[r.layer])), rel=1e-12)
+    assert FD_TEST in out["fingerprints"].columns
+    plain = fingerprint_run(fitted, gens, {"copy": "copier", "broad": "wide"}, FingerprintConfig(subset_size=80,
+                            method="curve"), str(tmp_path / "c"), test=test_set)  # fmt: skip
+    assert FD_TEST not in plain["fingerprints"].columns

@@ -115,7 +115,7 @@ def test_gallery_round_trip(tmp_path: Path) -> None:
     back = read_gallery(str(path))
     assert back.names.tolist() == g.names.tolist() and back.labels.tolist() == g.labels.tolist()
     assert back.layers == g.layers and np.array_equal(back.curves, g.curves)
-    assert json.loads(pq.read_schema(path).metadata[schema.META_KEY]) == {"source": "test"}
+    assert json.loads(pq.read_schema(path).metadata[schema.META_KEY]) == {"source": "test", "method": "curve"}
 
 
 @pytest.mark.timeout(120)

@@ -143,6 +143,28 @@ def test_cli_gallery_then_attribute(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "needs a label" in capsys.readouterr().err
 
 
+def test_cli_attribute_refuses_another_method_than_the_gallery_s(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A gallery with FD-to-test profiles (an audit's curve_fd gallery): --method curve is one line, exit 2; the
+    default follows the gallery; published curves (no profile) with --method curve_fd are one line too."""
+    rows = [(f"{lab}{i}", lab, layer, 0.1 * i + layer, (3.0 if lab == "b" else 1.0) + 0.1 * i)
+            for lab in "ab" for i in (1, 2) for layer in (1, 2)]  # fmt: skip
+    curves = pd.DataFrame(rows, columns=["run", "label", "layer", "ct", "fd_test"])
+    src, gal = tmp_path / "curves.csv", tmp_path / "gallery.parquet"
+    curves.to_csv(src, index=False)
+    assert main(["fingerprint", "gallery", "--curves", str(src), "--out", str(gal)]) == 0
+    queries = curves[curves.run == "a1"].drop(columns="label").assign(run="q")
+    queries.to_csv(tmp_path / "q.csv", index=False)
+    base = ["fingerprint", "attribute", "--gallery", str(gal), "--queries", str(tmp_path / "q.csv")]
+    capsys.readouterr()
+    assert main([*base, "--method", "curve"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "built with fingerprint.method=curve_fd, this run asks for curve" in err and len(err.splitlines()) == 1
+    assert main(base) == 0 and "C_T curve + FD-to-test (1nn)" in capsys.readouterr().out
+    published = str(DATA / "layerchoice_full_split.csv")
+    assert main(["fingerprint", "evaluate", "--curves", published, "--method", "curve_fd"]) == 2
+    assert "published curves" in capsys.readouterr().err
+
+
 def _synthetic_runs(seed: int = 0) -> tuple[dict, dict, dict[str, FeatureSet], dict[str, str]]:
     """8×8 'images' from 10 blocky prototypes, a fixed random 4-block residual tanh encoder (48-d), and three
     generator families × 3 runs of 1,000 images from scripts/synthetic.py: KDE (bandwidths 0.4/0.5/0.6), a 10-component

@@ -24,6 +24,8 @@ KINDS = {
     "vae": "honest",
     "pca_gmm": "honest",
     "heldout": "honest",
+    "mlp_gan": "honest",
+    "kde_wide": "honest",
     "collapsed_gan": "hard_negative",
     "blurry_vae": "hard_negative",
     "dense_sampler": "hard_negative",
@@ -138,6 +140,25 @@ def test_kde_and_subset_truth(zoo: Path) -> None:
     np.testing.assert_array_equal(truth["nn_in_subset"], truth["nn_train_file"].isin(subset))
     np.testing.assert_array_equal(truth["is_copy"], truth["nn_in_subset"])
     assert set(truth["latent_source_file"]) <= set(subset)
+
+
+def test_the_added_honest_kinds_are_written_as_honest_and_copy_nothing(zoo: Path) -> None:
+    """mlp_gan and kde_wide build in --quick mode, sit in group honest, flag no copy, and kde_wide's samples are as far
+    from T as the held-out real images are (its kernel centres are training images, its samples are not copies)."""
+    record = json.loads((zoo / "zoo.json").read_text())
+    labels = pd.read_csv(zoo / "labels.csv").set_index("set")["group"]
+    train_names = {p.name for p in (zoo / "train").glob("*.png")}
+    for seed in (0, 1):
+        for kind in ("mlp_gan", "kde_wide"):
+            name = f"{kind}-s{seed}"
+            truth = pd.read_parquet(zoo / "gen" / name / "truth.parquet")
+            assert labels[name] == "honest" and record["sets"][name]["group"] == "honest"
+            assert len(truth) == N_GEN and not truth["is_copy"].any() and (truth["nn_l2"] > 0).all()
+        kde = pd.read_parquet(zoo / "gen" / f"kde_wide-s{seed}" / "truth.parquet")
+        assert set(kde["kernel_train_file"]) <= train_names
+        held = pd.read_parquet(zoo / "gen" / f"heldout-s{seed}" / "truth.parquet")
+        assert kde["nn_l2"].median() >= 0.9 * held["nn_l2"].median()
+        assert record["sets"][f"mlp_gan-s{seed}"]["model"] == "mlp_gan"
 
 
 def test_nearest_training_image_is_exact(zoo: Path) -> None:

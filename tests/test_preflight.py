@@ -116,6 +116,23 @@ def test_gallery_from_another_encoder_is_refused_naming_the_fields(tmp_path: Pat
     preflight(same)
 
 
+def test_a_published_curve_gallery_with_method_curve_fd_is_refused_before_the_job(tmp_path: Path) -> None:
+    """A gallery of C_T values only (no FD-to-test profile) cannot serve curve_fd: one line at preflight; auto and
+    curve accept it."""
+    inputs = make_inputs(tmp_path / "in")
+    gallery = Gallery(np.array(["g1"]), np.array(["kde"], dtype=object), np.zeros((1, 6)), [1, 2, 3, 4, 5, 6])
+    url = str(tmp_path / "gallery.parquet")
+    write_gallery(url, gallery)
+    fp = {"subset_size": 45, "gallery": url, "method": "curve_fd"}
+    fd = audit_config(inputs, str(tmp_path / "a"), fingerprint=fp)
+    with pytest.raises(ValueError, match=r"built with fingerprint\.method=curve, this run asks for curve_fd") as exc:
+        preflight(fd)
+    assert "\n" not in str(exc.value)
+    for method in ("auto", "curve"):
+        preflight(audit_config(inputs, str(tmp_path / method), fingerprint={"subset_size": 45, "gallery": url,
+                                                                              "method": method}))  # fmt: skip
+
+
 def test_cli_user_errors_end_with_one_line_exit_2_before_ray_starts(tmp_path: Path) -> None:
     inputs = {**make_inputs(tmp_path / "in"), "train": str(tmp_path / "in" / "trian")}
     cfg_file = tmp_path / "job.yaml"

@@ -21,7 +21,9 @@ from ray_helpers import audit_config, make_inputs, sample_images, write_npz
 from memray.config import to_dict
 from memray.embedding.embed import LayerEmbedder, make_prepare
 from memray.embedding.pixels import with_pixels
-from memray.fingerprint.curve_run import compute_curves
+from memray.fingerprint.curve_run import compute_curves, plan_subsets, with_profiles
+from memray.fingerprint.fd_profile import FD_TEST, log_fd_to_test
+from memray.fingerprint.fid import feature_stats
 from memray.io import schema
 from memray.io.config import DatasetSpec
 from memray.io.features import FeatureSet, write_features
@@ -85,7 +87,13 @@ def test_ray_job_equals_in_process_engine(ray_local, tmp_path: Path) -> None:
     curves = compute_curves(fitted, gens, {g.name: g.label for g in cfg.generated}, cfg.fingerprint)
     fp = pd.read_parquet(tmp_path / "out" / schema.FINGERPRINTS_FILE)
     assert len(fp) == 2 * 2 * 6  # 2 sets × 2 subsets of 45 × 6 layers
-    pd.testing.assert_frame_equal(fp, curves, check_dtype=False, atol=1e-12, rtol=0)
+    pd.testing.assert_frame_equal(fp.drop(columns=FD_TEST), curves, check_dtype=False, atol=1e-12, rtol=0)
+    # the default method (auto → curve_fd): each curve's log FD to the test set, computed in tasks, as in process
+    plan = plan_subsets({n: len(g) for n, g in gens.items()}, cfg.fingerprint)
+    want = {(n, ell): [log_fd_to_test(g.layers[ell][idx], feature_stats(test.layers[ell])) for idx in plan[n]]
+            for n, g in gens.items() for ell in fitted}  # fmt: skip
+    np.testing.assert_allclose(fp[FD_TEST], with_profiles(curves, want)[FD_TEST], rtol=1e-9, atol=0)
+    assert run["fingerprint_method"] == "curve_fd"
     assert run["config"]["metric"] == "l2" and run["stats"]["counts"]["copy"]["rows_read"] == 90
 
     # same config, same output: everything is reused and the tables are byte-identical

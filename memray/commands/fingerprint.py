@@ -10,14 +10,17 @@
   ``attribution.parquet``.
 
 Curve files: memray ``fingerprints.parquet``, long/wide CSV or Parquet, or the authors' text format (see
-:mod:`memray.fingerprint.curves`). FID files: ``NAME value`` lines or CSV ``run,fid[,curve_run]`` (see
-:mod:`memray.fingerprint.fid`).
+:mod:`memray.fingerprint.curves`). ``--method`` (``fingerprint.method``): ``auto`` (default) uses ``curve_fd`` when the
+curves carry an ``fd_test`` profile (an audit's files) and ``curve`` otherwise (published curves); ``attribute``
+follows the gallery's method and refuses another explicit one. FID files: ``NAME value`` lines or CSV
+``run,fid[,curve_run]`` (see :mod:`memray.fingerprint.fid`).
 The curve, FID and evaluation modules (pandas, scipy) are imported by the actions only, so ``--help`` stays light.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import numpy as np
 
@@ -32,6 +35,12 @@ PROTOCOLS: tuple[str, ...] = ("split", "leave-one-run-out")
 
 
 def _matcher_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--method",
+        choices=["auto", "curve", "curve_fd"],
+        help="curve: the paper's C_T curve; curve_fd: curve + FD-to-test profile (needs curves with an fd_test "
+        "column, e.g. an audit's fingerprints.parquet); auto (default): curve_fd when the curves carry the profile",
+    )
     p.add_argument("--alpha", type=float, help="weight of cosine in α·cos + (1−α)/(1+L2) (default 0.5)")
     p.add_argument("--matcher", choices=["1nn", "knn", "centroid"], help="default 1nn (the paper's)")
     p.add_argument("--k", type=int, help="neighbours for --matcher knn (default 3)")
@@ -54,6 +63,7 @@ def _threshold(text: str) -> float | str:
 def _config(args: argparse.Namespace) -> FingerprintConfig:
     return with_overrides(
         FingerprintConfig(),
+        method=args.method,
         alpha=args.alpha,
         matcher=args.matcher,
         k=args.k,
@@ -178,6 +188,7 @@ def _gallery(args: argparse.Namespace) -> int:
 def _attribute(args: argparse.Namespace) -> int:
     from memray.fingerprint.curves import read_curves, read_gallery, to_gallery
     from memray.fingerprint.evaluate import write_attribution
+    from memray.fingerprint.fd_profile import check_gallery_method, resolve_method
     from memray.fingerprint.match import attribute
     from memray.fingerprint.open_set import resolve_open_set
     from memray.job.preflight import check_curve_files
@@ -185,10 +196,12 @@ def _attribute(args: argparse.Namespace) -> int:
     fcfg = _config(args)
     check_curve_files(args.gallery, args.queries, args.allow_mismatch)
     gallery = read_gallery(args.gallery)
+    check_gallery_method(fcfg.method, gallery.method, args.gallery)
     queries, _ = to_gallery(read_curves(args.queries), args.queries)
     fcfg, record = resolve_open_set(fcfg, gallery)
     if record:
         print(f"open set: {record['open_set']}")
+    fcfg = resolve_method(replace(fcfg, method=gallery.method), queries.fd_test is not None, args.queries)
     att = attribute(queries, gallery, fcfg)
     print(att.to_string(index=False))
     if args.out:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from memray.config import NON_EMPTY, at_least, rule, validate
+from memray.config import NON_EMPTY, ConfigError, at_least, rule, validate
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,9 @@ class FingerprintConfig:
     calibrated on the gallery by leaving one family out, :mod:`memray.fingerprint.open_set`). ``gallery``: URL
     of a saved gallery (``gallery.parquet`` of an earlier run) to attribute against; ``None`` = the labelled
     generated sets of this run. ``fid_layers``: the layers of the FID-nearest baselines in the evaluation
-    (``last``, ``all`` or ``none``).
+    (``last``, ``all`` or ``none``). ``method``: ``curve`` (the paper's C_T-layer curve), ``curve_fd`` (the curve and
+    the FD-to-test profile, :mod:`memray.fingerprint.fd_profile`; needs features) or ``auto`` (``curve_fd`` where every
+    curve carries a profile and no open set is asked for, else ``curve``; a saved gallery decides by how it was built).
     """
 
     SECTION = "fingerprint"
@@ -34,6 +36,12 @@ class FingerprintConfig:
     open_set_threshold: float | Literal["calibrated"] | None = None
     gallery: str | None = field(default=None, metadata=NON_EMPTY)
     fid_layers: Literal["last", "all", "none"] = "last"
+    method: Literal["auto", "curve", "curve_fd"] = "auto"
 
     def __post_init__(self) -> None:
         validate(self)
+        if self.method == "curve_fd" and self.open_set_threshold is not None:
+            raise ConfigError(
+                "fingerprint.open_set_threshold is a C_T-curve similarity: use it with fingerprint.method: curve "
+                "(or auto), not curve_fd"
+            )

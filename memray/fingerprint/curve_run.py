@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import zlib
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,15 @@ from memray.config import ConfigError, to_dict
 from memray.fingerprint.config import FingerprintConfig
 from memray.fingerprint.curves import normalize_curves, to_gallery, write_fingerprints, write_gallery
 from memray.fingerprint.evaluate import evaluate, write_attribution, write_evaluation
+from memray.fingerprint.fd_profile import (
+    CURVE_FD,
+    FD_TEST,
+    check_gallery_method,
+    planned_method,
+    profiles,
+    resolve_method,
+)
+from memray.fingerprint.fid import feature_stats
 from memray.fingerprint.match import Gallery, attribute
 from memray.fingerprint.open_set import resolve_open_set
 from memray.io import schema
@@ -141,17 +151,36 @@ def fingerprint_run(
     out_url: str,
     gallery: Gallery | None = None,
     mapper: Mapper = map,
+    test: FeatureSet | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Compute and write the curves of every generated set, then attribute or evaluate them.
 
-    See :func:`finish_fingerprints` for what is written.
+    ``test``: the test set's features; with it, and when the method (:func:`planned_method`) is ``curve_fd``, every
+    curve gets its FD-to-test profile. See :func:`finish_fingerprints` for what is written.
     """
     plan = plan_subsets({k: len(v) for k, v in gens.items()}, fcfg)
     curves = compute_curves(fitted, gens, labels, fcfg, plan, mapper)
+    if test is not None and planned_method(fcfg, None if gallery is None else gallery.method) == CURVE_FD:
+        found = {}
+        for layer in sorted(fitted):
+            test_stats = feature_stats(test.layers[layer])
+            found.update({(n, layer): profiles(fs.layers[layer], plan[n], test_stats) for n, fs in gens.items()})
+        curves = with_profiles(curves, found)
     ct_cfg = next(iter(fitted.values())).cfg if fitted else None
     return finish_fingerprints(
         curves, plan_record(plan, {k: len(v) for k, v in gens.items()}), fcfg, ct_cfg, out_url, gallery
     )
+
+
+def with_profiles(curves: pd.DataFrame, found: dict[tuple[str, int], list[float]]) -> pd.DataFrame:
+    """``curves`` with an ``fd_test`` column: ``found[(gen_set, layer)][subset]`` (every curve's log FD to test)."""
+    missing = sorted(
+        {(g, int(ly)) for g, ly in zip(curves[schema.GEN_SET], curves[schema.LAYER], strict=True)} - set(found)
+    )
+    if missing:
+        raise ValueError(f"no FD-to-test profile for (set, layer) {missing[:4]}")
+    keys = zip(curves[schema.GEN_SET], curves[schema.LAYER], curves[schema.SUBSET], strict=True)
+    return curves.assign(**{FD_TEST: np.array([found[(g, int(ly))][int(s)] for g, ly, s in keys], np.float64)})
 
 
 def curve_names(plan: dict[str, list[np.ndarray]]) -> dict[str, list[str]]:
@@ -176,6 +205,10 @@ def finish_fingerprints(
 ) -> dict[str, pd.DataFrame]:
     """Write ``fingerprints.parquet`` and attribute (with a gallery) or evaluate (labelled curves) them.
 
+    ``curves`` may carry an ``fd_test`` column (the FD-to-test profile); ``fingerprint.method`` is resolved against it
+    and the gallery (:func:`~memray.fingerprint.fd_profile.resolve_method`; a saved gallery queried with another
+    explicit method is refused, :func:`~memray.fingerprint.fd_profile.check_gallery_method`) and recorded resolved.
+
     Writes ``fingerprints.parquet`` (config, C_T config and subset plan in the metadata) and the labelled
     curves as ``gallery.parquet``. Attribution (``attribution.parquet``): with ``gallery`` every curve is
     attributed against it; without one, unlabelled curves are attributed against the labelled ones. When at
@@ -191,6 +224,11 @@ def finish_fingerprints(
     Returns:
         ``{"fingerprints", "attribution", "evaluation", "accuracy"}`` (each only when computed).
     """
+    found = curves_to_gallery(curves)
+    if gallery is not None:  # a saved gallery decides the method; an explicit other one is refused
+        check_gallery_method(fcfg.method, gallery.method, fcfg.gallery or "(in memory)")
+        fcfg = replace(fcfg, method=gallery.method)
+    fcfg = resolve_method(fcfg, found.fd_test is not None, "this run's curves")
     meta = {
         "fingerprint": to_dict(fcfg),
         "ct": to_dict(ct_cfg) if ct_cfg is not None else None,
@@ -202,7 +240,6 @@ def finish_fingerprints(
         meta["job"] = job
     write_fingerprints(join(out_url, schema.FINGERPRINTS_FILE), curves, meta)
     out = {"fingerprints": curves}
-    found = curves_to_gallery(curves)
     known = np.array([isinstance(lab, str) for lab in found.labels], dtype=bool)
     if known.any():  # the labelled curves, reusable as a gallery against other runs
         write_gallery(join(out_url, GALLERY_FILE), found.select(known), meta)

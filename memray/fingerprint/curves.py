@@ -10,8 +10,9 @@ Accepted inputs (one curve = one run × subset):
   split files); a name repeated in a file gets ``#1``, ``#2``… in file order.
 
 ``split`` (optional) is ``gallery`` or ``query``. The canonical long form has columns
-``name, run, subset, label, split, layer, ct``; ``name`` is ``run`` when the run has one curve, else
-``run#subset``.
+``name, run, subset, label, split, layer, ct, fd_test``; ``name`` is ``run`` when the run has one curve, else
+``run#subset``. ``fd_test`` (optional in every table format; NaN when absent) is the curve's FD-to-test profile at
+that layer (:mod:`memray.fingerprint.fd_profile`): a table either gives it for every curve and layer or not at all.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from memray.fingerprint.fd_profile import FD_TEST
 from memray.fingerprint.match import Gallery
 from memray.io import schema
 from memray.io.storage import open_output, open_url
@@ -38,7 +40,7 @@ RUN = "run"
 SPLIT = "split"
 SPLIT_GALLERY = "gallery"
 SPLIT_QUERY = "query"
-CURVE_COLUMNS = (NAME, RUN, schema.SUBSET, schema.LABEL, SPLIT, schema.LAYER, schema.CT)
+CURVE_COLUMNS = (NAME, RUN, schema.SUBSET, schema.LABEL, SPLIT, schema.LAYER, schema.CT, FD_TEST)
 GALLERY_SCHEMA = pa.schema(
     [
         (NAME, pa.string()),
@@ -107,7 +109,7 @@ def _read_text(text: str, source: str) -> pd.DataFrame:
         run = f"{name}#{seen[name]}" if counts[name] > 1 else name
         split = None if not marks[0] else (SPLIT_GALLERY if name.endswith("_train_batch") else SPLIT_QUERY)
         label = name.split("_", 1)[0]
-        rows += [(run, run, 0, label, split, layer, v) for layer, v in enumerate(values, 1)]
+        rows += [(run, run, 0, label, split, layer, v, np.nan) for layer, v in enumerate(values, 1)]
     return _typed(pd.DataFrame(rows, columns=list(CURVE_COLUMNS)))
 
 
@@ -129,7 +131,7 @@ def normalize_curves(df: pd.DataFrame, source: str = "", csv: bool = False) -> p
         keep = [c for c in df.columns if c not in wide]
         df = df.melt(id_vars=keep, value_vars=list(wide), var_name=schema.LAYER, value_name=schema.CT)
         df[schema.LAYER] = df[schema.LAYER].map(wide)
-    for col, default in ((schema.LABEL, None), (SPLIT, None), (schema.SUBSET, 0), (NAME, None)):
+    for col, default in ((schema.LABEL, None), (SPLIT, None), (schema.SUBSET, 0), (NAME, None), (FD_TEST, np.nan)):
         if col not in df.columns:
             df[col] = default
     ct = pd.to_numeric(df[schema.CT], errors="coerce")
@@ -138,6 +140,13 @@ def normalize_curves(df: pd.DataFrame, source: str = "", csv: bool = False) -> p
         r = bad.iloc[0]
         raise CurveFileError(f"{source}: {r['_row']}: ct {r[schema.CT]!r} is not a number (use NaN or empty)")
     df[schema.CT] = ct
+    fd = pd.to_numeric(df[FD_TEST], errors="coerce")
+    if fd.notna().any() and not np.isfinite(fd.to_numpy(np.float64)).all():
+        r = df[~np.isfinite(fd.to_numpy(np.float64))].iloc[0]
+        raise CurveFileError(
+            f"{source}: {r['_row']}: fd_test {r[FD_TEST]!r}; give a finite number on every row or drop the column"
+        )
+    df[FD_TEST] = fd
     layer = pd.to_numeric(df[schema.LAYER], errors="coerce")
     if layer.isna().any() or (layer != layer.round()).any():
         r = df[layer.isna() | (layer != layer.round())].iloc[0]
@@ -176,6 +185,7 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     df[schema.SUBSET] = df[schema.SUBSET].astype(np.int64)
     df[schema.LAYER] = df[schema.LAYER].astype(np.int64)
     df[schema.CT] = df[schema.CT].astype(np.float64)
+    df[FD_TEST] = df[FD_TEST].astype(np.float64)
     return df
 
 
@@ -194,30 +204,36 @@ def to_gallery(df: pd.DataFrame, source: str = "") -> tuple[Gallery, np.ndarray 
         if missing:
             raise CurveFileError(f"{source}: curve {name!r} lacks layers {missing}; every curve needs {list(layers)}")
     first = df.drop_duplicates(NAME).set_index(NAME).loc[names]
+    fd = None
+    if df[FD_TEST].notna().any():
+        fd = df.pivot(index=NAME, columns=schema.LAYER, values=FD_TEST).loc[names, list(layers)].to_numpy(np.float64)
     gallery = Gallery(
         np.array(names, dtype=object),
         first[schema.LABEL].to_numpy(dtype=object),
         wide.loc[names, list(layers)].to_numpy(np.float64),
         layers,
         first[RUN].to_numpy(dtype=object),
+        fd,
     )
     split = first[SPLIT].to_numpy(dtype=object)
     return gallery, (split if all(s is not None for s in split) else None)
 
 
 def write_gallery(url: str, gallery: Gallery, metadata: dict[str, Any] | None = None) -> None:
-    """Save labelled curves as a long Parquet table (``name, run, label, layer, ct``), reusable across runs."""
+    """Save labelled curves as a long Parquet table (``name, run, label, layer, ct`` [``fd_test``]), reusable across
+    runs; ``metadata`` gets ``{"method": gallery.method}``, the method that can query it."""
     g, n_layers = len(gallery), len(gallery.layers)
-    table = pa.table(
-        {
-            NAME: np.repeat(gallery.names, n_layers).astype(str),
-            RUN: np.repeat(gallery.runs, n_layers).astype(str),
-            schema.LABEL: [None if v is None else str(v) for v in np.repeat(gallery.labels, n_layers)],
-            schema.LAYER: np.tile(np.asarray(gallery.layers, np.int32), g),
-            schema.CT: gallery.curves.reshape(-1),
-        },
-        schema=_with_meta(GALLERY_SCHEMA, metadata),
-    )
+    cols = {
+        NAME: np.repeat(gallery.names, n_layers).astype(str),
+        RUN: np.repeat(gallery.runs, n_layers).astype(str),
+        schema.LABEL: [None if v is None else str(v) for v in np.repeat(gallery.labels, n_layers)],
+        schema.LAYER: np.tile(np.asarray(gallery.layers, np.int32), g),
+        schema.CT: gallery.curves.reshape(-1),
+    }
+    sch = GALLERY_SCHEMA
+    if gallery.fd_test is not None:
+        cols[FD_TEST], sch = gallery.fd_test.reshape(-1), sch.append(pa.field(FD_TEST, pa.float64()))
+    table = pa.table(cols, schema=_with_meta(sch, {**(metadata or {}), "method": gallery.method}))
     with open_output(url) as fh:
         pq.write_table(table, fh)
 
@@ -232,8 +248,12 @@ def read_gallery(url: str) -> Gallery:
 
 
 def write_fingerprints(url: str, df: pd.DataFrame, metadata: dict[str, Any] | None = None) -> None:
-    """Write curves in :data:`~memray.io.schema.FINGERPRINTS_SCHEMA` with ``metadata`` (JSON) in the schema."""
-    sch = _with_meta(schema.FINGERPRINTS_SCHEMA, metadata)
+    """Write curves in :data:`~memray.io.schema.FINGERPRINTS_SCHEMA` (+ ``fd_test`` when ``df`` has it) with
+    ``metadata`` (JSON) in the schema."""
+    sch = schema.FINGERPRINTS_SCHEMA
+    if FD_TEST in df.columns:
+        sch = sch.append(pa.field(FD_TEST, pa.float64()))
+    sch = _with_meta(sch, metadata)
     table = pa.Table.from_pandas(df[[f.name for f in sch]], schema=sch, preserve_index=False)
     with open_output(url) as fh:
         pq.write_table(table, fh)

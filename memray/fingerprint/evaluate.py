@@ -37,6 +37,7 @@ from scipy.stats import norm
 
 from memray.fingerprint.compare import RunBootstrap, compare_methods
 from memray.fingerprint.config import FingerprintConfig
+from memray.fingerprint.fd_profile import CURVE, CURVE_FD, resolve_method
 from memray.fingerprint.fid import fd_matrix
 from memray.fingerprint.match import (
     UNKNOWN,
@@ -134,7 +135,9 @@ def evaluate(
 
     Args:
         curves: all labelled curves (gallery and queries).
-        fcfg: the curve method (``alpha``, ``matcher``, ``k``, ``open_set_threshold``).
+        fcfg: the curve method (``method``, ``alpha``, ``matcher``, ``k``, ``open_set_threshold``); with
+            ``method`` ``curve_fd`` (or ``auto`` on curves with an FD-to-test profile) the paper's C_T curve is
+            scored beside it as a baseline.
         protocol: ``split`` (needs ``split``, (g,) of ``gallery``/``query``) or ``leave-one-run-out``.
         fid: run → scalar FID (FID-nearest baseline), e.g. from :func:`memray.fingerprint.fid.match_fid_runs`.
         feature_stats: curve name → ``(mu, sigma)`` of the curve's images' features (feature-FID baseline).
@@ -151,7 +154,11 @@ def evaluate(
     open_set = calibrate_open_set(curves, fcfg)  # reported beside; the methods below are closed set when calibrated
     if fcfg.open_set_threshold == "calibrated":
         fcfg = replace(fcfg, open_set_threshold=None)
+    fcfg = resolve_method(fcfg, curves.fd_test is not None, "these curves")
     results: list[tuple[str, pd.DataFrame]] = [(method_name(fcfg), attribute(queries, curves, fcfg, allowed))]
+    if fcfg.method == CURVE_FD:  # the paper's curve beside
+        paper = replace(fcfg, method=CURVE)
+        results.append((method_name(paper), attribute(queries, curves, paper, allowed)))
     results += _baselines(curves, qrows, queries, allowed, fid, feature_stats, single_layer, layer_stats)
     boot = RunBootstrap.draw(queries.runs, n_boot, boot_seed)
     frames, summary = [], []

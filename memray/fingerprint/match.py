@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from memray.fingerprint.config import FingerprintConfig
+from memray.fingerprint.fd_profile import CURVE, CURVE_FD, joint_vectors, l2_matrix, resolve_method
 from memray.io import schema
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ class Gallery:
         layers: (L,) layer numbers, strictly increasing.
         runs: (g,) the generated set each curve came from (several subsets share a run); defaults to ``names``.
             Leave-one-run-out evaluation removes every curve of the query's run from its gallery.
+        fd_test: (g, L) the FD-to-test profile (log Fréchet distance of each curve's images to the test set, per
+            layer; :mod:`memray.fingerprint.fd_profile`), or ``None`` for C_T-only curves (published curves).
     """
 
     names: np.ndarray
@@ -48,6 +52,7 @@ class Gallery:
     curves: np.ndarray
     layers: tuple[int, ...]
     runs: np.ndarray | None = None
+    fd_test: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         names = np.asarray(self.names, dtype=object)
@@ -65,18 +70,30 @@ class Gallery:
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
         runs = names if self.runs is None else np.asarray(self.runs, dtype=object).reshape(len(names))
         object.__setattr__(self, "runs", runs)
+        if self.fd_test is not None:
+            fd = np.asarray(self.fd_test, dtype=np.float64)
+            if fd.shape != curves.shape or not np.isfinite(fd).all():
+                raise GalleryError(f"fd_test must be finite with the curves' shape {curves.shape}, got {fd.shape}")
+            object.__setattr__(self, "fd_test", fd)
+
+    @property
+    def method(self) -> str:
+        """``curve_fd`` when the curves carry an FD-to-test profile, else ``curve``."""
+        return CURVE if self.fd_test is None else CURVE_FD
 
     def __len__(self) -> int:
         return len(self.names)
 
     def select(self, rows: np.ndarray) -> Gallery:
         """The curves at ``rows`` (indices or a boolean mask), as a new Gallery."""
-        return Gallery(self.names[rows], self.labels[rows], self.curves[rows], self.layers, self.runs[rows])
+        fd = None if self.fd_test is None else self.fd_test[rows]
+        return Gallery(self.names[rows], self.labels[rows], self.curves[rows], self.layers, self.runs[rows], fd)
 
     def layer(self, layer: int) -> Gallery:
         """Layer ``layer`` alone, as a gallery of 1-D curves (the single-layer baseline)."""
         j = self.layers.index(int(layer))
-        return Gallery(self.names, self.labels, self.curves[:, j : j + 1], (int(layer),), self.runs)
+        fd = None if self.fd_test is None else self.fd_test[:, j : j + 1]
+        return Gallery(self.names, self.labels, self.curves[:, j : j + 1], (int(layer),), self.runs, fd)
 
 
 def align_layers(queries: Gallery, gallery: Gallery) -> None:
@@ -173,8 +190,11 @@ def label_centroids(gallery: Gallery, rows: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def method_name(fcfg: FingerprintConfig) -> str:
-    """Name of the curve method (the ``method`` column), e.g. ``C_T curve (1nn, alpha=0.5)``."""
+    """Name of the curve method (the ``method`` column), e.g. ``C_T curve (1nn, alpha=0.5)`` or
+    ``C_T curve + FD-to-test (1nn)`` (``method: curve_fd``)."""
     extra = f", k={fcfg.k}" if fcfg.matcher == "knn" else ""
+    if fcfg.method == CURVE_FD:
+        return f"C_T curve + FD-to-test ({fcfg.matcher}{extra})"
     if isinstance(fcfg.open_set_threshold, str):
         extra += f", open set {fcfg.open_set_threshold}"
     elif fcfg.open_set_threshold is not None:
@@ -194,7 +214,9 @@ def attribute(
         allowed: optional (q, g) boolean mask of the gallery curves each query may use (leave-one-run-out).
 
     Returns:
-        A DataFrame with :data:`~memray.io.schema.ATTRIBUTION_SCHEMA` columns. ``score``: best similarity (1nn),
+        A DataFrame with :data:`~memray.io.schema.ATTRIBUTION_SCHEMA` columns (``cfg.method`` ``auto`` resolved by
+        :func:`~memray.fingerprint.fd_profile.resolve_method`; ``curve_fd`` scores are −distance, see
+        :func:`_scorer`). ``score``: best similarity (1nn),
         vote share (knn) or similarity to the label's centroid (centroid); ``runner_up`` is the best other label
         and ``margin = score − runner_up's score``: a difference of two similarities, each in [−α, 1], so it lies
         in [0, 1 + α] and exceeds ``score`` whenever the runner-up's similarity is negative (its cosine with the
@@ -213,15 +235,16 @@ def attribute(
         raise GalleryError("every gallery curve needs a label; drop unlabelled curves or give them one")
     if allowed is None:
         allowed = np.ones((len(queries), len(gallery)), dtype=bool)
-    sim = similarity_matrix(queries.curves, gallery.curves, cfg.alpha)
+    both = queries.fd_test is not None and gallery.fd_test is not None
+    cfg = resolve_method(cfg, both, "the query or gallery curves")
+    sim, centroid = _scorer(queries, gallery, cfg)
     rows = []
     for qi in range(len(queries)):
         use = np.flatnonzero(allowed[qi])
         if use.size == 0:
             raise GalleryError(f"query {queries.names[qi]!r} has no gallery curve to compare with")
         if cfg.matcher == "centroid":
-            labs, cents = label_centroids(gallery, use)
-            s = similarity_matrix(queries.curves[qi : qi + 1], cents, cfg.alpha)[0]
+            labs, s = centroid(qi, use)
             pred, score, runner, rscore = decide_1nn(s, labs)
         elif cfg.matcher == "knn":
             s = sim[qi, use]
@@ -235,6 +258,36 @@ def attribute(
             pred, runner, score, margin = UNKNOWN, pred, best, best - cfg.open_set_threshold
         rows.append((queries.names[qi], queries.labels[qi], pred, score, runner, margin))
     return attribution_frame(rows, method_name(cfg))
+
+
+def _scorer(queries: Gallery, gallery: Gallery, cfg: FingerprintConfig) -> tuple[np.ndarray, Any]:
+    """(q, g) scores (higher = closer) and a function ``(query row, gallery rows) → (labels, centroid scores)``.
+
+    ``curve``: the similarity of the module docstring. ``curve_fd``: −L2 between the z-scored joint vectors
+    (:func:`memray.fingerprint.fd_profile.joint_vectors`, scaled over every gallery curve).
+    """
+    if cfg.method != CURVE_FD:
+
+        def curve_centroid(qi: int, use: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            labs, cents = label_centroids(gallery, use)
+            return labs, similarity_matrix(queries.curves[qi : qi + 1], cents, cfg.alpha)[0]
+
+        return similarity_matrix(queries.curves, gallery.curves, cfg.alpha), curve_centroid
+    nq = len(queries)
+    v = joint_vectors(
+        np.vstack([queries.curves, gallery.curves]),
+        np.vstack([queries.fd_test, gallery.fd_test]),  # type: ignore[list-item]
+        np.arange(nq, nq + len(gallery)),
+    )
+    vq, vg = v[:nq], v[nq:]
+
+    def joint_centroid(qi: int, use: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        labs = gallery.labels[use]
+        uniq = np.array(sorted(set(labs.tolist())), dtype=object)
+        cents = np.stack([vg[use][labs == lab].mean(0) for lab in uniq])
+        return uniq, -l2_matrix(vq[qi : qi + 1], cents)[0]
+
+    return -l2_matrix(vq, vg), joint_centroid
 
 
 def attribution_frame(rows: list[tuple], method: str) -> pd.DataFrame:

@@ -40,7 +40,7 @@ from memray.job.collect import (
 )
 from memray.job.config import AuditConfig, result_dict
 from memray.job.evidence import sources_for, write_report
-from memray.job.finish import finish_fingerprints_and_probes
+from memray.job.finish import finish_fingerprints_and_probes, job_method
 from memray.job.keys import embed_key, job_digest, score_key
 from memray.job.markers import write_fit_marker
 from memray.job.preflight import Preflight, check_gallery, preprocessing_record
@@ -180,6 +180,8 @@ def finish(
     stats.update(resumed=s["resumed"], history=s["history"], claims=run.claims.record())
     run_meta = {**run.meta, "stats": stats, "inputs": {s.name: list(s.urls or s.embeddings) for s in cfg.sets}}
     run_meta["labels"] = {g.name: g.label for g in cfg.generated}
+    if cfg.fingerprint is not None:
+        run_meta["fingerprint_method"] = job_method(cfg)
     run_meta.pop("memray_version")  # write_results records it once
     mapper = run.mapper or engine.mapper(cfg)
     write_results(cfg.output, result, run_meta, storage_options, mapper)  # the per-sample tables are assembled by tasks

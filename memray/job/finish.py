@@ -9,10 +9,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from memray.fingerprint.curve_run import curve_names, finish_fingerprints, plan_record
+from memray.fingerprint.curve_run import curve_names, finish_fingerprints, plan_record, with_profiles
 from memray.fingerprint.curves import read_gallery
+from memray.fingerprint.fd_profile import CURVE_FD, planned_method, profiles
+from memray.io.rows import set_rows
+from memray.job.config import AuditConfig
 from memray.job.evidence import fid_from_stats, set_feature_stats, subset_feature_stats, write_fid_attribution
-from memray.job.preflight import gallery_comparable
+from memray.job.preflight import gallery_comparable, gallery_method
 from memray.job.probes import finish_probes, is_probe_set
 from memray.job.result import AuditRun
 from memray.stats import Mapper
@@ -38,6 +41,8 @@ def finish_fingerprints_and_probes(
         gallery = read_gallery(fp.gallery) if fp.gallery else None
         job = gallery_comparable(cfg, run.meta["preprocessing"], run.checked.weights)
         stats = _curve_stats(run, subsets, layers, pieces, mapper)
+        if job_method(cfg) == CURVE_FD:
+            curves = with_profiles(curves, _profiles(run, subsets, layers, pieces, mapper))
         record = plan_record(subsets, run.sizes)
         out = finish_fingerprints(curves, record, fp, cfg.ct, cfg.output, gallery, job, stats)
         attribution = out.get("attribution")
@@ -76,6 +81,47 @@ def _curve_stats(
         log.warning("FID-nearest baselines of the evaluation not computed: %s", exc)
         return None
     return out
+
+
+def job_method(cfg: AuditConfig) -> str | None:
+    """The fingerprint method this job uses (``None`` without fingerprints): ``fingerprint.method``, where ``auto`` is
+    the saved gallery's method, else ``curve_fd`` (``curve`` with an open-set threshold)."""
+    fp = cfg.fingerprint
+    if fp is None:
+        return None
+    return planned_method(fp, gallery_method(fp.gallery) if fp.gallery else None)
+
+
+def _profiles(
+    run: AuditRun,
+    subsets: dict[str, list[np.ndarray]],
+    layers: list[int],
+    pieces: dict[str, list[tuple[str, int]]],
+    mapper: Mapper,
+) -> dict[tuple[str, int], list[float]]:
+    """Every curve's FD-to-test profile: (set, layer) → log FD(subset, test) per subset. One task per layer reads the
+    test set's features and returns their mean and covariance; one task per set and layer reads the set's features
+    and returns its subsets' log FDs (floats), so no feature and no set's covariance reaches the driver."""
+    cfg = run.cfg
+    test_files = [(pieces[cfg.test.name], layer) for layer in layers]
+    test_stats = dict(zip(layers, mapper(partial(_layer_stats, storage_options=cfg.storage), test_files), strict=True))
+    jobs = [(name, layer) for layer in layers for name in subsets]
+    task = partial(_set_profiles, storage_options=cfg.storage)
+    results = mapper(task, [(pieces[name], layer, subsets[name], test_stats[layer]) for name, layer in jobs])
+    return dict(zip(jobs, results, strict=True))
+
+
+def _layer_stats(item: tuple[list[tuple[str, int]], int], storage_options: dict | None) -> tuple:
+    """A task: mean and covariance of one layer of a set's feature files."""
+    return set_feature_stats(*item, storage_options)
+
+
+def _set_profiles(item: tuple, storage_options: dict | None) -> list[float]:
+    """A task: log FD to the test set of each subset of one set's layer (``item``: files, layer, subsets, test
+    stats)."""
+    files, layer, subs, test_stats = item
+    rows = set_rows(files, layer, storage_options)
+    return profiles(rows.read(0, rows.n), subs, test_stats)
 
 
 def _subset_stats(item: tuple[list[tuple[str, int]], int, list[np.ndarray]], storage_options: dict | None) -> list:

@@ -140,6 +140,14 @@ def gallery_record(url: str, storage_options: dict[str, Any] | None = None) -> d
     return json.loads(raw) if raw else {}
 
 
+def gallery_method(url: str) -> str:
+    """The fingerprint method a saved gallery was built with: ``curve_fd`` when its curves carry an FD-to-test
+    profile, else ``curve`` (published curves, text files, galleries of earlier versions)."""
+    from memray.fingerprint.curves import read_gallery
+
+    return read_gallery(url).method
+
+
 GALLERY_FIELDS = ("embed", "preprocessing", "ct", "fingerprint.subset_size", "fingerprint.subsets")
 _CT_IGNORED = ("seed", "search_rows", "query_batch", "candidates")
 
@@ -178,13 +186,16 @@ def check_gallery(
     weights: dict[str, Any] | None = None,
 ) -> None:
     """Refuse a gallery whose curves were made with another encoder (weights digest included), preprocessing or
-    C_T/subset config. Hub weights not yet resolved (``{"source": "hub"}``) are compared once the job resolved them."""
+    C_T/subset config, or with another ``fingerprint.method`` than an explicit one. Hub weights not yet resolved
+    (``{"source": "hub"}``) are compared once the job resolved them."""
+    from memray.fingerprint.fd_profile import check_gallery_method
     from memray.job.resume import differing_fields, weights_pending
 
     if cfg.fingerprint is None or not cfg.fingerprint.gallery:
         return
     url = cfg.fingerprint.gallery
     rec = gallery_record(url, storage_options)
+    check_gallery_method(cfg.fingerprint.method, gallery_method(url), url)
     if not rec.get("job"):
         log.warning("%s: the gallery does not record its encoder and C_T config; it cannot be checked", url)
         return
