@@ -22,7 +22,7 @@ import numpy as np
 from memray.stats.bounds import ItemBounds
 from memray.stats.config import CTConfig
 from memray.stats.faiss_backend import faiss_scope
-from memray.stats.index import TrainShard, _rowdot, _scores, _tolerance, prepare
+from memray.stats.index import TrainShard, _rowdot, _scores, _tolerance, prepare, search_chunked
 
 BATCH_BYTES = 128 * 1024**2  # memory bound of one query batch's candidate rows (float64)
 EXHAUSTIVE_BYTES = 32 * 1024**2  # memory bound of one block of the exhaustive float64 scan
@@ -76,14 +76,14 @@ def _shard_topk(shard: TrainShard, queries: np.ndarray, k: int, cfg: CTConfig, m
         for start in range(0, q, batch):
             qb = queries[start : start + batch]
             xq = prepare(qb, metric)
-            raw, cand = shard.index().search(xq, c)
+            raw, cand = search_chunked(shard.index(), xq, c)
             raw = raw.astype(np.float64)
             if metric == "l2":
                 approx, bound = raw, raw[:, -1]  # squared L2: every non-candidate row scores at least bound
             elif metric == "cosine":
                 approx, bound = 1.0 - raw, 1.0 - raw[:, -1]
             else:  # 1 − |cos|: candidates of q and of −q (PCA-centred rows: both signs occur)
-                raw2, cand2 = shard.index().search(-xq, c)
+                raw2, cand2 = search_chunked(shard.index(), -xq, c)
                 raw = np.hstack([raw, raw2.astype(np.float64)])
                 approx, bound = 1.0 - np.abs(raw), 1.0 - np.maximum(raw[:, c - 1], raw[:, -1])
                 cand = np.hstack([cand, cand2])  # |q̂·t̂| is the same in both lists

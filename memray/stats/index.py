@@ -43,6 +43,25 @@ def prepare(x: np.ndarray, metric: str) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+SEARCH_PAIRS = 65536  # (query, row) scores per FAISS call: its score block stays in the L2 cache (speed only)
+
+
+def search_chunked(index, xq: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search(xq, c)`` in chunks of at most :data:`SEARCH_PAIRS` / ``index.ntotal`` queries (at least 32).
+
+    The same results as one call (each query's list depends only on that query); FAISS' BLAS path is about twice
+    as fast per score when its block of scores fits the cache (a few hundred rows: the groups of
+    :func:`memray.stats.bounds.split_rows`).
+    """
+    step = max(32, SEARCH_PAIRS // max(1, int(getattr(index, "ntotal", 1))))
+    if len(xq) <= step:
+        return index.search(xq, c)
+    raw, cand = np.empty((len(xq), c), np.float32), np.empty((len(xq), c), np.int64)
+    for lo in range(0, len(xq), step):
+        raw[lo : lo + step], cand[lo : lo + step] = index.search(xq[lo : lo + step], c)
+    return raw, cand
+
+
 def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Σ_i a[..., i]·b[..., i] by a fixed pairwise tree (halves added elementwise, zero-padded to a power of two), so
     each pair's value is the same in any batch shape.
@@ -235,7 +254,7 @@ def _search_batch(shard: TrainShard, qb: np.ndarray, candidates: int) -> tuple[n
     c = min(candidates, n)
     xq = prepare(qb, metric)
     tol = _tolerance(qb, shard.sqnorm_max, metric)
-    raw, cand = shard.index().search(xq, c)
+    raw, cand = search_chunked(shard.index(), xq, c)
     raw = raw.astype(np.float64)
     bound = raw[:, -1] if metric == "l2" else 1.0 - raw[:, -1]  # no non-candidate scores below bound − tol
     approx = raw if metric == "l2" else 1.0 - (np.abs(raw) if metric == "cosine_abs" else raw)
@@ -245,7 +264,7 @@ def _search_batch(shard: TrainShard, qb: np.ndarray, candidates: int) -> tuple[n
         floor = 1.0 + np.einsum("ij,j->i", qb / np.where(qn > 0, qn, 1.0)[:, None], shard.center) - shard.radius
         need = np.flatnonzero(~(approx.min(axis=1) + 2.0 * tol < floor))
         if len(need):
-            raw2, cand2 = shard.index().search(-xq[need], c)
+            raw2, cand2 = search_chunked(shard.index(), -xq[need], c)
             extra = np.full((len(qb), c), np.inf)
             extra[need] = 1.0 - np.abs(raw2.astype(np.float64))
             bound[need] = np.minimum(bound[need], 1.0 - raw2[:, -1].astype(np.float64))

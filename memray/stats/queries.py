@@ -5,8 +5,8 @@ array in process) is cut into blocks of ``block_rows`` rows (default :data:`QUER
 projection's :data:`~memray.stats.pca.ROW_BLOCK`, so every row is projected in the very BLAS call it would be if the
 set were projected whole: results do not depend on the blocks). One task per block (:func:`project_item`, run through
 the caller's mapper) reads the block's rows, refuses NaN/inf, projects them into the layer's space, assigns their
-cells, writes each cell's rows to ``<prefix>/cell_{c:04d}/block_{g:06d}`` of the query workspace (``z`` (m, k)
-float64 and ``rows`` (m,) int64 positions in the set, in order) and the whole block to ``<prefix>/all/block_{g:06d}``
+cells, writes each cell's rows to ``<prefix>/cell_{c:04d}.block_{g:06d}`` of the query workspace (``z`` (m, k)
+float64 and ``rows`` (m,) int64 positions in the set, in order) and the whole block to ``<prefix>/all.block_{g:06d}``
 (with its ``cells``), and returns the block's cells. The caller keeps only
 the cells (8 B per row: :class:`Projected`); search and top-k items read the projected rows back from the workspace,
 as they read the training rows.
@@ -44,13 +44,13 @@ def _finite(x: np.ndarray, what: str, start: int = 0) -> np.ndarray:
 
 def query_key(prefix: str, cell: int, g: int) -> str:
     """Query-workspace key of block ``g``'s projected rows in cell ``cell`` of the set under ``prefix``."""
-    return f"{prefix}/cell_{cell:04d}/block_{g:06d}"
+    return f"{prefix}/cell_{cell:04d}.block_{g:06d}"  # one folder per set: a new file, not a new folder
 
 
 def block_key(prefix: str, g: int) -> str:
     """Query-workspace key of block ``g``'s projected rows in every cell (``z``, ``rows``, ``cells``): what a far
     top-k round reads in one piece."""
-    return f"{prefix}/all/block_{g:06d}"
+    return f"{prefix}/all.block_{g:06d}"
 
 
 def put_queries(qws: Workspace, prefix: str, g: int, start: int, z: np.ndarray, cells: np.ndarray) -> None:
