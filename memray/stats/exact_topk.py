@@ -88,7 +88,8 @@ def _shard_topk(shard: TrainShard, queries: np.ndarray, k: int, cfg: CTConfig, m
                 approx, bound = 1.0 - np.abs(raw), 1.0 - np.maximum(raw[:, c - 1], raw[:, -1])
                 cand = np.hstack([cand, cand2])  # |q̂·t̂| is the same in both lists
             tol = _tolerance(qb, shard.sqnorm_max, metric)
-            first = _first_seen(cand)  # a row found for q and for −q counts once
+            # a row found for q and for −q counts once (one search: FAISS lists each row at most once)
+            first = _first_seen(cand) if metric == "cosine_abs" else cand >= 0
             approx = np.where(first, approx, np.inf)
             kth = np.partition(approx, kk - 1, axis=1)[:, kk - 1]
             # only candidates within 2·tol of the k-th float32 score can make the exact top k: re-rank those
