@@ -65,10 +65,10 @@ def discriminator(width: int) -> nn.Module:
     )
 
 
-def train_dcgan(images: np.ndarray, seed: int, epochs: int, z_dim: int, width: int, lr: float, batch: int):
-    """A DCGAN (non-saturating BCE loss, Adam β1 = 0.5) on ``images`` (n, 28, 28) in [0, 1]; the generator."""
-    torch.manual_seed(seed)
-    gen, disc = Generator(z_dim, width), discriminator(width)
+def train_gan(gen: nn.Module, disc: nn.Module, images: np.ndarray, seed: int, epochs: int, z_dim: int, lr: float,
+              batch: int) -> nn.Module:  # fmt: skip
+    """Train ``gen`` against ``disc`` (non-saturating BCE loss, Adam β1 = 0.5) on ``images`` (n, 28, 28) in [0, 1];
+    the generator, in eval mode."""
     opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
     x_all = torch.from_numpy(images[:, None].astype(np.float32))
@@ -87,6 +87,12 @@ def train_dcgan(images: np.ndarray, seed: int, epochs: int, z_dim: int, width: i
         loss_g.backward()
         opt_g.step()
     return gen.eval()
+
+
+def train_dcgan(images: np.ndarray, seed: int, epochs: int, z_dim: int, width: int, lr: float, batch: int):
+    """A DCGAN on ``images`` (n, 28, 28) in [0, 1] (:func:`train_gan`); the generator."""
+    torch.manual_seed(seed)
+    return train_gan(Generator(z_dim, width), discriminator(width), images, seed, epochs, z_dim, lr, batch)
 
 
 @torch.no_grad()
@@ -113,26 +119,9 @@ def mlp_discriminator(width: int) -> nn.Module:
 
 
 def train_mlp_gan(images: np.ndarray, seed: int, epochs: int, z_dim: int, width: int, lr: float, batch: int):
-    """An MLP GAN (non-saturating BCE loss, Adam β1 = 0.5) on ``images`` (n, 28, 28) in [0, 1]; the generator."""
+    """An MLP GAN on ``images`` (n, 28, 28) in [0, 1] (:func:`train_gan`); the generator."""
     torch.manual_seed(seed)
-    gen, disc = mlp_generator(z_dim, width), mlp_discriminator(width)
-    opt_g = torch.optim.Adam(gen.parameters(), lr=lr, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
-    x_all = torch.from_numpy(images[:, None].astype(np.float32))
-    noise = torch.Generator().manual_seed(seed)
-    for idx in batches(len(images), batch, epochs, np.random.default_rng(seed)):
-        fake = gen(torch.randn(len(idx), z_dim, generator=noise))
-        ones, zeros = torch.ones(len(idx), 1), torch.zeros(len(idx), 1)
-        loss_d = F.binary_cross_entropy_with_logits(disc(x_all[idx]), ones)
-        loss_d = loss_d + F.binary_cross_entropy_with_logits(disc(fake.detach()), zeros)
-        opt_d.zero_grad()
-        loss_d.backward()
-        opt_d.step()
-        loss_g = F.binary_cross_entropy_with_logits(disc(fake), ones)
-        opt_g.zero_grad()
-        loss_g.backward()
-        opt_g.step()
-    return gen.eval()
+    return train_gan(mlp_generator(z_dim, width), mlp_discriminator(width), images, seed, epochs, z_dim, lr, batch)
 
 
 # ---- VAE -------------------------------------------------------------------------------------------------------
