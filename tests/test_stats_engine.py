@@ -33,7 +33,9 @@ class Recorder:
         return [fn(x) for x in items[::-1]][::-1]
 
     def searches(self) -> int:
-        return sum(fn is search.run_task for fn, _ in self.calls)
+        """Search rounds run: calls of ``run_task``, alone or packed several items to a task."""
+        return sum(fn is search.run_task or (getattr(fn, "args", None) or (None,))[0] is search.run_task
+                   for fn, _ in self.calls)  # fmt: skip
 
 
 def brute_force(train_z, train_cells, q, q_cells, metric):

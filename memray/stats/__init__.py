@@ -9,10 +9,38 @@ The statistic itself lives here too: the per-layer space (:mod:`~memray.stats.sp
 (:mod:`~memray.stats.results`).
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Any
 
 Mapper = Callable[[Callable, Iterable], Iterable]
 """``mapper(fn, items)`` with builtin ``map`` semantics: where a stage's work items run (``map``, or Ray tasks)."""
+
+PACK_WORK = 1 << 27
+"""Work (e.g. training rows × queries) below which consecutive small items share a task: a Ray task costs
+milliseconds to schedule whatever it does, so tiny items are run several to a task (results are the same)."""
+
+
+def _apply_all(fn: Callable[[Any], Any], chunk: list[Any]) -> list[Any]:
+    return [fn(item) for item in chunk]
+
+
+def packed_map(
+    mapper: Mapper, fn: Callable[[Any], Any], items: Sequence[Any], work: Sequence[float], least: float = PACK_WORK
+) -> list[Any]:
+    """``list(mapper(fn, items))``, with consecutive items run together until their ``work`` sums to ``least``:
+    the same results in the same order, fewer tasks when items are small (large items stay one per task)."""
+    chunks: list[list[Any]] = []
+    held = least
+    for item, w in zip(items, work, strict=True):
+        if held >= least:
+            chunks.append([])
+            held = 0.0
+        chunks[-1].append(item)
+        held += float(w)
+    if len(chunks) == len(items):
+        return list(mapper(fn, items))
+    return [r for got in mapper(partial(_apply_all, fn), chunks) for r in got]
 
 
 class ScoreInputError(ValueError):

@@ -227,6 +227,8 @@ def lloyd(
     Returns:
         final centroids (R, cells, k) float64 and each restart's exact objective for them.
     """
+    if len(items) == 1 and mapper is not map:  # one block: every pass in one task (the same arithmetic)
+        return next(iter(mapper(partial(_lloyd_one, ws, init, niter), items)))
     centroids = np.array(init, dtype=np.float64)
     moving = np.arange(len(centroids))
     for _ in range(niter):
@@ -240,6 +242,10 @@ def lloyd(
             break
     total = reduce_ordered(mapper(partial(_objective_item, ws, centroids), items), merge_lloyd)
     return centroids, [math.fsum(p) for p in total.objective]
+
+
+def _lloyd_one(ws: Workspace, init: np.ndarray, niter: int, item: tuple[int, np.ndarray | None]):
+    return lloyd(ws, [item], init, niter)
 
 
 def best_restart(objectives: list[float]) -> int:

@@ -20,7 +20,7 @@ from functools import partial
 import numpy as np
 
 from memray.io.rows import Rows
-from memray.stats import Mapper, ScoreInputError
+from memray.stats import Mapper, ScoreInputError, packed_map
 from memray.stats.pca import ROW_BLOCK
 from memray.stats.space import LayerSpace
 from memray.stats.workspace import Workspace, block_count, block_range
@@ -146,7 +146,8 @@ def project_sets(
         raise ValueError(f"query block_rows={block_rows}: must be a positive multiple of {ROW_BLOCK}")
     items = [ProjectItem(rows, prefix, label, g) for prefix, rows, label in sets
              for g in range(block_count(rows.n, block_rows))]  # fmt: skip
-    cells = list(mapper(partial(project_item, qws=qws, space=space, block_rows=block_rows), items))
+    rows = [min(block_rows, it.rows.n - it.g * block_rows) * space.mean.shape[0] for it in items]  # rows × dims
+    cells = packed_map(mapper, partial(project_item, qws=qws, space=space, block_rows=block_rows), items, rows)
     out, at = [], 0
     for prefix, rows, _ in sets:
         n_blocks = block_count(rows.n, block_rows)

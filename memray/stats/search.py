@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from memray.io.storage import remove
-from memray.stats import Mapper
+from memray.stats import Mapper, packed_map
 from memray.stats.config import CTConfig
 from memray.stats.fit import FitResult, cell_key
 from memray.stats.index import TrainShard, merge_min, search_prepared
@@ -142,7 +142,9 @@ def search_round(
     ids = np.full(n, -1, dtype=np.int64)
     tasks = [SearchTask(ws, item, qws, tuple(parts[item.cell]), cfg)
              for item in plan_search(fit.block_cells, cfg.search_rows) if item.cell in parts]  # fmt: skip
-    for rows, d, i in mapper(run_task, tasks):
+    per_cell = np.asarray(fit.block_cells, np.int64)
+    work = [per_cell[list(t.item.blocks), t.item.cell].sum() * n / max(1, per_cell.shape[1]) for t in tasks]
+    for rows, d, i in packed_map(mapper, run_task, tasks, work):
         dist[rows], ids[rows] = merge_min([(dist[rows], ids[rows]), (d, i)])
     log.debug("search round: %d queries, %d items", n, len(tasks))
     return dist, ids

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from memray.stats import Mapper
+from memray.stats import Mapper, packed_map
 from memray.stats.bounds import ItemBounds, split_rows
 from memray.stats.config import CTConfig
 from memray.stats.exact_topk import _item_topk, answer, merge_topk  # noqa: F401  (_item_topk: one item's search)
@@ -175,7 +175,9 @@ def topk_round(
     keys: dict[int, list[str]] = {g: [] for g in grp}
     limits = [np.full(b.stop - b.start, np.inf) for b in blocks]
     searches = 0.0
-    for got in mapper(run_topk_task, tasks):
+    per_cell, queries = np.asarray(fit.block_cells, np.int64), sum(b.stop - b.start for b in blocks)
+    work = [per_cell[list(item.blocks), item.cell].sum() * queries for item in items]  # home and far alike
+    for got in packed_map(mapper, run_topk_task, tasks, work):
         for bi, rows, kth in got.kth:
             limits[bi][rows] = np.minimum(limits[bi][rows], kth)
         for g, key in got.written:
@@ -183,11 +185,10 @@ def topk_round(
         searches += got.searches
     if len(items) > 1:
         far = [dataclasses.replace(t, limits=tuple(limits)) for t in tasks]
-        for got in mapper(run_topk_task, far):
+        for got in packed_map(mapper, run_topk_task, far, work):
             for g, key in got.written:
                 keys[g].append(key)
             searches += got.searches
-    queries = sum(b.stop - b.start for b in blocks)
     log.debug("top-%d round: %d queries, %d items, %.1f item searches", k, queries, len(items), searches)
     lists = {(b.prefix, b.g): (bi, tuple(sorted(keys[grp[bi]]))) for bi, b in enumerate(blocks)}
     return TopkLists(lists, len(items), searches)
