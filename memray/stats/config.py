@@ -123,6 +123,7 @@ _VIEW_SPEC = re.compile(r"^(identity|hflip|shift:([1-9]|1[0-6])|crop:0?\.\d+)$")
 DEFAULT_VIEWS: tuple[str, ...] = ("identity", "hflip", "shift:1", "crop:0.9")
 """``evidence.views`` by default: identity, the mirror, the four 1-pixel shifts and a 0.9 centre crop (7 views)."""
 STATISTICS = ("relative", "distance")
+DEFAULT_STATISTIC = "relative"  # the evidence score unless the config says otherwise
 """The evidence scores of :func:`memray.stats.copies.evidence_score`."""
 
 
@@ -159,7 +160,9 @@ class EvidenceConfig:
         default=DEFAULT_VIEWS,
         metadata=rule("(a list of identity, hflip, shift:<1..16>, crop:<0.5 ≤ s < 1>)", _views_ok),
     )
-    statistic: str = field(default="relative", metadata=rule("(relative or distance)", lambda v: v in STATISTICS))
+    statistic: str = field(
+        default=DEFAULT_STATISTIC, metadata=rule("(relative or distance)", lambda v: v in STATISTICS)
+    )
     pixels: int = field(default=16, metadata=rule("(0 = off, or 4 to 64)", lambda v: v == 0 or 4 <= v <= 64))
     q: float = field(default=0.01, metadata=rule("(0 < q < 0.5)", lambda v: 0 < v < 0.5))
     r0: float = field(default=0.005, metadata=rule("(0 ≤ r0 < q)", lambda v: 0 <= v < 0.5))

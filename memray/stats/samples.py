@@ -22,6 +22,7 @@ import pandas as pd
 from memray.io import schema
 from memray.io.rows import Rows
 from memray.stats import Mapper
+from memray.stats.config import DEFAULT_STATISTIC
 from memray.stats.copies import IDENTITY, LayerTrain, Sources, copies_frame, evidence_score
 from memray.stats.engine import Fitted
 from memray.stats.parts import Part, PartDir
@@ -65,7 +66,7 @@ class BlockContext:
     train_name: str
     test_d1: dict[str, np.ndarray] | None = None
     thresholds: dict[str, np.ndarray] | None = None
-    statistic: str = "distance"
+    statistic: str = DEFAULT_STATISTIC
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,7 @@ def sample_tables(
     train_name: str = "train",
     views: dict[str | None, tuple[str, ...]] | None = None,
     q: float = 0.01,
-    statistic: str = "distance",
+    statistic: str = DEFAULT_STATISTIC,
 ) -> tuple[dict[str, list[Part]], Evidence | None]:
     """The layer's ``neighbors`` (and, with ``ct.top_k``, ``copies``) parts, in input order (test, sets by name,
     blocks), written by tasks; ``scored``: name -> the set's search result (``dist``, ``nn``, ``cell``);
