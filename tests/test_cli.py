@@ -95,6 +95,7 @@ def test_fingerprint_protocol_choices_match_the_evaluator() -> None:
 def test_ctrl_c_exits_130_with_one_line(verbose: bool) -> None:
     code = """
 import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's background job starts with SIGINT ignored
 import memray.commands.fingerprint as fp
 def run(args):  # stands in for a long command: a real SIGINT arrives while it runs
     signal.raise_signal(signal.SIGINT)
