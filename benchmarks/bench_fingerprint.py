@@ -20,7 +20,9 @@ images' feature statistics at every layer. Methods (1-NN on a distance between t
 Protocols: ``select`` = leave-one-run-out among the ``--select-seeds`` runs (the method is chosen here);
 ``held-out`` = the ``--report-seed`` runs as queries against the selection runs (no tuning on them);
 ``demo`` = leave-one-run-out over a second folder (``--demo``; labels from its config, ``run2_*`` mapped by
-``--demo-labels``). Intervals: 95% percentile over 2,000 seeded draws of query runs (:mod:`memray.fingerprint.compare`).
+``--demo-labels``); ``base family`` = every ``copy_mix`` curve (30% training copies among ``pca_gmm`` samples)
+against all other runs but the memorizers, labelled by its base family (``--no-base-family`` skips it).
+Intervals: 95% percentile over 2,000 seeded draws of query runs (:mod:`memray.fingerprint.compare`).
 
     python benchmarks/bench_fingerprint.py --audit /tmp/detection2 --demo runs/demo
 """
@@ -51,6 +53,8 @@ from memray.stats.score import fit_layer
 
 log = logging.getLogger("bench_fingerprint")
 DEMO_LABELS = {"run2_a": "kde_copy", "run2_b": "kde_wide", "run2_c": "gmm", "run2_d": "real"}
+BASE_FAMILY = {"copy_mix": "pca_gmm"}  # memorizer kind -> the family whose samples it copies among
+NO_FAMILY = ("kde", "small_subset_vae")  # memorizers without a base family in the gallery
 SEED = re.compile(r"^(.*)-s(\d+)$")
 
 
@@ -153,6 +157,19 @@ def demo_table(audit: Path, subset: int) -> pd.DataFrame:
     return score(curves, dist, q, curves.runs[:, None] != curves.runs[None, :])
 
 
+def base_family_table(audit: Path, subset: int) -> pd.DataFrame:
+    """Copy-paste memorizers (:data:`BASE_FAMILY`) queried against every other zoo run, all seeds: attributed to
+    their base family? (The issue's ask: a memorizer among a family's samples is that family.)"""
+    names = sorted(p.name for p in (audit / "embeddings").iterdir() if SEED.match(p.name))
+    kind = {n: SEED.match(n).group(1) for n in names}  # type: ignore[union-attr]
+    labels = {n: BASE_FAMILY.get(k, k) for n, k in kind.items() if k not in NO_FAMILY}
+    curves, stats, test_stats = curves_and_stats(audit, labels, subset)
+    copier = np.array([kind[r] in BASE_FAMILY for r in curves.runs])
+    dist = distances(curves, stats, test_stats, ~copier)  # scaled by the gallery runs only
+    q = np.flatnonzero(copier)
+    return score(curves, dist, q, np.broadcast_to(~copier, (len(q), len(curves))))
+
+
 def _cell(r: pd.Series, k: str) -> str:
     frac = f"{int(r[(k, 'correct')])}/{int(r[(k, 'total')])}"
     return f"{frac} {r[(k, 'accuracy')]:.2f} [{r[(k, 'low')]:.2f}, {r[(k, 'high')]:.2f}]"
@@ -165,6 +182,7 @@ def main() -> None:
     ap.add_argument("--select-seeds", default="0,1", help="zoo seeds the method is chosen on")
     ap.add_argument("--report-seed", type=int, default=2, help="zoo seed reported on (queries)")
     ap.add_argument("--subset-size", type=int, default=250, help="images per curve (2 curves per run of 500)")
+    ap.add_argument("--no-base-family", action="store_true", help="skip the memorizers' base-family attribution")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     t0 = time.perf_counter()
@@ -183,6 +201,11 @@ def main() -> None:
             f"{m:<{width}}  " + "  ".join(f"{_cell(r, k):<24}" for k in keys) + ("  <- chosen" if m == chosen else "")
         )
     print(f"\nchosen on seeds {args.select_seeds}: {chosen}; {time.perf_counter() - t0:.0f} s")
+    if not args.no_base_family:
+        base = base_family_table(args.audit, args.subset_size)
+        print(f"\ncopy-paste memorizers {sorted(BASE_FAMILY)} attributed to their base family (all seeds):")
+        for m, r in base.iterrows():
+            print(f"{m:<{width}}  {int(r['correct'])}/{int(r['total'])} {r['accuracy']:.2f}")
 
 
 if __name__ == "__main__":
