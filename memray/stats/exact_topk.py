@@ -96,8 +96,8 @@ def _shard_topk(shard: TrainShard, queries: np.ndarray, k: int, cfg: CTConfig, m
             rr, cc = np.nonzero(first & (approx <= (kth + 2.0 * tol)[:, None]))
             t = cand[rr, cc]
             exact = np.full(cand.shape, np.inf)
-            qn = np.sqrt(_rowdot(qb, qb))  # once per query, not per candidate
-            exact[rr, cc] = _scores(qb[rr], shard.train[t], metric, shard.norms[t], qn[rr])
+            qn = None if metric == "l2" else np.sqrt(_rowdot(qb, qb))[rr]  # once per query, not per candidate
+            exact[rr, cc] = _scores(qb[rr], shard.train[t], metric, shard.norms[t], qn)
             bs, bi = _lex_topk(exact, shard.train_ids[cand], kk)
             dist[start : start + len(qb)], ids[start : start + len(qb)] = bs, bi
             if c < n:

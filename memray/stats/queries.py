@@ -146,8 +146,9 @@ def project_sets(
         raise ValueError(f"query block_rows={block_rows}: must be a positive multiple of {ROW_BLOCK}")
     items = [ProjectItem(rows, prefix, label, g) for prefix, rows, label in sets
              for g in range(block_count(rows.n, block_rows))]  # fmt: skip
-    rows = [min(block_rows, it.rows.n - it.g * block_rows) * space.mean.shape[0] for it in items]  # rows × dims
-    cells = packed_map(mapper, partial(project_item, qws=qws, space=space, block_rows=block_rows), items, rows)
+    spans = [block_range(it.g, block_rows, it.rows.n) for it in items]
+    work = [(stop - start) * space.mean.shape[0] for start, stop in spans]  # rows × dimensions
+    cells = packed_map(mapper, partial(project_item, qws=qws, space=space, block_rows=block_rows), items, work)
     out, at = [], 0
     for prefix, rows, _ in sets:
         n_blocks = block_count(rows.n, block_rows)

@@ -43,6 +43,10 @@ class SearchItem:
     cell: int
     blocks: tuple[int, ...]
 
+    def rows(self, block_cells: np.ndarray) -> int:
+        """Training rows of the item, from the fit's (n_blocks, cells) per-block cell counts."""
+        return int(np.asarray(block_cells, np.int64)[list(self.blocks), self.cell].sum())
+
 
 def plan_search(block_cells: np.ndarray, max_rows: int) -> list[SearchItem]:
     """Group each cell's non-empty blocks, in block order, into items of at most ``max_rows`` training rows.
@@ -142,8 +146,8 @@ def search_round(
     ids = np.full(n, -1, dtype=np.int64)
     tasks = [SearchTask(ws, item, qws, tuple(parts[item.cell]), cfg)
              for item in plan_search(fit.block_cells, cfg.search_rows) if item.cell in parts]  # fmt: skip
-    per_cell = np.asarray(fit.block_cells, np.int64)
-    work = [per_cell[list(t.item.blocks), t.item.cell].sum() * n / max(1, per_cell.shape[1]) for t in tasks]
+    cells = max(1, np.shape(fit.block_cells)[1])
+    work = [t.item.rows(fit.block_cells) * n / cells for t in tasks]  # its cell's share of the queries
     for rows, d, i in packed_map(mapper, run_task, tasks, work):
         dist[rows], ids[rows] = merge_min([(dist[rows], ids[rows]), (d, i)])
     log.debug("search round: %d queries, %d items", n, len(tasks))

@@ -147,8 +147,7 @@ def run_topk_task(task: TopkTask) -> TaskResult:
             cells = np.asarray(part["cells"], np.int64)
         else:
             continue
-        far = cells != task.item.cell
-        pick = np.flatnonzero(far) if not home else np.arange(len(cells))
+        pick = np.arange(len(cells)) if home else np.flatnonzero(cells != task.item.cell)
         local, qz = np.asarray(part["rows"], np.int64)[pick] - block.start, np.asarray(part["z"], np.float64)[pick]
         limit = np.full(len(local), np.inf) if home else task.limits[bi][local]
         pending.append((bi, local, qz, cells[pick], limit))
@@ -175,8 +174,8 @@ def topk_round(
     keys: dict[int, list[str]] = {g: [] for g in grp}
     limits = [np.full(b.stop - b.start, np.inf) for b in blocks]
     searches = 0.0
-    per_cell, queries = np.asarray(fit.block_cells, np.int64), sum(b.stop - b.start for b in blocks)
-    work = [per_cell[list(item.blocks), item.cell].sum() * queries for item in items]  # home and far alike
+    queries = sum(b.stop - b.start for b in blocks)
+    work = [item.rows(fit.block_cells) * queries for item in items]  # home and far alike
     for got in packed_map(mapper, run_topk_task, tasks, work):
         for bi, rows, kth in got.kth:
             limits[bi][rows] = np.minimum(limits[bi][rows], kth)
