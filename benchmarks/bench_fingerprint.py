@@ -131,11 +131,19 @@ def score(curves: Gallery, dist: dict[str, np.ndarray], queries: np.ndarray, all
     return pd.DataFrame(rows, columns=["method", "correct", "total", "accuracy", "low", "high"]).set_index("method")
 
 
-def zoo_tables(audit: Path, select: set[int], report: int, subset: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def zoo_curves(audit: Path, subset: int) -> tuple[Gallery, dict, dict, dict[str, str], dict[str, int]]:
+    """Every zoo run's curves labelled by kind (fitted once for every table), their feature statistics, the test
+    set's, and each run's kind and seed."""
     names = sorted(p.name for p in (audit / "embeddings").iterdir() if SEED.match(p.name))
-    labels = {n: SEED.match(n).group(1) for n in names}  # type: ignore[union-attr]
+    kind = {n: SEED.match(n).group(1) for n in names}  # type: ignore[union-attr]
     seed = {n: int(SEED.match(n).group(2)) for n in names}  # type: ignore[union-attr]
-    curves, stats, test_stats = curves_and_stats(audit, labels, subset)
+    curves, stats, test_stats = curves_and_stats(audit, kind, subset)
+    return curves, stats, test_stats, kind, seed
+
+
+def zoo_tables(zoo: tuple, select: set[int], report: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Leave-one-run-out over the ``select`` seeds, and the ``report`` seed's runs against them (:func:`zoo_curves`)."""
+    curves, stats, test_stats, _, seed = zoo
     s = np.array([seed[r] for r in curves.runs])
     in_sel, in_rep = np.isin(s, list(select)), s == report
     dist = distances(curves, stats, test_stats, in_sel)  # scaled by the selection runs only
@@ -157,13 +165,13 @@ def demo_table(audit: Path, subset: int) -> pd.DataFrame:
     return score(curves, dist, q, curves.runs[:, None] != curves.runs[None, :])
 
 
-def base_family_table(audit: Path, subset: int) -> pd.DataFrame:
+def base_family_table(zoo: tuple) -> pd.DataFrame:
     """Copy-paste memorizers (:data:`BASE_FAMILY`) queried against every other zoo run, all seeds: attributed to
     their base family? (The issue's ask: a memorizer among a family's samples is that family.)"""
-    names = sorted(p.name for p in (audit / "embeddings").iterdir() if SEED.match(p.name))
-    kind = {n: SEED.match(n).group(1) for n in names}  # type: ignore[union-attr]
-    labels = {n: BASE_FAMILY.get(k, k) for n, k in kind.items() if k not in NO_FAMILY}
-    curves, stats, test_stats = curves_and_stats(audit, labels, subset)
+    curves, stats, test_stats, kind, _ = zoo
+    keep = curves.select(np.array([kind[r] not in NO_FAMILY for r in curves.runs]))
+    labels = np.array([BASE_FAMILY.get(k, k) for k in keep.labels], dtype=object)
+    curves = Gallery(keep.names, labels, keep.curves, keep.layers, keep.runs, keep.fd_test)
     copier = np.array([kind[r] in BASE_FAMILY for r in curves.runs])
     dist = distances(curves, stats, test_stats, ~copier)  # scaled by the gallery runs only
     q = np.flatnonzero(copier)
@@ -186,9 +194,8 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     t0 = time.perf_counter()
-    sel, rep = zoo_tables(
-        args.audit, {int(s) for s in args.select_seeds.split(",")}, args.report_seed, args.subset_size
-    )
+    zoo = zoo_curves(args.audit, args.subset_size)
+    sel, rep = zoo_tables(zoo, {int(s) for s in args.select_seeds.split(",")}, args.report_seed)
     table = pd.concat({"select": sel, "held-out": rep}, axis=1)
     if args.demo:
         table = pd.concat([table, pd.concat({"demo": demo_table(args.demo, args.subset_size)}, axis=1)], axis=1)
@@ -202,7 +209,7 @@ def main() -> None:
         )
     print(f"\nchosen on seeds {args.select_seeds}: {chosen}; {time.perf_counter() - t0:.0f} s")
     if not args.no_base_family:
-        base = base_family_table(args.audit, args.subset_size)
+        base = base_family_table(zoo)
         print(f"\ncopy-paste memorizers {sorted(BASE_FAMILY)} attributed to their base family (all seeds):")
         for m, r in base.iterrows():
             print(f"{m:<{width}}  {int(r['correct'])}/{int(r['total'])} {r['accuracy']:.2f}")
