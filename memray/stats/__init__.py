@@ -16,7 +16,7 @@ from typing import Any
 Mapper = Callable[[Callable, Iterable], Iterable]
 """``mapper(fn, items)`` with builtin ``map`` semantics: where a stage's work items run (``map``, or Ray tasks)."""
 
-PACK_WORK = 1 << 27
+PACK_WORK = 1 << 22
 """Work (e.g. training rows × queries) below which consecutive small items share a task: a Ray task costs
 milliseconds to schedule whatever it does, so tiny items are run several to a task (results are the same)."""
 
