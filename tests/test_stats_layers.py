@@ -87,3 +87,32 @@ def test_query_rows_are_read_only_by_tasks_and_tables_equal_score_features(monke
     ref = score_features(train_fs, test_fs, gens, cfg)
     for name in ("ct_scores", "ct_cells", "neighbors", "copies", "ct_stability", "verdicts"):
         pd.testing.assert_frame_equal(got.table(name), ref.table(name), check_exact=True, obj=name)
+
+
+def test_layers_in_flight_give_the_same_tables_as_one_at_a_time():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(900, 10)).astype(np.float32)
+    train_fs = FeatureSet(np.array([f"t{i}" for i in range(600)], dtype=object),
+                          {layer: np.tanh(x[:600] * layer) for layer in (1, 2, 3, 4)})  # fmt: skip
+    test_fs = FeatureSet(np.array([f"p{i}" for i in range(300)], dtype=object),
+                         {layer: np.tanh(x[600:] * layer) for layer in (1, 2, 3, 4)})  # fmt: skip
+    gen = FeatureSet(np.array([f"g{i}" for i in range(200)], dtype=object),
+                     {layer: train_fs.layers[layer][:200] + 0.01 for layer in (1, 2, 3, 4)})  # fmt: skip
+    cfg = CTConfig(mode="meehan", cells=3, pca_dim=5, kmeans_nredo=2, bootstrap=20, top_k=2)
+
+    def threaded_map(fn, items):  # builtin map semantics, safe to call from several threads
+        return [fn(item) for item in items]
+
+    got = {}
+    for width in (1, 3):
+        sink = MemorySink()
+        try:
+            tables, _ = score_layers([1, 2, 3, 4], ArraySource(train_fs, test_fs, {"g": gen}), sink, cfg,
+                                     threaded_map, in_flight=width)  # fmt: skip
+            whole = {k: concat_pieces(k, v) for k, v in tables.items()}
+            got[width] = ScoreResult.from_tables(whole, cfg).materialized()
+        finally:
+            sink.close()
+    for name in ("ct_scores", "ct_cells", "neighbors", "copies", "verdicts"):
+        pd.testing.assert_frame_equal(got[3].table(name), got[1].table(name), check_exact=True, obj=name)
+    assert list(got[3].table("ct_scores")["layer"]) == [1, 2, 3, 4]

@@ -1,8 +1,12 @@
-"""Small work items share a task (packed_map), a one-block k-means runs every pass in one task: same results."""
+"""Small work items share a task (packed_map), a one-block k-means runs every pass in one task: same results;
+run_in_flight runs items at once, raises the first failure in item order and cancels what had not started."""
+
+import threading
 
 import numpy as np
+import pytest
 
-from memray.stats import kmeans, packed_map
+from memray.stats import kmeans, packed_map, run_in_flight
 from memray.stats.config import CTConfig
 from memray.stats.score import fit_layer
 
@@ -47,3 +51,35 @@ def test_one_block_kmeans_runs_in_one_task_with_the_same_fit():
     finally:
         packed.close()
         inline.close()
+
+
+def test_run_in_flight_overlaps_items_and_raises_the_first_failure_in_item_order():
+    both = threading.Barrier(2, timeout=30)  # broken (and the test failed) unless two items run at once
+    seen: list[int] = []
+
+    def fn(x: int) -> None:
+        if x < 2:
+            both.wait()
+        seen.append(x)
+
+    run_in_flight(fn, [0, 1, 2, 3], width=2)
+    assert sorted(seen) == [0, 1, 2, 3]
+
+    started: list[int] = []
+    gate = threading.Event()
+
+    def failing(x: int) -> None:
+        started.append(x)
+        if x == 1:  # item 1 fails only after item 0 has failed: item order, not time order, picks the error
+            gate.wait(30)
+            raise KeyError(x)
+        if x == 0:
+            gate.set()
+            raise ValueError(x)
+
+    with pytest.raises(ValueError):
+        run_in_flight(failing, [0, 1, 2, 3, 4, 5], width=2)
+    assert sorted(started)[:2] == [0, 1] and len(started) < 6  # the items behind the failures were cancelled
+    seen.clear()
+    run_in_flight(seen.append, [5, 6, 7], width=1)
+    assert seen == [5, 6, 7]  # width 1: in order, in this thread

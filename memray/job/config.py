@@ -47,6 +47,9 @@ class ResourcesConfig:
     assignment) runs, float64 either way (:mod:`memray.stats.device`): ``cpu`` (numpy), ``cuda`` (torch; each
     task is given a GPU), ``auto`` (CUDA in tasks given a GPU, i.e. with ``faiss_gpu``, else numpy); ``run.json``
     records the device used (``stats.score.score_devices``).
+    ``layers_in_flight``: layers the job's driver scores at once (each waits on its own tasks, so the workers stay
+    busy between one layer's small rounds; the tables do not depend on it; the driver holds that many layers'
+    per-sample results and the workers their rounds).
     ``actor_resources``: custom Ray resources each embedding actor requests (e.g. ``{"A100": 1}`` to pin actors to
     nodes that advertise that resource). ``autoscaling``: the cluster's autoscaler adds nodes on demand, so the
     capacity check against the connected cluster's current resources is skipped.
@@ -64,6 +67,7 @@ class ResourcesConfig:
     index_task_num_cpus: float = field(default=1.0, metadata=at_least(0))
     faiss_gpu: bool = False
     score_device: ScoreDevice = "cpu"
+    layers_in_flight: int = field(default=2, metadata=at_least(1))
     actor_resources: tuple[tuple[str, float], ...] = field(
         default=(), metadata=rule("(non-empty names, amounts >= 0)", _amounts_ok)
     )
@@ -247,6 +251,7 @@ LAYOUT_ONLY_RESOURCES = (
     "read_num_cpus",
     "embed_batch_size",
     "index_task_num_cpus",
+    "layers_in_flight",
     "autoscaling",
 )
 # Fields that change numbers only within float64 rounding (README, "GPU scoring"); run.json records their effect.

@@ -213,12 +213,15 @@ def run_scoring(
             return {"fingerprints": curves_frame(subset_curves(fitted, scored, labels, subsets))}
 
     t0 = time.perf_counter()
+    in_flight = 1 if mapper is map else cfg.resources.layers_in_flight  # in process: one layer at a time (BLAS threads)
     mapper = DeviceMapper(mapper, cfg.resources.score_device)  # the block arithmetic on the configured device
     source = FileSource(cfg, pieces, cfg.output, fit_roots)
     sink = FolderSink(cfg.output, score_key, names, cfg.storage)
     todo = [layer for layer in layers if not sink.done(layer)]
     check_finite(pieces, todo, cfg.storage, mapper)  # NaN/inf in any set is refused before any layer is scored
-    parts, done = score_layers(layers, source, sink, cfg.ct, mapper, sources, cfg.train.name, extra, cfg.evidence)
+    parts, done = score_layers(
+        layers, source, sink, cfg.ct, mapper, sources, cfg.train.name, extra, cfg.evidence, in_flight
+    )
     dt = time.perf_counter() - t0
     log.info("score: %d layers, %.1f s, %.2f layers/s", len(layers), dt, len(layers) / dt if dt else 0.0)
     cat = {name: concat_pieces(name, v, cfg.storage) for name, v in parts.items()}
@@ -233,6 +236,7 @@ def score_stats(done: dict[int, dict[str, Any]], seconds: float) -> dict[str, An
     """The scoring's record for ``run.json``: its ``seconds``, per layer :data:`LAYER_STATS` (the seconds of each
     stage under ``stages``, :mod:`memray.stats.timing`) and per stage the seconds summed over the layers.
 
-    A layer read back from an earlier run keeps the seconds it took then."""
+    A layer read back from an earlier run keeps the seconds it took then; with ``resources.layers_in_flight`` > 1
+    the layers' seconds overlap, so their sum can exceed the stage's."""
     per_layer = {str(layer): {k: s.get(k) for k in LAYER_STATS} for layer, s in done.items()}
     return {"seconds": seconds, "stages": stage_totals(done.values()), "layers": per_layer}

@@ -10,6 +10,7 @@ The statistic itself lives here too: the per-layer space (:mod:`~memray.stats.sp
 """
 
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -41,6 +42,30 @@ def packed_map(
     if len(chunks) == len(items):
         return list(mapper(fn, items))
     return [r for got in mapper(partial(_apply_all, fn), chunks) for r in got]
+
+
+def run_in_flight(fn: Callable[[Any], Any], items: Sequence[Any], width: int) -> None:
+    """``fn(item)`` for every item, up to ``width`` at once in driver threads (each waits on its own tasks, so the
+    workers stay busy between one item's small rounds); ``width`` 1: in order, in this thread.
+
+    The first failure in item order is raised once the running items have ended (items not yet started are
+    cancelled); on an interrupt the running items are left to the runtime's shutdown."""
+    if width <= 1 or len(items) <= 1:
+        for item in items:
+            fn(item)
+        return
+    pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="memray-item")
+    futures = [pool.submit(fn, item) for item in items]
+    try:
+        for fut in futures:
+            fut.result()
+    except Exception:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 class ScoreInputError(ValueError):

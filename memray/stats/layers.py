@@ -25,7 +25,7 @@ import pandas as pd
 from memray.io.features import FeatureSet
 from memray.io.rows import ArrayRows, Rows
 from memray.io.schema import PIXEL_LAYER
-from memray.stats import Mapper
+from memray.stats import Mapper, run_in_flight
 from memray.stats.config import CTConfig, EvidenceConfig
 from memray.stats.evidence import ViewSets, check_views, project_views
 from memray.stats.parts import Part, PartDir
@@ -154,21 +154,26 @@ def score_layers(
     train_name: str = "train",
     extra: Extra | None = None,
     evidence: EvidenceConfig | None = None,
+    in_flight: int = 1,
 ) -> tuple[dict[str, list[Piece]], dict[int, dict[str, Any]]]:
-    """Score every layer the sink has not finished; return every layer's tables (in layer order) and stats.
+    """Score every layer the sink has not finished, ``in_flight`` layers at once (:func:`memray.stats.run_in_flight`;
+    layers are independent, so the tables do not depend on it); return every layer's tables (in layer order) and
+    stats.
 
     ``sources``: ``(set name, sample ids) -> source strings`` for the copy evidence; ``extra``: further tables;
     ``evidence``: views and the replication test (``None``: the defaults).
     """
+
+    def score(layer: int) -> None:
+        parts = sink.part_dir(layer)
+        done, layer_stats = score_one_layer(layer, source, parts, cfg, mapper, sources, train_name, extra, evidence)
+        sink.write(layer, done, layer_stats)
+        source.release(layer, cfg.partitions > 1)
+
+    run_in_flight(score, [layer for layer in layers if not sink.done(layer)], in_flight)
     tables: dict[str, list[Piece]] = {}
     stats: dict[int, dict[str, Any]] = {}
     for layer in layers:
-        if not sink.done(layer):
-            parts = sink.part_dir(layer)
-            done, layer_stats = score_one_layer(layer, source, parts, cfg, mapper, sources, train_name, extra,
-                                                evidence)  # fmt: skip
-            sink.write(layer, done, layer_stats)
-            source.release(layer, cfg.partitions > 1)
         done, stats[layer] = sink.read(layer)
         for name, df in done.items():
             tables.setdefault(name, []).append(df)
