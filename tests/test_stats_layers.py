@@ -11,7 +11,8 @@ from memray.io.features import FeatureSet
 from memray.io.rows import ArrayRows
 from memray.stats import queries
 from memray.stats.config import CTConfig
-from memray.stats.layers import ArraySource, LayerSets, MemorySink, score_features, score_layers
+from memray.stats.layer_io import LayerSets
+from memray.stats.layers import ArraySource, MemorySink, score_features, score_layers
 from memray.stats.tables import ScoreResult, concat_pieces
 
 INSIDE = [False]  # whether a mapper item is running

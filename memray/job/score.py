@@ -30,7 +30,8 @@ from memray.job.views import set_views
 from memray.stats import Mapper
 from memray.stats.device import DeviceMapper
 from memray.stats.engine import Fitted
-from memray.stats.layers import Extra, LayerSets, Piece, score_layers
+from memray.stats.layer_io import Extra, LayerSets, Piece
+from memray.stats.layers import score_layers
 from memray.stats.parts import Part, PartDir
 from memray.stats.score import ScoreResult
 from memray.stats.tables import Sources, concat_pieces

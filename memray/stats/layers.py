@@ -1,13 +1,13 @@
 """The one per-layer scoring loop, used by ``memray score`` (in process) and by the audit job (Ray tasks).
 
-Per layer: take the layer's sets from a :class:`LayerSource` as row handles (training, test and generated rows:
-workers read their own blocks of each, :class:`~memray.io.rows.ParquetRows` in a job, in-memory
-:class:`~memray.io.rows.ArrayRows` in process), fit PCA + cells on the training rows, run ONE projection and search
-round for the test set and every generated set, compute the result tables and hand them to a :class:`LayerSink`.
-The per-sample tables are written by tasks as part files into the sink's folder; the caller holds per query only its
-cell, distance and neighbour row. Where the work runs is the caller's ``mapper`` (builtin ``map`` in process, Ray
-tasks in a job); where the tables go and whether a finished layer is skipped is the sink's. The statistic is
-therefore the same code, bit for bit, on a laptop and on a cluster.
+Per layer: take the layer's sets from a :class:`~memray.stats.layer_io.LayerSource` as row handles (training,
+test and generated rows: workers read their own blocks of each, :class:`~memray.io.rows.ParquetRows` in a job,
+in-memory :class:`~memray.io.rows.ArrayRows` in process), fit PCA + cells on the training rows, run ONE projection
+and search round for the test set and every generated set, compute the result tables and hand them to a
+:class:`~memray.stats.layer_io.LayerSink`. The per-sample tables are written by tasks as part files into the sink's
+folder; the caller holds per query only its cell, distance and neighbour row. Where the work runs is the caller's
+``mapper`` (builtin ``map`` in process, Ray tasks in a job); where the tables go and whether a finished layer is
+skipped is the sink's. The statistic is therefore the same code, bit for bit, on a laptop and on a cluster.
 """
 
 from __future__ import annotations
@@ -16,84 +16,25 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from memray.io.features import FeatureSet
-from memray.io.rows import ArrayRows, Rows
+from memray.io.rows import ArrayRows
 from memray.io.schema import PIXEL_LAYER
 from memray.stats import Mapper, run_in_flight
 from memray.stats.config import CTConfig, EvidenceConfig
-from memray.stats.evidence import ViewSets, check_views, project_views
-from memray.stats.parts import Part, PartDir
-from memray.stats.score import FittedLayer, GenScore, ScoreInputError, check_dims, fit_layer, partition_runs
+from memray.stats.evidence import check_views, project_views
+from memray.stats.layer_io import Extra, LayerSets, LayerSink, LayerSource, Piece
+from memray.stats.parts import PartDir
+from memray.stats.score import ScoreInputError, check_dims, fit_layer, partition_runs
 from memray.stats.tables import ScoreResult, Sources, concat_pieces, layer_tables
 from memray.stats.timing import EXTRA, StageTimes
 
 log = logging.getLogger(__name__)
 CT_TABLES = ("ct_scores", "ct_cells", "ct_stability", "fingerprints")
 """The tables of C_T and its curve: none for pixel space (:data:`memray.io.schema.PIXEL_LAYER`)."""
-
-#: ``extra(fitted, scored) -> {table name: DataFrame}``: further per-layer tables (the fingerprint subset curves).
-Extra = Callable[[FittedLayer, dict[str, GenScore]], dict[str, pd.DataFrame]]
-#: A layer's table: a frame, or (the per-sample tables) the part files tasks wrote.
-Piece = pd.DataFrame | list[Part]
-
-
-class LayerSets(NamedTuple):
-    """One layer's inputs as row handles (never read whole by the caller): training, test and generated sets."""
-
-    train: Rows
-    test: Rows
-    gens: dict[str, Rows]
-    views: ViewSets = {}  # noqa: RUF012 (a NamedTuple default, never mutated)
-
-
-class LayerSource(Protocol):
-    """Where a layer's sets and its fit workspaces come from."""
-
-    def sets(self, layer: int) -> LayerSets:
-        """The layer's training handle, test set and generated sets."""
-        ...
-
-    def workspace(self, layer: int) -> Any | None:
-        """The fit's workspace (``None``: a temporary local folder, removed with the fit)."""
-        ...
-
-    def query_workspace(self, layer: int) -> Any | None:
-        """Where the query sets' projected rows go (``None``: inside the fit's workspace)."""
-        ...
-
-    def partition_workspace(self, layer: int) -> Callable[[int], Any] | None:
-        """``seed -> workspace`` of the further partition fits (``None``: temporary folders)."""
-        ...
-
-    def release(self, layer: int, partitions: bool) -> None:
-        """Called once the layer's tables are written: remove what the layer's fits left that is not kept."""
-        ...
-
-
-class LayerSink(Protocol):
-    """Where a layer's tables go; a finished layer is read back instead of scored again."""
-
-    def done(self, layer: int) -> bool:
-        """Whether the layer's tables exist and were made from the same inputs and settings."""
-        ...
-
-    def part_dir(self, layer: int) -> PartDir:
-        """An empty folder every task can write the layer's per-sample part files to (cleared of earlier ones)."""
-        ...
-
-    def write(self, layer: int, tables: dict[str, Piece], stats: dict[str, Any]) -> None:
-        """Keep the layer's tables (frames, or the part files under :meth:`part_dir`) and its stats."""
-        ...
-
-    def read(self, layer: int) -> tuple[dict[str, Piece], dict[str, Any]]:
-        """The tables and stats of a finished layer."""
-        ...
 
 
 def score_one_layer(
