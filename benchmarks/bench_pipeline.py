@@ -7,7 +7,9 @@ Prints, side by side in one run:
 - images/s of the whole Ray job (read, decode, embed in an actor pool, shard files, per-layer FAISS + C_T and all
   the evidence), and their ratio (goal ≥ 0.8× on 2 cores): the job's overhead over the same embedding work;
 - wall time of the Ray job on 2× the images over 1× (goal ≤ 2.2×), with the peak resident memory of the
-  driver plus all Ray processes.
+  driver plus all Ray processes;
+- where the job's time went (its ``run.json``): the embedding stage (after how long the first forward pass began,
+  the actor's start-up within it, the actors' forward passes), the scoring, and the rest (preflight, report, tables).
 
     python benchmarks/bench_pipeline.py [--images 2000] [--model vit_tiny_patch16_224 --img-size 112]
 """
@@ -109,8 +111,10 @@ def bare_loop(folders: dict[str, Path], embed: EmbedConfig, threads: int, views:
     return n, time.perf_counter() - t0
 
 
-def ray_job(folders: dict[str, Path], embed: dict, out: Path, threads: int, views: list[str]) -> tuple[int, float, int]:
-    """The whole audit job on the local Ray; returns (images, seconds, peak RSS bytes)."""
+def ray_job(
+    folders: dict[str, Path], embed: dict, out: Path, threads: int, views: list[str]
+) -> tuple[int, float, int, dict]:
+    """The whole audit job on the local Ray; returns (images, seconds, peak RSS bytes, run.json's stats)."""
     cfg = audit_config_from_dict(
         {
             "train": {"name": "train", "urls": [str(folders["train"])]},
@@ -128,7 +132,7 @@ def ray_job(folders: dict[str, Path], embed: dict, out: Path, threads: int, view
         result = run_audit(cfg)
         dt = time.perf_counter() - t0
     n = sum(c["rows_read"] for c in result.stats["counts"].values())
-    return n, dt, mem.peak
+    return n, dt, mem.peak, result.stats
 
 
 def main() -> None:
@@ -158,11 +162,17 @@ def main() -> None:
     )
     print("GiB = peak resident memory of the driver and every Ray process")
     for scale in (1, 2):
-        (n, t, m), (nb, tb) = results[scale], bare[scale]
+        (n, t, m, stats), (nb, tb) = results[scale], bare[scale]
         print(f"{scale}× bare loop (decode → embed)      : {nb:6d} images {tb:7.1f} s {nb / tb:7.1f} img/s")
         gib = m / 2**30
         print(f"{scale}× Ray job (read → embed → C_T)    : {n:6d} images {t:7.1f} s {n / t:7.1f} img/s  {gib:.2f} GiB")
         print(f"{scale}× ratio Ray job / bare loop        : {(n / t) / (nb / tb):.2f}×  (goal ≥ 0.8×)")
+        emb, score = stats["embed"], stats["score"]["seconds"]
+        print(
+            f"{scale}× job's time: embedding {emb['seconds']:.1f} s (first forward pass after "
+            f"{emb['first_forward_seconds']:.1f} s, actor start-up {emb['actor_start_seconds']:.1f} s, forward passes "
+            f"{emb['forward_seconds']:.1f} s), scoring {score:.1f} s, rest {t - emb['seconds'] - score:.1f} s"
+        )
     print(f"Ray job time 2× / 1×                : {results[2][1] / results[1][1]:.2f}×  (goal ≤ 2.2×)")
 
 

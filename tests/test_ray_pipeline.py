@@ -59,6 +59,9 @@ def test_ray_job_equals_in_process_engine(ray_local, tmp_path: Path) -> None:
     assert not list((tmp_path / "out" / "embeddings").rglob("*.parts"))  # the actors' part files were merged
     feature_bytes = 540 * 6 * 64 * 4  # 540 images × 6 layers × 64-d float32: none of it went through the driver
     assert 0 < result.stats["embed"]["driver_bytes"] < feature_bytes / 20
+    emb = result.stats["embed"]  # where the stage's seconds went: start-up, first batch, the actors' forward passes
+    assert 0 < emb["actor_start_seconds"] <= emb["first_forward_seconds"] <= emb["seconds"]
+    assert 0 < emb["forward_seconds"] <= emb["seconds"] * cfg.resources.actors
 
     train, test = in_process_features(cfg, cfg.train), in_process_features(cfg, cfg.test)
     gens = {g.name: in_process_features(cfg, g) for g in cfg.generated}

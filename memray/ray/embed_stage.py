@@ -70,6 +70,8 @@ NODE = "node_id"
 FIRST, LAST, N_OK, PART, ERRORS = "first", "last", "n_ok", "part", "errors"  # columns of the actors' records
 WEIGHTS_ERROR = "weights_error"  # "" unless the actor loaded other weights than the job's (then nothing is embedded)
 NONFINITE = "nonfinite"  # and JSON {layer: [rows with NaN/inf, [first sample ids]]} of the range's features
+FORWARD_S, INIT_S, FIRST_AT = "forward_s", "init_s", "first_at"  # on a batch's first record: its forward seconds;
+# on the actor's first record: its constructor's seconds and when (Unix time) its first forward pass began
 
 
 class EmbedActor:
@@ -83,7 +85,10 @@ class EmbedActor:
     writes nothing and says why in ``weights_error`` (a record, not an exception: Ray hands an actor's exception to
     the driver as a traceback, not as the error), which the driver raises as :class:`WeightsChangedError`: one line.
     ``nonfinite`` is JSON ``{layer: [count, [sample ids]]}`` of the rows whose features hold a NaN/inf (refused
-    before scoring, :mod:`memray.io.finite`).
+    before scoring, :mod:`memray.io.finite`). The batch's first record also carries ``forward_s``, the seconds of
+    its forward passes, and the actor's first record ``init_s``, the seconds its constructor took (loading torch,
+    timm and the weights), and ``first_at``, the Unix time its first forward pass began; every other record has 0
+    there (``run.json``: ``stats.embed``).
     """
 
     def __init__(
@@ -96,6 +101,7 @@ class EmbedActor:
         view_names: tuple[str, ...] = (),
         pixels: int = 0,
     ) -> None:
+        t0 = time.perf_counter()
         from memray.embedding.embed import LayerEmbedder
 
         cfg = from_dict(EmbedConfig, embed_cfg, "embed")
@@ -105,23 +111,32 @@ class EmbedActor:
         self.weights_error = weights_mismatch(self.embedder.weights_info, expected_weights, who)
         self.out, self.storage_options, self.view_names = out, storage_options, tuple(view_names)
         self.pixels = int(pixels)  # the side of pixel space added to every row's features (0: none)
+        self.init_s = time.perf_counter() - t0  # reported once, on the first record
+        self.first_at = 0.0  # the Unix time the first forward pass began (reported once)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with user_errors():
+            t0 = time.perf_counter()
+            first_at, self.first_at = (time.time(), 1.0) if not self.first_at else (0.0, self.first_at)
             ok = (batch[schema.STATUS] == STATUS_OK) & (not self.weights_error)
             feats = self.embedder.embed_prepared(batch[IMAGE][ok]) if ok.any() else {}
             feats = with_pixels(feats, batch[IMAGE][ok], self.pixels)
             at = np.cumsum(ok) - 1  # position of each ok row of the batch in ``feats``
             under, vat = self._embed_views(batch, ok)
+            forward = time.perf_counter() - t0
             records = []
             for idx in contiguous_runs(batch):
                 rows = idx[ok[idx]]
                 with_views = len(rows) > 0 and bool((vat[rows] >= 0).all())  # a query set's range
                 views = {v: {k: x[vat[rows]] for k, x in f.items()} for v, f in under.items()} if with_views else {}
                 records.append(self._write(batch, idx, ok[idx], {k: v[at[rows]] for k, v in feats.items()}, views))
-        return {k: np.array([r[k] for r in records]) for k in records[0]} | {
-            WEIGHTS_ERROR: np.array([self.weights_error] * len(records))
-        }
+        times = {k: np.zeros(len(records)) for k in (FORWARD_S, INIT_S, FIRST_AT)}
+        times[FORWARD_S][0], times[INIT_S][0], times[FIRST_AT][0], self.init_s = forward, self.init_s, first_at, 0.0
+        return (
+            {k: np.array([r[k] for r in records]) for k in records[0]}
+            | times
+            | {WEIGHTS_ERROR: np.array([self.weights_error] * len(records))}
+        )
 
     def _embed_views(self, batch: dict[str, np.ndarray], ok: np.ndarray) -> tuple[dict[str, dict], np.ndarray]:
         """The ok rows' images under the further views (rows of query sets), embedded apart from the identity
@@ -251,10 +266,17 @@ class _Assembly:
         self.nodes: set[str] = set()
         self.rows = self.driver_bytes = 0
         self.progress = _Progress(todo)
+        self.times = {"forward_seconds": 0.0, "actor_start_seconds": 0.0, "first_forward_seconds": 0.0}
+        self.started_at = time.time()
 
     def add(self, records: pa.Table) -> None:
         """Take one batch of actor records; start the tasks of the shards they complete."""
         self.driver_bytes += records.nbytes
+        firsts = [t for t in records.column(FIRST_AT).to_pylist() if t > 0]
+        if firsts and not self.times["first_forward_seconds"]:
+            self.times["first_forward_seconds"] = max(min(firsts) - self.started_at, 0.0)
+        self.times["forward_seconds"] += sum(records.column(FORWARD_S).to_pylist())
+        self.times["actor_start_seconds"] = max(self.times["actor_start_seconds"], *records.column(INIT_S).to_pylist())
         failed = [e for e in records.column(WEIGHTS_ERROR).to_pylist() if e]
         if failed:  # nothing of that actor was written; the shards other actors finished keep their markers
             raise WeightsChangedError(failed[0])
@@ -354,8 +376,12 @@ def run_embedding(
     is in ``embed_key``).
 
     ``before_writing``: called once before the first write, when some shard is to be done (claims a reference that
-    was only to be read). Returns rows read, seconds, the node ids of the actors and ``driver_bytes``: the Arrow
-    bytes of the records the driver received (no features travel through it).
+    was only to be read). Returns rows read, seconds, the node ids of the actors, ``driver_bytes``: the Arrow
+    bytes of the records the driver received (no features travel through it), and where the seconds went:
+    ``first_forward_seconds`` (from the stage's start until the first actor began its first forward pass: the
+    pool's start-up and the first reads; wall clocks of the driver's and the actor's nodes),
+    ``actor_start_seconds`` (the slowest actor constructor) and ``forward_seconds`` (the actors' forward passes,
+    summed over the batches; over the stage's seconds, the pool's busy share).
     """
     storage_options = cfg.storage
     names = set_views(cfg)
@@ -382,4 +408,4 @@ def run_embedding(
         asm.close()
     dt = time.perf_counter() - t0
     log.info("embed: %d rows, %.1f s, %.1f rows/s", asm.rows, dt, asm.rows / dt if dt > 0 else 0.0)
-    return {"rows": asm.rows, "seconds": dt, "nodes": sorted(asm.nodes), "driver_bytes": asm.driver_bytes}
+    return {"rows": asm.rows, "seconds": dt, "nodes": sorted(asm.nodes), "driver_bytes": asm.driver_bytes} | asm.times
