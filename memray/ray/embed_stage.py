@@ -112,12 +112,12 @@ class EmbedActor:
         self.out, self.storage_options, self.view_names = out, storage_options, tuple(view_names)
         self.pixels = int(pixels)  # the side of pixel space added to every row's features (0: none)
         self.init_s = time.perf_counter() - t0  # reported once, on the first record
-        self.first_at = 0.0  # the Unix time the first forward pass began (reported once)
+        self.started = False  # whether a batch was embedded (``first_at`` is reported once)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with user_errors():
             t0 = time.perf_counter()
-            first_at, self.first_at = (time.time(), 1.0) if not self.first_at else (0.0, self.first_at)
+            first_at, self.started = (0.0 if self.started else time.time()), True
             ok = (batch[schema.STATUS] == STATUS_OK) & (not self.weights_error)
             feats = self.embedder.embed_prepared(batch[IMAGE][ok]) if ok.any() else {}
             feats = with_pixels(feats, batch[IMAGE][ok], self.pixels)
@@ -276,7 +276,8 @@ class _Assembly:
         if firsts and not self.times["first_forward_seconds"]:
             self.times["first_forward_seconds"] = max(min(firsts) - self.started_at, 0.0)
         self.times["forward_seconds"] += sum(records.column(FORWARD_S).to_pylist())
-        self.times["actor_start_seconds"] = max(self.times["actor_start_seconds"], *records.column(INIT_S).to_pylist())
+        inits = records.column(INIT_S).to_pylist()
+        self.times["actor_start_seconds"] = max([self.times["actor_start_seconds"], *inits])
         failed = [e for e in records.column(WEIGHTS_ERROR).to_pylist() if e]
         if failed:  # nothing of that actor was written; the shards other actors finished keep their markers
             raise WeightsChangedError(failed[0])
