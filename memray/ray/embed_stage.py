@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -111,13 +112,13 @@ class EmbedActor:
         self.weights_error = weights_mismatch(self.embedder.weights_info, expected_weights, who)
         self.out, self.storage_options, self.view_names = out, storage_options, tuple(view_names)
         self.pixels = int(pixels)  # the side of pixel space added to every row's features (0: none)
-        self.init_s = time.perf_counter() - t0  # reported once, on the first record
-        self.started = False  # whether a batch was embedded (``first_at`` is reported once)
+        self.init_s = time.perf_counter() - t0  # reported once, with ``first_at``, on the first batch's first record
+        self.started = False  # whether a batch was embedded
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with user_errors():
-            t0 = time.perf_counter()
-            first_at, self.started = (0.0 if self.started else time.time()), True
+            t0, first_at, first = time.perf_counter(), time.time(), not self.started
+            self.started = True
             ok = (batch[schema.STATUS] == STATUS_OK) & (not self.weights_error)
             feats = self.embedder.embed_prepared(batch[IMAGE][ok]) if ok.any() else {}
             feats = with_pixels(feats, batch[IMAGE][ok], self.pixels)
@@ -131,7 +132,9 @@ class EmbedActor:
                 views = {v: {k: x[vat[rows]] for k, x in f.items()} for v, f in under.items()} if with_views else {}
                 records.append(self._write(batch, idx, ok[idx], {k: v[at[rows]] for k, v in feats.items()}, views))
         times = {k: np.zeros(len(records)) for k in (FORWARD_S, INIT_S, FIRST_AT)}
-        times[FORWARD_S][0], times[INIT_S][0], times[FIRST_AT][0], self.init_s = forward, self.init_s, first_at, 0.0
+        times[FORWARD_S][0] = forward
+        if first:
+            times[INIT_S][0], times[FIRST_AT][0] = self.init_s, first_at
         return (
             {k: np.array([r[k] for r in records]) for k in records[0]}
             | times
@@ -266,18 +269,16 @@ class _Assembly:
         self.nodes: set[str] = set()
         self.rows = self.driver_bytes = 0
         self.progress = _Progress(todo)
-        self.times = {"forward_seconds": 0.0, "actor_start_seconds": 0.0, "first_forward_seconds": 0.0}
-        self.started_at = time.time()
+        self.forward_s = self.actor_start_s = 0.0
+        self.started_at, self.first_at = time.time(), math.inf  # the stage's start; the earliest first forward pass
 
     def add(self, records: pa.Table) -> None:
         """Take one batch of actor records; start the tasks of the shards they complete."""
         self.driver_bytes += records.nbytes
         firsts = [t for t in records.column(FIRST_AT).to_pylist() if t > 0]
-        if firsts and not self.times["first_forward_seconds"]:
-            self.times["first_forward_seconds"] = max(min(firsts) - self.started_at, 0.0)
-        self.times["forward_seconds"] += sum(records.column(FORWARD_S).to_pylist())
-        inits = records.column(INIT_S).to_pylist()
-        self.times["actor_start_seconds"] = max([self.times["actor_start_seconds"], *inits])
+        self.first_at = min([self.first_at, *firsts])
+        self.forward_s += sum(records.column(FORWARD_S).to_pylist())
+        self.actor_start_s = max([self.actor_start_s, *records.column(INIT_S).to_pylist()])
         failed = [e for e in records.column(WEIGHTS_ERROR).to_pylist() if e]
         if failed:  # nothing of that actor was written; the shards other actors finished keep their markers
             raise WeightsChangedError(failed[0])
@@ -299,6 +300,12 @@ class _Assembly:
                     bad = finite.merge(bad, finite.from_json(json.loads(r[NONFINITE])))
                 self.pending[ref] = (key, total, sum(r[N_OK] for r in cover), bad)
         self.collect(wait=False)
+
+    def times(self) -> dict[str, float]:
+        """Where the stage's seconds went (:func:`run_embedding`); 0 where no actor reported."""
+        first = self.first_at - self.started_at if math.isfinite(self.first_at) else 0.0
+        return {"forward_seconds": self.forward_s, "actor_start_seconds": self.actor_start_s,
+                "first_forward_seconds": max(first, 0.0)}  # fmt: skip
 
     def collect(self, wait: bool) -> None:
         """Write the markers of finished shard tasks (all of them, waiting, with ``wait``)."""
@@ -409,4 +416,4 @@ def run_embedding(
         asm.close()
     dt = time.perf_counter() - t0
     log.info("embed: %d rows, %.1f s, %.1f rows/s", asm.rows, dt, asm.rows / dt if dt > 0 else 0.0)
-    return {"rows": asm.rows, "seconds": dt, "nodes": sorted(asm.nodes), "driver_bytes": asm.driver_bytes} | asm.times
+    return {"rows": asm.rows, "seconds": dt, "nodes": sorted(asm.nodes), "driver_bytes": asm.driver_bytes} | asm.times()
