@@ -105,10 +105,10 @@ def _stored_npy(data: bytes, info: zipfile.ZipInfo) -> np.ndarray | None:
     end = pos + info.file_size
     if data[pos : pos + 6] != b"\x93NUMPY" or data[pos + 6] not in (1, 2, 3):
         return None
-    wide = data[pos + 6] > 1
-    hlen = struct.unpack_from("<I" if wide else "<H", data, pos + 8)[0]
-    body = pos + (12 if wide else 10) + hlen
-    m = _NPY_HEADER.match(data, pos + (12 if wide else 10), body)
+    wide = data[pos + 6] > 1  # format 2.0 and 3.0: a 4-byte header length, else 2
+    header = pos + (12 if wide else 10)
+    body = header + struct.unpack_from("<I" if wide else "<H", data, pos + 8)[0]
+    m = _NPY_HEADER.match(data, header, body)
     if m is None:
         return None
     dtype = np.dtype(m.group(1).decode())
