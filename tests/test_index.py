@@ -166,3 +166,20 @@ def test_prepared_shard_pickles_without_its_index_and_searches_the_same(monkeypa
     again = search_prepared(copy, queries)
     assert built == [6, 6]  # the copy builds its own
     assert first[0].tobytes() == again[0].tobytes() and np.array_equal(first[1], again[1])
+
+
+def test_rowdot_is_the_same_in_blocks_and_in_any_batch_shape(monkeypatch):
+    """Each pair's value is fixed by its own entries: long inputs in blocks, one row alone, float32 kept float32."""
+    from memray.stats import index
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((1000, 13)), rng.standard_normal((1000, 13))
+    whole = index._rowdot(a, b)
+    monkeypatch.setattr(index, "ROWDOT_ROWS", 64)
+    blocks = index._rowdot(a, b)
+    np.testing.assert_array_equal(blocks, whole)
+    assert index._rowdot(a[7:8], b[7:8])[0] == whole[7]
+    pairs = index._rowdot(a[:, None, :], b[None, :3, :])  # (1000, 3): every row of a with rows 0-2 of b
+    np.testing.assert_array_equal(pairs[:3, 0], index._rowdot(a[:3], b[:1].repeat(3, 0)))
+    np.testing.assert_allclose(whole, np.einsum("ij,ij->i", a, b), rtol=1e-12)
+    assert index._rowdot(a.astype(np.float32), b.astype(np.float32)).dtype == np.float32

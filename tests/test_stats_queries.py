@@ -64,3 +64,16 @@ def test_round_results_do_not_depend_on_the_query_blocks(engine):
         for a, b in zip(got[QUERY_ROWS], got[rows], strict=True):
             assert a.dist.tobytes() == b.dist.tobytes()
             assert np.array_equal(a.nn, b.nn) and np.array_equal(a.cell, b.cell)
+
+
+def test_sets_for_the_topk_only_write_one_file_per_block(tmp_path, engine):
+    """``by_cell=False`` (views, evidence): the whole block alone, the same bits; the in-cell search refuses it."""
+    x = clusters(3, 2600)
+    qws = Workspace(str(tmp_path))
+    (proj,) = project_sets(qws, engine.space, [("v", ArrayRows(x), "view")], 1024, by_cell=False)
+    files = sorted(p.name for p in (tmp_path / "v").iterdir())
+    assert files == [f"all.block_{g:06d}.npz" for g in range(3)]
+    back = np.concatenate([read_block(qws, b) for b in proj.blocks()])
+    assert back.tobytes() == engine.space.project(x).tobytes()
+    with pytest.raises(ValueError, match="without cell parts"):
+        proj.keys_by_cell()

@@ -53,6 +53,22 @@ def test_topk_pads_when_train_is_small():
     assert d[0, 2] == np.inf
 
 
+@pytest.mark.parametrize("metric", ["l2", "cosine_abs", "cosine"])
+def test_item_smaller_than_k_lists_each_row_once(metric):
+    """Three rows, k = 5: every row is a candidate of both signs' searches (1 − |cos|) but is listed once."""
+    from memray.stats.exact_topk import item_topk
+
+    train = np.array([[1.0, 0.0], [0.0, 2.0], [-1.0, -1.0]])
+    queries = np.array([[1.0, 0.2], [-0.5, 1.0]])
+    cfg = CTConfig(mode="meehan", metric=metric)
+    dist, ids = item_topk(train, np.array([10, 11, 12]), queries, 5, cfg)
+    dense = np.stack([distance(np.repeat(q[None], 3, 0), train, metric) for q in queries])
+    order = np.lexsort((np.broadcast_to([10, 11, 12], dense.shape), dense), axis=1)
+    np.testing.assert_array_equal(ids[:, :3], np.array([10, 11, 12])[order])
+    np.testing.assert_array_equal(dist[:, :3], np.take_along_axis(dense, order, 1))
+    assert (ids[:, 3:] == -1).all() and np.isinf(dist[:, 3:]).all()
+
+
 def test_merge_topk_ties_go_to_the_smaller_id_in_any_order():
     a = (np.array([[1.0, 2.0]]), np.array([[9, 4]]))
     b = (np.array([[1.0, 0.5]]), np.array([[2, 8]]))
@@ -67,7 +83,7 @@ def test_test_quantile_by_hand():
 @pytest.mark.parametrize("metric", ["l2", "cosine_abs", "cosine"])
 def test_near_duplicate_training_rows_are_ranked_exactly(metric):
     """Many near-copies of one image at a large scale: float32 cannot order them; the exact fallback must."""
-    from memray.stats.topk import _item_topk
+    from memray.stats.exact_topk import item_topk
 
     rng = np.random.default_rng(1)
     base = 30 * rng.normal(size=(5000, 16))
@@ -78,11 +94,36 @@ def test_near_duplicate_training_rows_are_ranked_exactly(metric):
     cfg = CTConfig(mode="meehan", metric=metric)
     dense = np.stack([distance(np.repeat(q[None], len(train), 0), train, metric) for q in queries])
     order = np.lexsort((np.broadcast_to(rows, dense.shape), dense), axis=1)[:, :5]
-    dist, ids = _item_topk(train, rows, queries, 5, cfg)
+    dist, ids = item_topk(train, rows, queries, 5, cfg)
     np.testing.assert_array_equal(ids, rows[order])
     np.testing.assert_allclose(dist, np.take_along_axis(dense, order, 1), rtol=1e-9, atol=1e-15)
-    halves = [_item_topk(train[s], rows[s], queries, 5, cfg) for s in (slice(0, 2600), slice(2600, None))]
+    halves = [item_topk(train[s], rows[s], queries, 5, cfg) for s in (slice(0, 2600), slice(2600, None))]
     assert merge_topk(halves, len(queries), 5)[1].tolist() == ids.tolist()  # the grouping into items does not matter
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine_abs", "cosine"])
+def test_near_duplicates_in_groups_smaller_than_the_candidate_lists(metric):
+    """Every row of a group is a candidate (no group bounds its non-candidates): the near-copies pushed out of a
+    query's pool of float32 candidates must still stop the float32 list from being taken as exact."""
+    from memray.stats.bounds import ItemBounds
+    from memray.stats.exact_topk import answer
+    from memray.stats.index import TrainShard
+
+    rng = np.random.default_rng(2)
+    base = 30 * rng.normal(size=(600, 16))
+    train = np.concatenate([base, base[0] + 1e-3 * rng.normal(size=(60, 16))])
+    rows = rng.permutation(len(train)).astype(np.int64)
+    queries = base[0] + 1e-3 * rng.normal(size=(20, 16))
+    cfg = CTConfig(mode="meehan", metric=metric)
+    labels = rng.permutation(len(train)) // 10  # groups of 10 rows, the near-copies spread over many of them
+    shards = [TrainShard.build(train[labels == g], rows[labels == g], metric) for g in range(labels.max() + 1)]
+    bounds = ItemBounds.build(train, metric, train.mean(axis=0, keepdims=True), 0, labels)
+    cells, limit = np.zeros(len(queries), np.int64), np.full(len(queries), np.inf)
+    dist, ids, _ = answer(shards, bounds, queries, cells, limit, 5, cfg)
+    dense = np.stack([distance(np.repeat(q[None], len(train), 0), train, metric) for q in queries])
+    order = np.lexsort((np.broadcast_to(rows, dense.shape), dense), axis=1)[:, :5]
+    np.testing.assert_array_equal(ids, rows[order])
+    np.testing.assert_array_equal(dist, np.take_along_axis(dense, order, 1))
 
 
 def _clustered(seed=3, d=8):

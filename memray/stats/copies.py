@@ -87,7 +87,7 @@ def global_neighbours(
     eng = fitted.engine
     sets = [] if None in eng.projected else [(None, eng.test_rows, f"test features, layer {eng.layer}")]
     sets += [(n, as_rows(x), f"generated features {n!r}, layer {eng.layer}") for n, x in gens.items()]
-    project(eng, sets, mapper)
+    project(eng, sets, mapper, by_cell=False)  # searched only for the global top-k
     blocks = {n: eng.projected[n].blocks() for n in [None, *gens]}
     every = [b for bs in blocks.values() for b in bs]
     items = topk_round(eng.ws, eng.fit, eng.qws, every, k, fitted.cfg, mapper, groups=[0] * len(every))

@@ -133,13 +133,16 @@ def fit_layer_engine(
     return eng
 
 
-def project(engine: EngineLayer, sets: list[tuple[str | None, Rows, str]], mapper: Mapper = map) -> list[Projected]:
+def project(
+    engine: EngineLayer, sets: list[tuple[str | None, Rows, str]], mapper: Mapper = map, by_cell: bool = True
+) -> list[Projected]:
     """Project ``(name, rows, label)`` sets in one round of tasks (``label`` names a set in errors); each set's
-    parts get a new prefix and are recorded in ``engine.projected`` under its name."""
+    parts get a new prefix and are recorded in ``engine.projected`` under its name. ``by_cell=False``: sets only the
+    global top-k searches (no cell parts, :mod:`memray.stats.queries`)."""
     r = engine.rounds
     engine.rounds += 1
     specs = [(f"r{r:03d}/s{i:03d}", rows, label) for i, (_, rows, label) in enumerate(sets)]
-    done = project_sets(engine.qws, engine.space, specs, engine.query_rows or queries.QUERY_ROWS, mapper)
+    done = project_sets(engine.qws, engine.space, specs, engine.query_rows or queries.QUERY_ROWS, mapper, by_cell)
     for (name, _, _), proj in zip(sets, done, strict=True):
         engine.projected[name] = proj
     return done

@@ -61,7 +61,7 @@ def project_views(engine: EngineLayer, views: ViewSets, mapper: Mapper = map) ->
     specs = [((name, view), rows, f"{'test' if name is None else repr(name)} under view {view}, layer {engine.layer}")
              for name, under in views.items() for view, rows in under.items()]  # fmt: skip
     if specs:
-        project(engine, specs, mapper)
+        project(engine, specs, mapper, by_cell=False)  # searched only for the global top-k
     return {name: tuple(under) for name, under in views.items()}
 
 

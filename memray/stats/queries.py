@@ -5,11 +5,12 @@ array in process) is cut into blocks of ``block_rows`` rows (default :data:`QUER
 projection's :data:`~memray.stats.pca.ROW_BLOCK`, so every row is projected in the very BLAS call it would be if the
 set were projected whole: results do not depend on the blocks). One task per block (:func:`project_item`, run through
 the caller's mapper) reads the block's rows, refuses NaN/inf, projects them into the layer's space, assigns their
-cells, writes each cell's rows to ``<prefix>/cell_{c:04d}.block_{g:06d}`` of the query workspace (``z`` (m, k)
-float64 and ``rows`` (m,) int64 positions in the set, in order) and the whole block to ``<prefix>/all.block_{g:06d}``
-(with its ``cells``), and returns the block's cells. The caller keeps only
-the cells (8 B per row: :class:`Projected`); search and top-k items read the projected rows back from the workspace,
-as they read the training rows.
+cells, writes the whole block to ``<prefix>/all.block_{g:06d}`` of the query workspace (``z`` (m, k) float64,
+``rows`` (m,) int64 positions in the set, in order, and ``cells``) and, for a set the in-cell search reads
+(``by_cell``), each cell's rows to ``<prefix>/cell_{c:04d}.block_{g:06d}``, and returns the block's cells. Sets
+searched only for the global top-k (views, evidence) skip the cell parts: one file per block, not 1 + cells. The
+caller keeps only the cells (8 B per row: :class:`Projected`); search and top-k items read the projected rows back
+from the workspace, as they read the training rows.
 """
 
 from __future__ import annotations
@@ -53,9 +54,12 @@ def block_key(prefix: str, g: int) -> str:
     return f"{prefix}/all.block_{g:06d}"
 
 
-def put_queries(qws: Workspace, prefix: str, g: int, start: int, z: np.ndarray, cells: np.ndarray) -> None:
-    """Write block ``g``'s projected rows ``z`` (m, k), set rows ``start …``, by cell and whole (:func:`block_key`)."""
-    for c in np.unique(cells).tolist():
+def put_queries(
+    qws: Workspace, prefix: str, g: int, start: int, z: np.ndarray, cells: np.ndarray, by_cell: bool = True
+) -> None:
+    """Write block ``g``'s projected rows ``z`` (m, k), set rows ``start …``, whole (:func:`block_key`) and, with
+    ``by_cell``, by cell (:func:`query_key`)."""
+    for c in np.unique(cells).tolist() if by_cell else ():
         local = np.flatnonzero(cells == c)
         qws.put(query_key(prefix, c, g), z=np.ascontiguousarray(z[local]), rows=local.astype(np.int64) + start)
     rows = np.arange(start, start + len(z), dtype=np.int64)
@@ -75,11 +79,13 @@ class QueryBlock:
 
 @dataclass(frozen=True, eq=False)
 class Projected:
-    """Where a query set's projected rows are (``prefix`` in the query workspace) and their cells (n,) int64."""
+    """Where a query set's projected rows are (``prefix`` in the query workspace), their cells (n,) int64 and
+    whether the rows were also written by cell (``by_cell``: what the in-cell search reads)."""
 
     prefix: str
     block_rows: int
     cells: np.ndarray
+    by_cell: bool = True
 
     def blocks(self) -> list[QueryBlock]:
         """The set's blocks, in order."""
@@ -90,7 +96,13 @@ class Projected:
         return out
 
     def keys_by_cell(self) -> dict[int, list[str]]:
-        """Cell -> the query-workspace keys holding the set's rows of that cell."""
+        """Cell -> the query-workspace keys holding the set's rows of that cell.
+
+        Raises:
+            ValueError: the set was projected without its cell parts (``by_cell=False``).
+        """
+        if not self.by_cell:
+            raise ValueError(f"query set {self.prefix!r} was projected without cell parts (by_cell=False)")
         out: dict[int, list[str]] = {}
         for b in self.blocks():
             for c in b.cells:
@@ -99,14 +111,8 @@ class Projected:
 
 
 def read_block(qws: Workspace, block: QueryBlock) -> np.ndarray:
-    """A block's projected rows (stop - start, k) float64, in set order, from its cell parts."""
-    out: np.ndarray | None = None
-    for c in block.cells:
-        part = qws.get(query_key(block.prefix, c, block.g))
-        if out is None:
-            out = np.empty((block.stop - block.start, part["z"].shape[1]))
-        out[part["rows"] - block.start] = part["z"]
-    return out if out is not None else np.zeros((0, 0))
+    """A block's projected rows (stop - start, k) float64, in set order (:func:`block_key`)."""
+    return np.asarray(qws.get(block_key(block.prefix, block.g))["z"], np.float64)
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,7 @@ class ProjectItem:
     prefix: str
     label: str
     g: int
+    by_cell: bool = True
 
 
 def project_item(item: ProjectItem, qws: Workspace, space: LayerSpace, block_rows: int) -> np.ndarray:
@@ -126,7 +133,7 @@ def project_item(item: ProjectItem, qws: Workspace, space: LayerSpace, block_row
     z = space.project(x)
     del x
     cells = space.assign(z)
-    put_queries(qws, item.prefix, item.g, start, z, cells)
+    put_queries(qws, item.prefix, item.g, start, z, cells, item.by_cell)
     return cells
 
 
@@ -136,15 +143,17 @@ def project_sets(
     sets: list[tuple[str, Rows, str]],
     block_rows: int = QUERY_ROWS,
     mapper: Mapper = map,
+    by_cell: bool = True,
 ) -> list[Projected]:
-    """Project every ``(prefix, rows, label)`` set, one mapper item per block of ``block_rows`` rows.
+    """Project every ``(prefix, rows, label)`` set, one mapper item per block of ``block_rows`` rows (``by_cell``:
+    also write the cell parts the in-cell search reads).
 
     Raises:
         ValueError: ``block_rows`` is not a positive multiple of ``ROW_BLOCK`` (the bits would depend on it).
     """
     if block_rows < 1 or block_rows % ROW_BLOCK:
         raise ValueError(f"query block_rows={block_rows}: must be a positive multiple of {ROW_BLOCK}")
-    items = [ProjectItem(rows, prefix, label, g) for prefix, rows, label in sets
+    items = [ProjectItem(rows, prefix, label, g, by_cell) for prefix, rows, label in sets
              for g in range(block_count(rows.n, block_rows))]  # fmt: skip
     spans = [block_range(it.g, block_rows, it.rows.n) for it in items]
     work = [(stop - start) * space.mean.shape[0] for start, stop in spans]  # rows × dimensions
@@ -154,5 +163,5 @@ def project_sets(
         n_blocks = block_count(rows.n, block_rows)
         got = cells[at : at + n_blocks]
         at += n_blocks
-        out.append(Projected(prefix, block_rows, np.concatenate(got) if got else np.zeros(0, np.int64)))
+        out.append(Projected(prefix, block_rows, np.concatenate(got) if got else np.zeros(0, np.int64), by_cell))
     return out

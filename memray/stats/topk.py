@@ -32,10 +32,10 @@ import numpy as np
 from memray.stats import Mapper, packed_map
 from memray.stats.bounds import ItemBounds, split_rows
 from memray.stats.config import CTConfig
-from memray.stats.exact_topk import _item_topk, answer, merge_topk  # noqa: F401  (_item_topk: one item's search)
+from memray.stats.exact_topk import answer, merge_topk
 from memray.stats.fit import FitResult
 from memray.stats.index import TrainShard
-from memray.stats.queries import QueryBlock, block_key, query_key
+from memray.stats.queries import QueryBlock, block_key
 from memray.stats.search import SearchItem, load_item, plan_search
 from memray.stats.workspace import Workspace
 
@@ -139,15 +139,12 @@ def run_topk_task(task: TopkTask) -> TaskResult:
     out, pending, held = TaskResult(), [], 0
     home = task.limits is None
     for bi, block in enumerate(task.blocks):
-        if home and task.item.cell in block.cells:
-            part = task.qws.get(query_key(block.prefix, task.item.cell, block.g))
-            cells = np.full(len(part["rows"]), task.item.cell, dtype=np.int64)
-        elif not home and set(block.cells) - {task.item.cell}:
+        if (task.item.cell in block.cells) if home else bool(set(block.cells) - {task.item.cell}):
             part = task.qws.get(block_key(block.prefix, block.g))  # every cell's rows, in one read
             cells = np.asarray(part["cells"], np.int64)
         else:
             continue
-        pick = np.arange(len(cells)) if home else np.flatnonzero(cells != task.item.cell)
+        pick = np.flatnonzero((cells == task.item.cell) if home else (cells != task.item.cell))
         local, qz = np.asarray(part["rows"], np.int64)[pick] - block.start, np.asarray(part["z"], np.float64)[pick]
         limit = np.full(len(local), np.inf) if home else task.limits[bi][local]
         pending.append((bi, local, qz, cells[pick], limit))
