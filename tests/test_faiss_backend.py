@@ -33,6 +33,37 @@ def test_faiss_settings_are_scoped():
     assert (faiss.cvar.distance_compute_blas_threshold, faiss.omp_get_max_threads()) == before
 
 
+def test_faiss_scopes_overlapping_in_threads_restore_the_settings_once():
+    """Thread a enters, b enters, a leaves (b still searching: the scoped settings stay), b leaves (restored).
+    The BLAS threshold is process-wide, OpenMP's thread count each thread's own."""
+    import threading
+
+    before = faiss.cvar.distance_compute_blas_threshold, faiss.omp_get_max_threads()
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = []
+
+    def a():
+        with faiss_scope():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def b():
+        a_in.wait(10)
+        with faiss_scope():
+            b_in.set()
+            a_out.wait(10)
+            seen.append((faiss.cvar.distance_compute_blas_threshold, faiss.omp_get_max_threads()))
+
+    threads = [threading.Thread(target=f) for f in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen == [(FAISS_BLAS_THRESHOLD, FAISS_THREADS)]
+    assert (faiss.cvar.distance_compute_blas_threshold, faiss.omp_get_max_threads()) == before
+
+
 def test_blas_core_for_cpu_flags():
     avx512 = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
     assert blas_core_for(frozenset(avx512 | {"avx2", "fma", "sse2"})) == "SkylakeX"

@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from memray.stats import kmeans, packed_map, run_in_flight
+from memray.stats import kmeans, local_threads, packed_map, run_in_flight
 from memray.stats.config import CTConfig
 from memray.stats.score import fit_layer
 
@@ -83,3 +83,25 @@ def test_run_in_flight_overlaps_items_and_raises_the_first_failure_in_item_order
     seen.clear()
     run_in_flight(seen.append, [5, 6, 7], width=1)
     assert seen == [5, 6, 7]  # width 1: in order, in this thread
+
+
+def test_local_threads_runs_items_together_in_order_and_leaves_other_mappers_alone():
+    rec = Recorder()
+    assert local_threads(rec) is rec  # a job's mapper (Ray tasks) is used as given
+    assert local_threads(map, width=1) is map
+    barrier = threading.Barrier(2, timeout=10)  # breaks unless two items run at once
+
+    def item(x):
+        barrier.wait()
+        return x * 2
+
+    assert local_threads(map, width=2)(item, [3, 1, 4, 1]) == [6, 2, 8, 2]
+    from threadpoolctl import threadpool_info
+
+    def numpy_blas_threads(_):  # numpy's own BLAS (FAISS' follows OpenMP, set per thread by faiss_scope)
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+
+    assert numpy_blas_threads(0)  # numpy's BLAS is there to be limited
+    assert local_threads(map, width=2)(numpy_blas_threads, [0, 1]) == [[1], [1]]  # the threads are the parallelism
+    with pytest.raises(ZeroDivisionError):
+        local_threads(map, width=2)(lambda x: 1 // x, [1, 0, 2])

@@ -69,6 +69,44 @@ def test_item_smaller_than_k_lists_each_row_once(metric):
     assert (ids[:, 3:] == -1).all() and np.isinf(dist[:, 3:]).all()
 
 
+def test_l2_ties_are_broken_on_the_reported_distance():
+    """Two rows whose squared distances differ by one ulp but share their square root: the reported distances tie,
+    so the smaller id comes first, as in the brute-force order (the exhaustive float64 scan ranks after the root)."""
+    from memray.stats.exact_topk import item_topk
+
+    q = np.array([[0.1257302210933933, -0.1321048632913019, 0.6404226504432821, 0.10490011715303971]])
+    lo = [-0.5356693731611111, 0.3615950549094847, 1.3040000451301372, 0.947080963129242]
+    hi = [-0.535669373161111, 0.36159505490948474, 1.3040000451301372, 0.9470809631292422]
+    train = np.array([lo, hi, q[0] + 5])
+    d = distance(np.repeat(q, 3, 0), train, "l2")
+    assert d[0] == d[1]  # the case: equal reported distances
+    for k in (1, 2):
+        dist, ids = item_topk(train, np.array([1, 0, 2]), q, k, CTConfig(mode="meehan", metric="l2", candidates=1))
+        assert ids[0].tolist() == [0, 1][:k] and dist[0, 0] == d[0]
+
+
+def test_l2_beyond_float32_range_is_scanned_in_float64():
+    """Squared distances above float32's range: FAISS returns no row for them; the search still lists each row once,
+    in the exact order (one group and two groups)."""
+    from memray.stats.bounds import ItemBounds
+    from memray.stats.exact_topk import answer, item_topk
+    from memray.stats.index import TrainShard
+
+    train = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [1.0, 3.0]]) * 1e20
+    rows = np.array([10, 11, 12, 13])
+    q = np.array([[-1.0, -1.0]]) * 1e20
+    cfg = CTConfig(mode="meehan", metric="l2")
+    dense = distance(np.repeat(q, 4, 0), train, "l2")
+    want = rows[np.lexsort((rows, dense))][:3].tolist()
+    assert item_topk(train, rows, q, 3, cfg)[1][0].tolist() == want
+    lab = np.array([0, 0, 1, 1])
+    shards = [TrainShard.build(train[lab == g], rows[lab == g], "l2") for g in (0, 1)]
+    bounds = ItemBounds.build(train, "l2", train.mean(axis=0, keepdims=True), 0, lab)
+    dist, ids, _ = answer(shards, bounds, q, np.zeros(1, np.int64), np.full(1, np.inf), 3, cfg)
+    assert ids[0].tolist() == want
+    np.testing.assert_array_equal(dist[0], np.sort(dense)[:3])
+
+
 def test_merge_topk_ties_go_to_the_smaller_id_in_any_order():
     a = (np.array([[1.0, 2.0]]), np.array([[9, 4]]))
     b = (np.array([[1.0, 0.5]]), np.array([[2, 8]]))

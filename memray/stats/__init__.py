@@ -9,10 +9,13 @@ The statistic itself lives here too: the per-layer space (:mod:`~memray.stats.sp
 (:mod:`~memray.stats.results`).
 """
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
+
+from threadpoolctl import threadpool_limits
 
 Mapper = Callable[[Callable, Iterable], Iterable]
 """``mapper(fn, items)`` with builtin ``map`` semantics: where a stage's work items run (``map``, or Ray tasks)."""
@@ -42,6 +45,25 @@ def packed_map(
     if len(chunks) == len(items):
         return list(mapper(fn, items))
     return [r for got in mapper(partial(_apply_all, fn), chunks) for r in got]
+
+
+def local_threads(mapper: Mapper, width: int | None = None) -> Mapper:
+    """``mapper`` itself, or for builtin ``map`` (everything in this process) a mapper that runs up to ``width``
+    items at once in threads (default: the CPUs this process may use), results in item order, with numpy's BLAS on
+    one thread meanwhile (the threads are the parallelism; BLAS workers spinning beside them cost a third of the
+    time): for steps whose items spend their time in FAISS and numpy calls that release the GIL (the top-k rounds)."""
+    if mapper is not map:
+        return mapper
+    if width is None:
+        width = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if width <= 1:
+        return map
+
+    def threaded(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(width, thread_name_prefix="memray") as pool:
+            return list(pool.map(fn, items))
+
+    return threaded
 
 
 def run_in_flight(fn: Callable[[Any], Any], items: Sequence[Any], width: int) -> None:

@@ -29,7 +29,7 @@ MAX_GROUPS = 64
 SPLIT_PASSES = 6  # Lloyd passes of the split (a better split prunes more; any split gives the same lists)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
     """Rows of ``x`` scaled to unit length (zero rows stay zero)."""
     n = np.sqrt(np.einsum("ij,ij->i", x, x))
     return x / np.where(n > 0, n, 1.0)[:, None]
@@ -48,7 +48,7 @@ def split_rows(z: np.ndarray, metric: str, target: int | None = None) -> np.ndar
     g = int(min(MAX_GROUPS, max(1, round(n / max(1, target)))))
     if g == 1:
         return np.zeros(n, dtype=np.int64)
-    x = np.asarray(z, np.float64) if metric == "l2" else _unit(np.asarray(z, np.float64))
+    x = np.asarray(z, np.float64) if metric == "l2" else unit_rows(np.asarray(z, np.float64))
     c = x[np.linspace(0, n - 1, g).astype(np.int64)]
     for _ in range(SPLIT_PASSES):
         if metric == "l2":
@@ -93,7 +93,7 @@ class ItemBounds:
         lab = np.zeros(len(train), np.int64) if labels is None else np.asarray(labels, np.int64)
         members = [np.flatnonzero(lab == g) for g in range(int(lab.max()) + 1)]
         if metric == "l2":
-            dirs = _unit(c - c[cell])
+            dirs = unit_rows(c - c[cell])
             center = np.stack([train[i].mean(axis=0) for i in members])
             off = train - center[lab]
             r = np.sqrt(np.einsum("ij,ij->i", off, off))
@@ -103,10 +103,10 @@ class ItemBounds:
                 support=np.stack([proj[i].max(axis=0) for i in members]),
                 scale=float(np.sqrt(np.einsum("ij,ij->i", train, train).max())),
             )  # fmt: skip
-        unit = _unit(train)
+        unit = unit_rows(train)
         nonzero = np.einsum("ij,ij->i", unit, unit) > 0
-        pivots = _unit(np.stack([unit[i].sum(axis=0) for i in members]))
-        cpivots = _unit(c)
+        pivots = unit_rows(np.stack([unit[i].sum(axis=0) for i in members]))
+        cpivots = unit_rows(c)
         own = np.arccos(np.clip(np.einsum("ij,ij->i", unit, pivots[lab]), -1.0, 1.0))
         a = np.hstack([own[:, None], _angles(unit, cpivots)])
         amin, amax = np.zeros((len(members), 1 + len(c))), np.full((len(members), 1 + len(c)), np.pi)
@@ -121,17 +121,18 @@ class ItemBounds:
         """The query signs searched: (+1,) or, for 1 − |cos|, (+1, −1)."""
         return (1, -1) if self.metric == "cosine_abs" else (1,)
 
-    def lower(self, q: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    def lower(self, q: np.ndarray, cells: np.ndarray, unit: np.ndarray | None = None) -> np.ndarray:
         """(m, G, sides) lower bounds on the (reported) distance from queries (m, k) of cells ``cells`` to the rows
-        of each group."""
+        of each group (``unit``: ``unit_rows(q)`` when the caller has it)."""
         if self.metric == "l2":
             return self._lower_l2(q, cells)[:, :, None]
         assert self.pivots is not None and self.cpivots is not None and self.amin is not None
         assert self.amax is not None and self.has_zero is not None
-        unit = _unit(q)
-        zero = np.einsum("ij,ij->i", unit, unit) == 0
+        unit = unit_rows(q) if unit is None else unit
+        zero = ~np.any(unit, axis=1)
         phi_g = np.arccos(np.clip(unit @ self.pivots.T, -1.0, 1.0))  # (m, G)
-        phi_c = np.arccos(np.clip(np.einsum("ij,ij->i", unit, self.cpivots[cells]), -1.0, 1.0))[:, None]  # (m, 1)
+        to_cell = np.take_along_axis(unit @ self.cpivots.T, cells[:, None], axis=1)  # (m, 1): one product, no gather
+        phi_c = np.arccos(np.clip(to_cell, -1.0, 1.0))
         lo_c, hi_c = self.amin[:, 1 + cells].T, self.amax[:, 1 + cells].T  # (m, G)
         out = []
         for side in self.sides():

@@ -28,6 +28,7 @@ from memray.stats.faiss_backend import faiss_scope
 from memray.stats.index import TrainShard, _rowdot, _scores, _tolerance, prepare, search_chunked
 
 EXHAUSTIVE_BYTES = 32 * 1024**2  # memory bound of one block of the exhaustive float64 scan
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 RERANK_PAIRS = 4096  # (query, row) pairs re-ranked per block (speed only)
 FIRST_RANKS = 1  # each query's most promising units searched first, one rank at a time
 
@@ -39,7 +40,8 @@ def _lex_topk(s: np.ndarray, tid: np.ndarray, kk: int) -> tuple[np.ndarray, np.n
 
 
 def _exhaustive_topk(shard: TrainShard, queries: np.ndarray, kk: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Exact float64 top-kk search scores of a few queries over all of a shard's rows (blocks of rows)."""
+    """Exact float64 top-kk reported distances of a few queries over all of a shard's rows (blocks of rows), ranked
+    by (distance, id) as reported (for ``l2`` after the square root: distinct squares can share a root)."""
     n, dim = shard.train.shape
     best_s = np.full((len(queries), 0), np.inf)
     best_i = np.zeros((len(queries), 0), dtype=np.int64)
@@ -47,6 +49,7 @@ def _exhaustive_topk(shard: TrainShard, queries: np.ndarray, kk: int, metric: st
     for lo in range(0, n, step):
         t = shard.train[lo : lo + step]
         s = _scores(queries[:, None, :], t[None, :, :], metric, shard.norms[lo : lo + step][None, :])
+        s = np.sqrt(s) if metric == "l2" else s
         ids = np.broadcast_to(shard.train_ids[lo : lo + step], s.shape)
         best_s, best_i = _lex_topk(np.hstack([best_s, s]), np.hstack([best_i, ids]), kk)
     return best_s, best_i
@@ -73,6 +76,7 @@ class _Pool:
         self.score = np.full((m, width), np.inf)
         self.pos = np.full((m, width), -1, dtype=np.int64)
         self.floor = np.full(m, np.inf)
+        self.broken = np.zeros(m, dtype=bool)  # a search returned rows without a float32 score
         self.dedup = dedup  # 1 − |cos|: a row may come back from both signs' searches
 
     def add(self, sel: np.ndarray, score: np.ndarray, pos: np.ndarray, unit_floor: np.ndarray) -> None:
@@ -142,7 +146,11 @@ def answer(
         raw, cand = search_chunked(shard.index(), xq[sel] if sides[s] == 1 else -xq[sel], c)
         score = raw.astype(np.float64) if metric == "l2" else 1.0 - raw.astype(np.float64)
         unit_floor = score[:, -1] if c < n else np.full(len(sel), np.inf)  # every non-candidate scores ≥ this
-        pool.add(sel, score, cand + offsets[g], unit_floor)
+        miss = (cand < 0) | ~(np.abs(raw) < FLOAT32_MAX)  # float32 overflow (l2 beyond ~1.8e19): no score
+        if miss.any():
+            score, cand = np.where(miss, np.inf, score), np.where(miss, -1, cand)
+            pool.broken[sel] |= miss.any(axis=1)  # scanned in float64 at the end
+        pool.add(sel, score, np.where(cand >= 0, cand + offsets[g], -1), unit_floor)
         done[sel, u] = True
         limit[sel] = np.minimum(limit[sel], _upper(pool.kth(k, sel), tol[sel], metric))
         searches += len(sel) * share[u]
@@ -179,7 +187,7 @@ def _rerank(
         r, c, tt = rr[lo : lo + RERANK_PAIRS], cc[lo : lo + RERANK_PAIRS], t[lo : lo + RERANK_PAIRS]
         exact[r, c] = _scores(queries[r], train[tt], metric, norms[tt], None if qn is None else qn[r])
     kth_exact = np.partition(exact, k - 1, axis=1)[:, k - 1]
-    doubtful = np.flatnonzero(np.isfinite(pool.floor) & ~(kth_exact < pool.floor - tol))
+    doubtful = np.flatnonzero((np.isfinite(pool.floor) & ~(kth_exact < pool.floor - tol)) | pool.broken)
     ids = np.where(pool.pos >= 0, train_ids[np.maximum(pool.pos, 0)], -1)
     dist, ids = _lex_topk(np.sqrt(exact) if metric == "l2" else exact, ids, k)  # ordered as reported
     for lo in range(0, len(doubtful), 256):
@@ -187,7 +195,7 @@ def _rerank(
         parts = []
         for shard in shards:
             d, i = _exhaustive_topk(shard, queries[sel], min(k, len(shard.train_ids)), metric)
-            parts.append((np.sqrt(d) if metric == "l2" else d, i))
+            parts.append((d, i))
         dist[sel], ids[sel] = merge_topk(parts, len(sel), k)
     return dist, np.where(np.isinf(dist), -1, ids)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -67,18 +68,35 @@ def _import_faiss():
 faiss = _import_faiss()
 
 
+_SCOPE_LOCK = threading.Lock()
+_SCOPE: list[Any] = []  # [depth, saved threshold] while any thread is inside a scope
+
+
 @contextmanager
 def faiss_scope(blas: bool = True) -> Iterator[None]:
-    """Within the block FAISS runs on ``FAISS_THREADS`` threads and, if ``blas``, flat searches of any size use BLAS."""
-    old, threads = faiss.cvar.distance_compute_blas_threshold, faiss.omp_get_max_threads()
-    if blas:
-        faiss.cvar.distance_compute_blas_threshold = FAISS_BLAS_THRESHOLD
+    """Within the block FAISS runs on ``FAISS_THREADS`` threads and, if ``blas``, flat searches of any size use BLAS.
+
+    The OpenMP thread count is the calling thread's own; the BLAS threshold is process-wide, so scopes that overlap in
+    several threads share it (the first entered sets it, the last to leave restores it; the first scope's ``blas``
+    holds for all). Only the speed of a search depends on them, never its results.
+    """
+    threads = faiss.omp_get_max_threads()
+    with _SCOPE_LOCK:
+        if not _SCOPE:
+            _SCOPE[:] = [0, faiss.cvar.distance_compute_blas_threshold]
+            if blas:
+                faiss.cvar.distance_compute_blas_threshold = FAISS_BLAS_THRESHOLD
+        _SCOPE[0] += 1
     faiss.omp_set_num_threads(FAISS_THREADS)
     try:
         yield
     finally:
-        faiss.cvar.distance_compute_blas_threshold = old
         faiss.omp_set_num_threads(threads)
+        with _SCOPE_LOCK:
+            _SCOPE[0] -= 1
+            if _SCOPE[0] == 0:
+                faiss.cvar.distance_compute_blas_threshold = _SCOPE[1]
+                _SCOPE.clear()
 
 
 def gpu_available() -> bool:

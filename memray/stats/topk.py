@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from memray.stats import Mapper, packed_map
-from memray.stats.bounds import ItemBounds, split_rows
+from memray.stats import Mapper, local_threads, packed_map
+from memray.stats.bounds import ItemBounds, split_rows, unit_rows
 from memray.stats.config import CTConfig
 from memray.stats.exact_topk import answer, merge_topk
 from memray.stats.fit import FitResult
@@ -104,11 +104,13 @@ def _flush(
         return
     whole, bounds = bounds
     z, cells, limit = (np.concatenate([p[i] for p in pending]) for i in (2, 3, 4))
-    near = ~(whole.lower(z, cells).min(axis=(1, 2)) > limit)  # the item as one group: a cheap first filter
+    unit = None if task.cfg.metric == "l2" else unit_rows(z)
+    near = ~(whole.lower(z, cells, unit).min(axis=(1, 2)) > limit)  # the item as one group: a cheap first filter
     dist, ids = np.full((len(z), task.k), np.inf), np.full((len(z), task.k), -1, dtype=np.int64)
     if near.any():
         z, cells, limit = z[near], cells[near], limit[near]
-        d, i, searches = answer(shards, bounds, z, cells, limit, task.k, task.cfg, bounds.lower(z, cells))
+        unit = None if unit is None else unit[near]
+        d, i, searches = answer(shards, bounds, z, cells, limit, task.k, task.cfg, bounds.lower(z, cells, unit))
         dist[near], ids[near] = d, i
         out.searches += searches
     rows = np.concatenate([p[1] for p in pending])
@@ -163,6 +165,7 @@ def topk_round(
     """The home round, then the far round, of every search item (``fit.block_cells`` plans them) over the query
     ``blocks``: their lists go to the query workspace, where :func:`merged_topk` reads them. ``groups``: per block,
     the group of blocks one reader merges together (they share list files; default: one group per block)."""
+    mapper = local_threads(mapper)  # in one process: FAISS and numpy on every core, one item per thread
     first = dict.fromkeys(zip(blocks, groups if groups is not None else range(len(blocks)), strict=True))
     blocks, grp = [b for b, _ in first], tuple(g for _, g in first)
     items = plan_search(fit.block_cells, cfg.search_rows)
