@@ -183,3 +183,17 @@ def test_rowdot_is_the_same_in_blocks_and_in_any_batch_shape(monkeypatch):
     np.testing.assert_array_equal(pairs[:3, 0], index._rowdot(a[:3], b[:1].repeat(3, 0)))
     np.testing.assert_allclose(whole, np.einsum("ij,ij->i", a, b), rtol=1e-12)
     assert index._rowdot(a.astype(np.float32), b.astype(np.float32)).dtype == np.float32
+
+
+def test_l2_nearest_ties_on_the_reported_distance_go_to_the_smaller_id():
+    """Squared distances one ulp apart with the same square root: a tie as reported, so the smaller id wins, in the
+    float32 proposal's re-rank and in the exhaustive float64 scan alike."""
+    q = np.array([[0.1257302210933933, -0.1321048632913019, 0.6404226504432821, 0.10490011715303971]])
+    lo = [-0.5356693731611111, 0.3615950549094847, 1.3040000451301372, 0.947080963129242]
+    hi = [-0.535669373161111, 0.36159505490948474, 1.3040000451301372, 0.9470809631292422]
+    train = np.array([lo, hi, q[0] + 5])
+    d = distance(np.repeat(q, 3, 0), train, "l2")
+    assert d[0] == d[1]
+    for candidates in (1, 3):  # 1: the exhaustive scan decides; 3: every row is a candidate
+        dist, ids = search_shard(train, np.array([1, 0, 2]), q, "l2", candidates=candidates)
+        assert ids.tolist() == [0] and dist[0] == d[0]

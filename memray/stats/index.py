@@ -133,7 +133,8 @@ def _lexmin(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def _exhaustive(shard: TrainShard, queries: np.ndarray):
-    """Exact float64 scan of all of a shard's rows for a few queries -> (score, id) per query."""
+    """Exact float64 scan of all of a shard's rows for a few queries -> (reported distance, id) per query, ties on
+    the reported distance (for ``l2`` after the square root: distinct squares can share a root) to the smaller id."""
     train, train_ids, norms, metric = shard.train, shard.train_ids, shard.norms, shard.metric
     rows = max(1, FALLBACK_BLOCK_BYTES // (8 * train.shape[1] * max(len(queries), 1)))
     best = np.full(len(queries), np.inf)
@@ -142,6 +143,7 @@ def _exhaustive(shard: TrainShard, queries: np.ndarray):
         s = _scores(
             queries[:, None, :], train[None, start : start + rows, :], metric, norms[None, start : start + rows]
         )
+        s = np.sqrt(s) if metric == "l2" else s
         ids = np.broadcast_to(train_ids[start : start + rows], s.shape)
         b, bi = _lexmin(np.concatenate([best[:, None], s], 1), np.concatenate([best_id[:, None], ids], 1))
         best, best_id = b, np.where(np.isinf(b), -1, bi)
@@ -245,10 +247,11 @@ def search_prepared(
             dist[start:stop], ids[start:stop], doubt = _search_batch(shard, queries[start:stop], candidates)
             uncertain.append(start + np.flatnonzero(doubt))
     todo = np.concatenate(uncertain)
+    dist = np.sqrt(dist) if shard.metric == "l2" else dist
     if len(todo):
         log.debug("exhaustive float64 re-check of %d/%d queries (near-ties)", len(todo), len(queries))
         dist[todo], ids[todo] = _exhaustive(shard, queries[todo])
-    return (np.sqrt(dist) if shard.metric == "l2" else dist), ids
+    return dist, ids
 
 
 def _search_batch(shard: TrainShard, qb: np.ndarray, candidates: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -281,7 +284,8 @@ def _search_batch(shard: TrainShard, qb: np.ndarray, candidates: int) -> tuple[n
     rows, cols = np.nonzero(approx <= approx.min(axis=1, keepdims=True) + 2.0 * tol[:, None])
     t = cand[rows, cols]
     s, tid = _scores(qb[rows], shard.train[t], metric, shard.norms[t]), shard.train_ids[t]
-    order = np.lexsort((tid, s, rows))  # per query: smallest score, then smallest id
+    key = np.sqrt(s) if metric == "l2" else s  # ranked as reported: distinct squares can share a root
+    order = np.lexsort((tid, key, rows))  # per query: smallest distance, then smallest id
     head = order[np.r_[True, rows[order][1:] != rows[order][:-1]]]
     best, best_id = s[head], tid[head]
     doubt = ~(best < bound - tol) if c < n else np.zeros(len(qb), dtype=bool)
