@@ -89,6 +89,10 @@ def test_local_threads_runs_items_together_in_order_and_leaves_other_mappers_alo
     rec = Recorder()
     assert local_threads(rec) is rec  # a job's mapper (Ray tasks) is used as given
     assert local_threads(map, width=1) is map
+    from memray.stats.device import DeviceMapper
+
+    wrapped = DeviceMapper(rec, "cpu")
+    assert local_threads(wrapped, width=2) is wrapped  # a wrapped job mapper stays
     barrier = threading.Barrier(2, timeout=10)  # breaks unless two items run at once
 
     def item(x):
@@ -96,6 +100,7 @@ def test_local_threads_runs_items_together_in_order_and_leaves_other_mappers_alo
         return x * 2
 
     assert local_threads(map, width=2)(item, [3, 1, 4, 1]) == [6, 2, 8, 2]
+    assert local_threads(DeviceMapper(map, "cpu"), width=2)(item, [5, 2]) == [10, 4]  # `memray score`: in process
     from threadpoolctl import threadpool_info
 
     def numpy_blas_threads(_):  # numpy's own BLAS (FAISS' follows OpenMP, set per thread by faiss_scope)

@@ -48,11 +48,13 @@ def packed_map(
 
 
 def local_threads(mapper: Mapper, width: int | None = None) -> Mapper:
-    """``mapper`` itself, or for builtin ``map`` (everything in this process) a mapper that runs up to ``width``
-    items at once in threads (default: the CPUs this process may use), results in item order, with numpy's BLAS on
-    one thread meanwhile (the threads are the parallelism; BLAS workers spinning beside them cost a third of the
-    time): for steps whose items spend their time in FAISS and numpy calls that release the GIL (the top-k rounds)."""
-    if mapper is not map:
+    """``mapper`` itself, or for one that runs items in this process (builtin ``map``, or a wrapper of it with a
+    true ``in_process``, :class:`memray.stats.device.DeviceMapper`) a mapper that runs up to ``width`` items at once
+    in threads (default: the CPUs this process may use), results in item order, with numpy's BLAS on one thread
+    meanwhile (the threads are the parallelism; BLAS workers spinning beside them cost a third of the time): for
+    steps whose items spend their time in FAISS and numpy calls that release the GIL and use no device backend (the
+    top-k rounds)."""
+    if mapper is not map and not getattr(mapper, "in_process", False):
         return mapper
     if width is None:
         width = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

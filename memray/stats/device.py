@@ -110,6 +110,11 @@ class DeviceMapper:
         self.devices: set[str] = set()
 
     @property
+    def in_process(self) -> bool:
+        """Whether the wrapped mapper runs items in this process (builtin ``map``)."""
+        return self.mapper is map
+
+    @property
     def nodes(self) -> set[str]:
         """The nodes the wrapped mapper recorded (none for builtin ``map``)."""
         return getattr(self.mapper, "nodes", set())
