@@ -43,6 +43,7 @@ def prepare(x: np.ndarray, metric: str) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+ROWDOT_ROWS = 4096  # rows per block of a long (n, k) row-dot: its temporaries stay in the cache (speed only)
 SEARCH_PAIRS = 65536  # (query, row) scores per FAISS call: its score block stays in the L2 cache (speed only)
 
 
@@ -62,15 +63,10 @@ def search_chunked(index, xq: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarra
     return raw, cand
 
 
-ROWDOT_ROWS = 4096  # rows per block of a long (n, k) row-dot: its temporaries stay in the cache (speed only)
-
-
 def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Σ_i a[..., i]·b[..., i] by a fixed pairwise tree (halves added elementwise, zero-padded to a power of two), so
-    each pair's value is the same in any batch shape (long (n, k) inputs go in blocks of :data:`ROWDOT_ROWS` rows).
-
-    (``np.einsum``/``np.sum`` are faster but may pick their summation order from the array strides.)
-    """
+    each pair's value is the same in any batch shape (long (n, k) inputs go in blocks of :data:`ROWDOT_ROWS` rows;
+    ``np.einsum``/``np.sum`` are faster but may pick their summation order from the array strides)."""
     if a.ndim == 2 and a.shape == b.shape and len(a) > ROWDOT_ROWS:
         out = np.empty(len(a), np.result_type(a, b))
         for lo in range(0, len(a), ROWDOT_ROWS):
