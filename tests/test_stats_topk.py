@@ -234,38 +234,6 @@ def test_groups_within_an_item_prune_more_rows(metric, monkeypatch):
         np.testing.assert_array_equal(d, d2)
 
 
-@pytest.mark.parametrize("shared", [True, False])
-def test_merge_all_reads_each_list_file_once_and_equals_merged_topk(shared, monkeypatch):
-    """One group for all blocks (a reader in this process) or one per block: every block's merged lists are the
-    same as merging the block alone, and each list file is read once."""
-    from memray.stats.engine import as_rows, project
-    from memray.stats.topk import merge_all, merged_topk, topk_round
-
-    train, test, gen = _clustered()
-    monkeypatch.setattr("memray.stats.queries.QUERY_ROWS", 1024)  # several blocks per set
-    cfg = CTConfig(mode="meehan", metric="cosine_abs", cells=4, pca_dim=None, kmeans_nredo=1)
-    fitted = fit_layer(1, np.concatenate([train] * 3), None, np.concatenate([test] * 12), cfg)
-    try:
-        eng = fitted.engine
-        project(eng, [(None, eng.test_rows, "test"), ("g", as_rows(np.concatenate([gen] * 20)), "g")])
-        blocks = eng.projected[None].blocks() + eng.projected["g"].blocks()
-        assert len(blocks) >= 3
-        groups = [0] * len(blocks) if shared else list(range(len(blocks)))
-        lists = topk_round(eng.ws, eng.fit, eng.qws, blocks, 5, cfg, groups=groups)
-        reads = []
-        real = type(eng.qws).get
-        monkeypatch.setattr(type(eng.qws), "get", lambda ws, key: reads.append(key) or real(ws, key))
-        got = merge_all(eng.qws, blocks, lists, 5)
-        monkeypatch.undo()
-        assert len(reads) == len(set(reads)) > 0
-        for b in blocks:
-            want = merged_topk(eng.qws, b, lists, 5)
-            np.testing.assert_array_equal(got[(b.prefix, b.g)][0], want[0])
-            np.testing.assert_array_equal(got[(b.prefix, b.g)][1], want[1])
-    finally:
-        fitted.close()
-
-
 def test_split_rows_groups_nearby_rows_deterministically():
     from memray.stats.bounds import split_rows
 

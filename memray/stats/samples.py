@@ -21,14 +21,14 @@ import pandas as pd
 
 from memray.io import schema
 from memray.io.rows import Rows
-from memray.stats import Mapper, local_threads
+from memray.stats import Mapper
 from memray.stats.config import DEFAULT_STATISTIC
 from memray.stats.copies import IDENTITY, LayerTrain, Sources, copies_frame, evidence_score
 from memray.stats.engine import Fitted
 from memray.stats.parts import Part, PartDir
 from memray.stats.queries import QueryBlock
 from memray.stats.replication import Thresholds, thresholds
-from memray.stats.topk import TopkLists, merge_all, merged_topk, topk_round
+from memray.stats.topk import TopkLists, merged_topk, topk_round
 
 
 def neighbor_frame(role: str, gen_set: str | None, layer: int, ids, cell, nn_ids, dist) -> pd.DataFrame:
@@ -54,8 +54,7 @@ class BlockContext:
     set's evidence scores (:func:`memray.stats.copies.evidence_score` of ``statistic`` over the whole training set,
     smallest over the views the set shares with the test set) for its ``test_quantile``; ``thresholds``: per
     generated set, each cell's test q-quantile of them (a sample below it is a *hit*,
-    :mod:`memray.stats.replication`); ``merged``: in one process, every block's merged lists (:func:`merge_all`),
-    read once for all blocks (``None``: each task merges its block's lists).
+    :mod:`memray.stats.replication`).
     """
 
     train: LayerTrain
@@ -68,7 +67,6 @@ class BlockContext:
     test_d1: dict[str, np.ndarray] | None = None
     thresholds: dict[str, np.ndarray] | None = None
     statistic: str = DEFAULT_STATISTIC
-    merged: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] | None = None
 
 
 @dataclass(frozen=True)
@@ -93,11 +91,7 @@ def nearest_over_views(ctx: BlockContext, job: SampleBlock) -> tuple[np.ndarray,
     r1 (rows, V))`` with ``s`` every view's score (:func:`memray.stats.copies.evidence_score`) and ``r1`` its
     nearest training row (column 0: identity)."""
     cache: dict[str, dict] = {}  # the block and its views share their list files (one group)
-    blocks = (job.block, *(vb for _, vb in job.views))
-    if ctx.merged is not None:
-        lists = [ctx.merged[(b.prefix, b.g)] for b in blocks]
-    else:
-        lists = [merged_topk(ctx.qws, b, ctx.items, ctx.k, cache) for b in blocks]
+    lists = [merged_topk(ctx.qws, b, ctx.items, ctx.k, cache) for b in (job.block, *(vb for _, vb in job.views))]
     d1 = np.stack([evidence_score(d, ctx.statistic) for d, _ in lists], axis=1)
     r1 = np.stack([r[:, 0] for _, r in lists], axis=1)
     best = np.argmin(d1, axis=1)
@@ -217,12 +211,10 @@ def sample_tables(
     jobs = block_jobs(fitted, gens, scored, {None: test_views, **shared})
     k = cfg.top_k if names else 0
     blocks = [b for j in jobs for b in (j.block, *(vb for _, vb in j.views))]
-    local = local_threads(mapper) is not mapper  # in one process: one list file per task, merged once for all
-    groups = [0 if local else ji for ji, j in enumerate(jobs) for _ in range(1 + len(j.views))]  # a job's files
+    groups = [ji for ji, j in enumerate(jobs) for _ in range(1 + len(j.views))]  # a job reads its group's files
     items = topk_round(eng.ws, eng.fit, eng.qws, blocks, k, cfg, mapper, groups) if k else None
-    merged = merge_all(eng.qws, blocks, items, k) if items is not None and local else None
     ctx = BlockContext(LayerTrain(fitted.layer, fitted.train), eng.qws, parts, k, items, sources, train_name,
-                       statistic=statistic, merged=merged)  # fmt: skip
+                       statistic=statistic)  # fmt: skip
     n_test = sum(j.name is None for j in jobs) if k else len(jobs)
     done = list(mapper(partial(run_block, ctx=ctx), jobs[:n_test]))
     evidence = None

@@ -215,27 +215,6 @@ def merged_topk(
     return dist, ids
 
 
-def merge_all(
-    qws: Workspace, blocks: list[QueryBlock], lists: TopkLists, k: int
-) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:
-    """:func:`merged_topk` of every block at once, ``(prefix, g) -> (dist, rows)``, reading each list file once
-    (for blocks that share their list files, one group: a reader in this process)."""
-    out, where = {}, {}
-    for b in blocks:
-        q = b.stop - b.start
-        out[(b.prefix, b.g)] = (np.full((q, k), np.inf), np.full((q, k), -1, dtype=np.int64))
-        where[lists.of(b)[0]] = (b.prefix, b.g)
-    for key in sorted({key for b in blocks for key in lists.of(b)[1]}):
-        part = qws.get(key)
-        for bi in np.unique(part["block"]).tolist():
-            if bi in where:
-                sel = np.flatnonzero(part["block"] == bi)
-                dist, ids = out[where[bi]]
-                r = part["rows"][sel]
-                dist[r], ids[r] = merge_topk([(dist[r], ids[r]), (part["dist"][sel], part["ids"][sel])], len(r), k)
-    return out
-
-
 def share_below(test_d1: np.ndarray, d: np.ndarray) -> np.ndarray:
     """Share of test samples whose nearest-training distance (``test_d1``) is strictly below each ``d``."""
     ref = np.sort(np.asarray(test_d1, np.float64)[np.isfinite(test_d1)])
