@@ -54,7 +54,8 @@ class CTConfig:
     ``min_gen_per_cell``: a cell is kept iff it holds *more than* this many generated samples; with m generated
     samples this is τ·m for the paper's τ = 20/m. ``kmeans_nredo``: k-means++ restarts, the lowest objective
     kept (ties: the first). ``candidates``: FAISS top-k per shard that are re-ranked with exact float64
-    distances, so results do not depend on sharding or batching.
+    distances, so results do not depend on sharding or batching (the global top-k search pools ``top_k +
+    candidates`` per query and item).
 
     The fit and the search run over global row blocks of the training set (:mod:`memray.stats`): ``block_rows``
     rows per block (results depend on it, never on how the rows are split into files or how many workers run);
