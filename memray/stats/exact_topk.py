@@ -25,34 +25,20 @@ import numpy as np
 from memray.stats.bounds import ItemBounds
 from memray.stats.config import CTConfig
 from memray.stats.faiss_backend import faiss_scope
-from memray.stats.index import TrainShard, _rowdot, _scores, _tolerance, prepare, search_chunked
+from memray.stats.index import (
+    TrainShard,
+    _lex_topk,
+    _rowdot,
+    _scores,
+    _tolerance,
+    exhaustive_topk,
+    prepare,
+    search_chunked,
+)
 
-EXHAUSTIVE_BYTES = 32 * 1024**2  # memory bound of one block of the exhaustive float64 scan
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 RERANK_PAIRS = 4096  # (query, row) pairs re-ranked per block (speed only)
 FIRST_RANKS = 1  # each query's most promising units searched first, one rank at a time
-
-
-def _lex_topk(s: np.ndarray, tid: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise k smallest (score, id) pairs of (q, c) arrays, ordered by score then id."""
-    order = np.lexsort((tid, s), axis=1)[:, :kk]
-    return np.take_along_axis(s, order, axis=1), np.take_along_axis(tid, order, axis=1)
-
-
-def _exhaustive_topk(shard: TrainShard, queries: np.ndarray, kk: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Exact float64 top-kk reported distances of a few queries over all of a shard's rows (blocks of rows), ranked
-    by (distance, id) as reported (for ``l2`` after the square root: distinct squares can share a root)."""
-    n, dim = shard.train.shape
-    best_s = np.full((len(queries), 0), np.inf)
-    best_i = np.zeros((len(queries), 0), dtype=np.int64)
-    step = max(1, EXHAUSTIVE_BYTES // max(1, 8 * dim * len(queries)))
-    for lo in range(0, n, step):
-        t = shard.train[lo : lo + step]
-        s = _scores(queries[:, None, :], t[None, :, :], metric, shard.norms[lo : lo + step][None, :])
-        s = np.sqrt(s) if metric == "l2" else s
-        ids = np.broadcast_to(shard.train_ids[lo : lo + step], s.shape)
-        best_s, best_i = _lex_topk(np.hstack([best_s, s]), np.hstack([best_i, ids]), kk)
-    return best_s, best_i
 
 
 def merge_topk(parts: Iterable[tuple[np.ndarray, np.ndarray]], q: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -192,10 +178,7 @@ def _rerank(
     dist, ids = _lex_topk(np.sqrt(exact) if metric == "l2" else exact, ids, k)  # ordered as reported
     for lo in range(0, len(doubtful), 256):
         sel = doubtful[lo : lo + 256]
-        parts = []
-        for shard in shards:
-            d, i = _exhaustive_topk(shard, queries[sel], min(k, len(shard.train_ids)), metric)
-            parts.append((d, i))
+        parts = [exhaustive_topk(shard, queries[sel], min(k, len(shard.train_ids))) for shard in shards]
         dist[sel], ids[sel] = merge_topk(parts, len(sel), k)
     return dist, np.where(np.isinf(dist), -1, ids)
 

@@ -25,7 +25,7 @@ from memray.stats.faiss_backend import faiss, faiss_scope, to_gpu
 log = logging.getLogger(__name__)
 
 EPS32 = float(np.finfo(np.float32).eps)
-FALLBACK_BLOCK_BYTES = 32 * 1024**2  # memory bound of one block of the exhaustive float64 fallback
+EXHAUSTIVE_BYTES = 32 * 1024**2  # memory bound of one block of the exhaustive float64 scan
 
 
 def _check_metric(metric: str) -> None:
@@ -121,29 +121,25 @@ def _tolerance(q: np.ndarray, t_sqnorm_max: float, metric: str) -> np.ndarray:
     return np.full(len(q), 2.0 * (k + 4) * EPS32)
 
 
-def _lexmin(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise minimum of (score, id) pairs, (q, c) -> (q,), (q,): smallest score, then smallest id."""
-    best = scores.min(axis=1)
-    masked = np.where(scores == best[:, None], ids, np.iinfo(np.int64).max)
-    return best, masked.min(axis=1)
+def _lex_topk(s: np.ndarray, tid: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise k smallest (score, id) pairs of (q, c) arrays, ordered by score then id."""
+    order = np.lexsort((tid, s), axis=1)[:, :kk]
+    return np.take_along_axis(s, order, axis=1), np.take_along_axis(tid, order, axis=1)
 
 
-def _exhaustive(shard: TrainShard, queries: np.ndarray):
-    """Exact float64 scan of all of a shard's rows for a few queries -> (reported distance, id) per query, ties on
-    the reported distance (for ``l2`` after the square root: distinct squares can share a root) to the smaller id."""
-    train, train_ids, norms, metric = shard.train, shard.train_ids, shard.norms, shard.metric
-    rows = max(1, FALLBACK_BLOCK_BYTES // (8 * train.shape[1] * max(len(queries), 1)))
-    best = np.full(len(queries), np.inf)
-    best_id = np.full(len(queries), -1, dtype=np.int64)
-    for start in range(0, len(train), rows):
-        s = _scores(
-            queries[:, None, :], train[None, start : start + rows, :], metric, norms[None, start : start + rows]
-        )
-        s = np.sqrt(s) if metric == "l2" else s
-        ids = np.broadcast_to(train_ids[start : start + rows], s.shape)
-        b, bi = _lexmin(np.concatenate([best[:, None], s], 1), np.concatenate([best_id[:, None], ids], 1))
-        best, best_id = b, np.where(np.isinf(b), -1, bi)
-    return best, best_id
+def exhaustive_topk(shard: TrainShard, queries: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact float64 scan of a shard's rows for a few queries -> top-kk (reported distance, id) lists, ranked as
+    reported (``l2``: after the square root, distinct squares can share a root), ties to the smaller id."""
+    n, dim = shard.train.shape
+    best_s, best_i = np.full((len(queries), 0), np.inf), np.zeros((len(queries), 0), dtype=np.int64)
+    step = max(1, EXHAUSTIVE_BYTES // max(1, 8 * dim * len(queries)))
+    for lo in range(0, n, step):
+        t = shard.train[lo : lo + step]
+        s = _scores(queries[:, None, :], t[None, :, :], shard.metric, shard.norms[lo : lo + step][None, :])
+        s = np.sqrt(s) if shard.metric == "l2" else s
+        ids = np.broadcast_to(shard.train_ids[lo : lo + step], s.shape)
+        best_s, best_i = _lex_topk(np.hstack([best_s, s]), np.hstack([best_i, ids]), kk)
+    return best_s, np.where(np.isinf(best_s), -1, best_i)
 
 
 @dataclass(frozen=True, eq=False)
@@ -246,7 +242,8 @@ def search_prepared(
     dist = np.sqrt(dist) if shard.metric == "l2" else dist
     if len(todo):
         log.debug("exhaustive float64 re-check of %d/%d queries (near-ties)", len(todo), len(queries))
-        dist[todo], ids[todo] = _exhaustive(shard, queries[todo])
+        d, i = exhaustive_topk(shard, queries[todo], 1)
+        dist[todo], ids[todo] = d[:, 0], i[:, 0]
     return dist, ids
 
 
@@ -294,5 +291,5 @@ def merge_min(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, n
         raise ValueError("merge_min needs at least one (distance, id) pair")
     d = np.stack([p[0] for p in parts], axis=1)
     i = np.stack([np.asarray(p[1], np.int64) for p in parts], axis=1)
-    best, best_id = _lexmin(d, i)
+    best, best_id = (a[:, 0] for a in _lex_topk(d, i, 1))
     return best, np.where(np.isinf(best), -1, best_id)
