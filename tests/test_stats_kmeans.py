@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import tempfile
 
 import numpy as np
 import pytest
 
 from memray.io.rows import ArrayRows
+from memray.stats import inner_threads, local_threads
 from memray.stats.config import CTConfig
 from memray.stats.fit import fit_space
 from memray.stats.kmeans import (
@@ -22,8 +24,10 @@ from memray.stats.kmeans import (
     hash_threshold,
     kmeans_pp,
     lloyd,
+    lloyd_stats,
     lloyd_update,
     restart_rng,
+    seed_restarts,
     stable_hash,
 )
 from memray.stats.space import LayerSpace
@@ -135,6 +139,34 @@ def test_assign_all_is_layer_space_assign_per_restart_including_ties():
     for r in range(3):
         assert got[:, r].tolist() == LayerSpace(np.zeros(5), None, c[r]).assign(z).tolist() == brute[:, r].tolist()
     assert not np.any(got[:, 1] == 3) and np.all(got[:500, 2] == 0)
+
+
+def test_pieces_in_threads_give_the_bits_of_one_thread():
+    """The assignment's row chunks, the restarts' sums and objectives, and the k-means++ restarts run in threads in
+    one process: the same bits as one after another (each piece owns its arithmetic and its output)."""
+    rng = np.random.default_rng(9)
+    z = np.repeat(rng.normal(size=(9000, 6)) * 10 ** rng.uniform(-3, 3, size=(9000, 1)), 3, axis=0)  # 3 chunks+
+    c = rng.normal(size=(7, 5, 6))
+    c[2, 4] = c[2, 1]  # exact ties in one restart
+    threads = local_threads(map, 3)
+    assert threads is not map
+    assert np.array_equal(assign_all(z, c, threads), assign_all(z, c))
+    one, many = lloyd_stats(z, c), lloyd_stats(z, c, inner=threads)
+    assert np.array_equal(one.sums, many.sums) and np.array_equal(one.counts, many.counts)
+    assert one.objective == many.objective and len(one.objective) == 7
+    assert np.array_equal(seed_restarts(z, 5, 3, 6, threads), seed_restarts(z, 5, 3, 6))
+    sums_off = lloyd_stats(z, c, sums=False, objective=False, inner=threads)
+    assert not sums_off.sums.any() and sums_off.objective == () and np.array_equal(sums_off.counts, one.counts)
+
+
+def test_inner_pieces_run_in_threads_only_beside_an_in_process_mapper():
+    def ray_like(fn, items):  # a mapper that sends items elsewhere
+        return map(fn, items)
+
+    assert inner_threads(ray_like) is map
+    threads = inner_threads(map)
+    assert (threads is map) == (len(os.sched_getaffinity(0)) <= 1)
+    assert list(threads(math.sqrt, [4.0, 9.0, 16.0])) == [2.0, 3.0, 4.0]
 
 
 def test_best_restart_ties_to_the_lowest_index():

@@ -68,6 +68,13 @@ def local_threads(mapper: Mapper, width: int | None = None) -> Mapper:
     return threaded
 
 
+def inner_threads(mapper: Mapper) -> Mapper:
+    """The mapper for the pieces of one of ``mapper``'s items: threads (:func:`local_threads`) when ``mapper`` runs
+    items in this process one at a time, builtin ``map`` when it sends them to tasks (a task's pieces run in it)."""
+    threads = local_threads(mapper)
+    return map if threads is mapper else threads
+
+
 def run_in_flight(fn: Callable[[Any], Any], items: Sequence[Any], width: int) -> None:
     """``fn(item)`` for every item, up to ``width`` at once in driver threads (each waits on its own tasks, so the
     workers stay busy between one item's small rounds); ``width`` 1: in order, in this thread.

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from memray.stats import Mapper
+from memray.stats import Mapper, inner_threads, local_threads
 from memray.stats.config import CTConfig
 from memray.stats.kmeans import best_restart, canonical_order, hash_ids, hash_threshold, lloyd, seed_restarts
 from memray.stats.pca import block_moments, merge_moments, numerical_rank, pca_components, pca_from_moments
@@ -157,8 +157,8 @@ def fit_space(train: Rows, cfg: CTConfig, ws: Workspace, mapper: Mapper = map, l
         )  # fmt: skip
     sample = np.concatenate([info.seed_z for info in infos])
     del infos
-    init = seed_restarts(sample, cfg.cells, cfg.seed, cfg.kmeans_nredo)
-    final, objectives = lloyd(ws, items, init, cfg.kmeans_niter, mapper)
+    init = seed_restarts(sample, cfg.cells, cfg.seed, cfg.kmeans_nredo, local_threads(map))  # here, in threads
+    final, objectives = lloyd(ws, items, init, cfg.kmeans_niter, mapper, inner_threads(mapper))
     best = best_restart(objectives)
     log.debug("%s: k-means restart %d of %d kept, objective %.6g", label, best, len(objectives), objectives[best])
     centroids = canonical_order(final[best].astype(np.float32))

@@ -100,75 +100,99 @@ def cell_sums(z: np.ndarray, labels: np.ndarray, cells: int) -> tuple[np.ndarray
     counts = np.bincount(labels, minlength=cells).astype(np.int64)
     sums = np.zeros((cells, z.shape[1]))
     for c in np.flatnonzero(counts).tolist():
-        sums[c] = z[labels == c].sum(axis=0)
+        sums[c] = np.compress(labels == c, z, axis=0).sum(axis=0)  # compress: a faster gather than z[mask]
     return sums, counts
 
 
-def assign_all(z: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+def _assign_chunk(z: np.ndarray, centroids: np.ndarray, flat: np.ndarray, csq: np.ndarray, start: int) -> np.ndarray:
+    """:func:`assign_all` of rows ``[start, start + ASSIGN_BATCH)`` of ``z`` -> (rows, R); ``flat`` (R·cells, k) the
+    centroids, ``csq`` (R, cells) their squared norms.
+
+    The expansion ``‖z‖² − 2 z·c + ‖c‖²`` is laid out (cells, R, rows), so the nearest and second-nearest cell are
+    running minima over ``cells`` whole arrays (strict ``<``: ties keep the lower cell, as ``argmin`` does)."""
+    r_count, cells, k = centroids.shape
+    chunk = z[start : start + ASSIGN_BATCH]
+    zsq = np.einsum("ij,ij->i", chunk, chunk)
+    prod = np.ascontiguousarray((chunk @ flat.T).T).reshape(r_count, cells, len(chunk))
+    first, second = np.full((r_count, len(chunk)), np.inf), np.full((r_count, len(chunk)), np.inf)
+    best = np.zeros((r_count, len(chunk)), dtype=np.int64)
+    approx, high, closer = np.empty_like(first), np.empty_like(first), np.empty(first.shape, dtype=bool)
+    for c in range(cells):  # in place: (‖z‖² + (−2 z·c)) + ‖c‖², the same bits as (‖z‖² − 2 z·c) + ‖c‖²
+        np.multiply(prod[:, c, :], -2.0, out=approx)
+        approx += zsq[None, :]
+        approx += csq[:, c, None]
+        np.minimum(second, np.maximum(first, approx, out=high), out=second)
+        np.less(approx, first, out=closer)
+        np.copyto(first, approx, where=closer)
+        np.copyto(best, c, where=closer)
+    tol = 8.0 * (k + 4) * EPS64 * (zsq[None, :] + csq.max(axis=1)[:, None])
+    restarts, rows = np.nonzero(second - first <= tol)
+    if len(rows):
+        diff = chunk[rows, None, :] - centroids[restarts]
+        best[restarts, rows] = np.argmin(np.sum(diff * diff, axis=-1), axis=1)
+    return best.T
+
+
+def assign_all(z: np.ndarray, centroids: np.ndarray, inner: Mapper = map) -> np.ndarray:
     """Nearest centroid of each row of ``z`` (m, k) for every restart's centroids (R, cells, k) -> (m, R) int64.
 
     :meth:`memray.stats.space.LayerSpace.assign` for all restarts at once (one matrix product per row chunk): the BLAS
     expansion decides rows whose two nearest centroids are farther apart than its error bound, the rest get the
     direct Σ(z − c)² (ties -> lower cell), so each column equals ``LayerSpace(…, centroids[r]).assign(z)``.
+    ``inner`` runs the row chunks (threads in one process, :func:`memray.stats.local_threads`; the same result).
     """
     r_count, cells, k = centroids.shape
-    out = np.zeros((len(z), r_count), dtype=np.int64)
     if cells == 1:
-        return out
+        return np.zeros((len(z), r_count), dtype=np.int64)
     flat = np.ascontiguousarray(centroids.reshape(r_count * cells, k), dtype=np.float64)
     csq = np.einsum("ij,ij->i", flat, flat).reshape(r_count, cells)
-    cmax = csq.max(axis=1)
-    for start in range(0, len(z), ASSIGN_BATCH):
-        chunk = z[start : start + ASSIGN_BATCH]
-        zsq = np.einsum("ij,ij->i", chunk, chunk)
-        approx = (zsq[:, None] - 2.0 * (chunk @ flat.T)).reshape(len(chunk), r_count, cells) + csq[None]
-        best = np.argmin(approx, axis=2)
-        two = np.partition(approx, 1, axis=2)[..., :2]
-        tol = 8.0 * (k + 4) * EPS64 * (zsq[:, None] + cmax[None, :])
-        rows, restarts = np.nonzero(two[..., 1] - two[..., 0] <= tol)
-        if len(rows):
-            diff = chunk[rows, None, :] - centroids[restarts]
-            best[rows, restarts] = np.argmin(np.sum(diff * diff, axis=-1), axis=1)
-        out[start : start + len(chunk)] = best
-    return out
+    step = partial(_assign_chunk, z, centroids, flat, csq)
+    return np.concatenate(list(inner(step, range(0, len(z), ASSIGN_BATCH)))).reshape(len(z), r_count)
 
 
-def lloyd_stats(z: np.ndarray, centroids: np.ndarray, sums: bool = True, objective: bool = True) -> LloydPartial:
+def _restart_stats(
+    z: np.ndarray, centroids: np.ndarray, every: np.ndarray, sums: bool, objective: bool, r: int
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Restart r's sums (cells, k) (zero when not ``sums``), counts (cells,) and objective parts (or ``()``)."""
+    cells = centroids.shape[1]
+    labels = np.ascontiguousarray(every[:, r])
+    if sums:
+        out, counts = cell_sums(z, labels, cells)
+    else:
+        out, counts = np.zeros((cells, z.shape[1])), np.bincount(labels, minlength=cells).astype(np.int64)
+    parts = exact_parts(row_sqdist(z, centroids[r], labels).tolist()) if objective else ()
+    return out, counts, parts
+
+
+def lloyd_stats(
+    z: np.ndarray, centroids: np.ndarray, sums: bool = True, objective: bool = True, inner: Mapper = map
+) -> LloydPartial:
     """:class:`LloydPartial` of rows ``z`` (m, k) for centroids (R, cells, k) float64; ``sums=False`` leaves the
     sums zero, ``objective=False`` leaves ``objective`` empty (a Lloyd update needs only the sums and counts; only
-    the final centroids' objective is compared)."""
+    the final centroids' objective is compared). ``inner`` runs the row chunks of the assignment and then the
+    restarts (threads in one process; each piece's arithmetic is fixed, so the same bits)."""
     centroids = np.asarray(centroids, dtype=np.float64)
     backend = device.current()
     if backend is not None:  # torch float64 (memray.stats.device)
         out_sums, counts, sq = backend.lloyd(z, centroids, sums, objective)
         parts = () if sq is None else tuple(exact_parts(sq[:, r].tolist()) for r in range(sq.shape[1]))
         return LloydPartial(out_sums, counts, parts)
-    r_count, cells, k = centroids.shape
-    out_sums = np.zeros((r_count, cells, k))
-    counts = np.zeros((r_count, cells), dtype=np.int64)
-    parts = []
-    every = assign_all(z, centroids)
-    for r in range(r_count):
-        labels = np.ascontiguousarray(every[:, r])
-        if sums:
-            out_sums[r], counts[r] = cell_sums(z, labels, cells)
-        else:
-            counts[r] = np.bincount(labels, minlength=cells)
-        if objective:
-            parts.append(exact_parts(row_sqdist(z, centroids[r], labels).tolist()))
-    return LloydPartial(out_sums, counts, tuple(parts))
+    every = assign_all(z, centroids, inner)
+    per = list(inner(partial(_restart_stats, z, centroids, every, sums, objective), range(len(centroids))))
+    parts = tuple(p[2] for p in per) if objective else ()
+    return LloydPartial(np.stack([p[0] for p in per]), np.stack([p[1] for p in per]), parts)
 
 
 def lloyd_partial(
     ws: Workspace, g: int, centroids: np.ndarray, keep: np.ndarray | None = None, sums: bool = True,
-    objective: bool = True,
+    objective: bool = True, inner: Mapper = map,
 ) -> LloydPartial:  # fmt: skip
     """Lloyd statistics (:func:`lloyd_stats`) of block ``g`` (``proj/block_{g:06d}`` of ``ws``) for centroids
     (R, cells, k); ``keep``: only these local rows of the block (the Lloyd sample), else all."""
     z = ws.get(f"proj/block_{g:06d}")["z"]
     if keep is not None:
         z = z[np.asarray(keep, dtype=np.int64)]
-    return lloyd_stats(np.asarray(z, dtype=np.float64), centroids, sums, objective)
+    return lloyd_stats(np.asarray(z, dtype=np.float64), centroids, sums, objective, inner)
 
 
 def merge_lloyd(a: LloydPartial, b: LloydPartial) -> LloydPartial:
@@ -177,12 +201,16 @@ def merge_lloyd(a: LloydPartial, b: LloydPartial) -> LloydPartial:
     return LloydPartial(a.sums + b.sums, a.counts + b.counts, obj)
 
 
-def _lloyd_item(ws: Workspace, centroids: np.ndarray, item: tuple[int, np.ndarray | None]) -> LloydPartial:
-    return lloyd_partial(ws, item[0], centroids, item[1], objective=False)
+def _lloyd_item(
+    ws: Workspace, centroids: np.ndarray, inner: Mapper, item: tuple[int, np.ndarray | None]
+) -> LloydPartial:
+    return lloyd_partial(ws, item[0], centroids, item[1], objective=False, inner=inner)
 
 
-def _objective_item(ws: Workspace, centroids: np.ndarray, item: tuple[int, np.ndarray | None]) -> LloydPartial:
-    return lloyd_partial(ws, item[0], centroids, item[1], sums=False)
+def _objective_item(
+    ws: Workspace, centroids: np.ndarray, inner: Mapper, item: tuple[int, np.ndarray | None]
+) -> LloydPartial:
+    return lloyd_partial(ws, item[0], centroids, item[1], sums=False, inner=inner)
 
 
 def lloyd_update(centroids: np.ndarray, total: LloydPartial) -> np.ndarray:
@@ -198,9 +226,10 @@ def restart_rng(seed: int, restart: int) -> np.random.Generator:
     return rng
 
 
-def seed_restarts(sample: np.ndarray, cells: int, seed: int, restarts: int) -> np.ndarray:
+def seed_restarts(sample: np.ndarray, cells: int, seed: int, restarts: int, inner: Mapper = map) -> np.ndarray:
     """k-means++ initial centroids (R, cells, k) float64 on the seeding sample (m, k): restart r from
-    ``default_rng([seed, r])`` (:func:`kmeans_pp`, whose float32 result is widened).
+    ``default_rng([seed, r])`` (:func:`kmeans_pp`, whose float32 result is widened); ``inner`` runs the restarts
+    (threads in one process: each restart's stream and arithmetic are its own, so the same centroids).
 
     Each stream first skips one draw (:func:`restart_rng`), the FAISS seed that memray 0.1's in-process k-means
     took there, so the initial centroids, and hence the cells and every C_T, stay what they were."""
@@ -209,43 +238,49 @@ def seed_restarts(sample: np.ndarray, cells: int, seed: int, restarts: int) -> n
             f"the k-means seeding sample holds {len(sample)} rows, fewer than the {cells} cells; raise "
             "ct.kmeans_seed_sample (or ct.kmeans_sample)"
         )
-    inits = [kmeans_pp(sample, cells, restart_rng(seed, r)) for r in range(restarts)]
+    inits = list(inner(partial(_seed_one, sample, cells, seed), range(restarts)))
     return np.stack(inits).astype(np.float64)
 
 
+def _seed_one(sample: np.ndarray, cells: int, seed: int, r: int) -> np.ndarray:
+    return kmeans_pp(sample, cells, restart_rng(seed, r))
+
+
 def lloyd(
-    ws: Workspace, items: list[tuple[int, np.ndarray | None]], init: np.ndarray, niter: int, mapper: Mapper = map
-) -> tuple[np.ndarray, list[float]]:
+    ws: Workspace, items: list[tuple[int, np.ndarray | None]], init: np.ndarray, niter: int, mapper: Mapper = map,
+    inner: Mapper = map,
+) -> tuple[np.ndarray, list[float]]:  # fmt: skip
     """``niter`` Lloyd iterations of every restart from ``init`` (R, cells, k), one pass over ``items`` (block,
     kept local rows or ``None``) each, stopping early only when no restart's centroids changed; then one pass for
     the exact objective of the final centroids.
 
     A restart whose update left its centroids unchanged is a fixed point (the next pass would assign the same rows
     and give the same sums), so later passes carry only the restarts still moving: the same centroids as updating
-    every restart every pass, for less work when restarts converge at different iterations.
+    every restart every pass, for less work when restarts converge at different iterations. ``inner`` runs the
+    pieces of each item (:func:`lloyd_stats`): builtin ``map`` in a task, threads in one process.
 
     Returns:
         final centroids (R, cells, k) float64 and each restart's exact objective for them.
     """
     if len(items) == 1 and mapper is not map:  # one block: every pass in one task (the same arithmetic)
-        return next(iter(mapper(partial(_lloyd_one, ws, init, niter), items)))
+        return next(iter(mapper(partial(_lloyd_one, ws, init, niter, inner), items)))
     centroids = np.array(init, dtype=np.float64)
     moving = np.arange(len(centroids))
     for _ in range(niter):
         current = centroids[moving]
-        total = reduce_ordered(mapper(partial(_lloyd_item, ws, current), items), merge_lloyd)
+        total = reduce_ordered(mapper(partial(_lloyd_item, ws, current, inner), items), merge_lloyd)
         new = lloyd_update(current, total)
         changed = np.array([not np.array_equal(a, b) for a, b in zip(new, current, strict=True)], dtype=bool)
         centroids[moving] = new
         moving = moving[changed]
         if not len(moving):
             break
-    total = reduce_ordered(mapper(partial(_objective_item, ws, centroids), items), merge_lloyd)
+    total = reduce_ordered(mapper(partial(_objective_item, ws, centroids, inner), items), merge_lloyd)
     return centroids, [math.fsum(p) for p in total.objective]
 
 
-def _lloyd_one(ws: Workspace, init: np.ndarray, niter: int, item: tuple[int, np.ndarray | None]):
-    return lloyd(ws, [item], init, niter)
+def _lloyd_one(ws: Workspace, init: np.ndarray, niter: int, inner: Mapper, item: tuple[int, np.ndarray | None]):
+    return lloyd(ws, [item], init, niter, inner=inner)
 
 
 def best_restart(objectives: list[float]) -> int:
