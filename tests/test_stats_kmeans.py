@@ -21,15 +21,11 @@ from memray.stats.kmeans import (
     best_restart,
     canonical_order,
     exact_parts,
-    hash_threshold,
-    kmeans_pp,
     lloyd,
     lloyd_stats,
     lloyd_update,
-    restart_rng,
-    seed_restarts,
-    stable_hash,
 )
+from memray.stats.seeding import kmeans_pp, restart_rng, seed_restarts
 from memray.stats.space import LayerSpace
 from memray.stats.workspace import Workspace
 from tests.test_stats_pca import tree
@@ -100,21 +96,6 @@ def reference_kmeans(x: np.ndarray, ids, cfg: CTConfig, block_rows: int, full: b
 def fit(x: np.ndarray, cfg: CTConfig, mapper=map):
     with tempfile.TemporaryDirectory() as tmp:
         return fit_space(ArrayRows(x), cfg, Workspace(tmp), mapper)
-
-
-def test_stable_hash_is_blake2b_of_seed_nul_id():
-    assert stable_hash(0, "abc") == int.from_bytes(hashlib.blake2b(b"0\x00abc", digest_size=8).digest(), "little")
-    assert stable_hash(3, "img/1.png") == int.from_bytes(
-        hashlib.blake2b(b"3\x00img/1.png", digest_size=8).digest(), "little"
-    )
-    assert stable_hash(0, "abc") != stable_hash(1, "abc")
-
-
-def test_hash_threshold_is_the_exact_fraction():
-    t = hash_threshold(3, 10)
-    assert t is not None and (t - 1) * 10 < 3 * 2**64 <= t * 10  # h < t  <=>  h·10 < 3·2^64
-    assert hash_threshold(10, 10) is None and hash_threshold(None, 5) is None and hash_threshold(11, 10) is None
-    assert hash_threshold(1, 2) == 2**63
 
 
 def test_exact_parts_sum_exactly():

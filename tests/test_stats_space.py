@@ -17,13 +17,12 @@ from memray.stats.kmeans import (
     LloydPartial,
     best_restart,
     canonical_order,
-    kmeans_pp,
     lloyd,
     lloyd_stats,
     merge_lloyd,
-    seed_restarts,
 )
 from memray.stats.pca import ROW_BLOCK
+from memray.stats.seeding import kmeans_pp, seed_restarts
 from memray.stats.space import LayerSpace
 from memray.stats.workspace import block_count, block_range, temporary_workspace
 

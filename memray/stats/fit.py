@@ -5,7 +5,7 @@
 1. moments (:func:`memray.stats.pca.block_moments`), merged in block order -> exact PCA (or the identity,
    :func:`memray.stats.pca.pca_components`);
 2. projection: block g's projected rows to ``proj/block_{g:06d}`` of the workspace, returning only the block's
-   share of the hash samples (:mod:`memray.stats.kmeans`) and whether all its rows equal row 0;
+   share of the hash samples (:mod:`memray.stats.seeding`) and whether all its rows equal row 0;
 3. k-means: k-means++ per restart on the gathered seeding sample, then Lloyd passes over the blocks;
 4. assignment: each block's rows of cell c (float64 ``z`` and int64 global ``rows``, in global order) to
    ``cells/cell_{c:04d}/block_{g:06d}`` (only when the block has rows in c), returning the per-cell counts.
@@ -26,8 +26,9 @@ import numpy as np
 
 from memray.stats import Mapper, inner_threads, local_threads
 from memray.stats.config import CTConfig
-from memray.stats.kmeans import best_restart, canonical_order, hash_ids, hash_threshold, lloyd, seed_restarts
+from memray.stats.kmeans import best_restart, canonical_order, lloyd
 from memray.stats.pca import block_moments, merge_moments, numerical_rank, pca_components, pca_from_moments
+from memray.stats.seeding import hash_ids, hash_threshold, seed_restarts
 from memray.stats.space import MIN_POINTS_PER_CELL, LayerSpace
 from memray.stats.workspace import Workspace, block_count, block_range, reduce_ordered
 
@@ -85,7 +86,7 @@ def project_block(
     """Project block ``g`` (``space.project``), write ``proj/block_g``, return its :class:`BlockInfo`.
 
     ``first``: global row 0 (the constant-rows check); ``seed_t`` / ``lloyd_t``: hash thresholds of the seeding
-    and Lloyd samples (:func:`memray.stats.kmeans.hash_threshold`, ``None`` = every row).
+    and Lloyd samples (:func:`memray.stats.seeding.hash_threshold`, ``None`` = every row).
     """
     start, stop = block_range(g, block_rows, rows.n)
     x = rows.read(start, stop)
