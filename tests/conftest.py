@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -165,23 +164,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
     for item in gpu_items:
         item.add_marker(skip)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[pytest.TestReport]:
-    """Keep each phase's report on the test item (``_memray_reports``), for :func:`_free_tmp_path`."""
-    report = yield
-    item.__dict__.setdefault("_memray_reports", {})[report.when] = report
-    return report
-
-
-@pytest.fixture(autouse=True)
-def _free_tmp_path(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Remove a passing test's ``tmp_path`` as soon as it ends (pytest keeps every one until the session ends, and
-    the suite writes fits, features and job outputs): the run's disk use stays that of one test, and a failing
-    test's folder stays for a look."""
-    path = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
-    yield
-    reports = request.node.__dict__.get("_memray_reports", {})
-    if path is not None and "call" in reports and all(r.passed for r in reports.values()):
-        shutil.rmtree(path, ignore_errors=True)

@@ -76,7 +76,7 @@ def reference_kmeans(x: np.ndarray, ids, cfg: CTConfig, block_rows: int, full: b
         for _ in range(cfg.kmeans_niter):
             lab = labels_of(c)
             per_block = []
-            for g in np.unique(block):
+            for g in range(-(-len(z) // block_rows)):  # every block, those without a row of the sample too
                 s = np.zeros_like(c)
                 np.add.at(s, lab[block == g], data[block == g])  # row by row, in order
                 per_block.append(s)
@@ -150,6 +150,41 @@ def test_inner_pieces_run_in_threads_only_beside_an_in_process_mapper():
     assert list(threads(math.sqrt, [4.0, 9.0, 16.0])) == [2.0, 3.0, 4.0]
 
 
+def test_assign_all_of_no_rows_and_of_overflowing_norms():
+    """No rows: an empty (0, R) assignment. Norms whose squares overflow (the expansion holds ∞ − ∞ = NaN): the
+    nearest centroid still, as LayerSpace.assign and the direct distances say."""
+    c = np.random.default_rng(1).normal(size=(3, 4, 2))
+    for inner in (map, local_threads(map, 2)):
+        assert assign_all(np.zeros((0, 2)), c, inner).shape == (0, 3)
+    z = np.array([[1e160, 0.0], [-1e160, 0.0], [3.0, 1.0], [1e200, 1e200]])
+    c = np.array([[[-1e160, 0.0], [1e160, 0.0]], [[0.0, 0.0], [1e155, 0.0]]])
+    got = assign_all(z, c)
+    for r in range(2):
+        assert got[:, r].tolist() == LayerSpace(np.zeros(2), None, c[r]).assign(z).tolist()
+    assert got[:2, 0].tolist() == [1, 0] and got[2, 1] == 0
+
+
+def test_a_fit_beside_other_layers_keeps_its_pieces_in_order(monkeypatch):
+    """With a mapper that sends items elsewhere (a Ray job, whose driver fits layers side by side), the seeding and
+    Lloyd's pieces run with builtin map: no thread pool, and no process-wide BLAS limit set under another layer's
+    eigensolver. In one process they run in threads."""
+    import memray.stats.fit as fit_module
+
+    seen = []
+    real_seed, real_lloyd = fit_module.seed_restarts, fit_module.lloyd
+    monkeypatch.setattr(fit_module, "seed_restarts", lambda *a: seen.append(("seed", a[-1])) or real_seed(*a))
+    monkeypatch.setattr(fit_module, "lloyd", lambda *a: seen.append(("lloyd", a[-1])) or real_lloyd(*a))
+
+    def elsewhere(fn, items):
+        return list(map(fn, items))
+
+    x = blobs(2, 3, 600, 5, scale=5.0)
+    cfg = CTConfig(pca_dim=4, cells=3, kmeans_nredo=2, block_rows=200)
+    assert fit(x, cfg, elsewhere).space.centroids.tobytes() == fit(x, cfg).space.centroids.tobytes()
+    assert [s[1] is map for s in seen[:2]] == [True, True]
+    assert [s[1] is map for s in seen[2:]] == [len(os.sched_getaffinity(0)) <= 1] * 2
+
+
 def test_best_restart_ties_to_the_lowest_index():
     assert best_restart([2.0, 1.0, 1.0, 3.0]) == 1
 
@@ -167,8 +202,8 @@ def test_an_empty_cell_keeps_its_previous_centroid():
 
 @pytest.mark.parametrize(
     "block_rows, seed_sample, kmeans_sample",
-    [(3000, 800, None), (700, 800, None), (512, 5000, None), (700, 800, 1500), (1000, 2000, 600)],
-)
+    [(3000, 800, None), (700, 800, None), (512, 5000, None), (700, 800, 1500), (1000, 2000, 600), (50, 800, 60)],
+)  # (50, 800, 60): most blocks hold no row of the Lloyd sample
 def test_kmeans_equals_a_single_array_lloyd(block_rows, seed_sample, kmeans_sample):
     x = blobs(1, 5, 3000, 8, scale=2.5)
     cfg = CTConfig(pca_dim=6, cells=5, kmeans_nredo=4, kmeans_niter=15, block_rows=block_rows,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from memray.stats import Mapper, inner_threads, local_threads
+from memray.stats import Mapper, inner_threads
 from memray.stats.config import CTConfig
 from memray.stats.kmeans import best_restart, canonical_order, lloyd
 from memray.stats.pca import block_moments, merge_moments, numerical_rank, pca_components, pca_from_moments
@@ -158,8 +158,9 @@ def fit_space(train: Rows, cfg: CTConfig, ws: Workspace, mapper: Mapper = map, l
         )  # fmt: skip
     sample = np.concatenate([info.seed_z for info in infos])
     del infos
-    init = seed_restarts(sample, cfg.cells, cfg.seed, cfg.kmeans_nredo, local_threads(map))  # here, in threads
-    final, objectives = lloyd(ws, items, init, cfg.kmeans_niter, mapper, inner_threads(mapper))
+    inner = inner_threads(mapper)  # not beside a Ray job's other layers: BLAS limits are process-wide
+    init = seed_restarts(sample, cfg.cells, cfg.seed, cfg.kmeans_nredo, inner)
+    final, objectives = lloyd(ws, items, init, cfg.kmeans_niter, mapper, inner)
     best = best_restart(objectives)
     log.debug("%s: k-means restart %d of %d kept, objective %.6g", label, best, len(objectives), objectives[best])
     centroids = canonical_order(final[best].astype(np.float32))

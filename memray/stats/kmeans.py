@@ -86,15 +86,35 @@ def _assign_chunk(z: np.ndarray, centroids: np.ndarray, flat: np.ndarray, csq: n
     centroids, ``csq`` (R, cells) their squared norms.
 
     The expansion ``‖z‖² − 2 z·c + ‖c‖²`` is laid out (cells, R, rows), so the nearest and second-nearest cell are
-    running minima over ``cells`` whole arrays (strict ``<``: ties keep the lower cell, as ``argmin`` does)."""
+    running minima over ``cells`` whole arrays (strict ``<``: ties keep the lower cell, as ``argmin`` does). Where a
+    squared norm overflows (‖·‖ ≳ 1.3e154) the expansion can hold NaN (∞ − ∞), which the running minima would
+    skip: such a chunk takes ``argmin`` and ``partition`` over the cells, as :meth:`LayerSpace.assign` does."""
     r_count, cells, k = centroids.shape
     chunk = z[start : start + ASSIGN_BATCH]
     zsq = np.einsum("ij,ij->i", chunk, chunk)
     prod = np.ascontiguousarray((chunk @ flat.T).T).reshape(r_count, cells, len(chunk))
-    first, second = np.full((r_count, len(chunk)), np.inf), np.full((r_count, len(chunk)), np.inf)
-    best = np.zeros((r_count, len(chunk)), dtype=np.int64)
+    if np.isfinite(zsq).all() and np.isfinite(csq).all():
+        best, first, second = _two_nearest(zsq, prod, csq)
+    else:
+        approx = (zsq[None, None, :] - 2.0 * prod) + csq[:, :, None]  # (R, cells, rows)
+        best = np.argmin(approx, axis=1)
+        first, second = np.moveaxis(np.partition(approx, 1, axis=1)[:, :2, :], 1, 0)
+    tol = 8.0 * (k + 4) * EPS64 * (zsq[None, :] + csq.max(axis=1)[:, None])
+    restarts, rows = np.nonzero(second - first <= tol)
+    if len(rows):
+        diff = chunk[rows, None, :] - centroids[restarts]
+        best[restarts, rows] = np.argmin(np.sum(diff * diff, axis=-1), axis=1)
+    return best.T
+
+
+def _two_nearest(zsq: np.ndarray, prod: np.ndarray, csq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest cell (R, rows) int64 and the nearest and second-nearest ``(‖z‖² − 2 z·c) + ‖c‖²`` of ``prod``
+    (R, cells, rows) = z·c, as running minima over the cells, in place."""
+    r_count, cells, rows = prod.shape
+    first, second = np.full((r_count, rows), np.inf), np.full((r_count, rows), np.inf)
+    best = np.zeros((r_count, rows), dtype=np.int64)
     approx, high, closer = np.empty_like(first), np.empty_like(first), np.empty(first.shape, dtype=bool)
-    for c in range(cells):  # in place: (‖z‖² + (−2 z·c)) + ‖c‖², the same bits as (‖z‖² − 2 z·c) + ‖c‖²
+    for c in range(cells):  # (‖z‖² + (−2 z·c)) + ‖c‖²: the same bits as (‖z‖² − 2 z·c) + ‖c‖²
         np.multiply(prod[:, c, :], -2.0, out=approx)
         approx += zsq[None, :]
         approx += csq[:, c, None]
@@ -102,12 +122,7 @@ def _assign_chunk(z: np.ndarray, centroids: np.ndarray, flat: np.ndarray, csq: n
         np.less(approx, first, out=closer)
         np.copyto(first, approx, where=closer)
         np.copyto(best, c, where=closer)
-    tol = 8.0 * (k + 4) * EPS64 * (zsq[None, :] + csq.max(axis=1)[:, None])
-    restarts, rows = np.nonzero(second - first <= tol)
-    if len(rows):
-        diff = chunk[rows, None, :] - centroids[restarts]
-        best[restarts, rows] = np.argmin(np.sum(diff * diff, axis=-1), axis=1)
-    return best.T
+    return best, first, second
 
 
 def assign_all(z: np.ndarray, centroids: np.ndarray, inner: Mapper = map) -> np.ndarray:
@@ -119,7 +134,7 @@ def assign_all(z: np.ndarray, centroids: np.ndarray, inner: Mapper = map) -> np.
     ``inner`` runs the row chunks (threads in one process, :func:`memray.stats.local_threads`; the same result).
     """
     r_count, cells, k = centroids.shape
-    if cells == 1:
+    if cells == 1 or len(z) == 0:
         return np.zeros((len(z), r_count), dtype=np.int64)
     flat = np.ascontiguousarray(centroids.reshape(r_count * cells, k), dtype=np.float64)
     csq = np.einsum("ij,ij->i", flat, flat).reshape(r_count, cells)
