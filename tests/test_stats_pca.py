@@ -5,9 +5,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.linalg
+from threadpoolctl import threadpool_limits
 
 from memray.io.rows import ArrayRows
-from memray.stats.pca import Moments, block_moments, fit_pca, merge_moments, moments_of, pca_from_moments
+from memray.stats.pca import (
+    Moments,
+    block_moments,
+    fit_pca,
+    merge_moments,
+    moments_of,
+    pca_from_moments,
+    top_components,
+)
 from memray.stats.workspace import block_count, block_range, reduce_ordered
 
 
@@ -130,3 +140,20 @@ def test_pca_from_moments_rejects_bad_requests():
         pca_from_moments(m, 5)
     with pytest.raises(ValueError, match="no rows"):
         pca_from_moments(Moments(0, np.zeros(4), np.zeros((4, 4))), 2)
+
+
+def test_components_do_not_depend_on_the_blas_thread_count():
+    """LAPACK's dsyevr gives other bits on other BLAS thread counts for d ≥ 384 (1 vs 2 threads here): the
+    components are the same whatever the caller's thread limit, and equal the one-thread solve."""
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((2000, 768))
+    cov = a.T @ a
+    got = []
+    for limit in (1, 2, None):
+        with threadpool_limits(limit, user_api="blas"):
+            got.append(top_components(cov, 64))
+    for comps, var in got[1:]:
+        assert comps.tobytes() == got[0][0].tobytes() and var.tobytes() == got[0][1].tobytes()
+    with threadpool_limits(1, user_api="blas"):
+        evals, _ = scipy.linalg.eigh(cov, lower=False, subset_by_index=[768 - 64, 767], driver="evr")
+    assert got[0][1].tobytes() == np.maximum(evals[::-1], 0.0).tobytes()

@@ -18,16 +18,19 @@ scored; one with no variance at all scores NaN, see :class:`memray.stats.score.F
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.linalg
 import scipy.linalg.blas
+from threadpoolctl import threadpool_limits
 
 from memray.stats import device
 from memray.stats.config import CTConfig
 
+_ONE_SOLVER = threading.Lock()  # one eigensolver at a time under the process-wide one-thread BLAS limit
 ROW_BLOCK = 1024  # rows per float64 block of the covariance and the projection (memory and cache, not results)
 EPS64 = float(np.finfo(np.float64).eps)
 
@@ -118,11 +121,16 @@ def top_components(cov: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` eigenpairs of a symmetric (d, d) matrix (upper triangle read), for :func:`fit_pca` and the block PCA:
     LAPACK ``dsyevr``, decreasing eigenvalue (stable), each column's largest-|loading| entry positive.
 
+    The solver runs on one BLAS thread: on several, its bits depend on how many (seen for d ≥ 384), so the
+    components, cells and every C_T would depend on the cores of the machine that fits. The limit is process-wide,
+    so one solve runs at a time (a job's driver fits layers side by side).
+
     Returns:
         components (d, k) float64 C-contiguous and eigenvalues (k,) clipped at 0.
     """
     d = cov.shape[0]
-    evals, evecs = scipy.linalg.eigh(cov, lower=False, subset_by_index=[d - k, d - 1], driver="evr")
+    with _ONE_SOLVER, threadpool_limits(1, user_api="blas"):  # dsyevr's bits depend on the BLAS thread count
+        evals, evecs = scipy.linalg.eigh(cov, lower=False, subset_by_index=[d - k, d - 1], driver="evr")
     order = np.argsort(-evals, kind="stable")
     comps = evecs[:, order]
     pivot = np.argmax(np.abs(comps), axis=0)
